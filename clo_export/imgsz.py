@@ -1,0 +1,60 @@
+"""Image sizes: parsing ``--imgsz``, stride checks, and the message for incompatible sizes."""
+
+from __future__ import annotations
+
+from clo_export.errors import CloExportError
+
+
+def parse_imgsz(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """'640' -> (640, 640); '480,640' or '480x640' -> (480, 640) as (height, width)."""
+    if isinstance(text, int):
+        return (text, text)
+    if isinstance(text, (tuple, list)):
+        parts = [str(v) for v in text]
+    else:
+        parts = text.replace("x", ",").split(",")
+    try:
+        vals = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 2) or min(vals) <= 0:
+        raise CloExportError(f"--imgsz '{text}' is not a size; use one number (640) or height,width (480,640)")
+    return (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
+
+
+def nearest_multiples(x: int, multiple: int) -> list[int]:
+    """The multiples of ``multiple`` just below and above ``x`` (positive, distinct)."""
+    lo = (x // multiple) * multiple
+    return sorted({v for v in (lo, lo + multiple) if v > 0})
+
+
+def size_hint(imgsz: tuple[int, int], multiple: int) -> str:
+    """'512,640 or 640,640'-style suggestions of valid sizes near ``imgsz``."""
+    hs, ws = nearest_multiples(imgsz[0], multiple), nearest_multiples(imgsz[1], multiple)
+    options = sorted({(h, w) for h in hs for w in ws}, key=lambda s: abs(s[0] - imgsz[0]) + abs(s[1] - imgsz[1]))
+    return " or ".join(f"{h},{w}" for h, w in options[:2])
+
+
+def check_stride_multiple(imgsz: tuple[int, int], stride: int, valid_multiple: int | None = None) -> None:
+    """Refuse sizes that are not a multiple of the model's largest stride; suggest valid ones."""
+    if imgsz[0] % stride or imgsz[1] % stride:
+        raise CloExportError(
+            f"--imgsz {imgsz[0]},{imgsz[1]} is not a multiple of the model stride {stride}; "
+            f"use --imgsz {size_hint(imgsz, valid_multiple or stride)}"
+        )
+
+
+def window_error(layer: int, name: str, map_hw: tuple[int, int], window: int, in_stride: int | None) -> CloExportError:
+    """The error for a feature map that a windowed block cannot split into whole windows."""
+    msg = (
+        f"layer {layer} {name}: its {map_hw[0]}x{map_hw[1]} feature map is not divisible by "
+        f"window_size {window}"
+    )
+    if in_stride:
+        multiple = in_stride * window
+        img = (map_hw[0] * in_stride, map_hw[1] * in_stride)
+        msg += (
+            f" (image {img[0]}x{img[1]}, stride {in_stride}); image height and width must be "
+            f"multiples of {multiple}: use --imgsz {size_hint(img, multiple)}"
+        )
+    return CloExportError(msg)

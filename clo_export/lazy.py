@@ -1,0 +1,27 @@
+"""Import heavy optional dependencies only when a code path needs them."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from clo_export.errors import CloExportError
+
+INSTALL_HINTS = {
+    "torch": "pip install torch  (CPU is enough for export; on Jetson use NVIDIA's JetPack wheel)",
+    "onnxruntime": "pip install onnxruntime  (or onnxruntime-gpu for CUDA)",
+    "onnxsim": "pip install onnxsim  (or use --simplifier onnxslim)",
+    "onnxslim": "pip install onnxslim",
+    "tensorrt": "pip install tensorrt  (on Jetson it comes with JetPack)",
+    "cv2": "pip install opencv-python-headless",
+}
+
+
+def lazy_import(name: str) -> ModuleType:
+    """Import `name` or raise CloExportError with the command that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        top = name.split(".")[0]
+        hint = INSTALL_HINTS.get(top, f"pip install {top}")
+        raise CloExportError(f"{name} is needed for this step but cannot be imported ({e}); install it: {hint}") from e

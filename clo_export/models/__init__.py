@@ -1,0 +1,1 @@
+"""Model assembly from YAML and checkpoint loading (imports torch)."""
