@@ -20,7 +20,7 @@ from torch import nn
 
 from clo_export.errors import CloExportError
 from clo_export.imgsz import check_stride_multiple, window_error
-from clo_export.registry import REGISTRY, LayerContext
+from clo_export.registry import REGISTRY, LayerContext, register_class
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,12 @@ def head_wiring_notes(layers: list[list], n_backbone: int) -> list[str]:
     return notes
 
 
-def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
-    """Build the layer list from a YOLOv5 model dict (YOLOv5 v7.0 parse_model rules)."""
+def parse_model(d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | None = None) -> tuple[nn.Sequential, list[int]]:
+    """Build the layer list from a YOLOv5 model dict (YOLOv5 v7.0 parse_model rules).
+
+    ``overrides`` maps a layer index to constructor keyword arguments that replace the
+    YAML's (used to rebuild a checkpoint with the hyperparameters it was trained with).
+    """
     anchors, nc = d["anchors"], d["nc"]
     gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
     rows = d["backbone"] + d["head"]
@@ -89,6 +93,7 @@ def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
             args, kwargs = [resolve_arg(a, nc, anchors) for a in (args or [])], {}
         n_ = max(round(n * gd), 1) if n > 1 else n
         spec = block.parse(LayerContext(i, f, n_, args, kwargs, chs, gw, nc))
+        spec.kwargs.update((overrides or {}).get(i, {}))
         try:
             m = nn.Sequential(*(block.cls(*spec.args, **spec.kwargs) for _ in range(spec.n))) if spec.n > 1 else block.cls(*spec.args, **spec.kwargs)
         except CloExportError as e:
@@ -110,14 +115,15 @@ def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
 class DetectionModel(nn.Module):
     """YOLOv5 DetectionModel: ``model`` (Sequential of layers), ``save``, ``yaml``, ``names``, ``stride``."""
 
-    def __init__(self, cfg: str | Path | dict = DEFAULT_CFG, ch: int = 3, nc: int | None = None, names: list[str] | dict | None = None):
+    def __init__(self, cfg: str | Path | dict = DEFAULT_CFG, ch: int = 3, nc: int | None = None,
+                 names: list[str] | dict | None = None, overrides: dict[int, dict[str, Any]] | None = None):
         super().__init__()
         self.yaml = load_cfg(cfg)
         if nc is not None and nc != self.yaml["nc"]:
             log.info("overriding model.yaml nc=%s with nc=%s", self.yaml["nc"], nc)
             self.yaml["nc"] = nc
         self.yaml["ch"] = ch
-        self.model, self.save = parse_model(self.yaml, ch)
+        self.model, self.save = parse_model(self.yaml, ch, overrides)
         self.nc = self.yaml["nc"]
         self.names = normalize_names(names, self.nc)
         self.inplace = True
@@ -250,3 +256,6 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     b_bn = bn.bias - bn.weight.mul(bn.running_mean).div(torch.sqrt(bn.running_var + bn.eps))
     fused.bias.copy_(torch.mm(w_bn, b_conv.reshape(-1, 1)).reshape(-1) + b_bn)
     return fused
+
+
+register_class(DetectionModel, "Model")
