@@ -194,9 +194,17 @@ YOLOV5_MODULES = {
 
 @contextlib.contextmanager
 def pickled_as_yolov5(attention_module: str = "models.common") -> Iterator[None]:
-    """Make our classes pickle under YOLOv5's module paths (stand-in modules in sys.modules)."""
-    mapping = {cls: mod for mod, names in YOLOV5_MODULES.items() for cls in names}
-    mapping.update({"EfficientAttention": attention_module, "AttnMap": attention_module})
+    """Make our classes pickle under YOLOv5's module paths (stand-in modules in sys.modules).
+
+    YOLOv5's own blocks go where YOLOv5 defines them; every other registered block
+    (EfficientAttention, user plugins) goes to ``attention_module``, where it was pasted.
+    """
+    core = {cls: mod for mod, names in YOLOV5_MODULES.items() for cls in names}
+    mapping = {
+        name: core.get(name, attention_module)
+        for name, cls in REGISTRY.classes.items()
+        if name == cls.__name__ and not cls.__module__.startswith("torch")
+    }
     parents = {".".join(m.split(".")[:k]) for m in mapping.values() for k in range(1, m.count(".") + 2)}
     saved_modules = {m: sys.modules.get(m) for m in parents}
     saved_names = {}

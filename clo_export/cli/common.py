@@ -1,0 +1,60 @@
+"""What every command shares: option aliases, logging, and the one-line error handling."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from clo_export.errors import CloExportError
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_state = {"debug": False}
+
+
+def env_debug() -> bool:
+    """CLO_EXPORT_DEBUG=1 turns tracebacks on without the flag."""
+    return os.environ.get("CLO_EXPORT_DEBUG", "") not in ("", "0")
+
+Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict.", show_default=False)]
+Cfg = Annotated[Path | None, typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel="Model")]
+Plugins = Annotated[list[Path] | None, typer.Option("--plugin", help="Python file registering extra blocks (repeatable).", rich_help_panel="Model")]
+ImgSz = Annotated[str, typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style).")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also CLO_EXPORT_DEBUG=1).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
+
+
+def setup(debug: bool = False, verbose: bool = False) -> None:
+    """Route library logs to stderr through rich; remember --debug."""
+    _state["debug"] = debug or env_debug()
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("clo_export")
+    root.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False, markup=False)]
+    root.setLevel(logging.DEBUG if verbose or _state["debug"] else logging.INFO)
+    root.propagate = False
+
+
+def guarded(fn: F) -> F:
+    """Turn CloExportError into one red line and exit 1 (a traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CloExportError as e:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,30 @@
+"""A regular (non-editable) install maps plugins/ and calib/ to clo_export.plugins / clo_export.calib."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_install_has_the_subpackages_and_config(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
+        check=True, capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert (target / "clo_export" / "plugins" / "cloformer.py").is_file()
+    assert (target / "clo_export" / "calib" / "__init__.py").is_file()
+    assert (target / "clo_export" / "cfg" / "yolov5n-cloformer.yaml").is_file()
+    code = (
+        "import clo_export.plugins.cloformer, clo_export.calib, clo_export.models.yolo as y; "
+        "print(y.__file__); print(y.DEFAULT_CFG.is_file())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    file, cfg_ok = out.stdout.split()
+    assert file.startswith(str(target)) and cfg_ok == "True"
