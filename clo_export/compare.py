@@ -1,0 +1,298 @@
+"""Compare runtime outputs as result objects: tensor statistics, detection agreement, a truthy Report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from clo_export.errors import CloExportError
+from clo_export.postprocess import box_iou, nms
+
+DETECTION_OUTPUT = "output0"  # YOLOv5's export name for the decoded (bs, N, 5 + nc) tensor
+FIELDS = {"boxes": slice(0, 4), "objectness": slice(4, 5), "classes": slice(5, None)}
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Elementwise difference of one tensor (or a field of one) between reference and test, over `n` inputs."""
+
+    name: str
+    max_abs: float
+    mean_abs: float
+    cosine: float
+    shape: tuple[int, ...]
+    n: int = 1
+
+    def merge(self, other: TensorStats) -> TensorStats:
+        """Worst max_abs, input-weighted mean of mean_abs, lowest cosine."""
+        n = self.n + other.n
+        return replace(
+            self,
+            max_abs=float(np.maximum(self.max_abs, other.max_abs)),  # NumPy so a NaN on either side survives
+            mean_abs=(self.mean_abs * self.n + other.mean_abs * other.n) / n,
+            cosine=float(np.minimum(self.cosine, other.cosine)),
+            n=n,
+        )
+
+
+def _require_same_shape(name: str, ref: np.ndarray, test: np.ndarray) -> None:
+    """Raise if the test output's shape differs from the reference's."""
+    if np.shape(ref) != np.shape(test):
+        raise CloExportError(
+            f"output '{name}' has shape {np.shape(test)} but the reference has {np.shape(ref)}; "
+            "run both with the same input size and batch"
+        )
+
+
+def tensor_stats(name: str, ref: np.ndarray, test: np.ndarray) -> TensorStats:
+    """Max/mean absolute difference and cosine similarity of `test` against `ref`, computed in float64."""
+    _require_same_shape(name, ref, test)
+    ref64, test64 = np.asarray(ref, dtype=np.float64), np.asarray(test, dtype=np.float64)
+    diff = np.abs(ref64 - test64)
+    norms = np.linalg.norm(ref64) * np.linalg.norm(test64)
+    if norms > 0:
+        cosine = float(np.vdot(ref64, test64) / norms)
+    else:
+        cosine = 1.0 if not ref64.any() and not test64.any() else 0.0
+    return TensorStats(
+        name=name,
+        max_abs=float(diff.max()) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        cosine=cosine,
+        shape=tuple(ref64.shape),
+    )
+
+
+@dataclass(frozen=True)
+class DetectionAgreement:
+    """How well test detections reproduce reference detections (reference treated as ground truth)."""
+
+    precision: float
+    recall: float
+    f1: float
+    n_ref: int
+    n_test: int
+    n_matched: int
+    mean_iou: float
+
+    @classmethod
+    def from_counts(cls, n_ref: int, n_test: int, n_matched: int, iou_sum: float) -> DetectionAgreement:
+        """Rates from counts; with nothing on one side the rate is 1 only if the other side is empty too."""
+        precision = n_matched / n_test if n_test else float(n_ref == 0)
+        recall = n_matched / n_ref if n_ref else float(n_test == 0)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        mean_iou = iou_sum / n_matched if n_matched else float(n_ref == 0 and n_test == 0)
+        return cls(precision, recall, f1, n_ref, n_test, n_matched, mean_iou)
+
+    def merge(self, other: DetectionAgreement) -> DetectionAgreement:
+        """Pool counts over inputs (micro average)."""
+        return DetectionAgreement.from_counts(
+            self.n_ref + other.n_ref,
+            self.n_test + other.n_test,
+            self.n_matched + other.n_matched,
+            self.mean_iou * self.n_matched + other.mean_iou * other.n_matched,
+        )
+
+
+def _match_ious(ref: np.ndarray, test: np.ndarray, iou: float) -> list[float]:
+    """IoUs of greedy matches: test detections by descending score take the best free same-class ref at >= iou."""
+    if not len(ref) or not len(test):
+        return []
+    ious = box_iou(test[:, :4], ref[:, :4])
+    ious[test[:, None, 5] != ref[None, :, 5]] = -1.0
+    free = np.ones(len(ref), dtype=bool)
+    matched = []
+    for t in np.argsort(-test[:, 4], kind="stable"):
+        row = np.where(free, ious[t], -1.0)
+        r = int(row.argmax())
+        if row[r] >= iou:
+            free[r] = False
+            matched.append(float(row[r]))
+    return matched
+
+
+def detection_agreement(
+    ref_dets: Sequence[np.ndarray], test_dets: Sequence[np.ndarray], iou: float = 0.5
+) -> DetectionAgreement:
+    """Pooled agreement of per-image (n, 6) [x1, y1, x2, y2, conf, cls] detections."""
+    if len(ref_dets) != len(test_dets):
+        raise CloExportError(f"got {len(ref_dets)} reference and {len(test_dets)} test images; compare the same inputs")
+    matches = [_match_ious(ref, test, iou) for ref, test in zip(ref_dets, test_dets)]
+    return DetectionAgreement.from_counts(
+        n_ref=sum(len(d) for d in ref_dets),
+        n_test=sum(len(d) for d in test_dets),
+        n_matched=sum(len(m) for m in matches),
+        iou_sum=sum(sum(m) for m in matches),
+    )
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits a comparison must meet; None means the limit is not checked."""
+
+    box_max_abs: float | None
+    obj_max_abs: float | None
+    cls_max_abs: float | None
+    other_max_abs: float | None
+    min_f1: float
+
+    def limit_for(self, stat_name: str) -> float | None:
+        """The max_abs limit for a stat: a field of the detection output or any other output."""
+        fields = {"boxes": self.box_max_abs, "objectness": self.obj_max_abs, "classes": self.cls_max_abs}
+        return {f"{DETECTION_OUTPUT}.{k}": v for k, v in fields.items()}.get(stat_name, self.other_max_abs)
+
+
+# Why these numbers:
+# - fp32: ONNX Runtime/TensorRT and PyTorch differ only in summation order and fused kernels (~1e-6
+#   relative). Boxes are pixels up to 640, so 1e-3 px is ~1.5e-6 relative; sigmoid outputs live in
+#   [0, 1] and stay within 1e-5. Anything larger means a graph difference, so detections must agree
+#   almost perfectly (F1 >= 0.999).
+# - fp16: a 10-bit mantissa gives ~5e-4 relative per op; at 640 px that is ~0.3 px after a few layers,
+#   and scores move by up to a few 1e-3, enough to flip the odd detection at the conf/IoU thresholds.
+# - int8: per-element errors are large by design and say little; only the detections are judged, and
+#   accuracy belongs to mAP on a labelled set.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(box_max_abs=1e-3, obj_max_abs=1e-5, cls_max_abs=1e-5, other_max_abs=1e-4, min_f1=0.999),
+    "fp16": Tolerance(box_max_abs=0.5, obj_max_abs=5e-3, cls_max_abs=5e-3, other_max_abs=1e-2, min_f1=0.98),
+    "int8": Tolerance(box_max_abs=None, obj_max_abs=None, cls_max_abs=None, other_max_abs=None, min_f1=0.9),
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """Outcome of comparing test outputs with reference outputs; truthy iff within tolerance."""
+
+    precision: str
+    tolerance: Tolerance
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+    detections: DetectionAgreement | None = None
+    missing: tuple[str, ...] = ()
+    n_inputs: int = 1
+
+    @property
+    def failures(self) -> list[str]:
+        """Human-readable reasons the comparison is out of tolerance (empty when it passes)."""
+        out = [f"output '{name}' is missing from the test outputs" for name in self.missing]
+        for name, stats in self.tensors.items():
+            limit = self.tolerance.limit_for(name)
+            if limit is not None and not stats.max_abs <= limit:
+                out.append(f"{name}: max |diff| {stats.max_abs:.3g} > {limit:.3g} allowed for {self.precision}")
+        det = self.detections
+        if det is not None and not det.f1 >= self.tolerance.min_f1:
+            out.append(
+                f"detections: F1 {det.f1:.4f} < {self.tolerance.min_f1} for {self.precision} "
+                f"(precision {det.precision:.4f}, recall {det.recall:.4f}, "
+                f"{det.n_matched}/{det.n_ref} reference boxes matched)"
+            )
+        return out
+
+    def __bool__(self) -> bool:
+        """True when every check is within tolerance."""
+        return not self.failures
+
+    def merge(self, other: Report) -> Report:
+        """Accumulate another input's report: worst max_abs, mean of means, lowest cosine, pooled detections."""
+        if (self.precision, self.tolerance) != (other.precision, other.tolerance):
+            raise CloExportError(
+                f"cannot merge a {self.precision} report with a {other.precision} report; compare at one precision"
+            )
+        tensors = dict(self.tensors)
+        for name, stats in other.tensors.items():
+            tensors[name] = tensors[name].merge(stats) if name in tensors else stats
+        dets = [d for d in (self.detections, other.detections) if d is not None]
+        return replace(
+            self,
+            tensors=tensors,
+            detections=dets[0].merge(dets[1]) if len(dets) == 2 else (dets[0] if dets else None),
+            missing=tuple(dict.fromkeys(self.missing + other.missing)),
+            n_inputs=self.n_inputs + other.n_inputs,
+        )
+
+    @staticmethod
+    def accumulate(reports: Iterable[Report]) -> Report:
+        """Merge the reports of several inputs into one."""
+        it = iter(reports)
+        try:
+            total = next(it)
+        except StopIteration:
+            raise CloExportError("no comparison reports to accumulate; compare at least one input") from None
+        for report in it:
+            total = total.merge(report)
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (also lists `passed` and `failures` for readers of the JSON)."""
+        return {
+            "precision": self.precision,
+            "tolerance": asdict(self.tolerance),
+            "tensors": {name: {**asdict(s), "shape": list(s.shape)} for name, s in self.tensors.items()},
+            "detections": asdict(self.detections) if self.detections is not None else None,
+            "missing": list(self.missing),
+            "n_inputs": self.n_inputs,
+            "passed": bool(self),
+            "failures": self.failures,
+        }
+
+    def to_json(self, indent: int = 2) -> str:
+        """JSON text of `to_dict()`."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a Report from `to_dict()` output; `passed`/`failures` are recomputed."""
+        return cls(
+            precision=data["precision"],
+            tolerance=Tolerance(**data["tolerance"]),
+            tensors={k: TensorStats(**{**v, "shape": tuple(v["shape"])}) for k, v in data["tensors"].items()},
+            detections=DetectionAgreement(**data["detections"]) if data["detections"] is not None else None,
+            missing=tuple(data["missing"]),
+            n_inputs=data["n_inputs"],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        """Rebuild a Report from `to_json()` text."""
+        return cls.from_dict(json.loads(text))
+
+
+def _detection_stats(ref: np.ndarray, test: np.ndarray) -> dict[str, TensorStats]:
+    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores."""
+    _require_same_shape(DETECTION_OUTPUT, ref, test)
+    return {
+        f"{DETECTION_OUTPUT}.{fld}": tensor_stats(f"{DETECTION_OUTPUT}.{fld}", ref[..., sl], test[..., sl])
+        for fld, sl in FIELDS.items()
+    }
+
+
+def compare_outputs(
+    ref: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+    precision: str = "fp32",
+    conf: float = 0.25,
+    iou: float = 0.45,
+    tolerance: Tolerance | None = None,
+) -> Report:
+    """Compare one input's outputs; `output0` gets per-field stats and detection agreement after NMS."""
+    if precision not in TOLERANCES:
+        raise CloExportError(f"unknown precision '{precision}'; choose one of {', '.join(TOLERANCES)}")
+    tensors: dict[str, TensorStats] = {}
+    detections = None
+    for name, ref_out in ref.items():
+        if name not in test:
+            continue
+        if name == DETECTION_OUTPUT and np.ndim(ref_out) == 3 and np.shape(ref_out)[2] >= 6:
+            tensors.update(_detection_stats(np.asarray(ref_out), np.asarray(test[name])))
+            detections = detection_agreement(nms(ref_out, conf, iou), nms(test[name], conf, iou))
+        else:
+            tensors[name] = tensor_stats(name, ref_out, test[name])
+    return Report(
+        precision=precision,
+        tolerance=tolerance or TOLERANCES[precision],
+        tensors=tensors,
+        detections=detections,
+        missing=tuple(name for name in ref if name not in test),
+    )

@@ -1,0 +1,1 @@
+"""Input data: the one preprocessing path shared by inference, calibration and comparison."""

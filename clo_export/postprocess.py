@@ -1,0 +1,122 @@
+"""YOLOv5 box utilities and non-maximum suppression in pure NumPy (runs where torch is absent)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from clo_export.errors import CloExportError
+
+MAX_WH = 7680  # YOLOv5's class offset: larger than any box coordinate, so classes never overlap
+
+
+def xywh2xyxy(x: np.ndarray) -> np.ndarray:
+    """Convert (..., 4) centre/size boxes to corner boxes (new array, same dtype)."""
+    y = np.empty_like(x)
+    half_w, half_h = x[..., 2] / 2, x[..., 3] / 2
+    y[..., 0] = x[..., 0] - half_w
+    y[..., 1] = x[..., 1] - half_h
+    y[..., 2] = x[..., 0] + half_w
+    y[..., 3] = x[..., 1] + half_h
+    return y
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (n, m) of xyxy boxes `a` (n, 4) and `b` (m, 4) in float64; 0 where the union is empty."""
+    a = np.asarray(a, dtype=np.float64)[:, :4]
+    b = np.asarray(b, dtype=np.float64)[:, :4]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(min=0)
+    h = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(min=0)
+    inter = w * h
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _greedy_nms(boxes: np.ndarray, iou_thres: float, max_det: int) -> np.ndarray:
+    """Indices kept by greedy NMS over `boxes` already sorted by descending score (torchvision semantics)."""
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k], dtype=np.float64) for k in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    order = np.arange(len(boxes))
+    keep = []
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty union -> NaN IoU -> not suppressed
+        while order.size and len(keep) < max_det:
+            i, rest = order[0], order[1:]
+            keep.append(i)
+            w = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(min=0)
+            h = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(min=0)
+            inter = w * h
+            order = rest[~(inter / (area[i] + area[rest] - inter) > iou_thres)]
+    return np.asarray(keep, dtype=np.intp)
+
+
+def _candidates(
+    x: np.ndarray, conf_thres: float, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (xyxy), scores and labels of one image's rows whose obj*cls score passes `conf_thres`."""
+    x = x[x[:, 4] > conf_thres]
+    scores = x[:, 5:] * x[:, 4:5]
+    boxes = xywh2xyxy(x[:, :4])
+    if multi_label:
+        i, j = np.nonzero(scores > conf_thres)
+        return boxes[i], scores[i, j], j
+    j = scores.argmax(1)
+    best = scores[np.arange(len(x)), j]
+    keep = best > conf_thres
+    return boxes[keep], best[keep], j[keep]
+
+
+def _nms_image(
+    x: np.ndarray,
+    conf_thres: float,
+    iou_thres: float,
+    classes: Sequence[int] | None,
+    agnostic: bool,
+    multi_label: bool,
+    max_det: int,
+    max_nms: int,
+) -> np.ndarray:
+    """NMS for one image's (N, 5+nc) decoded rows; returns (n, 6) float32 [x1, y1, x2, y2, conf, cls]."""
+    boxes, scores, labels = _candidates(x, conf_thres, multi_label)
+    if classes is not None:
+        keep = np.isin(labels, np.asarray(classes))
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    order = np.argsort(-scores, kind="stable")[:max_nms]
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    offset = 0 if agnostic else labels[:, None].astype(np.float64) * MAX_WH
+    keep = _greedy_nms(boxes + offset, iou_thres, max_det)
+    out = np.empty((len(keep), 6), dtype=np.float32)
+    out[:, :4] = boxes[keep]
+    out[:, 4] = scores[keep]
+    out[:, 5] = labels[keep]
+    return out
+
+
+def nms(
+    pred: np.ndarray,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: Sequence[int] | None = None,
+    agnostic: bool = False,
+    multi_label: bool = False,
+    max_det: int = 300,
+    max_nms: int = 30000,
+) -> list[np.ndarray]:
+    """YOLOv5 non_max_suppression on decoded (bs, N, 5+nc) output: per image (n, 6) [x1, y1, x2, y2, conf, cls]."""
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise CloExportError(
+            f"conf_thres={conf_thres} and iou_thres={iou_thres} must lie in [0, 1]; pass e.g. 0.25 and 0.45"
+        )
+    pred = np.asarray(pred)
+    if pred.ndim != 3 or pred.shape[2] < 6:
+        raise CloExportError(
+            f"nms expects decoded YOLOv5 output of shape (batch, anchors, 5 + classes), got {pred.shape}; "
+            "export with the Detect head in inference mode (output0)"
+        )
+    pred = pred.astype(np.float32, copy=False)
+    multi_label = multi_label and pred.shape[2] > 6
+    return [
+        _nms_image(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms) for x in pred
+    ]
