@@ -1,0 +1,1 @@
+"""Graph-level ONNX steps: export, static-shape rewrites, simplify, lint, FP16, in-graph NMS, metadata."""

@@ -1,0 +1,177 @@
+"""Append YOLOv5-equivalent NMS to a decoded ``output0`` with the standard ONNX NonMaxSuppression op.
+
+Semantics match YOLOv5's detect NMS with ``multi_label=False``: score = obj * cls, best class per
+box, keep score > conf, per-class greedy NMS at IoU > iou, then the top ``max_det`` by score over
+all classes. NonMaxSuppression (native in TensorRT >= 8.5 as INMSLayer, and in ONNX Runtime) runs
+over a scores tensor [B, C, N] holding each box's best-class score in its class row and 0 elsewhere.
+
+The tail never reads a tensor shape: kept scores are scattered into a [B, N] buffer made from the
+data itself (score * 0), and TopK picks the top ``max_det`` per image, so it works for batch 1 and a
+symbolic batch alike and passes `lint.lint` unchanged (the only run-time size, NonMaxSuppression's
+row count, is data-dependent, which TensorRT sizes itself). All nodes are named ``nms/...``.
+
+Outputs (fixed size, zero padded after ``num_dets``): ``num_dets`` int32 (B, 1), ``boxes`` float32
+(B, max_det, 4) xyxy in input pixels, ``scores`` float32 (B, max_det), ``classes`` int32 (B, max_det).
+An FP16 ``output0`` is cast to float32 first (NonMaxSuppression takes float32 only), so append NMS
+*after* `fp16.to_fp16` to keep the tail and its outputs in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from clo_export.errors import CloExportError
+
+PREFIX = "nms/"
+MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum take axes as inputs from 13 on
+OUTPUTS = ("num_dets", "boxes", "scores", "classes")
+
+
+class _Builder:
+    """Collects nodes and constant initializers under the ``nms/`` prefix."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        full = PREFIX + name
+        self.inits.append(numpy_helper.from_array(value, full))
+        return full
+
+    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> list[str]:
+        outs = [f"{PREFIX}{name}" if n_out == 1 else f"{PREFIX}{name}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=PREFIX + name, **attrs))
+        return outs
+
+    def one(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
+        return self.op(op_type, inputs, name, **attrs)[0]
+
+
+def _i64(*values: int) -> np.ndarray:
+    """An int64 constant (a 1-element vector for one value, as Slice/TopK/axes inputs want)."""
+    return np.array(values, dtype=np.int64)
+
+
+def _f32(value: float) -> np.ndarray:
+    """A float32 scalar constant."""
+    return np.array(value, dtype=np.float32)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset version."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _check_args(model: onnx.ModelProto, conf: float, iou: float, max_det: int) -> onnx.ValueInfoProto:
+    """Validate arguments and return the ``output0`` value info."""
+    if not 0.0 < conf < 1.0:
+        raise CloExportError(f"NMS conf must be in (0, 1), got {conf}; pass e.g. --conf 0.25")
+    if not 0.0 <= iou <= 1.0:
+        raise CloExportError(f"NMS iou must be in [0, 1], got {iou}; pass e.g. --iou 0.45")
+    if int(max_det) != max_det or max_det < 1:
+        raise CloExportError(f"NMS max_det must be a positive integer, got {max_det}; pass e.g. --max-det 300")
+    if _opset(model) < MIN_OPSET:
+        raise CloExportError(f"in-graph NMS needs ONNX opset >= {MIN_OPSET}, model has {_opset(model)}; re-export with --opset 17")
+    names = [o.name for o in model.graph.output]
+    if any(name in names for name in OUTPUTS):
+        raise CloExportError("model already has NMS outputs (num_dets/boxes/scores/classes); append NMS to the raw export only")
+    out = next((o for o in model.graph.output if o.name == "output0"), None)
+    if out is None:
+        raise CloExportError(f"model has no 'output0' output (outputs: {names}); append NMS to a clo-export onnx model")
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) != 3 or not dims[2].HasField("dim_value") or dims[2].dim_value < 6:
+        raise CloExportError("'output0' must be (B, N, 5+nc) with a fixed last dim; re-export with clo-export onnx")
+    if out.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+        raise CloExportError("'output0' must be float32 or float16 for in-graph NMS")
+    return out
+
+
+def append_nms(model: onnx.ModelProto, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> onnx.ModelProto:
+    """Return a copy of `model` whose outputs are num_dets/boxes/scores/classes after YOLOv5 NMS."""
+    out0 = _check_args(model, conf, iou, max_det)
+    dims = out0.type.tensor_type.shape.dim
+    nc = dims[2].dim_value - 5
+    n_boxes = dims[1].dim_value if dims[1].HasField("dim_value") else None
+    k = min(max_det, n_boxes) if n_boxes else max_det  # TopK needs k <= N; pad the rest
+    batch = dims[0].dim_param or dims[0].dim_value or "batch"
+
+    b = _Builder()
+    ax1, ax2 = b.const("axis1", _i64(1)), b.const("axis2", _i64(2))
+
+    y = "output0"
+    if out0.type.tensor_type.elem_type == TensorProto.FLOAT16:
+        y = b.one("Cast", [y], "to_fp32", to=TensorProto.FLOAT)
+
+    def cut(name: str, start: int, end: int, src: str = y) -> str:
+        return b.one("Slice", [src, b.const(f"{name}_start", _i64(start)), b.const(f"{name}_end", _i64(end)), ax2], name)
+
+    # scores: obj * cls, best class per box
+    obj, cls = cut("obj", 4, 5), cut("cls", 5, 5 + nc)
+    cls_scores = b.one("Mul", [cls, obj], "cls_scores")  # (B, N, nc), YOLOv5: x[:, 5:] *= x[:, 4:5]
+    best_cls = b.one("ArgMax", [cls_scores], "best_cls", axis=2, keepdims=1)  # (B, N, 1) int64
+    best = b.one("GatherElements", [cls_scores, best_cls], "best_score", axis=2)  # (B, N, 1)
+    in_class = b.one("Equal", [best_cls, b.const("class_ids", np.arange(nc, dtype=np.int64))], "in_class")
+    zero = b.const("zero", _f32(0.0))
+    per_class = b.one("Where", [in_class, best, zero], "per_class")  # (B, N, nc)
+    nms_scores = b.one("Transpose", [per_class], "nms_scores", perm=[0, 2, 1])  # (B, nc, N)
+
+    # boxes: xywh -> xyxy (YOLOv5 xywh2xyxy: x -/+ w / 2)
+    xy, wh = cut("xy", 0, 2), cut("wh", 2, 4)
+    half = b.one("Mul", [wh, b.const("half", _f32(0.5))], "half_wh")
+    x1y1 = b.one("Sub", [xy, half], "x1y1")
+    x2y2 = b.one("Add", [xy, half], "x2y2")
+    boxes = b.one("Concat", [x1y1, x2y2], "xyxy", axis=2)  # (B, N, 4)
+
+    selected = b.one(
+        "NonMaxSuppression",
+        [boxes, nms_scores, b.const("max_per_class", _i64(max_det)), b.const("iou", _f32(iou)), b.const("conf", _f32(conf))],
+        "nms",
+        center_point_box=0,
+    )  # (K, 3): [batch, class, box]
+    batch_box = b.one("Gather", [selected, b.const("batch_box_cols", _i64(0, 2))], "batch_box", axis=1)  # (K, 2)
+
+    # kept scores scattered into a (B, N) buffer, then the top k per image
+    best_bn = b.one("Squeeze", [best, ax2], "best_bn")
+    kept_src = b.one("GatherND", [best_bn, batch_box], "kept_src")  # (K,)
+    empty = b.one("Mul", [best_bn, zero], "empty")  # zeros (B, N) without reading a shape
+    kept = b.one("ScatterND", [empty, batch_box, kept_src], "kept")
+    top_scores, top_idx = b.op("TopK", [kept, b.const("k", _i64(k))], "topk", n_out=2, axis=1, largest=1, sorted=1)
+    valid = b.one("Greater", [top_scores, zero], "valid")  # (B, k)
+
+    count = b.one("ReduceSum", [b.one("Cast", [valid], "valid_f", to=TensorProto.FLOAT), ax1], "count", keepdims=1)
+    num_dets = b.one("Cast", [count], "num_dets_i32", to=TensorProto.INT32)
+    top_idx3 = b.one("Unsqueeze", [top_idx, ax2], "top_idx3")
+    top_boxes = b.one("GatherND", [boxes, top_idx3], "top_boxes", batch_dims=1)  # (B, k, 4)
+    top_boxes = b.one("Where", [b.one("Unsqueeze", [valid, ax2], "valid3"), top_boxes, zero], "boxes_masked")
+    best_cls_bn = b.one("Squeeze", [best_cls, ax2], "best_cls_bn")
+    top_cls = b.one("GatherElements", [best_cls_bn, top_idx], "top_cls", axis=1)
+    top_cls = b.one("Cast", [b.one("Where", [valid, top_cls, b.const("zero_i64", _i64(0))], "cls_masked")], "cls_i32", to=TensorProto.INT32)
+
+    finals = {"num_dets": num_dets, "boxes": top_boxes, "scores": top_scores, "classes": top_cls}
+    if k < max_det:  # fewer candidate boxes than max_det: pad to the fixed output size
+        extra = max_det - k
+        pad2 = b.const("pad2", _i64(0, 0, 0, extra))
+        finals["boxes"] = b.one("Pad", [top_boxes, b.const("pad3", _i64(0, 0, 0, 0, extra, 0))], "pad_boxes")
+        finals["scores"] = b.one("Pad", [top_scores, pad2], "pad_scores")
+        finals["classes"] = b.one("Pad", [top_cls, pad2], "pad_classes")
+    for name, src in finals.items():
+        b.nodes.append(helper.make_node("Identity", [src], [name], name=f"{PREFIX}{name}"))
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.inits)
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("num_dets", TensorProto.INT32, [batch, 1]),
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, max_det, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, max_det]),
+            helper.make_tensor_value_info("classes", TensorProto.INT32, [batch, max_det]),
+        ]
+    )
+    return result
