@@ -1,0 +1,1 @@
+"""TensorRT engine building: pure version-gated plans (plan.py), the thin builder (build.py), sidecars."""
