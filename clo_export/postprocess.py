@@ -120,3 +120,17 @@ def nms(
     return [
         _nms_image(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms) for x in pred
     ]
+
+
+def detections_from_nms_outputs(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Per-image (n, 6) [x1, y1, x2, y2, conf, cls] rows from an in-graph NMS model's fixed-size outputs."""
+    num, boxes, scores, classes = (outputs[k] for k in ("num_dets", "boxes", "scores", "classes"))
+    out = []
+    for b in range(len(num)):
+        n = int(np.asarray(num[b]).reshape(-1)[0])
+        rows = np.empty((n, 6), dtype=np.float32)
+        rows[:, :4] = boxes[b, :n]
+        rows[:, 4] = scores[b, :n]
+        rows[:, 5] = classes[b, :n]
+        out.append(rows)
+    return out

@@ -110,10 +110,11 @@ register_block(("nn.Upsample", "Upsample"), nn.Upsample, kind="plain")
 
 @dataclass(frozen=True)
 class DetectExport:
-    """Detect's export form: batch (-1 when dynamic), (ny, nx) and constant grids per level."""
+    """Detect's export form: batch (-1 when dynamic), and per level (ny, nx), stride and constant grids."""
 
     batch: int
     maps: tuple[tuple[int, int], ...]
+    strides: tuple[float, ...]
     grids: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
@@ -132,7 +133,8 @@ def export_detect(m: "Detect", ctx) -> None:
     maps = tuple((h, w) for (_, _, h, w) in ctx.input_shapes)
     device = m.anchors.device
     grids = tuple(m.make_grid(nx, ny, i, torch.float32, device) for i, (ny, nx) in enumerate(maps))
-    m.export_sizes = DetectExport(-1 if ctx.dynamic_batch else ctx.input_shapes[0][0], maps, grids)
+    strides = tuple(float(s) for s in m.stride)
+    m.export_sizes = DetectExport(-1 if ctx.dynamic_batch else ctx.input_shapes[0][0], maps, strides, grids)
 
 
 @register_block("Detect", kind=parse_detect, export=export_detect)
@@ -163,8 +165,9 @@ class Detect(nn.Module):
             if self.training:
                 continue
             grid, anchor_grid = self.make_grid(nx, ny, i, x[i].dtype, x[i].device) if exp is None else exp.grids[i]
+            stride = float(self.stride[i]) if exp is None else exp.strides[i]
             xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-            xy = (xy * 2 + grid) * float(self.stride[i])
+            xy = (xy * 2 + grid) * stride
             wh = (wh * 2) ** 2 * anchor_grid
             z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return x if self.training else torch.cat(z, 1)

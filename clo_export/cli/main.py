@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from clo_export import __version__
-from clo_export.cli import info
+from clo_export.cli import info, onnx
 from clo_export.cli.common import Debug, Verbose, console, setup
 
 app = typer.Typer(
@@ -33,4 +33,5 @@ def main(
     setup(debug, verbose)
 
 
+app.command("onnx", no_args_is_help=True)(onnx.onnx)
 app.command("info", no_args_is_help=True)(info.info)

@@ -228,11 +228,11 @@ def check_anchor_order(det: nn.Module) -> None:
 
 def initialize_biases(det: nn.Module) -> None:
     """Detect bias priors: objectness for 8 objects per 640 image, uniform class prior."""
-    for mi, s in zip(det.m, det.stride):
-        b = mi.bias.view(det.na, -1)
-        b.data[:, 4] += math.log(8 / (640 / s) ** 2)
-        b.data[:, 5 : 5 + det.nc] += math.log(0.6 / (det.nc - 0.99999))
-        mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
+    with torch.no_grad():
+        for mi, s in zip(det.m, det.stride.tolist()):
+            b = mi.bias.view(det.na, -1)  # a view: the in-place adds land in the parameter
+            b[:, 4] += math.log(8 / (640 / s) ** 2)
+            b[:, 5 : 5 + det.nc] += math.log(0.6 / (det.nc - 0.99999))
 
 
 def initialize_weights(model: nn.Module) -> None:
@@ -245,8 +245,9 @@ def initialize_weights(model: nn.Module) -> None:
             m.inplace = True
 
 
+@torch.no_grad()
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A Conv2d with bias equal to ``bn(conv(x))`` in eval mode."""
+    """A Conv2d with bias equal to ``bn(conv(x))`` in eval mode (leaf weights, no autograd history)."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       dilation=conv.dilation, groups=conv.groups, bias=True).requires_grad_(False).to(conv.weight.device)
     w_conv = conv.weight.clone().view(conv.out_channels, -1)

@@ -1,0 +1,70 @@
+"""ONNX Runtime runner: providers chosen from what is installed (TensorRT, CUDA, CPU) unless given."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from clo_export.backends.base import Runner, TensorSpec
+from clo_export.errors import CloExportError
+from clo_export.lazy import lazy_import
+
+log = logging.getLogger(__name__)
+
+PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def choose_providers(available: list[str], requested: list[str] | None = None) -> list[str]:
+    """Requested providers (checked) or the installed ones in order of preference."""
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise CloExportError(f"ONNX Runtime provider(s) {missing} are not installed here (available: {available}); "
+                                 "install onnxruntime-gpu for CUDA/TensorRT or drop --providers")
+        return list(requested)
+    return [p for p in PREFERRED if p in available] or list(available)
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX model (path or serialized bytes) in an ONNX Runtime session."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int | None = None):
+        super().__init__()
+        self.model = model
+        self.requested = providers
+        self.threads = threads
+        self.session = None
+
+    def activate_impl(self) -> None:
+        ort = lazy_import("onnxruntime")
+        providers = choose_providers(ort.get_available_providers(), self.requested)
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        source = self.model if isinstance(self.model, bytes) else str(self.model)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+        except Exception as e:
+            where = "the model" if isinstance(self.model, bytes) else f"'{self.model}'"
+            raise CloExportError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from e
+        log.debug("onnxruntime providers: %s", self.session.get_providers())
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        return [TensorSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), np.dtype(ORT_TYPES.get(i.type, np.float32)))
+                for i in self.session.get_inputs()]
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        specs = {s.name: s for s in self.input_specs_impl()}
+        cast = {k: np.ascontiguousarray(v, dtype=specs[k].dtype) if k in specs else v for k, v in feed.items()}
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, cast)))

@@ -1,0 +1,78 @@
+"""``clo-export onnx``: static-shape ONNX, simplified, linted and checked against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clo_export.cli.common import Cfg, ImgSz, Plugins, Weights, console, guarded
+from clo_export.errors import CloExportError
+
+OUT = "Output"
+NMS = "In-graph NMS"
+
+
+def parity_table(report) -> Table:
+    """Per-output errors and detection agreement, as one table."""
+    table = Table(title=f"ONNX Runtime vs PyTorch ({report.precision}, {report.n_inputs} batches)", title_justify="left")
+    for col in ("output", "max |diff|", "mean |diff|", "cosine", "limit"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for name, s in report.tensors.items():
+        limit = report.tolerance.limit_for(name)
+        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", "–" if limit is None else f"{limit:g}")
+    d = report.detections
+    if d is not None:
+        table.add_row("detections (F1)", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"{d.f1:.4f}", f">= {report.tolerance.min_f1}")
+        table.add_row("", f"{d.n_ref} ref boxes", f"{d.n_test} test boxes", f"IoU {d.mean_iou:.4f}", "")
+    return table
+
+
+@guarded
+def onnx(
+    weights: Weights,
+    cfg: Cfg = None,
+    plugin: Plugins = None,
+    imgsz: ImgSz = "640",
+    batch: Annotated[int, typer.Option(help="Batch size of the static input (the example batch with --dynamic-batch).")] = 1,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Symbolic batch dimension; H and W stay fixed.")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 for TensorRT 8.5/8.6; above 20 uses the dynamo exporter).")] = 17,
+    half: Annotated[bool, typer.Option("--half", help="FP16 weights, activations and I/O; attention softmax kept in FP32.")] = False,
+    simplifier: Annotated[str, typer.Option(help="onnxsim, onnxslim or none.")] = "onnxsim",
+    nms: Annotated[bool, typer.Option("--nms", help="Append ONNX NonMaxSuppression: outputs num_dets, boxes, scores, classes.", rich_help_panel=NMS)] = False,
+    conf: Annotated[float, typer.Option(help="Score threshold baked into --nms.", rich_help_panel=NMS)] = 0.25,
+    iou: Annotated[float, typer.Option(help="IoU threshold baked into --nms.", rich_help_panel=NMS)] = 0.45,
+    max_det: Annotated[int, typer.Option(help="Detections per image kept by --nms.", rich_help_panel=NMS)] = 300,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output path (default: WEIGHTS with .onnx).", rich_help_panel=OUT)] = None,
+    source: Annotated[Path | None, typer.Option(help="Images/video to add real frames to the parity check.", rich_help_panel=OUT)] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT)] = True,
+) -> None:
+    """Export a checkpoint to static-shape ONNX and check it against PyTorch."""
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.export.parity import parity_batches
+    from clo_export.imgsz import parse_imgsz
+    from clo_export.models.checkpoint import load
+
+    opts = ExportOptions(parse_imgsz(imgsz), batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
+    opts.validate()
+    loaded = load(weights, cfg, tuple(plugin or ()))
+    loaded.model.check_imgsz(opts.imgsz)
+    sizes = (batch, 3) if dynamic_batch and batch != 3 else (batch,)
+    inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
+    with console.status("exporting…"):
+        result = export_onnx(loaded, output, opts, inputs)
+    s = result.simplify
+    console.print(
+        f"exported {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {opts.opset}, {opts.precision}, "
+        f"input images {'batch' if dynamic_batch else batch}x3x{opts.imgsz[0]}x{opts.imgsz[1]}) in {result.seconds:.1f} s; "
+        f"{s.used}: {s.nodes_before} -> {s.nodes_after} nodes{f' ({s.note})' if s.note else ''}; sidecar {result.sidecar.name}"
+    )
+    if result.parity is None:
+        console.print("parity check skipped (--no-check)")
+        return
+    console.print(parity_table(result.parity))
+    if not result.parity:
+        raise CloExportError("ONNX output differs from PyTorch beyond tolerance: " + "; ".join(result.parity.failures))
+    console.print("[green]parity: within tolerance[/]")

@@ -1,0 +1,75 @@
+"""Where images come from: a file, a folder (recursive), a glob, a video, or a text file listing paths."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from clo_export.errors import CloExportError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTS
+
+
+def media_files(source: str | Path) -> list[Path]:
+    """Image and video files named by ``source``, sorted: file, folder, glob or .txt list of paths."""
+    text = str(source)
+    path = Path(text)
+    if any(c in text for c in "*?["):
+        files = [Path(p) for p in glob.glob(text, recursive=True)]
+    elif path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        base = path.parent
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        files = [p if p.is_absolute() else base / p for p in map(Path, lines)]
+    elif path.is_file():
+        files = [path]
+    else:
+        raise CloExportError(f"source '{source}' does not exist; pass an image, a folder, a glob, a video or a .txt list")
+    media = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+    if not media:
+        raise CloExportError(f"source '{source}' holds no images or videos ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
+    return media
+
+
+def video_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Decoded BGR frames of a video, up to ``limit``."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise CloExportError(f"OpenCV cannot open video '{path}'; check the file or convert it to mp4 (H.264)")
+    try:
+        n = 0
+        while limit is None or n < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            n += 1
+            yield frame
+    finally:
+        cap.release()
+
+
+def read_images(source: str | Path, limit: int | None = None) -> Iterator[np.ndarray]:
+    """BGR uint8 frames from every image and video in ``source``; unreadable images are skipped."""
+    n = 0
+    for path in media_files(source):
+        if limit is not None and n >= limit:
+            return
+        if is_video(path):
+            for frame in video_frames(path, None if limit is None else limit - n):
+                n += 1
+                yield frame
+            continue
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is not None:
+            n += 1
+            yield img

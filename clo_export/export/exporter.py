@@ -1,0 +1,170 @@
+"""``clo-export onnx`` as library steps: trace the export-mode model, simplify, FP16, NMS, metadata, lint, write.
+
+Every step either yields a checked graph or raises CloExportError before anything is written;
+the file and its sidecar JSON appear atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from clo_export import __version__
+from clo_export.compare import Report
+from clo_export.errors import CloExportError
+from clo_export.export.fp16 import to_fp16
+from clo_export.export.lint import check_static, full_check
+from clo_export.export.metadata import ModelMeta, sidecar_path, write_metadata
+from clo_export.export.mode import export_model
+from clo_export.export.nms_graph import append_nms
+from clo_export.export.parity import check_parity
+from clo_export.export.simplify import SIMPLIFIERS, SimplifyResult, simplify
+from clo_export.fileio import atomic_path, write_text_atomic
+from clo_export.models.checkpoint import LoadedModel
+from clo_export.models.yolo import DetectionModel
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's ceiling in torch 2.x; above it the dynamo exporter runs
+MIN_OPSET = 13  # per-channel Q/DQ and Split-with-input need 13
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything ``clo-export onnx`` can be asked for."""
+
+    imgsz: tuple[int, int] = (640, 640)
+    batch: int = 1
+    dynamic_batch: bool = False
+    opset: int = 17
+    half: bool = False
+    simplifier: str = "onnxsim"
+    nms: bool = False
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.half else "fp32"
+
+    def validate(self) -> None:
+        """Refuse bad combinations before any work starts."""
+        if not MIN_OPSET <= self.opset <= 23:
+            raise CloExportError(f"--opset {self.opset} is out of range; use {MIN_OPSET}…23 (17 for TensorRT 8.5/8.6)")
+        if self.batch < 1:
+            raise CloExportError(f"--batch {self.batch} must be at least 1")
+        if self.simplifier not in SIMPLIFIERS:
+            raise CloExportError(f"--simplifier {self.simplifier} is unknown; choose {', '.join(SIMPLIFIERS)}")
+        if self.nms and not (0 < self.conf < 1 and 0 < self.iou <= 1 and self.max_det >= 1):
+            raise CloExportError("--nms needs 0 < --conf < 1, 0 < --iou <= 1 and --max-det >= 1")
+
+
+@dataclass
+class ExportResult:
+    """The written model, the PyTorch reference it must match, and what each step did."""
+
+    path: Path
+    sidecar: Path
+    meta: ModelMeta
+    reference: DetectionModel
+    simplify: SimplifyResult
+    nodes: int
+    seconds: float
+    parity: Report | None = None
+
+
+def default_output(weights: Path, opts: ExportOptions) -> Path:
+    """best.pt -> best.onnx (best.fp16.onnx with --half)."""
+    return weights.with_suffix(".fp16.onnx" if opts.half else ".onnx")
+
+
+def trace(model: DetectionModel, opts: ExportOptions) -> onnx.ModelProto:
+    """Trace the export-mode model to ONNX at the requested opset and assert the opset written."""
+    import torch
+
+    x = torch.zeros(opts.batch, model.yaml.get("ch", 3), *opts.imgsz)
+    axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if opts.dynamic_batch else None
+    buf = io.BytesIO()
+    dynamo = opts.opset > TORCHSCRIPT_MAX_OPSET
+    if dynamo:
+        from clo_export.lazy import lazy_import
+
+        lazy_import("onnxscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about constants is exactly what we want here
+        try:
+            torch.onnx.export(model, (x,), buf, opset_version=opts.opset, input_names=["images"], output_names=["output0"],
+                              dynamic_axes=None if dynamo else axes, dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamo and opts.dynamic_batch else None,
+                              do_constant_folding=True, dynamo=dynamo)
+        except CloExportError:
+            raise
+        except Exception as e:
+            raise CloExportError(f"torch.onnx.export failed at opset {opts.opset}: {str(e).splitlines()[0]}; "
+                                 "try the default --opset 17 (rerun with --debug for the trace)") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opts.opset:
+        raise CloExportError(f"the exporter wrote opset {written}, not the requested {opts.opset}; use --opset {written} or 17")
+    return proto
+
+
+def model_meta(loaded: LoadedModel, opts: ExportOptions, opset: int) -> ModelMeta:
+    """The metadata written into the ONNX and its sidecar."""
+    det = loaded.model.detect
+    anchors = (det.anchors * det.stride.view(-1, 1, 1)).view(det.nl, -1).tolist()
+    return ModelMeta(
+        stride=loaded.model.max_stride, names=dict(loaded.names), imgsz=opts.imgsz, nc=loaded.nc,
+        anchors=[[round(a, 4) for a in level] for level in anchors], source_sha256=loaded.sha256, opset=opset,
+        precision=opts.precision, version=__version__, nms=opts.nms,
+        nms_conf=opts.conf if opts.nms else None, nms_iou=opts.iou if opts.nms else None,
+        nms_max_det=opts.max_det if opts.nms else None, dynamic_batch=opts.dynamic_batch,
+    )
+
+
+def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, DetectionModel, SimplifyResult]:
+    """The checked ONNX graph and the export-mode PyTorch reference (nothing written)."""
+    opts.validate()
+    reference = export_model(loaded.model, opts.imgsz, opts.batch, opts.dynamic_batch)
+    proto = trace(reference, opts)
+    proto, simplified = simplify(proto, opts.simplifier)
+    if simplified.note:
+        log.warning("simplify: %s", simplified.note)
+    check_static(proto)  # before FP16/NMS: the network itself must carry no shape arithmetic
+    if opts.half:
+        proto = to_fp16(proto)
+    if opts.nms:
+        proto = append_nms(proto, opts.conf, opts.iou, opts.max_det)
+    write_metadata(proto, model_meta(loaded, opts, opts.opset))
+    check_static(proto)
+    full_check(proto)
+    return proto, reference, simplified
+
+
+def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOptions = ExportOptions(),
+                parity_inputs: list[np.ndarray] | None = None) -> ExportResult:
+    """Export, check parity on ``parity_inputs`` (None skips), write ``out`` and its sidecar JSON atomically.
+
+    An export outside tolerance is still written (to inspect it); its Report says so.
+    """
+    t0 = time.perf_counter()
+    out = Path(out) if out else default_output(loaded.path, opts)
+    proto, reference, simplified = build(loaded, opts)
+    meta = model_meta(loaded, opts, opts.opset)
+    seconds = time.perf_counter() - t0
+    parity = check_parity(proto.SerializeToString(), reference, parity_inputs, meta) if parity_inputs else None
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+    side = sidecar_path(out)
+    facts = {**meta.to_dict(), "onnx": out.name, "source": loaded.path.name, "export_seconds": round(seconds, 2),
+             "parity": parity.to_dict() if parity else None}
+    write_text_atomic(side, json.dumps(facts, indent=2) + "\n")
+    return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity)
