@@ -51,3 +51,11 @@ def small_model(small_cfg):
 
     torch.manual_seed(0)
     return randomize(DetectionModel(small_cfg, names=["circle", "square", "star"])).eval()
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(small_model, tmp_path_factory):
+    """The small model as a YOLOv5 stripped checkpoint (FP16, pickled under YOLOv5's module paths)."""
+    from clo_export.models.checkpoint import save_yolov5
+
+    return save_yolov5(small_model, tmp_path_factory.mktemp("ckpt") / "small.pt", opt={"imgsz": 256})

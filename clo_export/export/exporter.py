@@ -91,20 +91,23 @@ def trace(model: DetectionModel, opts: ExportOptions) -> onnx.ModelProto:
     """Trace the export-mode model to ONNX at the requested opset and assert the opset written."""
     import torch
 
-    x = torch.zeros(opts.batch, model.yaml.get("ch", 3), *opts.imgsz)
-    axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if opts.dynamic_batch else None
-    buf = io.BytesIO()
     dynamo = opts.opset > TORCHSCRIPT_MAX_OPSET
+    # torch.export specialises a batch of 1, so a dynamic batch is traced from an example of 2
+    batch = max(opts.batch, 2) if dynamo and opts.dynamic_batch else opts.batch
+    x = torch.zeros(batch, model.yaml.get("ch", 3), *opts.imgsz)
     if dynamo:
         from clo_export.lazy import lazy_import
 
         lazy_import("onnxscript")
+        kwargs = {"dynamic_shapes": ({0: torch.export.Dim("batch")},) if opts.dynamic_batch else None}
+    else:
+        kwargs = {"dynamic_axes": {"images": {0: "batch"}, "output0": {0: "batch"}} if opts.dynamic_batch else None}
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about constants is exactly what we want here
         try:
             torch.onnx.export(model, (x,), buf, opset_version=opts.opset, input_names=["images"], output_names=["output0"],
-                              dynamic_axes=None if dynamo else axes, dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamo and opts.dynamic_batch else None,
-                              do_constant_folding=True, dynamo=dynamo)
+                              do_constant_folding=True, dynamo=dynamo, **kwargs)
         except CloExportError:
             raise
         except Exception as e:
