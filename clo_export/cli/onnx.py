@@ -73,6 +73,9 @@ def onnx(
         console.print("parity check skipped (--no-check)")
         return
     console.print(parity_table(result.parity))
+    d = result.parity.detections
+    if d is not None and d.n_ref == 0 and d.n_test == 0:
+        console.print("note: no detections on these inputs; add --source images/ to compare detections on real frames")
     if not result.parity:
         raise CloExportError("ONNX output differs from PyTorch beyond tolerance: " + "; ".join(result.parity.failures))
     console.print("[green]parity: within tolerance[/]")
