@@ -174,3 +174,12 @@ def test_summary_counts_flops(small_model):
     assert s.n_layers == 26 and s.params == sum(p.numel() for p in small_model.parameters())
     assert 0.5 < s.gflops < 1.5  # 4.7 GFLOPs at 640 scales by (256/640)^2 ≈ 0.75
     assert s.strides == [8, 16, 32]
+
+
+def test_anchor_order_is_checked_against_strides(seed_cfg):
+    cfg = copy.deepcopy(seed_cfg)
+    cfg["anchors"] = cfg["anchors"][::-1]  # largest anchors listed first: YOLOv5 flips them
+    det = DetectionModel(cfg).detect
+    areas = (det.anchors * det.stride.view(-1, 1, 1)).prod(-1).mean(-1)
+    assert areas[0] < areas[1] < areas[2]
+    torch.testing.assert_close(det.anchors[0] * 8, torch.tensor([[10.0, 13], [16, 30], [33, 23]]))
