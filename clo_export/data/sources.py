@@ -73,3 +73,33 @@ def read_images(source: str | Path, limit: int | None = None) -> Iterator[np.nda
         if img is not None:
             n += 1
             yield img
+
+
+def frame_count(path: Path) -> int:
+    """Frames in a video as its container reports them (0 when OpenCV cannot open it or does not know)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
+
+
+def frames_at(path: Path, indices: list[int] | set[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, BGR frame) for the wanted frame indices, decoded in one sequential pass (no seeking)."""
+    wanted = sorted(set(int(i) for i in indices))
+    if not wanted:
+        return
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise CloExportError(f"OpenCV cannot open video '{path}'; check the file or convert it to mp4 (H.264)")
+    try:
+        k, index = 0, 0
+        while k < len(wanted) and cap.grab():
+            if index == wanted[k]:
+                ok, frame = cap.retrieve()
+                if ok and frame is not None:
+                    yield index, frame
+                k += 1
+            index += 1
+    finally:
+        cap.release()

@@ -1,0 +1,155 @@
+"""Q/DQ quantization of an exported seed-architecture model: graph rules, attention kept float, ORT runs it,
+metadata and sidecar, cache hit and stale cache, accuracy report."""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import json
+import shutil
+import logging
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from clo_export.calib.graph import attention_nodes, find_targets
+from clo_export.calib.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
+from clo_export.calib.rules import check_qdq
+from clo_export.errors import CloExportError
+from clo_export.export.metadata import read_metadata
+from tests.test_calib_sources import write_images
+
+IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away
+OPTS = QuantizeOptions(method="minmax", num=16, holdout=4)
+
+
+@lru_cache(maxsize=1)
+def small_onnx() -> Path:
+    """The seed architecture, 3 classes, 256x256, random weights with raised obj/cls biases so it detects things."""
+    import torch
+
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.models.checkpoint import load, save_yolov5
+    from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
+    from clo_export.plugins import load_plugins
+    from tests.conftest import randomize
+
+    load_plugins()
+    cfg = copy.deepcopy(load_cfg(DEFAULT_CFG))
+    cfg["nc"] = 3
+    torch.manual_seed(0)
+    model = randomize(DetectionModel(cfg, names=["circle", "square", "star"])).eval()
+    with torch.no_grad():
+        for conv in model.detect.m:
+            bias = conv.bias.view(model.detect.na, -1)
+            bias[:, 4] += 4.0
+            bias[:, 5:] += 2.0
+    root = Path(tempfile.mkdtemp(prefix="clo-calib-"))
+    atexit.register(shutil.rmtree, root, True)
+    save_yolov5(model, root / "small.pt")
+    export_onnx(load(root / "small.pt"), root / "small.onnx", ExportOptions(imgsz=IMGSZ, simplifier="onnxsim"))
+    write_images(root / "calib", 24)
+    return root / "small.onnx"
+
+
+@pytest.fixture()
+def model_dir(tmp_path) -> Path:
+    """A fresh folder holding a copy of the small FP32 ONNX and calibration images."""
+    src = small_onnx()
+    shutil.copy(src, tmp_path / "small.onnx")
+    shutil.copytree(src.parent / "calib", tmp_path / "calib")
+    return tmp_path
+
+
+def test_attention_map_path_is_found_by_topology():
+    model = onnx.load(small_onnx())
+    found = attention_nodes(model)
+    ops = sorted(n.op_type for n in model.graph.node if n.name in found)
+    assert ops == ["Conv", "Conv", "MatMul", "MatMul", "Mul", "Mul", "Sigmoid", "Softmax", "Tanh"]
+    assert all("/model.9/" in name for name in found)  # the EfficientAttention layer of the seed YAML
+    qk = next(n for n in model.graph.node if n.name in found and n.op_type == "Mul" and "act_block" not in n.name)
+    assert qk.name == "/model.9/Mul"  # q * k
+    keep = find_targets(model, keep_attention_fp=True)
+    full = find_targets(model, keep_attention_fp=False)
+    assert {t.op_type for t in full} == {"Conv", "MatMul", "Add"} and "MatMul" not in {t.op_type for t in keep}
+    adds = {t.node for t in full if t.op_type == "Add"}
+    assert adds and all("/m/m." in a for a in adds)  # Bottleneck shortcuts only, never Detect's grid Adds
+
+
+def test_quantize_writes_a_checked_qdq_model_that_onnxruntime_runs(model_dir):
+    from clo_export.backends.onnxrt import OnnxRuntimeRunner
+
+    seen = []
+    r = quantize(model_dir / "small.onnx", model_dir / "calib", opts=OPTS, progress=lambda d, t: seen.append((d, t)))
+    assert r.path == model_dir / "small.int8.onnx" and r.cache.status == "missing"
+    assert seen[-1] == (16, 16) and len(seen) == 16
+    q = onnx.load(r.path)
+    assert check_qdq(q) == []
+    assert next(o.version for o in q.opset_import if o.domain == "") == 17
+    attn = attention_nodes(onnx.load(model_dir / "small.onnx"))
+    producers = {o: n for n in q.graph.node for o in n.output}
+    for node in q.graph.node:
+        if node.name in attn:
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+    meta = read_metadata(q)
+    assert meta.precision == "int8" and meta.imgsz == IMGSZ and meta.names[2] == "star"
+    calib = json.loads({p.key: p.value for p in q.metadata_props}[CALIBRATION_KEY])
+    assert calib["method"] == "minmax" and calib["images"] == 16 and calib["keep_attention_fp"] is True
+    side = json.loads(r.sidecar.read_text())
+    assert side["precision"] == "int8" and side["calibration"]["images"] == 16 and side["accuracy"]["file"] == r.accuracy_path.name
+    x = np.random.default_rng(0).random((1, 3, *IMGSZ), dtype=np.float32)
+    with OnnxRuntimeRunner(r.path, providers=["CPUExecutionProvider"]) as runner:
+        out = runner.infer({"images": x})["output0"]
+    assert out.shape[0] == 1 and out.shape[2] == 8 and np.isfinite(out).all()
+    assert not list(model_dir.glob(".*.part"))  # atomic writes leave no temporaries
+
+
+def test_accuracy_report_on_held_out_images(model_dir):
+    r = quantize(model_dir / "small.onnx", model_dir / "calib", opts=OPTS)
+    rep = r.report
+    assert rep.n_images == 4 and not set(r.split.calib) & set(r.split.holdout)
+    assert set(rep.tensors) >= {"output0", "output0.boxes", "output0.objectness", "output0.classes"}
+    assert rep.tensors["output0.objectness"].cosine > 0.9
+    assert rep.agreement.n_ref > 10  # the biased head really detects, so agreement is measured, not vacuous
+    assert 0.5 < rep.agreement.f1 <= 1.0 and rep.map50 is not None and 0.3 < rep.map50 <= 1.0
+    saved = json.loads(r.accuracy_path.read_text())
+    assert saved["agreement_f1"] == pytest.approx(rep.score) and saved["detections"]["n_ref"] == rep.agreement.n_ref
+
+
+def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplog, monkeypatch):
+    import clo_export.calib.quantize as qmod
+
+    first = quantize(model_dir / "small.onnx", model_dir / "calib", opts=OPTS)
+    assert first.cache_path.is_file()
+    calls = []
+    real = qmod.calibrate
+    monkeypatch.setattr(qmod, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("minmax", 16, 4, keep_attention_fp=False))
+    assert again.cache.status == "hit" and not calls  # one cache serves both attention modes
+    assert again.n_qdq_tensors > first.n_qdq_tensors
+    with caplog.at_level(logging.WARNING, logger="clo_export"):
+        stale = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("percentile", 16, 4))
+    assert stale.cache.status == "stale" and calls == [1] and "differs in: method" in caplog.text
+
+
+def test_bad_inputs_are_refused(model_dir):
+    model = onnx.load(model_dir / "small.onnx")
+    targets = find_targets(model)
+    from clo_export.calib.graph import activation_tensors
+    from clo_export.calib.qdq import insert_qdq
+
+    onnx.save(insert_qdq(model, targets, {t: 1.0 for t in activation_tensors(targets)}), model_dir / "q.onnx")
+    with pytest.raises(CloExportError, match="already holds Q/DQ"):
+        quantize(model_dir / "q.onnx", model_dir / "calib", model_dir / "again.onnx", OPTS)
+    with pytest.raises(CloExportError, match="--method"):
+        quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions(method="kl"))
+    with pytest.raises(CloExportError, match="does not exist"):
+        quantize(model_dir / "missing.onnx", model_dir / "calib", opts=OPTS)
+    with pytest.raises(CloExportError, match="found 0 usable"):
+        (model_dir / "junk").mkdir()
+        (model_dir / "junk" / "a.jpg").write_bytes(b"junk")
+        quantize(model_dir / "small.onnx", model_dir / "junk", opts=OPTS)

@@ -1,0 +1,50 @@
+"""``clo-export quantize`` through Typer's CliRunner: output, report table, --min-agreement, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import typer
+from typer.testing import CliRunner
+
+from clo_export.cli.quantize import quantize
+from tests.test_calib_qdq import small_onnx
+
+runner = CliRunner()
+
+
+def make_app() -> typer.Typer:
+    """The quantize command alone (main.py registers it in the real app)."""
+    app = typer.Typer()
+    app.command("quantize")(quantize)
+
+    @app.callback()
+    def main() -> None:
+        pass
+
+    return app
+
+
+def test_quantize_prints_the_report_and_writes_files(tmp_path):
+    src = small_onnx()
+    shutil.copy(src, tmp_path / "m.onnx")
+    args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(src.parent / "calib"), "--num", "16", "--holdout", "4",
+            "--method", "minmax", "--min-agreement", "0.3"]
+    result = runner.invoke(make_app(), args)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "quantized" in out and "16 calibration + 4 held-out images" in out and "TensorRT Q/DQ rules: ok" in out
+    assert "detections @IoU0.5" in out and "mAP@0.5 (FP32 as GT)" in out
+    assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.int8.json").is_file()
+    assert json.loads((tmp_path / "m.int8.accuracy.json").read_text())["n_images"] == 4
+    again = runner.invoke(make_app(), args[:-2] + ["--min-agreement", "1.0"])
+    assert again.exit_code == 1 and "ranges from cache" in again.output and "below --min-agreement" in again.output
+
+
+def test_errors_are_one_line_and_exit_1(tmp_path):
+    src = small_onnx()
+    bad = runner.invoke(make_app(), ["quantize", str(src), "--calib", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 1 and "does not exist" in bad.output and "Traceback" not in bad.output
+    small = runner.invoke(make_app(), ["quantize", str(src), "--calib", str(src.parent / "calib"), "--num", "4"])
+    assert small.exit_code == 1 and "--num 4 is too small" in small.output
