@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,3 +27,15 @@ def test_wheel_install_has_the_subpackages_and_config(tmp_path):
                          cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     file, cfg_ok = out.stdout.split()
     assert file.startswith(str(target)) and cfg_ok == "True"
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    from clo_export.fileio import write_text_atomic
+
+    write_text_atomic(tmp_path / "report.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from clo_export.errors import CloExportError
 
@@ -58,3 +59,18 @@ def guarded(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def comparison_table(report, title: str) -> Table:
+    """Per-output differences and detection agreement of a check, as one table."""
+    table = Table(title=f"{title} ({report.precision}, {report.n_inputs} frames)", title_justify="left")
+    for col in ("output", "max |diff|", "mean |diff|", "cosine", "limit"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for name, s in report.tensors.items():
+        limit = report.tolerance.limit_for(name)
+        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", "–" if limit is None else f"{limit:g}")
+    d = report.detections
+    if d is not None:
+        table.add_row("detections (F1)", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"{d.f1:.4f}", f">= {report.tolerance.min_f1:g}")
+        table.add_row("", f"{d.n_ref} ref boxes", f"{d.n_test} test boxes", f"IoU {d.mean_iou:.4f}", "")
+    return table

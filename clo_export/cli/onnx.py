@@ -6,28 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-
-from clo_export.cli.common import Cfg, ImgSz, Plugins, Weights, console, guarded
+from clo_export.cli.common import Cfg, ImgSz, Plugins, Weights, comparison_table, console, guarded
 from clo_export.errors import CloExportError
 
 OUT = "Output"
 NMS = "In-graph NMS"
-
-
-def parity_table(report) -> Table:
-    """Per-output errors and detection agreement, as one table."""
-    table = Table(title=f"ONNX Runtime vs PyTorch ({report.precision}, {report.n_inputs} batches)", title_justify="left")
-    for col in ("output", "max |diff|", "mean |diff|", "cosine", "limit"):
-        table.add_column(col, justify="left" if col == "output" else "right")
-    for name, s in report.tensors.items():
-        limit = report.tolerance.limit_for(name)
-        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", "–" if limit is None else f"{limit:g}")
-    d = report.detections
-    if d is not None:
-        table.add_row("detections (F1)", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"{d.f1:.4f}", f">= {report.tolerance.min_f1}")
-        table.add_row("", f"{d.n_ref} ref boxes", f"{d.n_test} test boxes", f"IoU {d.mean_iou:.4f}", "")
-    return table
 
 
 @guarded
@@ -72,7 +55,7 @@ def onnx(
     if result.parity is None:
         console.print("parity check skipped (--no-check)")
         return
-    console.print(parity_table(result.parity))
+    console.print(comparison_table(result.parity, "ONNX Runtime vs PyTorch"))
     d = result.parity.detections
     if d is not None and d.n_ref == 0 and d.n_test == 0:
         console.print("note: no detections on these inputs; add --source images/ to compare detections on real frames")
