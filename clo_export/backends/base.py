@@ -6,8 +6,10 @@ free and ``--help`` never touches a GPU. Feeds and outputs are ``{name: ndarray}
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -74,3 +76,115 @@ class Runner(ABC):
 
     @abstractmethod
     def input_specs_impl(self) -> list[TensorSpec]: ...
+
+
+BACKEND_SUFFIXES = {".pt": "pytorch", ".pth": "pytorch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What inference needs to know about a model, read from the file itself (metadata or sidecar)."""
+
+    path: str
+    backend: str  # "pytorch" | "onnxruntime" | "tensorrt"
+    names: dict[int, str]
+    imgsz: tuple[int, int]  # (H, W) the model takes
+    stride: int = 32
+    precision: str = "fp32"
+    nms: bool = False  # in-graph NMS: outputs num_dets, boxes, scores, classes
+    nms_conf: float | None = None
+    nms_iou: float | None = None
+    nms_max_det: int | None = None
+
+    def class_name(self, cls: int) -> str:
+        """The class name, or the id as text for an unnamed class."""
+        return self.names.get(int(cls), str(int(cls)))
+
+
+def backend_for(path: str | os.PathLike) -> str:
+    """The backend a model file runs on, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in BACKEND_SUFFIXES:
+        raise CloExportError(f"cannot tell the backend of '{path}': use a .pt checkpoint, an .onnx model or a TensorRT .engine")
+    return BACKEND_SUFFIXES[suffix]
+
+
+def load_runner(path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,
+                imgsz: tuple[int, int] | None = None, threads: int | None = None) -> tuple[Runner, ModelInfo]:
+    """A (not yet activated) Runner for a model file and its ModelInfo; the backend comes from the suffix.
+
+    Only the chosen backend's dependencies are imported: an .onnx or .engine never imports torch.
+    ``device`` None picks automatically (CUDA when present); ``providers`` overrides ONNX Runtime's choice.
+    ``imgsz`` overrides a checkpoint's training size; fixed-size models refuse a different one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CloExportError(f"model '{path}' does not exist; pass a .pt checkpoint, an .onnx model or a .engine")
+    backend = backend_for(path)
+    if backend == "pytorch":
+        return _load_torch(path, device, imgsz)
+    if backend == "onnxruntime":
+        return _load_onnx(path, device, providers, imgsz, threads)
+    return _load_engine(path, device, imgsz)
+
+
+def _check_fixed_imgsz(path: Path, fixed: tuple[int, int], requested: tuple[int, int] | None) -> None:
+    if requested is not None and tuple(requested) != tuple(fixed):
+        raise CloExportError(f"'{path.name}' takes {fixed[0]}x{fixed[1]} inputs only; drop --imgsz or re-export at "
+                             f"{requested[0]},{requested[1]}")
+
+
+def _load_torch(path: Path, device: str | None, imgsz: tuple[int, int] | None) -> tuple[Runner, ModelInfo]:
+    from clo_export.lazy import lazy_import
+
+    lazy_import("torch")  # a runtime-only install gets the install hint, not an ImportError
+    from clo_export.backends.pytorch import TorchRunner
+    from clo_export.models.checkpoint import load
+
+    loaded = load(path)
+    size = tuple(imgsz or loaded.imgsz_hint or (640, 640))
+    loaded.model.check_imgsz(size)
+    info = ModelInfo(str(path), "pytorch", dict(loaded.names), size, loaded.model.max_stride, "fp32")
+    return TorchRunner(loaded.model, device, fuse=True), info
+
+
+def _load_onnx(path: Path, device: str | None, providers: list[str] | None, imgsz: tuple[int, int] | None,
+               threads: int | None) -> tuple[Runner, ModelInfo]:
+    from clo_export.backends.onnxrt import OnnxRuntimeRunner, device_index, providers_for_device
+    from clo_export.export.metadata import read_metadata
+
+    meta = read_metadata(path)
+    size = meta.imgsz
+    if size is None:
+        size = tuple(imgsz or (640, 640))
+    else:
+        _check_fixed_imgsz(path, size, imgsz)
+    info = ModelInfo(str(path), "onnxruntime", dict(meta.names), tuple(size), meta.stride, meta.precision or "fp32",
+                     meta.nms, meta.nms_conf, meta.nms_iou, meta.nms_max_det)
+    runner = OnnxRuntimeRunner(path, providers or providers_for_device(device), threads, device_index(device))
+    return runner, info
+
+
+def _load_engine(path: Path, device: str | None, imgsz: tuple[int, int] | None) -> tuple[Runner, ModelInfo]:
+    from clo_export.engine.sidecar import EngineSidecar
+
+    side = EngineSidecar.read(path)
+    _check_fixed_imgsz(path, tuple(side.imgsz), imgsz)
+    try:
+        import importlib
+
+        trt_backend = importlib.import_module("clo_export.backends.trt")
+    except ModuleNotFoundError as e:
+        what = "the TensorRT Python package" if e.name and e.name.split(".")[0] == "tensorrt" else f"module {e.name}"
+        raise CloExportError(f"running '{path.name}' needs {what}, which is not installed here; install TensorRT "
+                             "(pip install tensorrt, or JetPack on Jetson) or run the .onnx with ONNX Runtime") from e
+    runner_cls = getattr(trt_backend, "TensorRTRunner", None) or getattr(trt_backend, "TrtRunner")
+    nms = all(name in side.output_names for name in NMS_OUTPUTS)
+    info = ModelInfo(str(path), "tensorrt", dict(enumerate(side.names)), tuple(side.imgsz), side.stride,
+                     side.precision, nms)
+    if device not in (None, "cuda", "cuda:0") and not str(device).startswith("cuda"):
+        raise CloExportError(f"TensorRT engines run on the GPU; drop --device {device} or pass the .onnx for CPU")
+    from clo_export.backends.onnxrt import device_index
+
+    return runner_cls(path, device_index(device)), info

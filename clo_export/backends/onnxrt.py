@@ -14,6 +14,7 @@ from clo_export.lazy import lazy_import
 log = logging.getLogger(__name__)
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
              "tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
@@ -29,14 +30,37 @@ def choose_providers(available: list[str], requested: list[str] | None = None) -
     return [p for p in PREFERRED if p in available] or list(available)
 
 
+def providers_for_device(device: str | None) -> list[str] | None:
+    """Providers for a --device: None picks from what is installed, cpu forces CPU, cuda[:N] asks for CUDA."""
+    if device is None:
+        return None
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" or device.startswith("cuda:"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise CloExportError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N")
+
+
+def device_index(device: str | None) -> int:
+    """The N of cuda:N (0 otherwise)."""
+    if device and device.startswith("cuda:"):
+        tail = device.split(":", 1)[1]
+        if not tail.isdigit():
+            raise CloExportError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N")
+        return int(tail)
+    return 0
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX model (path or serialized bytes) in an ONNX Runtime session."""
 
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int | None = None,
+                 device_id: int = 0):
         super().__init__()
         self.model = model
+        self.device_id = device_id
         self.requested = providers
         self.threads = threads
         self.session = None
@@ -50,21 +74,28 @@ class OnnxRuntimeRunner(Runner):
         opts.log_severity_level = 3
         source = self.model if isinstance(self.model, bytes) else str(self.model)
         try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+            options = [{"device_id": str(self.device_id)} if p in GPU_PROVIDERS else {} for p in providers]
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers, provider_options=options)
         except Exception as e:
             where = "the model" if isinstance(self.model, bytes) else f"'{self.model}'"
             raise CloExportError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from e
         log.debug("onnxruntime providers: %s", self.session.get_providers())
+        self._inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
+                                   np.dtype(ORT_TYPES.get(i.type, np.float32))) for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session really uses (after activate)."""
+        return self.session.get_providers() if self.session is not None else []
 
     def deactivate_impl(self) -> None:
         self.session = None
 
     def input_specs_impl(self) -> list[TensorSpec]:
-        return [TensorSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), np.dtype(ORT_TYPES.get(i.type, np.float32)))
-                for i in self.session.get_inputs()]
+        return list(self._inputs)
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        specs = {s.name: s for s in self.input_specs_impl()}
+        specs = {s.name: s for s in self._inputs}
         cast = {k: np.ascontiguousarray(v, dtype=specs[k].dtype) if k in specs else v for k, v in feed.items()}
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, cast)))
+        return dict(zip(self._outputs, self.session.run(self._outputs, cast)))

@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from clo_export.backends.base import Runner, TensorSpec
+from clo_export.errors import CloExportError
+
+
+def resolve_device(device: str | None) -> str:
+    """None -> cuda:0 when torch sees a GPU, else cpu; a requested CUDA device must exist."""
+    import torch
+
+    if device is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CloExportError(f"--device {device} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CloExportError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N")
+    return device
 
 
 class TorchRunner(Runner):
-    """Runs an eval-mode model on CPU or CUDA; input ``images``, output ``output0`` like our ONNX."""
+    """Runs an eval-mode model on CPU or CUDA; input ``images``, output ``output0`` like our ONNX.
+
+    ``fuse=True`` folds BatchNorm into a copy at activate (faster; the reference for checks stays unfused).
+    """
 
     name = "pytorch"
 
-    def __init__(self, model, device: str = "cpu", input_name: str = "images", output_name: str = "output0"):
+    def __init__(self, model, device: str | None = "cpu", input_name: str = "images", output_name: str = "output0",
+                 fuse: bool = False):
         super().__init__()
         self.model = model
         self.device = device
         self.input_name = input_name
         self.output_name = output_name
+        self.fuse = fuse
+        self._active = None
 
     def activate_impl(self) -> None:
-        self.model = self.model.to(self.device).eval()
+        self.device = resolve_device(self.device)
+        model = copy.deepcopy(self.model).fuse() if self.fuse else self.model
+        self._active = model.to(self.device).eval()
 
     def deactivate_impl(self) -> None:
-        pass
+        self._active = None
 
     def input_specs_impl(self) -> list[TensorSpec]:
         ch = self.model.yaml.get("ch", 3)
@@ -34,5 +58,5 @@ class TorchRunner(Runner):
 
         x = torch.from_numpy(np.ascontiguousarray(feed[self.input_name], dtype=np.float32)).to(self.device)
         with torch.no_grad():
-            y = self.model(x)
+            y = self._active(x)
         return {self.output_name: y.float().cpu().numpy()}

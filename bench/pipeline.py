@@ -1,0 +1,186 @@
+"""Benchmark of clo-infer's pipeline on ONNX Runtime CPU (not a test).
+
+For the seed model (nc=80) at 640 on a 640x480 video, in one run:
+  - pure inference FPS (the model alone on one preprocessed frame),
+  - end-to-end FPS of a sequential loop and of the threaded pipeline (decode, preprocess,
+    inference, postprocess, annotate+encode mp4, JSON Lines),
+  - NMS time per frame on the (1, 25200, 85) output at the default thresholds,
+  - RSS while processing the whole video (default 3,000 frames): growth from frame 300 to the end.
+
+The model is untrained: BatchNorm statistics are measured on a few frames (so the output follows
+the image) and the objectness bias is raised so frames carry detections. Usage:
+
+    python bench/pipeline.py [--frames 3000] [--e2e-frames 200] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clo_export.backends.base import load_runner  # noqa: E402
+from clo_export.data.preprocess import preprocess, preprocess_batch  # noqa: E402
+from clo_export.data.sinks import JsonlSink, VideoSink  # noqa: E402
+from clo_export.data.stream import open_source  # noqa: E402
+from clo_export.pipeline import InferOptions, Pipeline  # noqa: E402
+from clo_export.postprocess import nms  # noqa: E402
+
+SIZE = (640, 480)
+
+
+def scene(rng: np.random.Generator) -> np.ndarray:
+    w, h = SIZE
+    img = cv2.resize(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    for _ in range(6):
+        c = tuple(int(v) for v in rng.integers(0, 255, 3))
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(15, 90)), c, -1)
+    return img
+
+
+def make_video(path: Path, frames: int) -> Path:
+    """A 640x480 30 fps mp4; 50 distinct scenes, each drifting so consecutive frames differ."""
+    rng = np.random.default_rng(0)
+    scenes = [scene(rng) for _ in range(50)]
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, SIZE)
+    for i in range(frames):
+        w.write(np.roll(scenes[(i // 60) % 50], 2 * (i % 60), axis=1))
+    w.release()
+    return path
+
+
+def make_model(out: Path) -> Path:
+    """Seed config (nc=80) with measured BatchNorm statistics and raised objectness, exported at 640."""
+    import torch
+
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.fileio import sha256_file
+    from clo_export.models.checkpoint import LoadedModel, save_yolov5
+    from clo_export.models.yolo import DEFAULT_CFG, DetectionModel
+    from clo_export.plugins import load_plugins
+
+    load_plugins()
+    torch.manual_seed(0)
+    model = DetectionModel(DEFAULT_CFG)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(preprocess_batch([scene(rng) for _ in range(4)], 640)[0])
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    with torch.no_grad():
+        model.train()
+        model(x)
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.clamp_(min=0.1)
+        for conv in model.detect.m:
+            conv.weight.view(model.detect.na, model.detect.no, -1)[:, 4:].mul_(20.0)
+            b = conv.bias.view(model.detect.na, -1)
+            b[:, 4] += 1.0  # ~400 boxes over conf 0.25 and ~80 kept per frame: a busy scene
+            b[:, 5:] += 3.0
+    pt = save_yolov5(model, out.with_suffix(".pt"), opt={"imgsz": 640})
+    loaded = LoadedModel(model.half().float(), pt, "bench", sha256_file(pt), (640, 640))
+    return export_onnx(loaded, out, ExportOptions(imgsz=(640, 640))).path
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def pure_inference_fps(model: Path, frame: np.ndarray, threads: int | None, n: int) -> tuple[float, np.ndarray]:
+    runner, info = load_runner(model, "cpu", threads=threads)
+    x, _ = preprocess(frame, info.imgsz)
+    with runner:
+        for _ in range(5):
+            out = runner.infer({"images": x})["output0"]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            runner.infer({"images": x})
+        return n / (time.perf_counter() - t0), out
+
+
+def end_to_end(model: Path, video: Path, out: Path, frames: int | None, threads: int | None, threaded: bool,
+               on_frame=None):
+    runner, info = load_runner(model, "cpu", threads=threads)
+    src = open_source(video, frames)
+    sinks = [VideoSink(out / "annotated.mp4", src.fps, src.size), JsonlSink(out / "dets.jsonl", info.names)]
+    with runner:
+        return Pipeline(src, runner, info, sinks, InferOptions(), on_frame=on_frame).run(threaded=threaded)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=3000, help="frames in the long (memory) video")
+    ap.add_argument("--e2e-frames", type=int, default=200, help="frames for the sequential/pipelined FPS runs")
+    ap.add_argument("--infer-iters", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="clo-bench-"))
+    t0 = time.perf_counter()
+    model = make_model(tmp / "seed640.onnx")
+    video = make_video(tmp / "video.mp4", max(args.frames, args.e2e_frames))
+    print(f"setup (export at 640, {max(args.frames, args.e2e_frames)}-frame 640x480 video): {time.perf_counter() - t0:.0f} s",
+          flush=True)
+
+    frame = scene(np.random.default_rng(7))
+    infer_fps, out = pure_inference_fps(model, frame, args.threads, args.infer_iters)
+    seq = end_to_end(model, video, tmp, args.e2e_frames, args.threads, threaded=False)
+    pipe = end_to_end(model, video, tmp, args.e2e_frames, args.threads, threaded=True)
+
+    candidates = int((out[0, :, 4] > 0.25).sum())
+    nms(out)  # warm
+    reps = 200
+    t = time.perf_counter()
+    for _ in range(reps):
+        dets = nms(out)
+    nms_ms = (time.perf_counter() - t) / reps * 1e3
+
+    samples: dict[str, float] = {}
+
+    def watch(n: int, _dets: int) -> None:
+        if n == 300:
+            samples["at300"] = rss_mb()
+        if n >= 300 and n % 50 == 0:
+            samples["max_after"] = max(samples.get("max_after", 0.0), rss_mb())
+
+    long = end_to_end(model, video, tmp, args.frames, args.threads, threaded=True, on_frame=watch)
+    samples["end"] = rss_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    growth = max(samples.get("max_after", 0.0), samples["end"]) - samples.get("at300", samples["end"])
+
+    rows = [
+        ("pure inference (ORT CPU, 1x3x640x640)", f"{infer_fps:.1f} FPS", "1.00"),
+        ("end-to-end, sequential loop", f"{seq.fps:.1f} FPS", f"{seq.fps / infer_fps:.2f}"),
+        ("end-to-end, threaded pipeline", f"{pipe.fps:.1f} FPS", f"{pipe.fps / infer_fps:.2f}"),
+        ("pipeline / sequential", "", f"{pipe.fps / seq.fps:.2f}"),
+        (f"NMS per frame (25200x85, conf 0.25, {candidates} over conf, {len(dets[0])} kept)", f"{nms_ms:.2f} ms", ""),
+        (f"RSS at frame 300 / max after / end ({long.frames} frames)",
+         f"{samples.get('at300', 0):.0f} / {samples.get('max_after', 0):.0f} / {samples['end']:.0f} MB", ""),
+        ("RSS growth frame 300 -> end (limit 50 MB)", f"{growth:+.1f} MB", "ok" if growth < 50 else "OVER"),
+        ("peak RSS (process)", f"{peak:.0f} MB", ""),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'measure':<{w}}  {'value':>22}  {'ratio':>6}")
+    for name, value, ratio in rows:
+        print(f"{name:<{w}}  {value:>22}  {ratio:>6}")
+    print("\nper-stage latency, pipelined run (ms: mean / p50 / p95)")
+    for s in pipe.stages.values():
+        print(f"  {s.name:<12} {s.mean_ms:7.2f} {s.p50_ms:7.2f} {s.p95_ms:7.2f}")
+    import os
+
+    print(f"\nmachine: {os.cpu_count()} CPUs, onnxruntime threads: {args.threads or 'default'}")
+
+
+if __name__ == "__main__":
+    main()

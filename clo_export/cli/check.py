@@ -1,0 +1,86 @@
+"""``clo-export check``: run an exported model and its PyTorch checkpoint on the same frames and compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from clo_export.cli.common import comparison_table, console, guarded
+from clo_export.errors import CloExportError
+
+OUT = "Output"
+THRESH = "Thresholds"
+
+Model = Annotated[Path, typer.Argument(help="Model to check: .onnx, .engine (or .pt).", show_default=False)]
+CheckWeights = Annotated[Path, typer.Option("--weights", "-w", help="The PyTorch checkpoint (best.pt) it was made from.", show_default=False)]
+
+
+def load_reference(weights: Path, names: dict[int, str]):
+    """The checkpoint as an (inactive) CPU TorchRunner; its classes must match the model's."""
+    from clo_export.lazy import lazy_import
+
+    lazy_import("torch")
+    from clo_export.backends.pytorch import TorchRunner
+    from clo_export.models.checkpoint import load
+
+    loaded = load(weights)
+    if len(loaded.names) != len(names):
+        raise CloExportError(f"{weights.name} has {len(loaded.names)} classes but the model has {len(names)}; "
+                             "check against the checkpoint the model was exported from")
+    return TorchRunner(loaded.model, "cpu")
+
+
+@guarded
+def check(
+    model: Model,
+    weights: CheckWeights,
+    source: Annotated[str, typer.Option("--source", "-s", help="Images, folder, glob or video to compare on.", show_default=False)],
+    limit: Annotated[int, typer.Option(help="Compare at most this many frames.")] = 200,
+    conf: Annotated[float, typer.Option(help="Score threshold for the detections compared.", rich_help_panel=THRESH)] = 0.25,
+    iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=THRESH)] = 0.45,
+    min_f1: Annotated[float | None, typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=THRESH)] = None,
+    device: Annotated[str | None, typer.Option(help="Where the model runs: cpu, cuda, cuda:N (default: automatic).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
+    frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
+) -> None:
+    """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
+    from clo_export.backends.base import load_runner
+    from clo_export.data.stream import open_source
+    from clo_export.pipeline import Checker, InferOptions, Pipeline
+
+    opts = InferOptions(conf=conf, iou=iou, check_every=1)
+    opts.validate()
+    runner, info = load_runner(model, device)
+    src = open_source(source, limit)
+    reference = load_reference(weights, info.names)
+    with runner, reference:
+        checker = Checker(reference, info, opts, min_f1=min_f1, keep_worst=frames if report else 0)
+        with console.status(f"comparing {info.backend} with PyTorch on {src.describe()}…"):
+            result = Pipeline(src, runner, info, [], opts, checker).run()
+    rep = result.check
+    if rep is None:
+        raise CloExportError(f"no frame of '{source}' could be compared; pass images or a video")
+    console.print(comparison_table(rep, f"{model.name} ({info.backend}) vs {weights.name} (PyTorch)"))
+    out = json_out or model.with_name(model.name + ".check.json")
+    from clo_export.fileio import write_text_atomic
+
+    payload = {"model": str(model), "weights": str(weights), "source": source, "backend": info.backend,
+               "frames": result.frames, "skipped": result.skipped, "conf": conf, "iou": iou,
+               "report": rep.to_dict(), "frame_f1": [round(f, 5) for f in checker.frame_f1s()]}
+    write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+    console.print(f"JSON report: {out}")
+    if report is not None:
+        from clo_export.report_html import write_html_report
+
+        facts = {"model": model.name, "backend": info.backend, "weights": weights.name, "source": source,
+                 "conf / iou": f"{conf} / {iou}"}
+        write_html_report(report, rep, checker.worst(), info.names, f"{model.name} vs {weights.name}", facts)
+        console.print(f"HTML report: {report}")
+    if result.skipped:
+        console.print(f"[yellow]{result.skipped} unreadable frame(s)/image(s) skipped[/]")
+    if not rep:
+        raise CloExportError(f"{model.name} disagrees with PyTorch: " + "; ".join(rep.failures))
+    console.print("[green]check: within tolerance[/]")

@@ -1,0 +1,220 @@
+"""``clo-infer``: run a .pt, .onnx or .engine model on a video, images, a webcam or a stream.
+
+Only typer/rich are imported at module level: ``--help`` and the ONNX/engine paths never import
+torch (a Jetson runtime install has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clo_export.cli.common import Debug, Verbose, console, err_console, guarded, setup
+from clo_export.errors import CloExportError
+
+MODEL = "Model"
+POST = "Detections"
+OUT = "Output"
+CHECK = "Check against PyTorch"
+RUN = "Run"
+
+app = typer.Typer(
+    name="clo-infer",
+    help="Run a YOLOv5(+CloFormer) model on videos, images, webcams and streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def parse_classes(values: list[str] | None, names: dict[int, str]) -> tuple[int, ...] | None:
+    """--classes 0,2 / --classes person --classes 3 -> class ids (names looked up in the model's)."""
+    if not values:
+        return None
+    by_name = {v.lower(): k for k, v in names.items()}
+    out = []
+    for token in (t.strip() for v in values for t in v.split(",")):
+        if not token:
+            continue
+        if token.isdigit():
+            out.append(int(token))
+        elif token.lower() in by_name:
+            out.append(by_name[token.lower()])
+        else:
+            raise CloExportError(f"--classes '{token}' is neither a class id nor one of the model's names "
+                                 f"({', '.join(list(names.values())[:10])}{'…' if len(names) > 10 else ''})")
+    bad = [c for c in out if c not in names]
+    if bad:
+        raise CloExportError(f"--classes {bad} out of range: the model has classes 0…{len(names) - 1}")
+    return tuple(out)
+
+
+def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool, names: dict[int, str]):
+    """The sinks asked for, checked against the source kind before any frame is read."""
+    from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink
+
+    if save is not None and save_dir is not None:
+        raise CloExportError("pass either --save OUT.mp4 (video) or --save-dir DIR, not both")
+    sinks = []
+    try:
+        if show:
+            sinks.append(ShowSink())
+        if source.kind == "images":
+            if save is not None:
+                raise CloExportError("--save writes a video, but the source is images; use --save-dir DIR for annotated images")
+            if save_dir is not None:
+                sinks.append(ImageDirSink(save_dir))
+        elif save is not None or save_dir is not None:
+            if save is None:
+                stem = Path(source.spec).stem if source.kind == "video" else f"{source.kind}{source.spec if source.spec.isdigit() else ''}"
+                save = save_dir / f"{stem}.mp4"
+            if source.size is None:
+                raise CloExportError(f"the {source.kind} reports no frame size, so --save cannot open a video writer")
+            sinks.append(VideoSink(save, source.fps, source.size))
+        if json_path is not None:
+            sinks.append(JsonlSink(json_path, names))
+    except BaseException:
+        for s in sinks:
+            s.abort()
+        raise
+    return sinks
+
+
+def stats_table(result, backend: str):
+    """Per-stage latency, end-to-end FPS and counts."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.frames} frames in {result.seconds:.2f} s: {result.fps:.1f} FPS end-to-end "
+                        f"({backend}, batch {result.batch})", title_justify="left")
+    for col in ("stage", "mean ms", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in result.stages.values():
+        table.add_row(s.name, f"{s.mean_ms:.2f}", f"{s.p50_ms:.2f}", f"{s.p95_ms:.2f}")
+    return table
+
+
+@app.command(no_args_is_help=True)
+@guarded
+def infer(
+    source: Annotated[str, typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0) or stream URL (rtsp://…).", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model or TensorRT .engine; names, size and stride come from the file.", show_default=False, rich_help_panel=MODEL)],
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)] = None,
+    providers: Annotated[str | None, typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads (default: all cores).", rich_help_panel=MODEL)] = None,
+    imgsz: Annotated[str | None, typer.Option(help="Input size for a .pt (default: its training size); fixed for .onnx/.engine.", rich_help_panel=MODEL)] = None,
+    conf: Annotated[float, typer.Option(help="Score threshold.", rich_help_panel=POST)] = 0.25,
+    iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=POST)] = 0.45,
+    max_det: Annotated[int, typer.Option(help="Detections kept per frame.", rich_help_panel=POST)] = 300,
+    classes: Annotated[list[str] | None, typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST)] = None,
+    agnostic_nms: Annotated[bool, typer.Option("--agnostic-nms", help="Class-agnostic NMS.", rich_help_panel=POST)] = False,
+    save: Annotated[Path | None, typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)] = None,
+    save_dir: Annotated[Path | None, typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
+    show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
+    batch: Annotated[int, typer.Option(help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
+    limit: Annotated[int | None, typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
+    sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
+    check: Annotated[Path | None, typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
+    check_every: Annotated[int, typer.Option(help="Compare every K-th frame.", rich_help_panel=CHECK)] = 10,
+    check_f1: Annotated[float | None, typer.Option(help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=CHECK)] = None,
+    debug: Debug = False,
+    verbose: Verbose = False,
+) -> None:
+    """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch."""
+    setup(debug, verbose)
+    from clo_export.backends.base import load_runner
+    from clo_export.data.stream import open_source
+    from clo_export.pipeline import InferOptions
+
+    if check is not None and not check.is_file():
+        raise CloExportError(f"--check '{check}' does not exist; pass the best.pt the model was exported from")
+    size = None
+    if imgsz is not None:
+        from clo_export.imgsz import parse_imgsz
+
+        size = parse_imgsz(imgsz)
+    runner, info = load_runner(model, device, [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
+                               size, threads)
+    opts = InferOptions(conf, iou, max_det, parse_classes(classes, info.names), agnostic_nms, batch, check_every)
+    opts.validate()
+    src = open_source(source, limit)
+    reference = None
+    if check is not None:
+        from clo_export.cli.check import load_reference
+
+        reference = load_reference(check, info.names)
+    sinks = make_sinks(src, save, save_dir, json_path, show, info.names)
+    if not sinks:
+        err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)
+    result = _run(src, runner, reference, info, sinks, opts, check_f1, sequential, quiet)
+    _report(result, info, check)
+
+
+def _run(src, runner, reference, info, sinks, opts, check_f1, sequential, quiet):
+    """Activate the runners and run the pipeline under a progress bar."""
+    from contextlib import ExitStack
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from clo_export.pipeline import Checker, Pipeline
+
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(runner)
+            checker = None
+            if reference is not None:
+                stack.enter_context(reference)
+                checker = Checker(reference, info, opts, min_f1=check_f1)
+            total = src.expected()
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                console=err_console, disable=quiet, transient=True)
+            task = progress.add_task(f"{info.backend}", total=total, fps=0.0)
+            started: list[float] = []
+
+            def on_frame(n: int, _dets: int) -> None:
+                import time
+
+                now = time.perf_counter()
+                if not started:
+                    started.append(now)
+                fps = (n - 1) / (now - started[0]) if n > 1 and now > started[0] else 0.0
+                progress.update(task, completed=n, fps=fps)
+
+            pipeline = Pipeline(src, runner, info, sinks, opts, checker, on_frame)
+            with progress:
+                return pipeline.run(threaded=not sequential)
+    except BaseException:
+        for s in sinks:  # a failure before the pipeline owned them
+            s.abort()
+        raise
+
+
+def _report(result, info, check: Path | None) -> None:
+    """Print the stats, outputs and check outcome; raise for a failed check, exit 130 when interrupted."""
+    console.print(stats_table(result, info.backend))
+    console.print(f"{result.detections} detections" + (f", {result.skipped} unreadable frame(s) skipped" if result.skipped else "")
+                  + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else ""))
+    for path in result.outputs:
+        console.print(f"wrote {path}")
+    if check is not None:
+        from clo_export.cli.common import comparison_table
+
+        rep = result.check
+        if rep is None:
+            console.print("check: no frame was compared (fewer frames than --check-every?)")
+        else:
+            console.print(comparison_table(rep, f"{Path(info.path).name} ({info.backend}) vs {check.name} (PyTorch), live"))
+            if not rep:
+                raise CloExportError(f"live check failed on {result.checked_frames} frame(s): " + "; ".join(rep.failures))
+            console.print("[green]check: within tolerance[/]")
+    if result.interrupted:
+        err_console.print(f"interrupted after {result.frames} frames; outputs closed and complete", highlight=False)
+        raise typer.Exit(130)
+
+
+def main() -> None:  # pragma: no cover - console script convenience
+    app()

@@ -1,0 +1,112 @@
+"""load_runner picks the backend from the file; PyTorch and ONNX Runtime agree on real frames."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from clo_export.backends.base import ModelInfo, backend_for, load_runner
+from clo_export.backends.onnxrt import OnnxRuntimeRunner, device_index, providers_for_device
+from clo_export.compare import detection_agreement
+from clo_export.data.preprocess import preprocess
+from clo_export.errors import CloExportError
+from clo_export.postprocess import detections_from_nms_outputs, nms
+from tests.test_infer_fixtures import IMGSZ, NAMES, art, scene  # noqa: F401 (art is a fixture)
+
+
+@pytest.mark.parametrize("name, backend", [("a.pt", "pytorch"), ("a.onnx", "onnxruntime"), ("a.ENGINE", "tensorrt")])
+def test_backend_comes_from_the_suffix(name, backend):
+    assert backend_for(name) == backend
+
+
+def test_unknown_suffix_and_missing_file_are_clear_errors(tmp_path):
+    with pytest.raises(CloExportError, match="cannot tell the backend"):
+        backend_for("model.tflite")
+    with pytest.raises(CloExportError, match="does not exist"):
+        load_runner(tmp_path / "missing.onnx")
+
+
+def test_onnx_info_comes_from_the_metadata(art):
+    runner, info = load_runner(art.onnx, "cpu")
+    assert isinstance(runner, OnnxRuntimeRunner) and not runner.is_active
+    assert info == ModelInfo(str(art.onnx), "onnxruntime", dict(enumerate(NAMES)), (IMGSZ, IMGSZ), 32, "fp32")
+    _, nms_info = load_runner(art.nms_onnx, "cpu")
+    assert nms_info.nms and nms_info.nms_conf == pytest.approx(0.25) and nms_info.nms_max_det == 300
+    with pytest.raises(CloExportError, match="takes 128x128 inputs only"):
+        load_runner(art.onnx, "cpu", imgsz=(256, 256))
+
+
+def test_device_choices():
+    assert providers_for_device(None) is None
+    assert providers_for_device("cpu") == ["CPUExecutionProvider"]
+    assert providers_for_device("cuda:1")[0] == "CUDAExecutionProvider" and device_index("cuda:1") == 1
+    with pytest.raises(CloExportError, match="not a device"):
+        providers_for_device("tpu")
+
+
+def test_cuda_without_onnxruntime_gpu_is_a_clear_error(art):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA provider present")
+    runner, _ = load_runner(art.onnx, "cuda:0")
+    with pytest.raises(CloExportError, match="onnxruntime-gpu"):
+        runner.activate()
+
+
+def _engine_with_sidecar(tmp_path, output_names=("output0",)):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not really an engine")
+    side = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": [8, 7], "precision": "fp16",
+            "input_name": "images", "input_shape": [1, 3, 128, 128], "output_names": list(output_names),
+            "names": NAMES, "stride": 32, "imgsz": [128, 128], "source_onnx": "m.onnx", "source_onnx_sha256": "0",
+            "build_seconds": 1.0}
+    (tmp_path / "m.engine.json").write_text(json.dumps(side))
+    return engine
+
+
+def test_engine_without_tensorrt_backend_is_one_clear_line(tmp_path, monkeypatch):
+    engine = _engine_with_sidecar(tmp_path)
+    monkeypatch.setitem(sys.modules, "clo_export.backends.trt", None)  # as if the module or tensorrt were missing
+    with pytest.raises(CloExportError) as e:
+        load_runner(engine)
+    assert "not installed" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_engine_routes_to_the_trt_runner_with_info_from_the_sidecar(tmp_path, monkeypatch):
+    import types
+
+    engine = _engine_with_sidecar(tmp_path, ("num_dets", "boxes", "scores", "classes"))
+    fake = types.ModuleType("clo_export.backends.trt")
+    fake.TensorRTRunner = lambda path, device: ("trt", path, device)
+    monkeypatch.setitem(sys.modules, "clo_export.backends.trt", fake)
+    runner, info = load_runner(engine, "cuda:1")
+    assert runner == ("trt", engine, 1)
+    assert info.backend == "tensorrt" and info.names == dict(enumerate(NAMES)) and info.nms and info.precision == "fp16"
+
+
+def test_engine_without_sidecar_says_how_to_rebuild(tmp_path):
+    (tmp_path / "m.engine").write_bytes(b"x")
+    with pytest.raises(CloExportError, match="clo-export trt"):
+        load_runner(tmp_path / "m.engine")
+
+
+def test_pytorch_and_onnxruntime_agree_on_raw_outputs_and_detections(art):
+    pt, pt_info = load_runner(art.pt, "cpu")
+    ort, _ = load_runner(art.onnx, "cpu")
+    ort_nms, _ = load_runner(art.nms_onnx, "cpu")
+    assert pt_info.imgsz == (IMGSZ, IMGSZ) and pt_info.names == dict(enumerate(NAMES))
+    rng = np.random.default_rng(3)
+    with pt, ort, ort_nms:
+        for _ in range(3):
+            x, _ = preprocess(scene(rng), IMGSZ)
+            ref, test = pt.infer({"images": x})["output0"], ort.infer({"images": x})["output0"]
+            np.testing.assert_allclose(test[..., :4], ref[..., :4], atol=1e-3)
+            np.testing.assert_allclose(test[..., 4:], ref[..., 4:], atol=1e-5)
+            ref_dets = nms(ref)
+            assert len(ref_dets[0]) > 0
+            assert detection_agreement(ref_dets, nms(test)).f1 == 1.0
+            assert detection_agreement(ref_dets, detections_from_nms_outputs(ort_nms.infer({"images": x}))).f1 == 1.0

@@ -1,0 +1,157 @@
+"""The threaded pipeline: same results as the sequential loop, batching, interruption, stats, postprocessing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clo_export.backends.base import ModelInfo, Runner, TensorSpec, load_runner
+from clo_export.data.preprocess import LetterboxInfo
+from clo_export.data.sinks import JsonlSink, VideoSink
+from clo_export.data.stream import open_source
+from clo_export.errors import CloExportError
+from clo_export.pipeline import InferOptions, Pipeline, Postprocessor, StageTimer
+from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
+from tests.test_sinks import read_video
+
+
+class InterruptingSource:
+    """Wraps a source and raises KeyboardInterrupt (as Ctrl-C would) after ``n`` frames."""
+
+    def __init__(self, source, n):
+        self.source, self.n = source, n
+        self.live, self.skipped, self.kind = False, 0, source.kind
+
+    def __iter__(self):
+        for i, frame in enumerate(self.source):
+            if i == self.n:
+                raise KeyboardInterrupt
+            yield frame
+
+
+class FixedBatchRunner(Runner):
+    """An ONNX Runtime model presented as a fixed batch-4 model, run row by row (tests padding)."""
+
+    name = "fixed-batch"
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.batches = inner, []
+
+    def activate_impl(self):
+        self.inner.activate()
+
+    def deactivate_impl(self):
+        self.inner.deactivate()
+
+    def input_specs_impl(self):
+        return [TensorSpec("images", (4, 3, 128, 128), np.dtype(np.float32))]
+
+    def infer_impl(self, feed):
+        x = feed["images"]
+        assert x.shape[0] == 4
+        self.batches.append(x)
+        outs = [self.inner.infer({"images": x[i:i + 1]})["output0"] for i in range(4)]
+        return {"output0": np.concatenate(outs)}
+
+
+def run(art, threaded=True, batch=1, runner=None, sinks=(), source=None, limit=None):
+    r, info = load_runner(art.onnx, "cpu")
+    runner = runner or r
+    with runner:
+        return Pipeline(source or open_source(art.video, limit), runner, info, list(sinks),
+                        InferOptions(batch=batch)).run(threaded=threaded), runner
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_threaded_sequential_and_batched_runs_give_the_same_detections(art, tmp_path):
+    outs = {}
+    for name, kw in {"threaded": {}, "sequential": {"threaded": False}}.items():
+        res, _ = run(art, sinks=[JsonlSink(tmp_path / f"{name}.jsonl", {})], **kw)
+        assert res.frames == 24 and not res.interrupted and res.detections > 0
+        assert set(res.stages) == {"decode", "preprocess", "inference", "postprocess", "encode"}
+        outs[name] = lines(tmp_path / f"{name}.jsonl")
+    inner, _ = load_runner(art.onnx, "cpu")
+    fixed = FixedBatchRunner(inner)
+    res, _ = run(art, batch=4, runner=fixed, limit=22, sinks=[JsonlSink(tmp_path / "b.jsonl", {})])
+    assert res.batch == 4 and res.frames == 22 and len(fixed.batches) == 6
+    assert not fixed.batches[-1][2:].any()  # the last batch of 2 was padded with zeros
+    assert outs["threaded"] == outs["sequential"]
+    assert lines(tmp_path / "b.jsonl") == outs["threaded"][:22]
+
+
+def test_fixed_batch_model_refuses_another_batch(art):
+    inner, _ = load_runner(art.onnx, "cpu")
+    with pytest.raises(CloExportError, match="fixed batch of 4"):
+        run(art, batch=3, runner=FixedBatchRunner(inner))
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_ctrl_c_in_the_source_leaves_a_playable_video_and_complete_jsonl(art, tmp_path, threaded):
+    src = open_source(art.video)
+    sinks = [VideoSink(tmp_path / "out.mp4", src.fps, src.size), JsonlSink(tmp_path / "out.jsonl", {})]
+    res, _ = run(art, threaded=threaded, sinks=sinks, source=InterruptingSource(src, 7))
+    assert res.interrupted and res.frames == 7
+    assert read_video(tmp_path / "out.mp4") == (7, pytest.approx(12.0), (320, 240))
+    assert [r["frame"] for r in lines(tmp_path / "out.jsonl")] == list(range(7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.mp4"]  # no temporary files left
+
+
+def test_an_error_in_a_stage_discards_the_outputs_and_is_raised(art, tmp_path):
+    class Broken(FixedBatchRunner):
+        def input_specs_impl(self):
+            return [TensorSpec("images", (1, 3, 128, 128), np.dtype(np.float32))]
+
+        def infer_impl(self, feed):
+            raise CloExportError("boom")
+
+    src = open_source(art.video)
+    inner, _ = load_runner(art.onnx, "cpu")
+    with pytest.raises(CloExportError, match="boom"):
+        run(art, runner=Broken(inner), sinks=[VideoSink(tmp_path / "o.mp4", src.fps, src.size)], source=src)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage_timer_percentiles():
+    t = StageTimer("x")
+    for ms in range(1, 101):
+        t.add(ms / 1e3)
+    t.add(0.2, frames=4)  # a batch of 4 counts 50 ms per frame
+    s = t.stats()
+    ms = [*range(1, 101), 50, 50, 50, 50]
+    assert s.count == 104 and s.mean_ms == pytest.approx(np.mean(ms))
+    assert (s.p50_ms, s.p95_ms) == (pytest.approx(np.percentile(ms, 50)), pytest.approx(np.percentile(ms, 95)))
+
+
+INFO = ModelInfo("m.onnx", "onnxruntime", {0: "a", 1: "b"}, (128, 128))
+LB = LetterboxInfo(ratio=0.5, pad=(0, 16), orig_shape=(192, 256), new_shape=(128, 128))
+
+
+def test_postprocess_raw_output_maps_boxes_to_the_original_frame_and_handles_empty_frames():
+    pred = np.zeros((2, 10, 7), np.float32)
+    pred[0, 0] = [64, 64, 20, 20, 0.9, 0.9, 0.1]  # xywh in the 128x128 input
+    dets = Postprocessor(INFO, InferOptions())({"output0": pred}, [LB, LB])
+    np.testing.assert_allclose(dets[0], [[108, 76, 148, 116, 0.81, 0]], rtol=1e-5)
+    assert dets[1].shape == (0, 6)
+
+
+def test_postprocess_in_graph_nms_outputs_respects_conf_classes_and_max_det():
+    outputs = {"num_dets": np.array([[3]], np.int64),
+               "boxes": np.array([[[0, 16, 10, 26], [20, 36, 30, 46], [40, 56, 50, 66], [0, 0, 0, 0]]], np.float32),
+               "scores": np.array([[0.9, 0.5, 0.3, 0]], np.float32), "classes": np.array([[0, 1, 0, 0]], np.int64)}
+    post = Postprocessor(INFO, InferOptions(conf=0.4))
+    np.testing.assert_allclose(post(outputs, [LB])[0], [[0, 0, 20, 20, 0.9, 0], [40, 40, 60, 60, 0.5, 1]])
+    assert len(Postprocessor(INFO, InferOptions(classes=(1,)))(outputs, [LB])[0]) == 1
+    assert len(Postprocessor(INFO, InferOptions(max_det=1))(outputs, [LB])[0]) == 1
+
+
+def test_options_are_validated():
+    with pytest.raises(CloExportError):
+        InferOptions(conf=2).validate()
+    with pytest.raises(CloExportError):
+        InferOptions(batch=0).validate()
