@@ -436,3 +436,91 @@ def test_build_engine_refusals(tmp_path, monkeypatch):
     with pytest.raises(CloExportError, match="unknown log level"):
         build_mod.build_engine(onnx, tmp_path / "e", make_plan("10.3.0", BuildRequest()), log_level="loud")
     assert not (tmp_path / "e").exists()
+
+
+# ---- the runtime backend: backends/trt.py ---------------------------------------------------
+# The runner has no plan-dependent paths: every TensorRT name it uses must exist in every
+# supported release. Its convention (module docstring): TensorRT objects are held only in
+# variables named RUNTIME_ROOTS or in self.<RUNTIME_SELF>.
+
+import clo_export.backends.trt as runtime_mod  # noqa: E402
+from tests.test_trt_runner import Rec, TensorRTRunner, write_engine  # noqa: E402
+from tests.test_trt_runner import gpu  # noqa: E402, F401 (fixture)
+
+RUNTIME_PY = Path(runtime_mod.__file__)
+RUNTIME_ROOTS = {"trt", "runtime", "engine", "context"}
+RUNTIME_SELF = {"_runtime", "_engine", "_context"}
+# The bindings API: deprecated in 8.x, removed in 10; the runner must not touch any of it.
+BINDINGS_API = {
+    "execute_async_v2", "execute_v2", "execute_async", "execute", "get_binding_shape", "set_binding_shape",
+    "get_binding_index", "get_binding_name", "get_binding_dtype", "binding_is_input", "num_bindings",
+    "max_batch_size", "all_binding_shapes_specified", "get_binding_bytes_per_component",
+}
+RUNTIME_CORE = {
+    "Runtime", "deserialize_cuda_engine", "num_io_tensors", "get_tensor_name", "get_tensor_mode",
+    "get_tensor_dtype", "get_tensor_shape", "get_tensor_profile_shape", "create_execution_context",
+    "set_input_shape", "set_tensor_address", "execute_async_v3", "TensorIOMode", "INPUT", "num_layers",
+    "__version__",
+}
+
+
+def _chain(node: ast.AST) -> tuple[ast.AST, list[str]]:
+    """Root node and the attribute names from it up to `node` (through calls and subscripts)."""
+    names = []
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        if isinstance(node, ast.Attribute):
+            names.append(node.attr)
+            node = node.value
+        else:
+            node = node.func if isinstance(node, ast.Call) else node.value
+    return node, names[::-1]
+
+
+def runtime_names(source: str) -> set[str]:
+    """TensorRT attribute names used in backends/trt.py, by the naming convention."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        root, names = _chain(node)
+        if not isinstance(root, ast.Name):
+            continue
+        if root.id in RUNTIME_ROOTS or (root.id == "self" and len(names) >= 2 and names[0] in RUNTIME_SELF):
+            out.add(node.attr)
+    return out
+
+
+RUNTIME_USED = runtime_names(RUNTIME_PY.read_text())
+
+
+def test_runtime_walker_sees_the_named_tensor_api():
+    assert RUNTIME_CORE <= RUNTIME_USED, RUNTIME_CORE - RUNTIME_USED
+    assert not {"memory", "stream", "_io", "_host", "_dev"} & RUNTIME_USED  # our own objects are not counted
+
+
+@pytest.mark.parametrize("list_version", sorted(set(VERSIONS.values())))
+def test_runtime_names_exist_in_every_version(list_version):
+    missing = RUNTIME_USED - api_names(list_version)
+    assert not missing, f"backends/trt.py uses {sorted(missing)}, absent from TensorRT {list_version}"
+
+
+def test_runtime_uses_nothing_from_the_bindings_api():
+    assert not RUNTIME_USED & BINDINGS_API
+    gone = {n for n in BINDINGS_API if n in api_names("8.6.1") and n not in api_names("10.3.0")}
+    assert {"execute_async_v2", "get_binding_shape", "binding_is_input", "num_bindings"} <= gone  # lists agree
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_runtime_touches_only_what_the_walker_saw(dynamic, tmp_path, gpu):  # noqa: F811
+    """Run the runner against the recording fake: everything touched is in the static set and every list."""
+    from tests.test_trt_runner import io_spec
+
+    Rec.seen = set()
+    with TensorRTRunner(write_engine(tmp_path, io_spec(dynamic=dynamic))) as r:
+        r.infer({"images": __import__("numpy").zeros((2, 3, 8, 8), "float32")})
+    seen = Rec.seen - {"__version__"}
+    assert {"execute_async_v3", "set_tensor_address", "num_io_tensors"} <= seen
+    # ILogger is build.make_logger's (checked with build.py above)
+    assert seen <= RUNTIME_USED | {"ILogger"}, f"touched outside the convention: {seen - RUNTIME_USED}"
+    for list_version in set(VERSIONS.values()):
+        assert seen <= api_names(list_version)

@@ -41,6 +41,7 @@ class BuildInfo:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     input_shape: tuple[int, ...]  # as the network declares it (-1 for a dynamic batch)
+    network_layers: int | None = None  # layers of the parsed network, before TensorRT's fusions
 
 
 def build_engine(
@@ -114,6 +115,7 @@ def build_engine(
         input_names=tuple(t.name for t in inputs),
         output_names=tuple(t.name for t in outputs),
         input_shape=tuple(int(d) for d in inputs[0].shape) if inputs else (),
+        network_layers=int(network.num_layers),
     )
 
 

@@ -259,7 +259,7 @@ def _profile(r: BuildRequest, notes: list[str]) -> ProfileShape | None:
     """Optimisation profile for a dynamic-batch ONNX; a batch range on a static ONNX is an error."""
     if not r.dynamic_batch:
         if r.batch_range is not None:
-            raise CloExportError("--batch needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic "
+            raise CloExportError("--batch needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic-batch "
                                  "or drop --batch")
         return None
     if r.batch_range is None:
