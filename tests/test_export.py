@@ -162,3 +162,15 @@ def test_window_error_is_raised_before_export_from_the_library(loaded, tmp_path)
     with pytest.raises(CloExportError, match="window_size 4"):
         export_onnx(loaded, tmp_path / "m.onnx", ExportOptions(imgsz=(256, 320)))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_simplifier_that_adds_shape_ops_is_rejected(small_model, tmp_path):
+    """At 128 the attention has one key, and onnxsim folds its Softmax into ConstantOfShape(Shape(x))."""
+    from clo_export.models.checkpoint import save_yolov5
+
+    loaded = load(save_yolov5(small_model, tmp_path / "s.pt"))
+    opts = ExportOptions(imgsz=(128, 128), dynamic_batch=True)
+    result = export_onnx(loaded, tmp_path / "m.onnx", opts, parity_batches(opts.imgsz, (1, 3)))
+    assert result.parity, result.parity.failures
+    assert result.simplify.used == "none" and "shape arithmetic" in result.simplify.note
+    assert lint(onnx.load(result.path)) == []

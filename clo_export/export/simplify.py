@@ -21,6 +21,7 @@ from types import ModuleType
 import onnx
 
 from clo_export.errors import CloExportError
+from clo_export.export.lint import lint
 from clo_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ def _validate(original: onnx.ModelProto, simplified: onnx.ModelProto) -> None:
     after = [o.name for o in simplified.graph.output]
     if before != after:
         raise RuntimeError(f"outputs changed from {before} to {after}")
+    added = lint(simplified) if not lint(original) else []
+    if added:  # e.g. onnxsim turns a one-key Softmax into ConstantOfShape(Shape(x)) with a dynamic batch
+        raise RuntimeError(f"it added run-time shape arithmetic: {added[0]}")
 
 
 def simplify(model: onnx.ModelProto, simplifier: str = "onnxsim") -> tuple[onnx.ModelProto, SimplifyResult]:
