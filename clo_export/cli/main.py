@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from clo_export import __version__
-from clo_export.cli import check, info, onnx, quantize, trt
+from clo_export.cli import check, demo, info, onnx, quantize, trt
 from clo_export.cli.common import Debug, Verbose, console, setup
 
 app = typer.Typer(
@@ -38,3 +38,4 @@ app.command("quantize", no_args_is_help=True)(quantize.quantize)
 app.command("trt", no_args_is_help=True)(trt.trt)
 app.command("check", no_args_is_help=True)(check.check)
 app.command("info", no_args_is_help=True)(info.info)
+app.command("demo")(demo.demo)

@@ -225,3 +225,13 @@ class ShowSink(Sink):
 def sink_outputs(sinks: list[Sink]) -> list[Path]:
     """Every file the sinks wrote."""
     return [p for s in sinks for p in s.outputs]
+
+
+class MemorySink(Sink):
+    """Keeps every frame's detections in memory, by frame index (for evaluation against ground truth)."""
+
+    def __init__(self) -> None:
+        self.detections: dict[int, np.ndarray] = {}
+
+    def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
+        self.detections[frame.index] = np.asarray(dets, dtype=np.float32).reshape(-1, 6)

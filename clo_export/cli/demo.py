@@ -1,0 +1,120 @@
+"""``clo-export demo``: the whole chain on the bundled shapes model, with real accuracy numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clo_export.cli.common import comparison_table, console, guarded
+from clo_export.errors import CloExportError
+
+
+def summary_table(rows) -> Table:
+    """Per artifact: mAP against the video's ground truth, agreement with PyTorch, FPS."""
+    table = Table(title="clo-export demo: the bundled shapes model on the demo video", title_justify="left")
+    for col in ("artifact", "backend", "precision", "mAP@0.5", "mAP@0.5:0.95", "F1 vs PyTorch", "FPS"):
+        table.add_column(col, justify="left" if col in ("artifact", "backend", "precision") else "right")
+    for r in rows:
+        f1 = "reference" if r.agreement_f1 is None else f"{r.agreement_f1:.4f}"
+        table.add_row(r.name, r.backend, r.precision, f"{r.map50:.4f}", f"{r.map50_95:.4f}", f1, f"{r.fps:.1f}")
+    return table
+
+
+def target_lines(rows) -> list[tuple[str, bool]]:
+    """The demo's targets, each with whether this run met it."""
+    by = {r.name: r for r in rows}
+    out = []
+    if "onnx-fp32" in by:
+        out.append((f"FP32 ONNX detection F1 vs PyTorch {by['onnx-fp32'].agreement_f1:.4f} >= 0.999",
+                    (by["onnx-fp32"].agreement_f1 or 0) >= 0.999))
+    if "onnx-fp32" in by and "onnx-int8" in by:
+        gap = (by["onnx-fp32"].map50 - by["onnx-int8"].map50) * 100
+        out.append((f"INT8 mAP@0.5 within 1.0 point of FP32 (gap {gap:+.2f} points)", gap <= 1.0))
+    return out
+
+
+@guarded
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the video, calibration set, models, annotated videos and JSONL.")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="Short video and small calibration set (a smoke test of the chain).")] = False,
+    frames: Annotated[int | None, typer.Option(help="Demo video length in frames at 30 fps (default 300, --quick 45).")] = None,
+    calib: Annotated[int | None, typer.Option(help="Calibration images (default 256, --quick 24).")] = None,
+    check_every: Annotated[int, typer.Option(help="Compare every K-th frame with PyTorch.")] = 5,
+) -> None:
+    """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth."""
+    from clo_export.backends.pytorch import TorchRunner
+    from clo_export.calib.quantize import QuantizeOptions, quantize
+    from clo_export.cli.quantize import accuracy_table
+    from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.export.parity import parity_batches
+    from clo_export.fileio import write_text_atomic
+    from clo_export.models.checkpoint import load
+
+    n_frames = frames or (45 if quick else 300)
+    n_calib = calib or (24 if quick else 256)
+    holdout = 8 if quick else 32
+    if not BUNDLED_MODEL.is_file():
+        raise CloExportError(f"the bundled demo model {BUNDLED_MODEL} is missing; make it with python tools/make_demo_model.py")
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load(BUNDLED_MODEL)
+    imgsz = loaded.imgsz_hint or (256, 256)
+
+    console.rule("1/5 demo data")
+    gt = write_demo_video(out / "demo.mp4", n_frames)
+    calib_dir = write_calibration_set(out / "calib", n_calib + holdout)
+    console.print(f"demo video {out / 'demo.mp4'}: {n_frames} frames 640x480, {sum(len(g) for g in gt)} ground-truth boxes; "
+                  f"{n_calib + holdout} calibration images in {calib_dir}")
+
+    console.rule("2/5 clo-export onnx")
+    onnx_path = out / "demo-shapes.onnx"
+    exported = export_onnx(loaded, onnx_path, ExportOptions(imgsz=imgsz), parity_batches(imgsz, source=calib_dir, limit=8))
+    console.print(comparison_table(exported.parity, "ONNX Runtime vs PyTorch"))
+
+    console.rule("3/5 clo-export quantize")
+    qopts = QuantizeOptions(num=n_calib, holdout=holdout, min_images=min(16, n_calib))
+    quantized = quantize(onnx_path, calib_dir, out / "demo-shapes.int8.onnx", qopts)
+    console.print(accuracy_table(quantized.report))
+
+    console.rule("4/5 clo-infer on the demo video")
+    video = out / "demo.mp4"
+    rows = [run_artifact("pytorch", BUNDLED_MODEL, video, gt, out)]
+    for name, path in (("onnx-fp32", onnx_path), ("onnx-int8", quantized.path)):
+        rows.append(run_artifact(name, path, video, gt, out, TorchRunner(loaded.model), check_every))
+        console.print(f"{name}: {rows[-1].fps:.1f} FPS, wrote {rows[-1].video.name} and {rows[-1].jsonl.name}")
+    rows += engine_rows(onnx_path, quantized.path, video, gt, out, TorchRunner(loaded.model), check_every)
+
+    console.rule("5/5 summary")
+    console.print(summary_table(rows))
+    targets = target_lines(rows)
+    for text, ok in targets:
+        console.print(("[green]met[/]   " if ok else "[red]missed[/] ") + text)
+    facts = {"imgsz": list(imgsz), "frames": n_frames, "calibration_images": n_calib, "seconds": round(time.perf_counter() - t0, 1),
+             "rows": [{**r.__dict__, "video": r.video.name, "jsonl": r.jsonl.name} for r in rows],
+             "targets": [{"target": t, "met": ok} for t, ok in targets]}
+    write_text_atomic(out / "summary.json", json.dumps(facts, indent=2) + "\n")
+    console.print(f"demo finished in {facts['seconds']:.0f} s; summary.json, annotated videos and JSONL in {out}/")
+
+
+def engine_rows(fp32: Path, int8: Path, video: Path, gt, out: Path, reference, check_every: int) -> list:
+    """FP16 and INT8 TensorRT engines, where TensorRT and a GPU are present (built by clo-export trt)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        console.print("TensorRT is not installed here: engine rows skipped (pip install -e '.[gpu]' on an NVIDIA machine)",
+                      markup=False)
+        return []
+    from clo_export.cli.trt import trt
+    from clo_export.demo.run import run_artifact
+
+    rows = []
+    for name, model, flags in (("trt-fp16", fp32, {"fp16": True}), ("trt-int8", int8, {"int8": True})):
+        engine = out / f"demo-shapes.{name}.engine"
+        trt(model=model, output=engine, **flags)
+        rows.append(run_artifact(name, engine, video, gt, out, reference, check_every))
+    return rows

@@ -1,0 +1,92 @@
+"""The demo chain as library steps: demo video and calibration set from the shapes generator,
+then each artifact run through clo-infer's pipeline and scored against the video's ground truth.
+
+Export, quantization, inference and scoring are the functions behind ``clo-export onnx``,
+``clo-export quantize``, ``clo-infer`` and ``clo_export.metrics``; this module only feeds them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from clo_export.backends.base import load_runner
+from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
+from clo_export.data.stream import Frame, open_source
+from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
+from clo_export.fileio import write_text_atomic
+from clo_export.metrics import evaluate
+from clo_export.pipeline import Checker, InferOptions, Pipeline
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-shapes.pt"
+VIDEO_SIZE = (480, 640)  # (h, w)
+VIDEO_SEED, CALIB_SEED = 4, 7  # video seed 4 shows all five classes
+EVAL = InferOptions(conf=0.001, iou=0.6, max_det=300)  # val-style thresholds for mAP
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    """One line of the demo's summary table."""
+
+    name: str
+    backend: str
+    precision: str
+    map50: float
+    map50_95: float
+    agreement_f1: float | None  # detection F1 against PyTorch; None for PyTorch itself
+    fps: float
+    video: Path
+    jsonl: Path
+
+
+def write_demo_video(path: Path, n_frames: int) -> list[np.ndarray]:
+    """Render the demo video (moving, occluding shapes) and its ground truth; returns per-frame GT rows."""
+    h, w = VIDEO_SIZE
+    sink = VideoSink(path, VIDEO_FPS, (w, h))
+    gt = []
+    try:
+        for i, frame in enumerate(make_video_frames(VIDEO_SEED, n_frames, VIDEO_SIZE)):
+            sink.write(Frame(i, i / VIDEO_FPS, frame.image, str(path)), np.zeros((0, 6), np.float32), None)
+            gt.append(frame.boxes)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
+    write_text_atomic(path.with_suffix(".gt.json"), json.dumps([g.tolist() for g in gt]))
+    return gt
+
+
+def write_calibration_set(folder: Path, n: int) -> Path:
+    """``n`` still scenes from the same generator (another seed) as JPEG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (img, _) in enumerate(make_dataset(CALIB_SEED, n, VIDEO_SIZE)):
+        cv2.imwrite(str(folder / f"calib_{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return folder
+
+
+def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out: Path,
+                 reference=None, check_every: int = 10) -> ArtifactRow:
+    """Deployment pass (conf 0.25: annotated video, JSONL, FPS, check against ``reference``), then an
+    evaluation pass at val thresholds for mAP against the ground truth."""
+    runner, info = load_runner(model, device="cpu")
+    deploy = InferOptions(check_every=check_every)
+    video_out, jsonl_out = out / f"{name}.mp4", out / f"{name}.jsonl"
+    with runner:
+        checker = None
+        if reference is not None:
+            reference.activate()
+            checker = Checker(reference, info, deploy)
+        src = open_source(video)
+        sinks = [VideoSink(video_out, src.fps or VIDEO_FPS, src.size), JsonlSink(jsonl_out, info.names)]
+        result = Pipeline(src, runner, info, sinks, deploy, checker).run()
+        memory = MemorySink()
+        Pipeline(open_source(video), runner, info, [memory], EVAL).run()
+    dets = [memory.detections.get(i, np.zeros((0, 6), np.float32)) for i in range(len(gt))]
+    scores = evaluate(dets, gt)
+    f1 = result.check.detections.f1 if result.check is not None and result.check.detections is not None else None
+    return ArtifactRow(name, info.backend, info.precision or "fp32", scores.map50, scores.map50_95, f1,
+                       result.fps, video_out, jsonl_out)
