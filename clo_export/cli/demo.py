@@ -18,11 +18,11 @@ from clo_export.errors import CloExportError
 def summary_table(rows) -> Table:
     """Per artifact: mAP against the video's ground truth, agreement with PyTorch, FPS."""
     table = Table(title="clo-export demo: the bundled shapes model on the demo video", title_justify="left")
-    for col in ("artifact", "backend", "precision", "mAP@0.5", "mAP@0.5:0.95", "F1 vs PyTorch", "FPS"):
-        table.add_column(col, justify="left" if col in ("artifact", "backend", "precision") else "right")
+    for col in ("artifact", "mAP@.5", "mAP@.5:.95", "F1 vs PyTorch", "FPS"):
+        table.add_column(col, justify="left" if col == "artifact" else "right")
     for r in rows:
         f1 = "reference" if r.agreement_f1 is None else f"{r.agreement_f1:.4f}"
-        table.add_row(r.name, r.backend, r.precision, f"{r.map50:.4f}", f"{r.map50_95:.4f}", f1, f"{r.fps:.1f}")
+        table.add_row(f"{r.name} ({r.backend})", f"{r.map50:.4f}", f"{r.map50_95:.4f}", f1, f"{r.fps:.1f}")
     return table
 
 
