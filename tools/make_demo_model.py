@@ -168,6 +168,7 @@ def main() -> None:
         ap.error("pass --minutes or --epochs")
 
     t_start = time.time()
+    t_mark = t_start  # reset at iteration 10, when the speed measurement starts
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     random.seed(args.seed)
