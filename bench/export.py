@@ -54,7 +54,7 @@ def main() -> None:
     size = (args.imgsz, args.imgsz)
 
     t = time.perf_counter()
-    proto, reference, simplified = build(loaded, ExportOptions(imgsz=size))
+    proto, _, reference, simplified = build(loaded, ExportOptions(imgsz=size))
     export_s = time.perf_counter() - t
     raw = trace(export_model(loaded.model, size), ExportOptions(imgsz=size))
     counts = {"raw (TorchScript exporter)": len(raw.graph.node)}

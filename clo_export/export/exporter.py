@@ -120,21 +120,21 @@ def trace(model: DetectionModel, opts: ExportOptions) -> onnx.ModelProto:
     return proto
 
 
-def model_meta(loaded: LoadedModel, opts: ExportOptions, opset: int) -> ModelMeta:
+def model_meta(loaded: LoadedModel, opts: ExportOptions) -> ModelMeta:
     """The metadata written into the ONNX and its sidecar."""
     det = loaded.model.detect
     anchors = (det.anchors * det.stride.view(-1, 1, 1)).view(det.nl, -1).tolist()
     return ModelMeta(
         stride=loaded.model.max_stride, names=dict(loaded.names), imgsz=opts.imgsz, nc=loaded.nc,
-        anchors=[[round(a, 4) for a in level] for level in anchors], source_sha256=loaded.sha256, opset=opset,
+        anchors=[[round(a, 4) for a in level] for level in anchors], source_sha256=loaded.sha256, opset=opts.opset,
         precision=opts.precision, version=__version__, nms=opts.nms,
         nms_conf=opts.conf if opts.nms else None, nms_iou=opts.iou if opts.nms else None,
         nms_max_det=opts.max_det if opts.nms else None, dynamic_batch=opts.dynamic_batch,
     )
 
 
-def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, DetectionModel, SimplifyResult]:
-    """The checked ONNX graph and the export-mode PyTorch reference (nothing written)."""
+def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, ModelMeta, DetectionModel, SimplifyResult]:
+    """The checked ONNX graph, its metadata and the export-mode PyTorch reference (nothing written)."""
     opts.validate()
     reference = export_model(loaded.model, opts.imgsz, opts.batch, opts.dynamic_batch)
     proto = trace(reference, opts)
@@ -146,10 +146,11 @@ def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, De
         proto = to_fp16(proto)
     if opts.nms:
         proto = append_nms(proto, opts.conf, opts.iou, opts.max_det)
-    write_metadata(proto, model_meta(loaded, opts, opts.opset))
+    meta = model_meta(loaded, opts)
+    write_metadata(proto, meta)
     check_static(proto)
     full_check(proto)
-    return proto, reference, simplified
+    return proto, meta, reference, simplified
 
 
 def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOptions = ExportOptions(),
@@ -160,8 +161,7 @@ def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOption
     """
     t0 = time.perf_counter()
     out = Path(out) if out else default_output(loaded.path, opts)
-    proto, reference, simplified = build(loaded, opts)
-    meta = model_meta(loaded, opts, opts.opset)
+    proto, meta, reference, simplified = build(loaded, opts)
     seconds = time.perf_counter() - t0
     parity = check_parity(proto.SerializeToString(), reference, parity_inputs, meta) if parity_inputs else None
     with atomic_path(out) as tmp:
