@@ -1,9 +1,12 @@
 """The inference pipeline: decode → preprocess+infer → postprocess (+check) → annotate+encode.
 
 Each stage runs in its own thread and hands work on through small bounded queues, so memory
-stays flat however long the video is and decoding/encoding overlap with inference. The same
-stage functions also run as a plain sequential loop (``threaded=False``), which the benchmark
-uses as its baseline. Library code: no printing; the CLI renders :class:`RunResult`.
+stays flat however long the video is and decoding/encoding overlap with inference. Given
+several runners (inference streams, e.g. two ONNX Runtime CPU sessions), each gets its own
+inference thread; batches are numbered as they are taken and put back in order before
+postprocessing, so outputs keep the source's order. The same stage functions also run as a plain
+sequential loop (``threaded=False``, first runner only), which the benchmark uses as its
+baseline. Library code: no printing; the CLI renders :class:`RunResult`.
 
 Stopping: ``request_stop()`` (Ctrl-C in the CLI) stops reading; frames already read are finished
 and every sink is closed, so the output video is complete and playable. A second request also
@@ -20,7 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -77,18 +80,19 @@ class StageStats:
 
 
 class StageTimer:
-    """Per-frame latencies of one stage (a batch's time is split evenly over its frames)."""
+    """Per-frame latencies of one stage (a batch's time is split evenly over its frames); thread-safe."""
 
     def __init__(self, name: str, window: int = STATS_WINDOW):
         self.name = name
         self.samples: deque[float] = deque(maxlen=window)
         self.count = 0
+        self._lock = threading.Lock()  # inference streams share one timer
 
     def add(self, seconds: float, frames: int = 1) -> None:
         per = seconds / max(frames, 1)
-        for _ in range(frames):
-            self.samples.append(per)
-        self.count += frames
+        with self._lock:
+            self.samples.extend([per] * frames)
+            self.count += frames
 
     def stats(self) -> StageStats:
         if not self.samples:
@@ -230,6 +234,7 @@ class RunResult:
     checked_frames: int = 0
     outputs: list[Path] = field(default_factory=list)
     batch: int = 1
+    streams: int = 1
 
     @property
     def fps(self) -> float:
@@ -243,16 +248,23 @@ class _Batch:
     inputs: list[np.ndarray]
     letterbox: list[LetterboxInfo]
     outputs: dict[str, np.ndarray] | None = None
+    seq: int = 0  # order in which an inference stream took it
 
 
 class Pipeline:
-    """Source → runner → postprocess → sinks, threaded (default) or as a sequential loop."""
+    """Source → runner(s) → postprocess → sinks, threaded (default) or as a sequential loop.
 
-    def __init__(self, source: Source, runner: Runner, info: ModelInfo, sinks: list[Sink] | None = None,
-                 opts: InferOptions = InferOptions(), checker: Checker | None = None,
+    ``runner`` is one active runner or several (parallel inference streams of the same model).
+    """
+
+    def __init__(self, source: Source, runner: Runner | Sequence[Runner], info: ModelInfo,
+                 sinks: list[Sink] | None = None, opts: InferOptions = InferOptions(), checker: Checker | None = None,
                  on_frame: Callable[[int, int], None] | None = None):
         opts.validate()
-        self.source, self.runner, self.info = source, runner, info
+        self.runners = [runner] if isinstance(runner, Runner) else list(runner)
+        if not self.runners:
+            raise CloExportError("Pipeline needs at least one runner")
+        self.source, self.runner, self.info = source, self.runners[0], info
         self.sinks = list(sinks or [])
         self.opts = opts
         self.checker = checker
@@ -269,6 +281,9 @@ class Pipeline:
         self.batch = 1
         self.input_name = "images"
         self._pad: int | None = None
+        self.streams = 1
+        self._take = threading.Lock()  # taking a batch and numbering it is one step
+        self._taken = 0
 
     # ---- control
     def request_stop(self) -> None:
@@ -300,12 +315,12 @@ class Pipeline:
         self.timers["preprocess"].add(time.perf_counter() - t0)
         return x, lb
 
-    def _infer(self, batch: _Batch) -> _Batch:
+    def _infer(self, batch: _Batch, runner: Runner | None = None) -> _Batch:
         x = np.concatenate(batch.inputs, axis=0) if len(batch.inputs) > 1 else batch.inputs[0]
         if self._pad and len(x) < self._pad:  # a fixed-batch model gets a zero-padded last batch
             x = np.concatenate([x, np.zeros((self._pad - len(x), *x.shape[1:]), x.dtype)], axis=0)
         t0 = time.perf_counter()
-        batch.outputs = self.runner.infer({self.input_name: x})
+        batch.outputs = (runner or self.runner).infer({self.input_name: x})
         self.timers["inference"].add(time.perf_counter() - t0, len(batch.frames))
         return batch
 
@@ -366,7 +381,7 @@ class Pipeline:
             frames=self.frames, skipped=self.source.skipped, dropped=self.dropped, detections=self.detections,
             seconds=seconds, stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.interrupted, check=self.checker.report if self.checker else None,
-            checked_frames=self.checked, outputs=sink_outputs(self.sinks), batch=self.batch,
+            checked_frames=self.checked, outputs=sink_outputs(self.sinks), batch=self.batch, streams=self.streams,
         )
 
     def run(self, threaded: bool = True) -> RunResult:
@@ -447,13 +462,40 @@ class Pipeline:
             if not self._put(out, batch):
                 return
 
-    def _infer_stage(self, inq: queue.Queue, out: queue.Queue) -> None:
-        while (batch := self._get(inq)) is not _END:
-            if not self._hurry.is_set() and not self._put(out, self._infer(batch)):
+    def _take_batch(self, inq: queue.Queue) -> object:
+        """The next batch, numbered; the end marker is put back for the other streams."""
+        with self._take:
+            batch = self._get(inq)
+            if batch is _END:
+                self._put(inq, _END)
+                return _END
+            batch.seq = self._taken
+            self._taken += 1
+            return batch
+
+    def _infer_stage(self, runner: Runner, inq: queue.Queue, out: queue.Queue) -> None:
+        while (batch := self._take_batch(inq)) is not _END:
+            if not self._hurry.is_set() and not self._put(out, self._infer(batch, runner)):
                 return
 
-    def _post_stage(self, inq: queue.Queue, out: queue.Queue) -> None:
-        while (batch := self._get(inq)) is not _END:
+    def _in_order(self, inq: queue.Queue, streams: int) -> Iterator[_Batch]:
+        """Batches from the inference streams in the order they were taken (until every stream ended)."""
+        waiting: dict[int, _Batch] = {}
+        ended = expected = 0
+        while ended < streams:
+            item = self._get(inq)
+            if item is _END:
+                ended += 1
+                if self._abort.is_set():
+                    return
+                continue
+            waiting[item.seq] = item
+            while expected in waiting:
+                yield waiting.pop(expected)
+                expected += 1
+
+    def _post_stage(self, inq: queue.Queue, out: queue.Queue, streams: int) -> None:
+        for batch in self._in_order(inq, streams):
             if self._hurry.is_set():
                 continue
             for item in self._postprocess(batch):
@@ -467,12 +509,17 @@ class Pipeline:
 
     def _run_threaded(self) -> None:
         size = self.opts.queue_size
-        q_read, q_infer = queue.Queue(max(1, size // self.batch)), queue.Queue(max(1, size // self.batch))
+        self.streams = len(self.runners)
+        q_read = queue.Queue(max(1, size // self.batch))
+        q_infer = queue.Queue(max(1, size // self.batch) + self.streams)
         q_write: queue.Queue = queue.Queue(size * self.batch)
+        infer = [threading.Thread(target=self._guard(lambda r=r: self._infer_stage(r, q_read, q_infer), q_infer),
+                                  name=f"clo-infer-{i}", daemon=True) for i, r in enumerate(self.runners)]
         threads = [
             threading.Thread(target=self._guard(lambda: self._read_stage(q_read), q_read), name="clo-decode", daemon=True),
-            threading.Thread(target=self._guard(lambda: self._infer_stage(q_read, q_infer), q_infer), name="clo-infer", daemon=True),
-            threading.Thread(target=self._guard(lambda: self._post_stage(q_infer, q_write), q_write), name="clo-post", daemon=True),
+            *infer,
+            threading.Thread(target=self._guard(lambda: self._post_stage(q_infer, q_write, self.streams), q_write),
+                             name="clo-post", daemon=True),
             threading.Thread(target=self._guard(lambda: self._write_stage(q_write), None), name="clo-encode", daemon=True),
         ]
         for t in threads:

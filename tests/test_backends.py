@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from clo_export.backends.base import ModelInfo, backend_for, load_runner
+from clo_export.backends import base
+from clo_export.backends.base import ModelInfo, backend_for, load_runner, load_runners, plan_streams
 from clo_export.backends.onnxrt import OnnxRuntimeRunner, device_index, providers_for_device
 from clo_export.compare import detection_agreement
 from clo_export.data.preprocess import preprocess
@@ -37,6 +38,33 @@ def test_onnx_info_comes_from_the_metadata(art):
     assert nms_info.nms and nms_info.nms_conf == pytest.approx(0.25) and nms_info.nms_max_det == 300
     with pytest.raises(CloExportError, match="takes 128x128 inputs only"):
         load_runner(art.onnx, "cpu", imgsz=(256, 256))
+
+
+@pytest.mark.parametrize("workers, threads, cores, plan", [
+    (None, None, 2, (2, 1)), (None, None, 16, (2, 8)), (None, None, 1, (1, None)),
+    (1, None, 16, (1, None)), (3, None, 16, (3, 5)), (4, None, 2, (4, 1)), (None, 3, 16, (2, 3)),
+])
+def test_cpu_streams_split_the_cores(workers, threads, cores, plan):
+    assert plan_streams(workers, threads, cores) == plan
+
+
+def test_bad_stream_counts_are_clear_errors():
+    with pytest.raises(CloExportError, match="--workers 0 must be at least 1"):
+        plan_streams(0, None, 4)
+    with pytest.raises(CloExportError, match="--threads 0 must be at least 1"):
+        plan_streams(None, 0, 4)
+
+
+def test_load_runners_gives_cpu_sessions_and_one_stream_elsewhere(art, monkeypatch):
+    monkeypatch.setattr(base, "usable_cores", lambda: 8)
+    runners, info = load_runners(art.onnx, "cpu")
+    assert [type(r) for r in runners] == [OnnxRuntimeRunner] * 2 and [r.threads for r in runners] == [4, 4]
+    assert info.backend == "onnxruntime" and runners[0] is not runners[1]
+    assert [r.threads for r in load_runners(art.onnx, "cpu", workers=1)[0]] == [None]
+    pt, _ = load_runners(art.pt, "cpu")
+    assert len(pt) == 1
+    with pytest.raises(CloExportError, match="runs on PyTorch with one stream: drop --workers"):
+        load_runners(art.pt, "cpu", workers=2)
 
 
 def test_device_choices():

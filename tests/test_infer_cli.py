@@ -27,9 +27,11 @@ def records(path):
 
 
 def test_video_to_annotated_mp4_and_jsonl_keeps_frames_and_fps(art, tmp_path):
-    res = invoke(art.video, "-m", art.onnx, "--save", tmp_path / "out.mp4", "--json", tmp_path / "d.jsonl", "-q")
+    res = invoke(art.video, "-m", art.onnx, "--save", tmp_path / "out.mp4", "--json", tmp_path / "d.jsonl", "-q",
+                 "--workers", "2")
     assert res.exit_code == 0, res.output
     assert "FPS end-to-end" in res.output and "inference" in res.output and "p95" in res.output
+    assert "2 streams" in res.output
     assert read_video(tmp_path / "out.mp4") == (24, pytest.approx(12.0), (320, 240))
     recs = records(tmp_path / "d.jsonl")
     assert [r["frame"] for r in recs] == list(range(24))
@@ -84,6 +86,8 @@ def test_live_check_against_pytorch_passes_and_a_wrong_reference_fails(art):
     (["--classes", "dog"], "neither a class id"),
     (["--conf", "1.5"], "must lie in [0, 1]"),
     (["--imgsz", "256"], "takes 128x128 inputs only"),
+    (["--workers", "0"], "must be at least 1"),
+    (["--sequential", "--workers", "2"], "drop --workers 2 or --sequential"),
 ])
 def test_bad_options_are_one_line_errors(art, tmp_path, args, message):
     res = invoke(art.video, "-m", art.onnx, *args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -57,6 +58,46 @@ class FixedBatchRunner(Runner):
         return {"output0": np.concatenate(outs)}
 
 
+class SlowFirstRunner(Runner):
+    """A real ONNX Runtime runner that can hold its first batch back, so another stream overtakes it."""
+
+    name = "slow-first"
+
+    def __init__(self, inner, delay=0.0):
+        super().__init__()
+        self.inner, self.delay, self.calls = inner, delay, 0
+
+    def activate_impl(self):
+        self.inner.activate()
+
+    def deactivate_impl(self):
+        self.inner.deactivate()
+
+    def input_specs_impl(self):
+        return self.inner.input_specs()
+
+    def infer_impl(self, feed):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.delay)
+        return self.inner.infer(feed)
+
+
+def streams(art, delays):
+    return [SlowFirstRunner(load_runner(art.onnx, "cpu", threads=1)[0], d) for d in delays]
+
+
+def run_streams(art, runners, sinks, source=None):
+    _, info = load_runner(art.onnx, "cpu")
+    for r in runners:
+        r.activate()
+    try:
+        return Pipeline(source or open_source(art.video), runners, info, list(sinks), InferOptions()).run()
+    finally:
+        for r in runners:
+            r.deactivate()
+
+
 def run(art, threaded=True, batch=1, runner=None, sinks=(), source=None, limit=None):
     r, info = load_runner(art.onnx, "cpu")
     runner = runner or r
@@ -83,6 +124,38 @@ def test_threaded_sequential_and_batched_runs_give_the_same_detections(art, tmp_
     assert not fixed.batches[-1][2:].any()  # the last batch of 2 was padded with zeros
     assert outs["threaded"] == outs["sequential"]
     assert lines(tmp_path / "b.jsonl") == outs["threaded"][:22]
+
+
+def test_several_inference_streams_keep_the_source_order(art, tmp_path):
+    run(art, threaded=False, sinks=[JsonlSink(tmp_path / "seq.jsonl", {})])
+    runners = streams(art, [0.3, 0.0, 0.0])  # stream 0 holds frame 0 while the others run ahead
+    src = open_source(art.video)
+    res = run_streams(art, runners, [JsonlSink(tmp_path / "multi.jsonl", {}),
+                                     VideoSink(tmp_path / "multi.mp4", src.fps, src.size)], src)
+    assert res.streams == 3 and res.frames == 24 and res.stages["inference"].count == 24
+    assert runners[0].calls < 12 and runners[1].calls + runners[2].calls > 12  # the others overtook stream 0
+    assert lines(tmp_path / "multi.jsonl") == lines(tmp_path / "seq.jsonl")
+    assert read_video(tmp_path / "multi.mp4") == (24, pytest.approx(12.0), (320, 240))
+
+
+def test_ctrl_c_with_several_streams_leaves_complete_outputs_in_order(art, tmp_path):
+    src = open_source(art.video)
+    res = run_streams(art, streams(art, [0.1, 0.0]), [JsonlSink(tmp_path / "o.jsonl", {})], InterruptingSource(src, 9))
+    assert res.interrupted and res.frames == 9
+    assert [r["frame"] for r in lines(tmp_path / "o.jsonl")] == list(range(9))
+
+
+def test_an_error_in_one_stream_stops_every_stage_and_discards_the_outputs(art, tmp_path):
+    class Broken(SlowFirstRunner):
+        def infer_impl(self, feed):
+            if self.calls == 2:
+                raise CloExportError("stream failed")
+            return super().infer_impl(feed)
+
+    runners = [*streams(art, [0.0]), Broken(load_runner(art.onnx, "cpu", threads=1)[0])]
+    with pytest.raises(CloExportError, match="stream failed"):
+        run_streams(art, runners, [JsonlSink(tmp_path / "o.jsonl", {})])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fixed_batch_model_refuses_another_batch(art):

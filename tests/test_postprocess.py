@@ -114,6 +114,16 @@ def test_nms_matches_reference(case: str, levels: int, nc: int) -> None:
     assert_same(nms(pred, **our_kw), ref_nms(pred, **kw))
 
 
+@pytest.mark.parametrize("iou", [0.0, 0.45])
+def test_nms_matches_reference_on_shared_edges_and_empty_boxes(iou: float) -> None:
+    """Coordinates on a coarse grid (many equal x1, touching edges) and zero-size boxes."""
+    rng = np.random.default_rng(11)
+    pred = random_pred(rng, bs=2, n=400, nc=3)
+    pred[..., :4] = np.round(pred[..., :4] / 16) * 16
+    pred[:, ::7, 2] = 0.0  # zero width: never overlaps anything
+    assert_same(nms(pred, iou_thres=iou, conf_thres=0.05), ref_nms(pred, iou=iou, conf=0.05))
+
+
 def test_nms_empty_frames() -> None:
     pred = random_pred(np.random.default_rng(1), bs=2, n=50, nc=80)
     pred[0, :, 4] = 0.1  # nothing above conf in image 0

@@ -58,6 +58,16 @@ def test_preprocess_dtype_shape_range() -> None:
     assert preprocess(frame(10, 10), 32, dtype=np.float16)[0].dtype == np.float16
 
 
+@pytest.mark.parametrize("h, w", [(480, 640), (720, 1280)])
+def test_preprocess_is_bit_identical_to_yolov5s_float_division(h: int, w: int) -> None:
+    img = frame(h, w, seed=3)
+    padded, _ = letterbox(img, 640)
+    want = np.ascontiguousarray(padded[..., ::-1].transpose(2, 0, 1)).astype(np.float32)[None] / np.float32(255)
+    got = preprocess(img, 640)[0]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(preprocess(img, 640, dtype=np.float16)[0], want.astype(np.float16))
+
+
 def test_preprocess_converts_bgr_to_rgb() -> None:
     blue = np.zeros((64, 64, 3), np.uint8)
     blue[..., 0] = 255  # pure blue in OpenCV's BGR order

@@ -129,6 +129,50 @@ def load_runner(path: str | os.PathLike, device: str | None = None, providers: l
     return _load_engine(path, device, imgsz)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def plan_streams(workers: int | None, threads: int | None, cores: int) -> tuple[int, int | None]:
+    """(inference streams, intra-op threads each) for ONNX Runtime on the CPU.
+
+    Default: two sessions that split the cores when there are at least two. One session with every
+    core spends time in its threads' barriers, and those stall whenever decoding or encoding takes a
+    core; two half-size sessions each stay busy and together keep all cores working (README:
+    Benchmarks). One stream keeps ONNX Runtime's own thread default unless ``threads`` is given.
+    """
+    if workers is not None and workers < 1:
+        raise CloExportError(f"--workers {workers} must be at least 1")
+    n = workers or (2 if cores >= 2 else 1)
+    if threads is not None and threads < 1:
+        raise CloExportError(f"--threads {threads} must be at least 1")
+    return n, threads or (max(1, cores // n) if n > 1 else None)
+
+
+def load_runners(path: str | os.PathLike, device: str | None = None, providers: list[str] | None = None,
+                 imgsz: tuple[int, int] | None = None, threads: int | None = None,
+                 workers: int | None = None) -> tuple[list[Runner], ModelInfo]:
+    """Runners for parallel inference streams of one model (not yet activated) and its ModelInfo.
+
+    ONNX Runtime on the CPU runs ``workers`` sessions (None: :func:`plan_streams`); GPUs and the
+    PyTorch backend run one stream, and refuse ``workers`` > 1.
+    """
+    runner, info = load_runner(path, device, providers, imgsz, threads)
+    cpu = info.backend == "onnxruntime" and runner.runs_on_cpu()
+    if not cpu:
+        if workers not in (None, 1):
+            where = "PyTorch" if info.backend == "pytorch" else "the GPU"
+            raise CloExportError(f"--workers {workers} runs several ONNX Runtime sessions on the CPU, but "
+                                 f"'{Path(path).name}' runs on {where} with one stream: drop --workers")
+        return [runner], info
+    n, per = plan_streams(workers, threads, usable_cores())
+    return [runner.with_threads(per) for _ in range(n)], info
+
+
 def _check_fixed_imgsz(path: Path, fixed: tuple[int, int], requested: tuple[int, int] | None) -> None:
     if requested is not None and tuple(requested) != tuple(fixed):
         raise CloExportError(f"'{path.name}' takes {fixed[0]}x{fixed[1]} inputs only; drop --imgsz or re-export at "

@@ -84,6 +84,15 @@ class OnnxRuntimeRunner(Runner):
                                    np.dtype(ORT_TYPES.get(i.type, np.float32))) for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
 
+    def runs_on_cpu(self) -> bool:
+        """Whether the session will run on the CPU provider (decided before activation)."""
+        ort = lazy_import("onnxruntime")
+        return choose_providers(ort.get_available_providers(), self.requested)[0] == "CPUExecutionProvider"
+
+    def with_threads(self, threads: int | None) -> OnnxRuntimeRunner:
+        """Another (inactive) runner of the same model and providers with ``threads`` intra-op threads."""
+        return OnnxRuntimeRunner(self.model, self.requested, threads, self.device_id)
+
     @property
     def providers(self) -> list[str]:
         """The providers the session really uses (after activate)."""

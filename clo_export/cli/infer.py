@@ -87,7 +87,8 @@ def stats_table(result, backend: str):
     from rich.table import Table
 
     table = Table(title=f"{result.frames} frames in {result.seconds:.2f} s: {result.fps:.1f} FPS end-to-end "
-                        f"({backend}, batch {result.batch})", title_justify="left")
+                        f"({backend}, batch {result.batch}"
+                        + (f", {result.streams} streams" if result.streams > 1 else "") + ")", title_justify="left")
     for col in ("stage", "mean ms", "p50 ms", "p95 ms"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in result.stages.values():
@@ -102,7 +103,8 @@ def infer(
     model: Annotated[Path, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model or TensorRT .engine; names, size and stride come from the file.", show_default=False, rich_help_panel=MODEL)],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)] = None,
     providers: Annotated[str | None, typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads (default: all cores).", rich_help_panel=MODEL)] = None,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
+    workers: Annotated[int | None, typer.Option(help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and .pt use 1).", rich_help_panel=MODEL)] = None,
     imgsz: Annotated[str | None, typer.Option(help="Input size for a .pt (default: its training size); fixed for .onnx/.engine.", rich_help_panel=MODEL)] = None,
     conf: Annotated[float, typer.Option(help="Score threshold.", rich_help_panel=POST)] = 0.25,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=POST)] = 0.45,
@@ -125,7 +127,7 @@ def infer(
 ) -> None:
     """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch."""
     setup(debug, verbose)
-    from clo_export.backends.base import load_runner
+    from clo_export.backends.base import load_runners
     from clo_export.data.stream import open_source
     from clo_export.pipeline import InferOptions
 
@@ -136,8 +138,10 @@ def infer(
         from clo_export.imgsz import parse_imgsz
 
         size = parse_imgsz(imgsz)
-    runner, info = load_runner(model, device, [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-                               size, threads)
+    if sequential and workers not in (None, 1):
+        raise CloExportError(f"--sequential runs one loop on one session; drop --workers {workers} or --sequential")
+    runners, info = load_runners(model, device, [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
+                                 size, threads, 1 if sequential else workers)
     opts = InferOptions(conf, iou, max_det, parse_classes(classes, info.names), agnostic_nms, batch, check_every)
     opts.validate()
     src = open_source(source, limit)
@@ -149,11 +153,11 @@ def infer(
     sinks = make_sinks(src, save, save_dir, json_path, show, info.names)
     if not sinks:
         err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)
-    result = _run(src, runner, reference, info, sinks, opts, check_f1, sequential, quiet)
+    result = _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet)
     _report(result, info, check)
 
 
-def _run(src, runner, reference, info, sinks, opts, check_f1, sequential, quiet):
+def _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet):
     """Activate the runners and run the pipeline under a progress bar."""
     from contextlib import ExitStack
 
@@ -163,7 +167,8 @@ def _run(src, runner, reference, info, sinks, opts, check_f1, sequential, quiet)
 
     try:
         with ExitStack() as stack:
-            stack.enter_context(runner)
+            for runner in runners:
+                stack.enter_context(runner)
             checker = None
             if reference is not None:
                 stack.enter_context(reference)
@@ -184,7 +189,7 @@ def _run(src, runner, reference, info, sinks, opts, check_f1, sequential, quiet)
                 fps = (n - 1) / (now - started[0]) if n > 1 and now > started[0] else 0.0
                 progress.update(task, completed=n, fps=fps)
 
-            pipeline = Pipeline(src, runner, info, sinks, opts, checker, on_frame)
+            pipeline = Pipeline(src, runners, info, sinks, opts, checker, on_frame)
             with progress:
                 return pipeline.run(threaded=not sequential)
     except BaseException:

@@ -8,13 +8,14 @@ Export, quantization, inference and scoring are the functions behind ``clo-expor
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from clo_export.backends.base import load_runner
+from clo_export.backends.base import load_runners
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.stream import Frame, open_source
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
@@ -72,19 +73,21 @@ def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out:
                  reference=None, check_every: int = 10) -> ArtifactRow:
     """Deployment pass (conf 0.25: annotated video, JSONL, FPS, check against ``reference``), then an
     evaluation pass at val thresholds for mAP against the ground truth."""
-    runner, info = load_runner(model, device="cpu")
+    runners, info = load_runners(model, device="cpu")  # clo-infer's inference streams
     deploy = InferOptions(check_every=check_every)
     video_out, jsonl_out = out / f"{name}.mp4", out / f"{name}.jsonl"
-    with runner:
+    with ExitStack() as stack:
+        for runner in runners:
+            stack.enter_context(runner)
         checker = None
         if reference is not None:
             reference.activate()
             checker = Checker(reference, info, deploy)
         src = open_source(video)
         sinks = [VideoSink(video_out, src.fps or VIDEO_FPS, src.size), JsonlSink(jsonl_out, info.names)]
-        result = Pipeline(src, runner, info, sinks, deploy, checker).run()
+        result = Pipeline(src, runners, info, sinks, deploy, checker).run()
         memory = MemorySink()
-        Pipeline(open_source(video), runner, info, [memory], EVAL).run()
+        Pipeline(open_source(video), runners, info, [memory], EVAL).run()
     dets = [memory.detections.get(i, np.zeros((0, 6), np.float32)) for i in range(len(gt))]
     scores = evaluate(dets, gt)
     f1 = result.check.detections.f1 if result.check is not None and result.check.detections is not None else None
