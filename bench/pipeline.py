@@ -2,9 +2,10 @@
 
 For the seed model (nc=80) at 640 on a 640x480 video, in one run:
   - pure inference FPS (the model alone on one preprocessed frame, one session, default threads),
-  - end-to-end FPS of a sequential loop (that same session) and of the threaded pipeline as
+  - end-to-end FPS of a sequential loop (that same session), of the threaded pipeline as
     clo-infer runs it (decode, preprocess, inference streams, postprocess, annotate+encode mp4,
-    JSON Lines),
+    JSON Lines), of that pipeline writing JSON Lines only (no drawing or video encoding) and of
+    the threaded pipeline on that one session (--workers 1),
   - for context, the throughput of the pipeline's inference streams alone (no other work),
   - NMS time per frame on the (1, 25200, 85) output at the default thresholds,
   - RSS while processing the whole video (default 3,000 frames): growth from frame 300 to the end.
@@ -12,7 +13,7 @@ For the seed model (nc=80) at 640 on a 640x480 video, in one run:
 The model is untrained: BatchNorm statistics are measured on a few frames (so the output follows
 the image) and the objectness bias is raised so frames carry detections. Usage:
 
-    python bench/pipeline.py [--frames 3000] [--e2e-frames 200] [--threads N] [--workers N]
+    python bench/pipeline.py [--frames 3000] [--e2e-frames 400] [--rounds 3] [--threads N] [--workers N]
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def streams_fps(model: Path, frame: np.ndarray, threads: int | None, workers: in
 
 
 def end_to_end(model: Path, video: Path, out: Path, frames: int | None, threads: int | None, workers: int | None,
-               threaded: bool, on_frame=None):
+               threaded: bool, on_frame=None, video_out: bool = True):
     """The sequential loop on one default session, or the threaded pipeline with clo-infer's streams."""
     if threaded:
         runners, info = load_runners(model, "cpu", threads=threads, workers=workers)
@@ -147,7 +148,9 @@ def end_to_end(model: Path, video: Path, out: Path, frames: int | None, threads:
         runner, info = load_runner(model, "cpu", threads=threads)
         runners = [runner]
     src = open_source(video, frames)
-    sinks = [VideoSink(out / "annotated.mp4", src.fps, src.size), JsonlSink(out / "dets.jsonl", info.names)]
+    sinks = [JsonlSink(out / "dets.jsonl", info.names)]
+    if video_out:
+        sinks.append(VideoSink(out / "annotated.mp4", src.fps, src.size))
     for r in runners:
         r.activate()
     try:
@@ -160,7 +163,7 @@ def end_to_end(model: Path, video: Path, out: Path, frames: int | None, threads:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=3000, help="frames in the long (memory) video")
-    ap.add_argument("--e2e-frames", type=int, default=200, help="frames for the sequential/pipelined FPS runs")
+    ap.add_argument("--e2e-frames", type=int, default=400, help="frames for the sequential/pipelined FPS runs")
     ap.add_argument("--infer-iters", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the FPS measures (best of each kept)")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: clo-infer's)")
@@ -174,16 +177,19 @@ def main() -> None:
           flush=True)
 
     frame = scene(np.random.default_rng(7))
-    rounds: list[tuple[float, float, float, float]] = []  # pure, sequential, pipelined, streams alone
+    rounds: list[tuple[float, ...]] = []  # pure, sequential, pipelined, one session, JSON only, streams alone
     for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits every measure alike
         infer_fps, out = pure_inference_fps(model, frame, args.threads, args.infer_iters)
         seq = end_to_end(model, video, tmp, args.e2e_frames, args.threads, None, threaded=False)
         pipe = end_to_end(model, video, tmp, args.e2e_frames, args.threads, args.workers, threaded=True)
+        single = end_to_end(model, video, tmp, args.e2e_frames, args.threads, 1, threaded=True)
+        json_only = end_to_end(model, video, tmp, args.e2e_frames, args.threads, args.workers, threaded=True,
+                               video_out=False)
         capacity, streams = streams_fps(model, frame, args.threads, args.workers, args.infer_iters // 2)
-        rounds.append((infer_fps, seq.fps, pipe.fps, capacity))
+        rounds.append((infer_fps, seq.fps, pipe.fps, single.fps, json_only.fps, capacity))
         print(f"round {len(rounds)}: pure {infer_fps:.1f}, sequential {seq.fps:.1f}, pipelined {pipe.fps:.1f} FPS "
               f"(ratio {pipe.fps / infer_fps:.2f})", flush=True)
-    infer_fps, seq_fps, pipe_fps, capacity = (max(r[k] for r in rounds) for k in range(4))
+    infer_fps, seq_fps, pipe_fps, single_fps, json_fps, capacity = (max(r[k] for r in rounds) for k in range(6))
 
     candidates = int((out[0, :, 4] > 0.25).sum())
     nms(out)  # warm
@@ -212,6 +218,10 @@ def main() -> None:
         (f"end-to-end, threaded pipeline ({pipe.streams} inference streams)", f"{pipe_fps:.1f} FPS",
          f"{pipe_fps / infer_fps:.2f}"),
         ("pipeline / sequential", "", f"{pipe_fps / seq_fps:.2f}"),
+        ("end-to-end, threaded pipeline on one session (--workers 1)", f"{single_fps:.1f} FPS",
+         f"{single_fps / infer_fps:.2f}"),
+        ("end-to-end, threaded pipeline, JSON Lines only (no video)", f"{json_fps:.1f} FPS",
+         f"{json_fps / infer_fps:.2f}"),
         (f"context: {streams} inference streams alone, no other work", f"{capacity:.1f} FPS",
          f"{capacity / infer_fps:.2f}"),
         (f"NMS per frame (25200x85, conf 0.25, {candidates} over conf, {len(dets[0])} kept)", f"{nms_ms:.2f} ms", ""),
