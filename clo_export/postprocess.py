@@ -9,6 +9,7 @@ import numpy as np
 from clo_export.errors import CloExportError
 
 MAX_WH = 7680  # YOLOv5's class offset: larger than any box coordinate, so classes never overlap
+PAIR_BUDGET = 1_000_000  # box pairs NMS compares at once; denser frames take the box-by-box loop (flat memory)
 
 
 def xywh2xyxy(x: np.ndarray) -> np.ndarray:
@@ -35,32 +36,56 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _overlapping_pairs(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _overlapping_pairs(x1: np.ndarray, x2: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Every unordered pair (a, b) of boxes whose x-ranges may overlap, by a sweep over sorted x1.
 
     Pairs whose intersection has positive width are all included: sorted by x1, box b overlaps an
     earlier box a only if x1[a] <= x1[b] < x2[a], so each pair is found once, from the box that starts
     first. Most pairs of a frame's boxes (and all pairs of different classes, after the class
-    offset) are never looked at.
+    offset) are never looked at. None when there are more than ``budget`` pairs.
     """
     n = len(x1)
     order = np.argsort(x1, kind="stable")
     ends = np.searchsorted(x1[order], x2[order], side="left")  # boxes that start before each one ends
     counts = np.maximum(ends - np.arange(1, n + 1), 0)
+    total = int(counts.sum())
+    if total > budget:
+        return None
     first = np.repeat(np.arange(n), counts)
-    step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    step = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     return order[first], order[first + 1 + step]
+
+
+def _greedy_nms_loop(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, iou_thres: float,
+                     max_det: int) -> np.ndarray:
+    """Greedy NMS box by box: each kept box against all boxes still left (for very dense frames)."""
+    area = (x2 - x1) * (y2 - y1)
+    order = np.arange(len(x1))
+    keep = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while order.size and len(keep) < max_det:
+            i, rest = order[0], order[1:]
+            keep.append(i)
+            w = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(min=0)
+            h = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(min=0)
+            inter = w * h
+            order = rest[~(inter / (area[i] + area[rest] - inter) > iou_thres)]
+    return np.asarray(keep, dtype=np.intp)
 
 
 def _greedy_nms(boxes: np.ndarray, iou_thres: float, max_det: int) -> np.ndarray:
     """Indices kept by greedy NMS over `boxes` already sorted by descending score (torchvision semantics).
 
-    IoU is computed in float64 for the overlapping pairs only; a box is kept when no kept box
-    before it overlaps it by more than `iou_thres` (an empty union gives NaN: never suppressed).
+    IoU is computed in float64 for the overlapping pairs only (up to PAIR_BUDGET of them, else box
+    by box); a box is kept when no kept box before it overlaps it by more than `iou_thres` (an
+    empty union gives NaN: never suppressed).
     """
     x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k], dtype=np.float64) for k in range(4))
     n = len(boxes)
-    a, b = _overlapping_pairs(x1, x2)
+    pairs = _overlapping_pairs(x1, x2, PAIR_BUDGET)
+    if pairs is None:
+        return _greedy_nms_loop(x1, y1, x2, y2, iou_thres, max_det)
+    a, b = pairs
     w = (np.minimum(x2[a], x2[b]) - np.maximum(x1[a], x1[b])).clip(min=0)
     h = (np.minimum(y2[a], y2[b]) - np.maximum(y1[a], y1[b])).clip(min=0)
     inter = w * h

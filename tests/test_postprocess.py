@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clo_export import postprocess
 from clo_export.errors import CloExportError
 from clo_export.postprocess import MAX_WH, box_iou, nms, xywh2xyxy
 
@@ -103,10 +104,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("budget", [postprocess.PAIR_BUDGET, 0], ids=["pairs", "box-by-box"])
 @pytest.mark.parametrize("nc", [1, 8, 80])
 @pytest.mark.parametrize("levels", [0, 4], ids=["continuous", "ties"])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_nms_matches_reference(case: str, levels: int, nc: int) -> None:
+def test_nms_matches_reference(case: str, levels: int, nc: int, budget: int, monkeypatch) -> None:
+    monkeypatch.setattr(postprocess, "PAIR_BUDGET", budget)  # 0: every frame takes the dense-frame path
     kw = CASES[case]
     rng = np.random.default_rng([list(CASES).index(case), levels, nc])
     pred = random_pred(rng, bs=3, n=150, nc=nc, levels=levels)
@@ -114,9 +117,11 @@ def test_nms_matches_reference(case: str, levels: int, nc: int) -> None:
     assert_same(nms(pred, **our_kw), ref_nms(pred, **kw))
 
 
+@pytest.mark.parametrize("budget", [postprocess.PAIR_BUDGET, 0], ids=["pairs", "box-by-box"])
 @pytest.mark.parametrize("iou", [0.0, 0.45])
-def test_nms_matches_reference_on_shared_edges_and_empty_boxes(iou: float) -> None:
+def test_nms_matches_reference_on_shared_edges_and_empty_boxes(iou: float, budget: int, monkeypatch) -> None:
     """Coordinates on a coarse grid (many equal x1, touching edges) and zero-size boxes."""
+    monkeypatch.setattr(postprocess, "PAIR_BUDGET", budget)
     rng = np.random.default_rng(11)
     pred = random_pred(rng, bs=2, n=400, nc=3)
     pred[..., :4] = np.round(pred[..., :4] / 16) * 16
