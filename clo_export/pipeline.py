@@ -4,7 +4,9 @@ Each stage runs in its own thread and hands work on through small bounded queues
 stays flat however long the video is and decoding/encoding overlap with inference. Given
 several runners (inference streams, e.g. two ONNX Runtime CPU sessions), each gets its own
 inference thread; batches are numbered as they are taken and put back in order before
-postprocessing, so outputs keep the source's order. The same stage functions also run as a plain
+postprocessing, so outputs keep the source's order. A stream takes a batch only while fewer than
+``queue_size + streams`` are between taking and their turn, so a stalled stream cannot make the
+others pile up finished batches. The same stage functions also run as a plain
 sequential loop (``threaded=False``, first runner only), which the benchmark uses as its
 baseline. Library code: no printing; the CLI renders :class:`RunResult`.
 
@@ -284,6 +286,7 @@ class Pipeline:
         self.streams = 1
         self._take = threading.Lock()  # taking a batch and numbering it is one step
         self._taken = 0
+        self._slots = threading.Semaphore(opts.queue_size + len(self.runners))  # batches taken, not yet in order
 
     # ---- control
     def request_stop(self) -> None:
@@ -463,10 +466,14 @@ class Pipeline:
                 return
 
     def _take_batch(self, inq: queue.Queue) -> object:
-        """The next batch, numbered; the end marker is put back for the other streams."""
+        """The next batch, numbered, once a slot is free; the end marker is put back for the other streams."""
+        while not self._slots.acquire(timeout=0.05):
+            if self._abort.is_set():
+                return _END
         with self._take:
             batch = self._get(inq)
             if batch is _END:
+                self._slots.release()
                 self._put(inq, _END)
                 return _END
             batch.seq = self._taken
@@ -491,6 +498,7 @@ class Pipeline:
                 continue
             waiting[item.seq] = item
             while expected in waiting:
+                self._slots.release()
                 yield waiting.pop(expected)
                 expected += 1
 
