@@ -6,8 +6,13 @@ PY := $(VENV)/bin/python
 # would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The Triton server the tests start runs our Python-backend models in its own environment: Triton's
+# Python backend stub needs numpy < 2 there, and our users' numpy is not ours to pin. Same Python as
+# $(VENV) (the stub is built per Python version) and the same ONNX Runtime, so served detections match.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install triton-env clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +24,19 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+$(TRITON_STAMP): pyproject.toml | $(STAMP)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(PY) -m clo_export.triton.serverenv > $(TRITON_VENV)/requirements.txt
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r $(TRITON_VENV)/requirements.txt
+	touch $(TRITON_STAMP)
+
+triton-env: $(TRITON_STAMP)
+
+test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/clo-export demo --out demo-out
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) build *.egg-info

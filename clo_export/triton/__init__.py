@@ -1,0 +1,1 @@
+"""Triton Inference Server: model repositories (``clo-export triton``) and the environment they need."""
