@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clo_export.backends.base import NMS_OUTPUTS, ModelInfo, Runner
+from clo_export.backends.base import NMS_OUTPUTS, ModelInfo, Runner, RunnerGone
 from clo_export.compare import TOLERANCES, Report, Tolerance, compare_outputs, detection_agreement
 from clo_export.data.preprocess import LetterboxInfo, preprocess, scale_boxes
 from clo_export.data.sinks import Sink, draw_detections, sink_outputs
@@ -237,6 +237,7 @@ class RunResult:
     outputs: list[Path] = field(default_factory=list)
     batch: int = 1
     streams: int = 1
+    gone: str | None = None  # why the runner's server stopped answering (the run ended there)
 
     @property
     def fps(self) -> float:
@@ -278,6 +279,7 @@ class Pipeline:
         self._abort = threading.Event()
         self._errors: list[BaseException] = []
         self.interrupted = False
+        self.gone: str | None = None
         self.frames = self.detections = self.dropped = self.checked = 0
         self.annotate = any(s.needs_annotation for s in self.sinks)
         self.batch = 1
@@ -325,6 +327,16 @@ class Pipeline:
         t0 = time.perf_counter()
         batch.outputs = (runner or self.runner).infer({self.input_name: x})
         self.timers["inference"].add(time.perf_counter() - t0, len(batch.frames))
+        return batch
+
+    def _infer_or_stop(self, batch: _Batch, runner: Runner | None = None) -> _Batch:
+        """Infer a batch; once the runner's server has gone, stop reading and pass batches on without outputs."""
+        if self.gone is None:
+            try:
+                return self._infer(batch, runner)
+            except RunnerGone as e:
+                self.gone = self.gone or str(e)
+                self._stop.set()
         return batch
 
     def _postprocess(self, batch: _Batch) -> list[tuple[Frame, np.ndarray]]:
@@ -385,6 +397,7 @@ class Pipeline:
             seconds=seconds, stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=sink_outputs(self.sinks), batch=self.batch, streams=self.streams,
+            gone=self.gone,
         )
 
     def run(self, threaded: bool = True) -> RunResult:
@@ -417,7 +430,9 @@ class Pipeline:
     def _run_sequential(self) -> None:
         try:
             for batch in self._batches(self._frames()):
-                for frame, dets in self._postprocess(self._infer(batch)):
+                if self._infer_or_stop(batch).outputs is None:
+                    break
+                for frame, dets in self._postprocess(batch):
                     self._write(frame, dets)
                 if self._hurry.is_set():
                     break
@@ -482,7 +497,7 @@ class Pipeline:
 
     def _infer_stage(self, runner: Runner, inq: queue.Queue, out: queue.Queue) -> None:
         while (batch := self._take_batch(inq)) is not _END:
-            if not self._hurry.is_set() and not self._put(out, self._infer(batch, runner)):
+            if not self._hurry.is_set() and not self._put(out, self._infer_or_stop(batch, runner)):
                 return
 
     def _in_order(self, inq: queue.Queue, streams: int) -> Iterator[_Batch]:
@@ -503,8 +518,10 @@ class Pipeline:
                 expected += 1
 
     def _post_stage(self, inq: queue.Queue, out: queue.Queue, streams: int) -> None:
+        lost = False  # after a batch the runner's server never answered nothing is written, so outputs have no gaps
         for batch in self._in_order(inq, streams):
-            if self._hurry.is_set():
+            lost = lost or batch.outputs is None
+            if self._hurry.is_set() or lost:
                 continue
             for item in self._postprocess(batch):
                 if not self._put(out, item):

@@ -26,6 +26,10 @@ class TensorSpec:
     dtype: np.dtype
 
 
+class RunnerGone(CloExportError):
+    """The server a runner talks to went away mid-run: the pipeline stops cleanly with what was done."""
+
+
 class Runner(ABC):
     """Runs a model on one backend; use as a context manager."""
 
@@ -161,6 +165,13 @@ def load_runners(path: str | os.PathLike, device: str | None = None, providers: 
     ONNX Runtime on the CPU runs ``workers`` sessions (None: :func:`plan_streams`); GPUs and the
     PyTorch backend run one stream, and refuse ``workers`` > 1.
     """
+    if str(path).startswith("triton://"):  # a model on a Triton server (clo_export.backends.triton)
+        from clo_export.backends.triton import load_triton_runners
+
+        if device is not None or providers or threads is not None:
+            raise CloExportError("--device, --providers and --threads choose local hardware; the Triton server decides "
+                                 f"where {path} runs: drop them")
+        return load_triton_runners(str(path), workers, imgsz)
     runner, info = load_runner(path, device, providers, imgsz, threads)
     cpu = info.backend == "onnxruntime" and runner.runs_on_cpu()
     if not cpu:

@@ -100,7 +100,7 @@ def stats_table(result, backend: str):
 @guarded
 def infer(
     source: Annotated[str, typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0) or stream URL (rtsp://…).", show_default=False)],
-    model: Annotated[Path, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model or TensorRT .engine; names, size and stride come from the file.", show_default=False, rich_help_panel=MODEL)],
+    model: Annotated[str, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)],
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)] = None,
     providers: Annotated[str | None, typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
@@ -216,6 +216,9 @@ def _report(result, info, check: Path | None) -> None:
             if not rep:
                 raise CloExportError(f"live check failed on {result.checked_frames} frame(s): " + "; ".join(rep.failures))
             console.print("[green]check: within tolerance[/]")
+    if result.gone:
+        err_console.print(f"{result.gone}: stopped after {result.frames} frames; outputs closed and complete", highlight=False)
+        raise typer.Exit(1)
     if result.interrupted:
         err_console.print(f"interrupted after {result.frames} frames; outputs closed and complete", highlight=False)
         raise typer.Exit(130)

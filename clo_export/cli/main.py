@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from clo_export import __version__
-from clo_export.cli import check, demo, info, onnx, quantize, trt
+from clo_export.cli import check, demo, info, onnx, quantize, triton, trt
 from clo_export.cli.common import Debug, Verbose, console, setup
 
 app = typer.Typer(
@@ -39,3 +39,4 @@ app.command("trt", no_args_is_help=True)(trt.trt)
 app.command("check", no_args_is_help=True)(check.check)
 app.command("info", no_args_is_help=True)(info.info)
 app.command("demo")(demo.demo)
+app.command("triton", no_args_is_help=True)(triton.triton)
