@@ -92,14 +92,14 @@ class TritonRunner(Runner):
         try:
             result = self.client.infer(self.model, inputs, outputs=wanted, client_timeout=self.timeout)
         except Exception as e:  # InferenceServerException, or grpc's own on a dropped connection
-            if not self._server_live():
+            if not self._server_ready():
                 raise RunnerGone(f"the Triton server at {self.address} went away ({_first_line(e)})") from e
             raise CloExportError(f"Triton model '{self.model}' at {self.address} refused a request: {_first_line(e)}") from e
         return {n: result.as_numpy(n) for n in self.outputs}
 
-    def _server_live(self) -> bool:
-        try:
-            return bool(self.client.is_server_live(client_timeout=2.0))
+    def _server_ready(self) -> bool:
+        try:  # a server shutting down is live but no longer ready
+            return bool(self.client.is_server_ready(client_timeout=2.0))
         except Exception:  # noqa: BLE001 (any failure means it is not there)
             return False
 

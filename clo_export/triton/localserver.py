@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -163,6 +164,12 @@ class LocalServer:
         self.returncode = self.proc.returncode
         self.proc = None
         return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server and its Python-backend stubs (its whole process group): a server that dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
     def __enter__(self) -> LocalServer:
         return self.start()
