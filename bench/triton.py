@@ -1,0 +1,177 @@
+"""Benchmark of serving the demo model on a real Triton server against clo-infer in-process (not a test).
+
+In one run, on the same decoded frames of the demo video (640x480):
+  - in-process: one loop of clo-export's preprocessing, ONNX Runtime (CPU) and NMS per frame
+    (latency per frame), and clo-infer's threaded pipeline over the video (throughput);
+  - Triton (tritonserver from nvidia-pytriton, ``clo-export triton --platform python``): 1, 4 and 8
+    concurrent gRPC clients each sending its share of the frames as raw BGR frames to the ensemble,
+    one request at a time; throughput, per-request latency p50/p95, and the dynamic batcher's
+    average batch size on the detector (inferences / executions from Triton's statistics API).
+
+Needs ``make triton-env``. Usage:
+
+    python bench/triton.py [--frames 240] [--queue-delay-us 2000] [--clients 1,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clo_export.backends.base import load_runner, load_runners, usable_cores  # noqa: E402
+from clo_export.data.preprocess import preprocess  # noqa: E402
+from clo_export.data.stream import open_source  # noqa: E402
+from clo_export.demo.run import BUNDLED_MODEL, write_demo_video  # noqa: E402
+from clo_export.pipeline import InferOptions, Pipeline, Postprocessor  # noqa: E402
+from clo_export.triton.config import Serving  # noqa: E402
+from clo_export.triton.localserver import LocalServer, ServerEnv  # noqa: E402
+from clo_export.triton.repository import RepositoryOptions, write_repository  # noqa: E402
+
+DEADLINE_S = 300.0
+
+
+def read_frames(video: Path, n: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while len(frames) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def in_process_loop(onnx_path: Path, frames: list[np.ndarray]) -> tuple[float, list[float]]:
+    """One loop, one ONNX Runtime session: preprocess, infer, NMS + scale per frame; (FPS, latencies s)."""
+    runner, info = load_runner(onnx_path, "cpu")
+    post = Postprocessor(info, InferOptions())
+    lat = []
+    with runner:
+        for frame in frames[:5]:  # warm-up
+            x, lb = preprocess(frame, info.imgsz)
+            post(runner.infer({"images": x}), [lb])
+        t0 = time.perf_counter()
+        for frame in frames:
+            t = time.perf_counter()
+            x, lb = preprocess(frame, info.imgsz)
+            post(runner.infer({"images": x}), [lb])
+            lat.append(time.perf_counter() - t)
+        total = time.perf_counter() - t0
+    return len(frames) / total, lat
+
+
+def in_process_pipeline(onnx_path: Path, video: Path, n: int) -> float:
+    """clo-infer's threaded pipeline (its default streams) on the video, no sinks: FPS."""
+    runners, info = load_runners(onnx_path, "cpu")
+    for r in runners:
+        r.activate()
+    try:
+        result = Pipeline(open_source(video, n), runners, info, [], InferOptions()).run()
+    finally:
+        for r in runners:
+            r.deactivate()
+    return result.fps
+
+
+def model_counts(client, model: str) -> tuple[int, int]:
+    s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+
+
+def triton_clients(url: str, frames: list[np.ndarray], clients: int) -> tuple[float, list[float], float]:
+    """``clients`` threads, each sending its share of the frames one request at a time: (FPS, latencies s, avg batch)."""
+    import tritonclient.grpc as grpcclient
+
+    admin = grpcclient.InferenceServerClient(url)
+    before = model_counts(admin, "demo_model")
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+    stop_at = time.monotonic() + DEADLINE_S
+
+    def loop(k: int) -> None:
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            for i in range(k, len(frames), clients):
+                if time.monotonic() > stop_at:
+                    raise TimeoutError("benchmark client ran out of time")
+                inp = grpcclient.InferInput("FRAME", [1, *frames[i].shape], "UINT8")
+                inp.set_data_from_numpy(frames[i][None])
+                t = time.perf_counter()
+                client.infer("demo", [inp], client_timeout=60.0)
+                lat[k].append(time.perf_counter() - t)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    after = model_counts(admin, "demo_model")
+    admin.close()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    return len(frames) / total, [x for row in lat for x in row], inferences / max(executions, 1)
+
+
+def ms(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=240, help="demo video frames sent per measurement")
+    ap.add_argument("--clients", default="1,4,8", help="concurrent clients, comma-separated")
+    ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher's max queue delay")
+    ap.add_argument("--server-env", default=".venv-triton", help="environment made by make triton-env")
+    args = ap.parse_args()
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.models.checkpoint import load
+
+    with tempfile.TemporaryDirectory(prefix="bench-triton-") as tmp:
+        d = Path(tmp)
+        loaded = load(BUNDLED_MODEL)
+        onnx_path = export_onnx(loaded, d / "demo-shapes.onnx",
+                                ExportOptions(imgsz=loaded.imgsz_hint or (256, 256), dynamic_batch=True)).path
+        write_demo_video(d / "demo.mp4", args.frames)
+        frames = read_frames(d / "demo.mp4", args.frames)
+        write_repository(onnx_path, d / "repo", RepositoryOptions(
+            "demo", "python", Serving(8, (4, 8), args.queue_delay_us, 1)))
+        rows = []
+        fps, lat = in_process_loop(onnx_path, frames)
+        base = fps
+        rows.append(("in-process, one loop", "1", fps, ms(lat, 50), ms(lat, 95), "–"))
+        rows.append(("in-process, clo-infer pipeline", "–", in_process_pipeline(onnx_path, d / "demo.mp4", args.frames),
+                     None, None, "–"))
+        with LocalServer(d / "repo", d / "server", ServerEnv.find(args.server_env)) as server:
+            triton_clients(server.grpc_url, frames[:8], 1)  # warm-up
+            for c in (int(x) for x in args.clients.split(",")):
+                fps, lat, avg = triton_clients(server.grpc_url, frames, c)
+                rows.append(("Triton ensemble, gRPC raw frames", str(c), fps, ms(lat, 50), ms(lat, 95), f"{avg:.2f}"))
+    print(f"demo model {loaded.imgsz_hint}, {len(frames)} frames 640x480, {usable_cores()} CPU cores, "
+          f"queue delay {args.queue_delay_us} us, max batch 8 (preferred 4, 8)")
+    print("| mode | clients | frames/s | vs in-process loop | p50 ms | p95 ms | avg batch (detector) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for mode, clients, fps, p50, p95, avg in rows:
+        p = "–" if p50 is None else f"{p50:.1f}"
+        q = "–" if p95 is None else f"{p95:.1f}"
+        print(f"| {mode} | {clients} | {fps:.1f} | {fps / base:.2f}x | {p} | {q} | {avg} |")
+
+
+if __name__ == "__main__":
+    main()
