@@ -73,7 +73,7 @@ class LocalServer:
     def __init__(self, repository: str | os.PathLike, scratch: str | os.PathLike, env: ServerEnv | None = None,
                  models: list[str] | None = None):
         self.repository = Path(repository)
-        self.scratch = Path(scratch)
+        self.scratch = Path(scratch).resolve()
         self.env = env or ServerEnv.find()
         self.models = models
         self.grpc_port = self.http_port = 0
@@ -176,3 +176,35 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python -m clo_export.triton.localserver REPO``: serve REPO on 127.0.0.1 until Ctrl-C (CPU machines, trials)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("repository", type=Path)
+    ap.add_argument("--env", type=Path, default=DEFAULT_ENV, help="environment made by make triton-env")
+    ap.add_argument("--scratch", type=Path, default=Path(".triton-scratch"), help="folder for backends and the server log")
+    args = ap.parse_args()
+    try:
+        server = LocalServer(args.repository, args.scratch, ServerEnv.find(args.env)).start()
+    except CloExportError as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(1) from None
+    sys.stdout.write(f"Triton serving {args.repository} on grpc {server.grpc_url}, http {server.http_url} "
+                     f"(log: {server.log_path}); Ctrl-C stops it\n")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the server as Ctrl-C does
+    try:
+        while server.proc is not None and server.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
