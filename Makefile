@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-$(TRITON_STAMP): pyproject.toml | $(STAMP)
+$(TRITON_STAMP): pyproject.toml clo_export/triton/serverenv.py | $(STAMP)
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(PY) -m clo_export.triton.serverenv > $(TRITON_VENV)/requirements.txt
 	$(TRITON_VENV)/bin/python -m pip install --quiet -r $(TRITON_VENV)/requirements.txt

@@ -28,6 +28,7 @@ from clo_export.demo.run import BUNDLED_MODEL, write_demo_video
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline
 from clo_export.triton.localserver import LocalServer, ServerEnv
+from tests.test_infer_fixtures import art  # noqa: F401 (fixture: a small detector exported with in-graph NMS)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_ENV = Path(os.environ.get("CLO_TRITON_ENV", ROOT / ".venv-triton"))
@@ -69,7 +70,10 @@ def start_server(repo: Path, scratch: Path) -> LocalServer:
 
 
 @pytest.fixture(scope="module")
-def server(demo):
+def server(demo, art):
+    """One server for the demo ensemble and, beside it, an in-graph NMS model's ensemble ``nms``."""
+    r = CliRunner().invoke(app, ["triton", str(art.nms_onnx), "-o", str(demo.repo), "--name", "nms", "--platform", "python"])
+    assert r.exit_code == 0, r.output
     s = start_server(demo.repo, demo.dir / "server")
     yield s
     s.stop()
@@ -158,6 +162,26 @@ def test_clo_infer_against_the_server_matches_in_process(demo, server, tmp_path)
     cap.release()
 
 
+def test_in_graph_nms_model_through_its_ensemble(server, art):
+    runners, info = load_runners(art.nms_onnx, "cpu")
+    sink = MemorySink()
+    with runners[0], runners[1]:
+        Pipeline(open_source(art.video), runners, info, [sink], InferOptions()).run()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    cap = cv2.VideoCapture(str(art.video))
+    for i in range(len(sink.detections)):
+        ok, frame = cap.read()
+        assert ok
+        inp = grpcclient.InferInput("FRAME", [1, *frame.shape], "UINT8")
+        inp.set_data_from_numpy(frame[None])
+        res = client.infer("nms", [inp], client_timeout=30.0)
+        n = int(res.as_numpy("NUM_DETECTIONS")[0, 0])
+        np.testing.assert_array_equal(res.as_numpy("DETECTIONS")[0, :n], sink.detections[i], err_msg=f"frame {i}")
+    cap.release()
+    client.close()
+    assert sum(len(d) for d in sink.detections.values()) > 0
+
+
 def test_connection_failures_are_one_line(demo, server):
     runner = CliRunner()
     r = runner.invoke(infer_app, [str(demo.video), "--model", "triton://127.0.0.1:1/demo", "-q"])
@@ -171,7 +195,7 @@ def test_connection_failures_are_one_line(demo, server):
 def test_server_shuts_down_cleanly(server):
     assert server.stop() == 0
     log = server.log_path.read_text()
-    for model in ("demo", "demo_preprocess", "demo_model", "demo_postprocess"):
+    for model in ("demo", "demo_preprocess", "demo_model", "demo_postprocess", "nms", "nms_model"):
         assert f"successfully unloaded '{model}'" in log
 
 
