@@ -10,12 +10,15 @@ In one run, on the same decoded frames of the demo video (640x480):
 
 Needs ``make triton-env``. Usage:
 
-    python bench/triton.py [--frames 240] [--queue-delay-us 2000] [--clients 1,4,8]
+    python bench/triton.py [--frames 240] [--queue-delay-us 2000] [--clients 1,4,8] [--rounds 2]
+
+Rows are measured in interleaved rounds and each keeps its best round (the machine is shared and noisy).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -139,6 +142,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,8", help="concurrent clients, comma-separated")
     ap.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batcher's max queue delay")
     ap.add_argument("--server-env", default=".venv-triton", help="environment made by make triton-env")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each row keeps its best")
     args = ap.parse_args()
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
@@ -152,19 +156,27 @@ def main() -> None:
         frames = read_frames(d / "demo.mp4", args.frames)
         write_repository(onnx_path, d / "repo", RepositoryOptions(
             "demo", "python", Serving(8, (4, 8), args.queue_delay_us, 1)))
-        rows = []
-        fps, lat = in_process_loop(onnx_path, frames)
-        base = fps
-        rows.append(("in-process, one loop", "1", fps, ms(lat, 50), ms(lat, 95), "–"))
-        rows.append(("in-process, clo-infer pipeline", "–", in_process_pipeline(onnx_path, d / "demo.mp4", args.frames),
-                     None, None, "–"))
+        best: dict[tuple[str, str], tuple] = {}
+
+        def keep(mode: str, clients: str, fps: float, p50, p95, avg: str) -> None:
+            if (mode, clients) not in best or fps > best[(mode, clients)][2]:
+                best[(mode, clients)] = (mode, clients, fps, p50, p95, avg)
+
         with LocalServer(d / "repo", d / "server", ServerEnv.find(args.server_env)) as server:
             triton_clients(server.grpc_url, frames[:8], 1)  # warm-up
-            for c in (int(x) for x in args.clients.split(",")):
-                fps, lat, avg = triton_clients(server.grpc_url, frames, c)
-                rows.append(("Triton ensemble, gRPC raw frames", str(c), fps, ms(lat, 50), ms(lat, 95), f"{avg:.2f}"))
-    print(f"demo model {loaded.imgsz_hint}, {len(frames)} frames 640x480, {usable_cores()} CPU cores, "
-          f"queue delay {args.queue_delay_us} us, max batch 8 (preferred 4, 8)")
+            for _ in range(args.rounds):
+                fps, lat = in_process_loop(onnx_path, frames)
+                keep("in-process, one loop", "1", fps, ms(lat, 50), ms(lat, 95), "–")
+                keep("in-process, clo-infer pipeline", "–", in_process_pipeline(onnx_path, d / "demo.mp4", args.frames),
+                     None, None, "–")
+                for c in (int(x) for x in args.clients.split(",")):
+                    fps, lat, avg = triton_clients(server.grpc_url, frames, c)
+                    keep("Triton ensemble, gRPC raw frames", str(c), fps, ms(lat, 50), ms(lat, 95), f"{avg:.2f}")
+        rows = list(best.values())
+        base = rows[0][2]
+    print(f"demo model {loaded.imgsz_hint}, {len(frames)} frames 640x480, {usable_cores()} CPU cores (load average "
+          f"{os.getloadavg()[0]:.1f}), queue delay {args.queue_delay_us} us, max batch 8 (preferred 4, 8), "
+          f"best of {args.rounds} rounds")
     print("| mode | clients | frames/s | vs in-process loop | p50 ms | p95 ms | avg batch (detector) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, clients, fps, p50, p95, avg in rows:
