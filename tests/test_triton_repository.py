@@ -149,11 +149,16 @@ def test_engine_config_has_cuda_graphs_and_build_facts(tmp_path):
     assert "TensorRT 10.3.0" in (tmp_path / "repo" / "README.md").read_text()
 
 
-def test_engine_without_its_onnx_leaves_outputs_to_triton(tmp_path):
-    engine, _ = make_engine(tmp_path, with_onnx=False)
+def test_engine_without_cuda_graphs(tmp_path):
+    engine, _ = make_engine(tmp_path)
     write_repository(engine, tmp_path / "repo", RepositoryOptions("det", None, C.Serving(4, (), 0, 1, "gpu", False)))
-    det = configs(tmp_path / "repo", "det")["det_model"]
-    assert not det.output and not det.optimization.cuda.graphs
+    assert not configs(tmp_path / "repo", "det")["det_model"].optimization.cuda.graphs
+
+
+def test_engine_needs_its_onnx_beside_it(tmp_path):
+    engine, _ = make_engine(tmp_path, with_onnx=False)
+    with pytest.raises(CloExportError, match="'det.onnx', the ONNX 'det.fp16.engine' was built from, is not beside it"):
+        write_repository(engine, tmp_path / "repo", RepositoryOptions("det"))
 
 
 @pytest.mark.parametrize("case, match", [

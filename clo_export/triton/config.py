@@ -110,12 +110,9 @@ def _dynamic_batching(s: Serving) -> dict[str, Any] | None:
     return d
 
 
-def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor] | None, s: Serving,
+def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor], s: Serving,
                  params: dict[str, Any]) -> dict[str, Any]:
-    """The detector's config: ``onnxruntime_onnx``, ``tensorrt_plan`` or the Python backend running ONNX Runtime.
-
-    ``outputs`` None leaves them to Triton's auto-complete (a plan whose output shapes we do not know).
-    """
+    """The detector's config: ``onnxruntime_onnx``, ``tensorrt_plan`` or the Python backend running ONNX Runtime."""
     cfg: dict[str, Any] = {"name": name}
     if platform == "python":
         cfg["backend"] = "python"
@@ -123,7 +120,7 @@ def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[T
         cfg["platform"] = platform
     cfg["max_batch_size"] = s.max_batch
     cfg["input"] = [t.to_dict() for t in inputs]
-    cfg["output"] = [t.to_dict() for t in outputs] if outputs else None
+    cfg["output"] = [t.to_dict() for t in outputs]
     cfg["dynamic_batching"] = _dynamic_batching(s)
     cfg["instance_group"] = _instance_group(s.instances, "cpu" if platform == "python" else s.kind)
     if platform == "tensorrt_plan" and s.kind == "gpu" and s.cuda_graphs:

@@ -15,7 +15,6 @@ input model is copied, never moved, and a repository that would replace it is re
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import tempfile
@@ -29,8 +28,6 @@ from clo_export.errors import CloExportError
 from clo_export.fileio import sha256_file
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
-
-log = logging.getLogger(__name__)
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")
 NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
@@ -49,7 +46,7 @@ class ModelFacts:
     path: Path
     kind: str  # onnx | engine
     input: C.Tensor  # dims with the batch dimension first (-1: dynamic)
-    outputs: list[C.Tensor] | None  # dims with batch; None: unknown (Triton auto-completes them)
+    outputs: list[C.Tensor]  # dims with the batch dimension first
     batch_range: tuple[int, int]  # (smallest, largest) batch the model takes
     names: dict[int, str]
     imgsz: tuple[int, int]
@@ -117,26 +114,28 @@ def onnx_facts(path: Path) -> ModelFacts:
 
 
 def engine_facts(path: Path) -> ModelFacts:
-    """Inputs, batch range and build facts of a TensorRT engine, from its sidecar (outputs from its ONNX if beside it)."""
+    """Batch range and build facts of a TensorRT engine from its sidecar; tensor types and shapes from its ONNX.
+
+    The sidecar names the ONNX the engine was built from; it must lie beside the engine, because an
+    engine's I/O types depend on how it was built (FP32 I/O with the FP16 flag below TensorRT 11,
+    FP16 I/O from an FP16 ONNX) and the sidecar does not record them.
+    """
     from clo_export.engine.sidecar import EngineSidecar
 
     side = EngineSidecar.read(path)
-    shape = tuple(side.input_shape)
+    source = path.parent / side.source_onnx
+    if not source.is_file():
+        raise CloExportError(f"'{side.source_onnx}', the ONNX '{path.name}' was built from, is not beside it; copy it "
+                             "there (clo-export triton reads the engine's tensor types and shapes from it)")
+    onnx_side = onnx_facts(source)
     if side.profile:
         lo, hi = side.profile[0][0], side.profile[2][0]
-        shape = (-1, *shape[1:])
+        shape = (-1, *side.input_shape[1:])
     else:
-        lo = hi = shape[0]
-    precision_dtype = np.float16 if side.precision == "fp16" and side.input_shape else np.float32
-    outputs = None
-    source = path.parent / side.source_onnx
-    if source.is_file():
-        onnx_out = onnx_facts(source)
-        precision_dtype = onnx_out.input.dtype
-        outputs = [o for o in onnx_out.outputs if o.name in side.output_names]
-    else:
-        log.info("'%s' not beside the engine: output shapes left to Triton's auto-complete", side.source_onnx)
-    inp = C.Tensor(side.input_name, np.dtype(precision_dtype), shape)
+        lo = hi = side.input_shape[0]
+        shape = tuple(side.input_shape)
+    inp = C.Tensor(side.input_name, onnx_side.input.dtype, shape)
+    outputs = [o for o in onnx_side.outputs if o.name in side.output_names]
     extra = {"tensorrt_version": side.tensorrt_version, "gpu": side.gpu_name,
              "compute_capability": ".".join(map(str, side.compute_capability))}
     return ModelFacts(path, "engine", inp, outputs, (lo, hi), dict(enumerate(side.names)), tuple(side.imgsz),
@@ -254,14 +253,13 @@ def build_configs(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     pre, model, post = f"{name}_preprocess", f"{name}_model", f"{name}_postprocess"
     meta = _metadata(facts)
     inp = _no_batch(facts.input)
-    outputs = [_no_batch(o) for o in facts.outputs] if facts.outputs is not None else None
     out_names = list(NMS_OUTPUTS) if facts.nms else ["output0"]
-    if outputs is not None:
-        missing = [n for n in out_names if n not in {o.name for o in outputs}]
-        if missing:
-            raise CloExportError(f"'{facts.path.name}' has no output(s) {missing}; export it with clo-export onnx "
-                                 "(output0, or num_dets/boxes/scores/classes with --nms)")
-        outputs = [o for o in outputs if o.name in out_names]
+    by_name = {o.name: _no_batch(o) for o in facts.outputs}
+    missing = [n for n in out_names if n not in by_name]
+    if missing:
+        raise CloExportError(f"'{facts.path.name}' has no output(s) {missing}; export it with clo-export onnx "
+                             "(output0, or num_dets/boxes/scores/classes with --nms)")
+    outputs = [by_name[n] for n in out_names]
     model_params = dict(meta)
     if platform == "python":
         model_params["threads"] = opts.threads
@@ -276,11 +274,7 @@ def build_configs(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     configs[pre] = C.python_config(pre, images_in, [inp, letterbox], side, pre_params)
 
     det_out = [C.Tensor(C.DETECTIONS, np.dtype(np.float32), (-1, 6)), C.Tensor(C.NUM_DETECTIONS, np.dtype(np.int32), (1,))]
-    by_name = {o.name: o for o in outputs} if outputs is not None else {}
-    post_in = [by_name.get(n, C.Tensor(n, np.dtype(np.float32), (-1, -1))) for n in out_names]
-    if outputs is None and facts.nms:  # shapes unknown: the declared types of clo-export's NMS outputs
-        post_in = [C.Tensor("num_dets", np.dtype(np.int32), (1,)), C.Tensor("boxes", np.dtype(np.float32), (-1, 4)),
-                   C.Tensor("scores", np.dtype(np.float32), (-1,)), C.Tensor("classes", np.dtype(np.int32), (-1,))]
+    post_in = outputs
     post_params = {"conf": opts.conf, "iou": opts.iou, "max_det": opts.max_det, "agnostic": opts.agnostic,
                    "clo_export.nms": facts.nms, "clo_export.imgsz": list(facts.imgsz)}
     configs[post] = C.python_config(post, [*post_in, letterbox], det_out, side, post_params)
