@@ -14,7 +14,6 @@ input model is copied, never moved, and a repository that would replace it is re
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
