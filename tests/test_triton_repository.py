@@ -100,15 +100,16 @@ def test_onnx_variants_parse_into_model_config(tmp_path, variant):
         kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if serving.kind in (None, "gpu") else model_config_pb2.ModelInstanceGroup.KIND_CPU
         assert det.instance_group[0].kind == kind and det.instance_group[0].count == serving.instances
     assert (repo.models["det_model"] / "1" / "model.onnx").read_bytes() == model.read_bytes()
-    assert det.max_batch_size == serving.max_batch
-    assert list(det.input[0].dims) == [3, 64, 64]  # no batch dimension
+    if kw.get("batch") == 1:  # Triton batches only a model whose first dimension is -1
+        assert det.max_batch_size == 0 and list(det.input[0].dims) == [1, 3, 64, 64]
+        assert list(det.output[0].dims) == [1, ANCHORS, NO]
+    else:
+        assert det.max_batch_size == serving.max_batch
+        assert list(det.input[0].dims) == [3, 64, 64]  # no batch dimension
+        assert [o.name for o in det.output] == (["num_dets", "boxes", "scores", "classes"] if kw.get("nms") else ["output0"])
+        assert list(det.output[-1].dims) == ([100] if kw.get("nms") else [ANCHORS, NO])
     fp16 = kw.get("dtype") == TensorProto.FLOAT16
     assert det.input[0].data_type == (model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32)
-    if kw.get("nms"):
-        assert [o.name for o in det.output] == ["num_dets", "boxes", "scores", "classes"]
-        assert list(det.output[1].dims) == [100, 4]
-    else:
-        assert [(o.name, list(o.dims)) for o in det.output] == [("output0", [ANCHORS, NO])]
     if serving.max_batch > 1:
         assert list(det.dynamic_batching.preferred_batch_size) == list(serving.preferred_batch)
         assert det.dynamic_batching.max_queue_delay_microseconds == serving.queue_delay_us
@@ -153,6 +154,16 @@ def test_engine_without_cuda_graphs(tmp_path):
     engine, _ = make_engine(tmp_path)
     write_repository(engine, tmp_path / "repo", RepositoryOptions("det", None, C.Serving(4, (), 0, 1, "gpu", False)))
     assert not configs(tmp_path / "repo", "det")["det_model"].optimization.cuda.graphs
+
+
+def test_fixed_batch_engine_is_a_non_batching_model(tmp_path):
+    engine, _ = make_engine(tmp_path, profile=None)
+    write_repository(engine, tmp_path / "repo", RepositoryOptions("det"))
+    cfgs = configs(tmp_path / "repo", "det")
+    det = cfgs["det_model"]
+    assert det.max_batch_size == 0 and list(det.input[0].dims) == [1, 3, 64, 64]
+    assert det.optimization.cuda.graphs and not det.optimization.cuda.graph_spec
+    assert cfgs["det"].max_batch_size == 1
 
 
 def test_engine_needs_its_onnx_beside_it(tmp_path):
@@ -221,7 +232,8 @@ def test_cli_writes_repository_and_picks_max_batch_from_the_model(tmp_path):
     assert det.instance_group[0].count == 2
     r = runner.invoke(app, ["triton", str(static), "-o", str(tmp_path / "repo"), "--name", "one"])
     assert r.exit_code == 0, r.output
-    assert parse(tmp_path / "repo" / "one_model" / "config.pbtxt").max_batch_size == 1
+    assert parse(tmp_path / "repo" / "one_model" / "config.pbtxt").max_batch_size == 0  # fixed batch 1: non-batching
+    assert parse(tmp_path / "repo" / "one" / "config.pbtxt").max_batch_size == 1
     r = runner.invoke(app, ["triton", str(static), "-o", str(tmp_path / "repo"), "--name", "x", "--max-batch", "4"])
     assert r.exit_code == 1 and "--dynamic-batch" in r.output
 

@@ -124,8 +124,10 @@ def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[T
     cfg["dynamic_batching"] = _dynamic_batching(s)
     cfg["instance_group"] = _instance_group(s.instances, "cpu" if platform == "python" else s.kind)
     if platform == "tensorrt_plan" and s.kind == "gpu" and s.cuda_graphs:
-        sizes = sorted(set(s.preferred_batch) | {s.max_batch})
-        cfg["optimization"] = {"cuda": {"graphs": True, "graph_spec": [{"batch_size": b} for b in sizes]}}
+        cuda: dict[str, Any] = {"graphs": True}
+        if s.max_batch > 0:  # a non-batching model's one graph needs no spec
+            cuda["graph_spec"] = [{"batch_size": b} for b in sorted(set(s.preferred_batch) | {s.max_batch})]
+        cfg["optimization"] = {"cuda": cuda}
     cfg["parameters"] = parameters(params)
     return cfg
 

@@ -262,7 +262,15 @@ def build_configs(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     model_params = dict(meta)
     if platform == "python":
         model_params["threads"] = opts.threads
-    configs = {model: C.model_config(model, platform, [inp], outputs, s, model_params)}
+    if facts.input.dims[0] == 1:
+        # A fixed batch of 1: Triton refuses max_batch_size >= 1 unless the first dimension is -1, so the
+        # detector is a non-batching model with full shapes; the ensemble joins it to the batching steps
+        # (Triton connects them when the full shapes match).
+        full = {o.name: o for o in facts.outputs}
+        configs = {model: C.model_config(model, platform, [facts.input], [full[n] for n in out_names],
+                                         replace(s, max_batch=0, preferred_batch=()), model_params)}
+    else:
+        configs = {model: C.model_config(model, platform, [inp], outputs, s, model_params)}
 
     side = C.Serving(max_batch=s.max_batch, instances=s.instances, kind="cpu")
     images_in = [C.Tensor(C.IMAGE, np.dtype(np.uint8), (-1,), optional=True),
