@@ -3,6 +3,7 @@
 In one run, on the same decoded frames of the demo video (640x480):
   - in-process: one loop of clo-export's preprocessing, ONNX Runtime (CPU) and NMS per frame
     (latency per frame), and clo-infer's threaded pipeline over the video (throughput);
+  - clo-infer's pipeline with ``--model triton://…`` (4 requests in flight; the server runs the detector);
   - Triton (tritonserver from nvidia-pytriton, ``clo-export triton --platform python``): 1, 4 and 8
     concurrent gRPC clients each sending its share of the frames as raw BGR frames to the ensemble,
     one request at a time; throughput, per-request latency p50/p95, and the dynamic batcher's
@@ -73,9 +74,9 @@ def in_process_loop(onnx_path: Path, frames: list[np.ndarray]) -> tuple[float, l
     return len(frames) / total, lat
 
 
-def in_process_pipeline(onnx_path: Path, video: Path, n: int) -> float:
+def pipeline_fps(model: str, video: Path, n: int) -> float:
     """clo-infer's threaded pipeline (its default streams) on the video, no sinks: FPS."""
-    runners, info = load_runners(onnx_path, "cpu")
+    runners, info = load_runners(model, "cpu" if not model.startswith("triton://") else None)
     for r in runners:
         r.activate()
     try:
@@ -91,7 +92,22 @@ def model_counts(client, model: str) -> tuple[int, int]:
     return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
 
-def triton_clients(url: str, frames: list[np.ndarray], clients: int) -> tuple[float, list[float], float]:
+def model_counts_url(url: str) -> tuple[int, int]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return model_counts(client, "demo_model")
+    finally:
+        client.close()
+
+
+def avg_batch(before: tuple[int, int], after: tuple[int, int]) -> str:
+    """Frames per detector execution between two statistics readings."""
+    return f"{(after[0] - before[0]) / max(after[1] - before[1], 1):.2f}"
+
+
+def triton_clients(url: str, frames: list[np.ndarray], clients: int) -> tuple[float, list[float], str]:
     """``clients`` threads, each sending its share of the frames one request at a time: (FPS, latencies s, avg batch)."""
     import tritonclient.grpc as grpcclient
 
@@ -128,8 +144,7 @@ def triton_clients(url: str, frames: list[np.ndarray], clients: int) -> tuple[fl
         raise errors[0]
     after = model_counts(admin, "demo_model")
     admin.close()
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    return len(frames) / total, [x for row in lat for x in row], inferences / max(executions, 1)
+    return len(frames) / total, [x for row in lat for x in row], avg_batch(before, after)
 
 
 def ms(values: list[float], q: float) -> float:
@@ -167,11 +182,15 @@ def main() -> None:
             for _ in range(args.rounds):
                 fps, lat = in_process_loop(onnx_path, frames)
                 keep("in-process, one loop", "1", fps, ms(lat, 50), ms(lat, 95), "–")
-                keep("in-process, clo-infer pipeline", "–", in_process_pipeline(onnx_path, d / "demo.mp4", args.frames),
+                keep("in-process, clo-infer pipeline", "–", pipeline_fps(str(onnx_path), d / "demo.mp4", args.frames),
                      None, None, "–")
+                before = model_counts_url(server.grpc_url)
+                fps = pipeline_fps(f"triton://{server.grpc_url}/demo", d / "demo.mp4", args.frames)
+                keep("clo-infer --model triton://…/demo (4 requests in flight)", "1", fps, None, None,
+                     avg_batch(before, model_counts_url(server.grpc_url)))
                 for c in (int(x) for x in args.clients.split(",")):
                     fps, lat, avg = triton_clients(server.grpc_url, frames, c)
-                    keep("Triton ensemble, gRPC raw frames", str(c), fps, ms(lat, 50), ms(lat, 95), f"{avg:.2f}")
+                    keep("Triton ensemble, gRPC raw frames", str(c), fps, ms(lat, 50), ms(lat, 95), avg)
         rows = list(best.values())
         base = rows[0][2]
     print(f"demo model {loaded.imgsz_hint}, {len(frames)} frames 640x480, {usable_cores()} CPU cores (load average "
