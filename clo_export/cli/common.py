@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typing_extensions import Annotated
 
 from clo_export.errors import CloExportError
 
@@ -27,8 +27,8 @@ def env_debug() -> bool:
     return os.environ.get("CLO_EXPORT_DEBUG", "") not in ("", "0")
 
 Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict.", show_default=False)]
-Cfg = Annotated[Path | None, typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel="Model")]
-Plugins = Annotated[list[Path] | None, typer.Option("--plugin", help="Python file registering extra blocks (repeatable).", rich_help_panel="Model")]
+Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel="Model")]
+Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", help="Python file registering extra blocks (repeatable).", rich_help_panel="Model")]
 ImgSz = Annotated[str, typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also CLO_EXPORT_DEBUG=1).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
