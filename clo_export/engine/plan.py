@@ -323,9 +323,10 @@ def _layer_precisions(v: TrtVersion, r: BuildRequest, implicit: bool, weak: bool
         raise CloExportError("--keep-float layers run in FP32, which DLA cannot; allow --gpu-fallback, or add --fp16 "
                              "to keep them in FP16 on the DLA")
     dtype = "HALF" if half else "FLOAT"
-    notes.append(f"{len(r.keep_float)} layers kept in {'FP16' if half else 'FP32'} (--keep-float)"
+    names = tuple(dict.fromkeys(r.keep_float))
+    notes.append(f"{len(names)} layers kept in {'FP16' if half else 'FP32'} (--keep-float)"
                  + (", on the GPU (DLA runs no FP32)" if r.dla_core is not None and not half else ""))
-    return tuple((name, dtype) for name in dict.fromkeys(r.keep_float))
+    return tuple((name, dtype) for name in names)
 
 
 def _profile(r: BuildRequest, notes: list[str]) -> ProfileShape | None:
