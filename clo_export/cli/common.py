@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar
 
@@ -47,6 +48,10 @@ def setup(debug: bool = False, verbose: bool = False) -> None:
 
 def guarded(fn: F) -> F:
     """Turn CloExportError into one red line and exit 1 (a traceback only with --debug)."""
+    if sys.version_info < (3, 10):  # Typer reads Annotated options from evaluated annotations only
+        from typing_extensions import get_type_hints
+
+        fn.__annotations__ = get_type_hints(fn, include_extras=True)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,7 +60,9 @@ def guarded(fn: F) -> F:
         except CloExportError as e:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

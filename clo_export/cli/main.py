@@ -42,11 +42,14 @@ def main(
 def needs_newer_python(name: str):
     """A stand-in for an export command on Python < 3.10: one line saying what to use instead."""
 
-    def command(ctx: typer.Context) -> None:
+    def command() -> None:
+        from rich.markup import escape
+
         have = ".".join(map(str, sys.version_info[:2]))
-        err_console.print(f"[bold red]error:[/] clo-export {name} needs Python >= 3.10 (this is {have}, a runtime "
-                          "install); export on a workstation with pip install 'clo-export[export]' and copy the "
-                          ".onnx here: clo-export trt and clo-infer run on this Python", highlight=False, soft_wrap=True)
+        err_console.print("[bold red]error:[/] " + escape(
+            f"clo-export {name} needs Python >= 3.10 (this is {have}, a runtime install); export on a workstation "
+            "with pip install './clo-export[export]' and copy the .onnx here: clo-export trt and clo-infer run on "
+            "this Python"), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
     command.__doc__ = f"(needs Python >= 3.10) clo-export {name}"
