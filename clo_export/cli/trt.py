@@ -147,7 +147,9 @@ def summary_table(title: str, rows: List[Tuple[str, str]]) -> Table:
 
 def render_dry_run(result: Any, model: Path) -> None:
     """The plan, its notes, one line per problem, and the verdict."""
-    console.print(summary_table(f"build plan for {model.name} (dry run, no TensorRT needed)", plan_rows(result.plan)))
+    shape = "x".join("N" if d < 0 else str(d) for d in result.facts.input_shape)
+    rows = [*plan_rows(result.plan)[:3], ("input", f"{result.facts.input_name} {shape}"), *plan_rows(result.plan)[3:]]
+    console.print(summary_table(f"{model.name}: build plan (dry run)", rows))
     for note in result.plan.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if result.gpu_layers:
