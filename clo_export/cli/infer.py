@@ -128,6 +128,9 @@ def infer(
 ) -> None:
     """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch."""
     setup(debug, verbose)
+    from clo_export.lazy import lazy_import
+
+    lazy_import("cv2")  # JetPack's OpenCV may be hidden from a venv: one line with the fix, not a traceback
     from clo_export.backends.base import load_runners
     from clo_export.data.stream import open_source
     from clo_export.pipeline import InferOptions
