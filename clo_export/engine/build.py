@@ -17,6 +17,7 @@ installed Polygraphy (pyproject's floor).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,9 @@ def _installed_version() -> Any:
 def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[str], num: int) -> Path:
     """The ONNX the plan builds from: the given one, or its Q/DQ / FP16 variant made now."""
     if plan.needs_quantize:
+        if sys.version_info < (3, 10):
+            raise CloExportError("quantizing to Q/DQ is an export step and needs Python >= 3.10; run clo-export quantize "
+                                 f"{path.name} --calib DIR on the workstation and pass the .int8.onnx here")
         from clo_export.calib.quantize import QuantizeOptions, quantize
 
         result = quantize(path, list(calib), None, QuantizeOptions(num=num))
