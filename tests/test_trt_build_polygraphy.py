@@ -189,3 +189,17 @@ def test_build_engine_through_polygraphy(version, name, request_, onnx_kind, fak
     assert not unknown, f"TensorRT {version} lacks {sorted(unknown)} touched for {name}"
     if version.startswith("11."):
         assert not (set(Rec.touched) - POLYGRAPHY_PROBES) & REMOVED_IN_11
+
+
+def test_quantizing_on_the_way_needs_the_export_python(fake_trt, tmp_path, monkeypatch):
+    """On a JetPack 5 runtime (Python 3.8) --int8 --calib refuses in one line instead of importing the quantizer."""
+    from clo_export.engine import build
+    from clo_export.errors import CloExportError
+
+    fake_trt("8.5.2")
+    monkeypatch.setattr(build, "sys", types.SimpleNamespace(version_info=(3, 8, 18)))
+    source = tmp_path / "m.onnx"
+    source.write_bytes(exports().fp32.read_bytes())
+    with pytest.raises(CloExportError, match=r"needs Python >= 3.10; run clo-export quantize m.onnx") as e:
+        build.build_engine(source, BuildRequest(precision="int8"), calib=("imgs/",))
+    assert "\n" not in str(e.value) and not list(tmp_path.glob("*.int8.onnx"))
