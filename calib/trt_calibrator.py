@@ -1,21 +1,19 @@
-"""TensorRT implicit INT8 calibrators (TensorRT < 11, DLA on JetPack 5) over the calibration feeds.
+"""TensorRT implicit INT8 calibrators (TensorRT < 11, DLA on JetPack 5) through Polygraphy.
 
-Everything but the base class is plain code: :class:`CalibratorCore` walks the same
-``{input_name: array}`` iterable the Q/DQ quantizer uses, copies each batch to device memory
-through a small :class:`DeviceMemory` interface, and reads/writes TensorRT's calibration cache.
-:func:`make_calibrator` binds it to ``trt.IInt8EntropyCalibrator2`` / ``trt.IInt8MinMaxCalibrator``
-(``clo_export.engine.plan.CALIBRATOR_CLASSES``), importing TensorRT only then.
+``make_calibrator`` wraps the calibration feeds (``CalibrationData``: the one preprocessing
+function, the same ``{input_name: array}`` batches the Q/DQ quantizer uses) in
+``polygraphy.backend.trt.Calibrator`` with ``trt.IInt8EntropyCalibrator2`` or
+``trt.IInt8MinMaxCalibrator`` as base class (``clo_export.engine.plan.CALIBRATOR_CLASSES``);
+Polygraphy copies each batch to the GPU. The calibration cache is ours: read only when made by
+the same algorithm, written atomically after the build (:func:`save_cache`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any, Iterable, Optional
 
 from clo_export.engine.plan import CALIBRATOR_CLASSES
 from clo_export.errors import CloExportError
@@ -28,187 +26,45 @@ log = logging.getLogger(__name__)
 CACHE_ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 
 
-class DeviceMemory(Protocol):
-    """Where calibration batches go: allocate once per input, copy each batch, free at the end."""
-
-    def alloc(self, nbytes: int) -> int: ...
-
-    def copy_to(self, ptr: int, array: np.ndarray) -> None: ...
-
-    def free(self, ptr: int) -> None: ...
-
-
-class CalibratorCore:
-    """get_batch / cache logic for TensorRT's calibrator interface, independent of TensorRT."""
-
-    def __init__(self, data: Iterable[dict[str, np.ndarray]], method: str = "entropy",
-                 cache_path: str | os.PathLike | None = None, device: DeviceMemory | None = None):
-        if method not in CALIBRATOR_CLASSES:
-            raise CloExportError(f"unknown calibrator {method!r}; use {', '.join(CALIBRATOR_CLASSES)}")
-        self.data = data
-        self.method = method
-        self.cache_path = Path(cache_path) if cache_path else None
-        self.device = device
-        self._it: Iterator[dict[str, np.ndarray]] | None = None
-        self._first: dict[str, np.ndarray] | None = None
-        self._ptrs: dict[str, tuple[int, int]] = {}  # name -> (ptr, nbytes)
-        self.batches = 0
-
-    def _peek(self) -> dict[str, np.ndarray] | None:
-        if self._it is None:
-            self._it = iter(self.data)
-            self._first = next(self._it, None)
-        return self._first
-
-    @property
-    def batch_size(self) -> int:
-        """Batch dimension of the feeds (TensorRT asks before the first get_batch)."""
-        first = self._peek()
-        return int(next(iter(first.values())).shape[0]) if first else 1
-
-    def get_batch(self, names: list[str]) -> list[int] | None:
-        """Device pointers of the next batch, in ``names`` order; None when the data is exhausted."""
-        self._peek()
-        feed, self._first = (self._first, None) if self._first is not None else (next(self._it, None), None)
-        if feed is None:
-            return None
-        if self.device is None:
-            self.device = default_device()
-        missing = [n for n in names if n not in feed]
-        if missing:
-            raise CloExportError(f"calibration feed has {sorted(feed)}, TensorRT asks for {missing}; "
-                                 "the ONNX input names must match (images)")
-        ptrs = []
-        for name in names:
-            arr = np.ascontiguousarray(feed[name], dtype=np.float32)
-            ptr, size = self._ptrs.get(name, (0, 0))
-            if size < arr.nbytes:
-                if ptr:
-                    self.device.free(ptr)
-                ptr, size = self.device.alloc(arr.nbytes), arr.nbytes
-                self._ptrs[name] = (ptr, size)
-            self.device.copy_to(ptr, arr)
-            ptrs.append(int(ptr))
-        self.batches += 1
-        return ptrs
-
-    def read_cache(self) -> bytes | None:
-        """TensorRT's cache if present and made by the same algorithm (else None: calibrate)."""
-        if self.cache_path is None or not self.cache_path.is_file():
-            return None
-        data = self.cache_path.read_bytes()
-        header = data.split(b"\n", 1)[0].decode("ascii", "replace")
-        want = CACHE_ALGORITHMS[self.method]
-        if not header.endswith(want):
-            log.warning("TensorRT calibration cache %s was made by %s, not %s; ignoring it and recalibrating",
-                        self.cache_path, header or "an unknown calibrator", want)
-            return None
-        log.info("TensorRT calibration cache hit: %s", self.cache_path)
-        return data
-
-    def write_cache(self, cache: Any) -> None:
-        """Write TensorRT's cache atomically (it hands a buffer-like object)."""
-        if self.cache_path is None:
-            return
-        with atomic_path(self.cache_path) as tmp:
-            tmp.write_bytes(bytes(memoryview(cache)))
-
-    def close(self) -> None:
-        """Free device buffers."""
-        for ptr, _ in self._ptrs.values():
-            if ptr and self.device is not None:
-                self.device.free(ptr)
-        self._ptrs.clear()
+def read_cache(path: str | os.PathLike | None, method: str) -> Optional[bytes]:
+    """TensorRT's calibration cache at ``path`` if it exists and was made by ``method`` (else None: calibrate)."""
+    if method not in CACHE_ALGORITHMS:
+        raise CloExportError(f"unknown calibrator {method!r}; use {', '.join(CACHE_ALGORITHMS)}")
+    if path is None or not Path(path).is_file():
+        return None
+    data = Path(path).read_bytes()
+    header = data.split(b"\n", 1)[0].decode("ascii", "replace")
+    want = CACHE_ALGORITHMS[method]
+    if not header.endswith(want):
+        log.warning("TensorRT calibration cache %s was made by %s, not %s; ignoring it and recalibrating",
+                    path, header or "an unknown calibrator", want)
+        return None
+    log.info("TensorRT calibration cache hit: %s", path)
+    return data
 
 
-def make_calibrator(data: Iterable[dict[str, np.ndarray]], method: str = "entropy",
-                    cache_path: str | os.PathLike | None = None, device: DeviceMemory | None = None) -> Any:
-    """A ``trt.IInt8EntropyCalibrator2`` / ``trt.IInt8MinMaxCalibrator`` over ``data`` (for engine.build_engine)."""
-    core = CalibratorCore(data, method, cache_path, device)
+def make_calibrator(data: Iterable[Any], method: str = "entropy", cache_path: str | os.PathLike | None = None) -> Any:
+    """A Polygraphy calibrator over ``data`` on TensorRT's entropy or min-max base class, primed with the cache."""
+    cached = read_cache(cache_path, method)
     trt = lazy_import("tensorrt")
-    cls_name = CALIBRATOR_CLASSES[method]
-    base = getattr(trt, cls_name, None)
+    base = getattr(trt, CALIBRATOR_CLASSES[method], None)
     if base is None:
-        raise CloExportError(f"TensorRT {getattr(trt, '__version__', '?')} has no {cls_name} (removed in 11); "
-                             "use the Q/DQ model from clo-export quantize")
+        raise CloExportError(f"TensorRT {getattr(trt, '__version__', '?')} has no {CALIBRATOR_CLASSES[method]} "
+                             "(removed in 11); use the Q/DQ model from clo-export quantize")
+    from polygraphy.backend.trt import Calibrator
 
-    class Calibrator(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.core = core
-
-        def get_batch_size(self) -> int:
-            return self.core.batch_size
-
-        def get_batch(self, names: list[str], *_: Any) -> list[int] | None:
-            return self.core.get_batch(list(names))
-
-        def read_calibration_cache(self, *_: Any) -> bytes | None:
-            return self.core.read_cache()
-
-        def write_calibration_cache(self, cache: Any, *_: Any) -> None:
-            self.core.write_cache(cache)
-
-    Calibrator.__name__ = Calibrator.__qualname__ = f"Clo{cls_name}"
-    return Calibrator()
+    calibrator = Calibrator(data, BaseClass=base)
+    calibrator.cache_contents = cached  # Polygraphy hands TensorRT these bytes instead of calibrating
+    return calibrator
 
 
-class _TorchDevice:
-    """Device buffers as torch CUDA tensors (where torch with CUDA is installed)."""
-
-    def __init__(self, torch: Any):
-        self.torch = torch
-        self.buffers: dict[int, Any] = {}
-
-    def alloc(self, nbytes: int) -> int:
-        t = self.torch.empty(nbytes, dtype=self.torch.uint8, device="cuda")
-        self.buffers[t.data_ptr()] = t
-        return t.data_ptr()
-
-    def copy_to(self, ptr: int, array: np.ndarray) -> None:
-        self.buffers[ptr][: array.nbytes].copy_(self.torch.from_numpy(array.view(np.uint8).reshape(-1)))
-
-    def free(self, ptr: int) -> None:
-        self.buffers.pop(ptr, None)
-
-
-class _CudaRuntimeDevice:
-    """Device buffers through cuda-python (cuda.bindings.runtime, or the legacy cuda.cudart)."""
-
-    def __init__(self, rt: Any):
-        self.rt = rt
-
-    def _check(self, result: Any) -> Any:
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            raise CloExportError(f"CUDA runtime error {err} while feeding the TensorRT calibrator")
-        return rest[0] if rest else None
-
-    def alloc(self, nbytes: int) -> int:
-        return int(self._check(self.rt.cudaMalloc(nbytes)))
-
-    def copy_to(self, ptr: int, array: np.ndarray) -> None:
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self.rt.cudaMemcpy(ptr, array.ctypes.data, array.nbytes, kind))
-
-    def free(self, ptr: int) -> None:
-        self._check(self.rt.cudaFree(ptr))
-
-
-def default_device() -> DeviceMemory:
-    """cuda-python, else torch with CUDA; a one-line error naming the install otherwise."""
-    import importlib
-
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return _CudaRuntimeDevice(importlib.import_module(name))
-        except ImportError:
-            continue
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return _TorchDevice(torch)
-    except ImportError:
-        pass
-    raise CloExportError("the TensorRT calibrator needs device memory: pip install cuda-python (or torch with CUDA)")
+def save_cache(calibrator: Any, path: str | os.PathLike | None) -> None:
+    """Write the cache TensorRT produced (or was given) atomically, if it changed."""
+    data = getattr(calibrator, "cache_contents", None)
+    if path is None or not data:
+        return
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == bytes(data):
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(data))

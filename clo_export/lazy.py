@@ -9,11 +9,11 @@ from clo_export.errors import CloExportError
 
 INSTALL_HINTS = {
     "torch": "pip install torch  (CPU is enough for export; on Jetson use NVIDIA's JetPack wheel)",
-    "onnxruntime": "pip install onnxruntime  (or onnxruntime-gpu for CUDA)",
+    "onnxruntime": "pip install onnxruntime  (or onnxruntime-gpu for CUDA; on Jetson NVIDIA's onnxruntime-gpu wheel)",
     "onnxsim": "pip install onnxsim  (or use --simplifier onnxslim)",
     "onnxslim": "pip install onnxslim",
-    "tensorrt": "pip install tensorrt  (on Jetson it comes with JetPack)",
-    "cv2": "pip install opencv-python-headless",
+    "tensorrt": "pip install tensorrt  (on Jetson it comes with JetPack: a venv with --system-site-packages)",
+    "cv2": "pip install opencv-python-headless  (on Jetson JetPack's OpenCV: a venv with --system-site-packages)",
 }
 
 

@@ -1,4 +1,9 @@
-"""TensorRT implicit calibrator adapter: plain core with a fake device, and the binding to a (fake) TensorRT."""
+"""TensorRT implicit calibrators: our calibration cache handling, and Polygraphy's Calibrator fed by our feeds.
+
+Polygraphy's Calibrator is built on TensorRT's IInt8*Calibrator classes; here a stand-in base class takes
+their place (TensorRT is not installed), so what runs is Polygraphy's real code without a GPU: the feeds,
+the batch size it reports and the cache it hands TensorRT.
+"""
 
 from __future__ import annotations
 
@@ -10,82 +15,76 @@ import numpy as np
 import pytest
 
 from clo_export.calib.sources import CalibrationData, Item
-from clo_export.calib.trt_calibrator import CalibratorCore, make_calibrator
+from clo_export.calib.trt_calibrator import make_calibrator, read_cache, save_cache
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
 from tests.test_calib_sources import write_images
 
-
-class HostDevice:
-    """Device memory stand-in: numpy buffers addressed by their data pointer."""
-
-    def __init__(self):
-        self.buffers: dict[int, np.ndarray] = {}
-        self.freed: list[int] = []
-
-    def alloc(self, nbytes: int) -> int:
-        buf = np.zeros(nbytes, np.uint8)
-        self.buffers[buf.ctypes.data] = buf
-        return buf.ctypes.data
-
-    def copy_to(self, ptr: int, array: np.ndarray) -> None:
-        self.buffers[ptr][: array.nbytes] = array.view(np.uint8).reshape(-1)
-
-    def free(self, ptr: int) -> None:
-        self.freed.append(ptr)
-
-    def read(self, ptr: int, like: np.ndarray) -> np.ndarray:
-        return self.buffers[ptr][: like.nbytes].view(like.dtype).reshape(like.shape)
+ENTROPY = b"TRT-8502-EntropyCalibration2\nimages: 3c010a14\n"
+MINMAX = b"TRT-8502-MinMaxCalibration\nimages: 3c010a14\n"
 
 
-def test_core_feeds_the_same_preprocessed_batches_then_stops(tmp_path):
+@pytest.fixture()
+def fake_trt(monkeypatch):
+    """A module named tensorrt with the two calibrator base classes (plain Python), version 8.5."""
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "8.5.2.2"
+    for name in ("IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator", "IInt8Calibrator"):
+        setattr(fake, name, type(name, (), {"__init__": lambda self: None}))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+def test_cache_is_read_only_when_made_by_the_same_algorithm(tmp_path, caplog):
+    path = tmp_path / "m.entropy.cache"
+    assert read_cache(path, "entropy") is None  # missing
+    path.write_bytes(ENTROPY)
+    assert read_cache(path, "entropy") == ENTROPY
+    with caplog.at_level(logging.WARNING):
+        assert read_cache(path, "minmax") is None
+    assert "made by TRT-8502-EntropyCalibration2, not MinMaxCalibration" in caplog.text
+    with pytest.raises(CloExportError, match="unknown calibrator"):
+        read_cache(path, "percentile")
+
+
+def test_save_cache_is_atomic_and_skips_unchanged(tmp_path):
+    path = tmp_path / "m.minmax.cache"
+    save_cache(types.SimpleNamespace(cache_contents=MINMAX), path)
+    assert path.read_bytes() == MINMAX and [p.name for p in tmp_path.iterdir()] == ["m.minmax.cache"]
+    mtime = path.stat().st_mtime_ns
+    save_cache(types.SimpleNamespace(cache_contents=MINMAX), path)
+    assert path.stat().st_mtime_ns == mtime
+    save_cache(types.SimpleNamespace(cache_contents=None), tmp_path / "none.cache")
+    assert not (tmp_path / "none.cache").exists()
+
+
+def test_polygraphy_calibrator_over_our_feeds(tmp_path, fake_trt):
+    paths = write_images(tmp_path / "imgs", 4)
+    data = CalibrationData([Item(p) for p in paths], (64, 64), "images", batch=2)
+    (tmp_path / "c.cache").write_bytes(MINMAX)
+    cal = make_calibrator(data, "minmax", tmp_path / "c.cache")
+    assert isinstance(cal, fake_trt.IInt8MinMaxCalibrator)
+    assert cal.get_batch_size() == 1  # explicit-batch networks: the batch is in the feeds
+    assert cal.read_calibration_cache() == MINMAX  # handed to TensorRT instead of calibrating
+    feeds = list(cal.data_loader)
+    assert len(feeds) == 2 and feeds[0]["images"].shape == (2, 3, 64, 64)
     import cv2
 
-    paths = sorted(write_images(tmp_path, 4, nested=False))
-    device = HostDevice()
-    core = CalibratorCore(CalibrationData([Item(p) for p in paths], (128, 128), batch=2), "entropy", device=device)
-    assert core.batch_size == 2
-    expected = np.concatenate([preprocess(cv2.imread(str(p)), (128, 128))[0] for p in paths])
-    got = []
-    while (ptrs := core.get_batch(["images"])) is not None:
-        got.append(device.read(ptrs[0], expected[:2]).copy())
-    assert core.batches == 2 and np.array_equal(np.concatenate(got), expected)
-    assert len(device.buffers) == 1  # one buffer reused for every batch
-    with pytest.raises(CloExportError, match="TensorRT asks for"):
-        CalibratorCore([{"x": expected[:1]}], device=device).get_batch(["images"])
-    core.close()
-    assert device.freed
+    want = preprocess(cv2.imread(str(data.items[0].path)), (64, 64))[0]
+    assert np.array_equal(feeds[0]["images"][:1], want)  # the one preprocessing function
+    fresh = make_calibrator(data, "entropy", tmp_path / "c.cache")  # a min-max cache is not reused
+    assert isinstance(fresh, fake_trt.IInt8EntropyCalibrator2) and fresh.read_calibration_cache() is None
 
 
-def test_cache_roundtrip_and_wrong_algorithm_is_ignored(tmp_path, caplog):
-    cache = tmp_path / "trt.cache"
-    entropy = CalibratorCore([], "entropy", cache)
-    assert entropy.read_cache() is None
-    entropy.write_cache(memoryview(b"TRT-8601-EntropyCalibration2\nimages: 3c010a14\n"))
-    assert entropy.read_cache().startswith(b"TRT-8601-EntropyCalibration2")
-    with caplog.at_level(logging.WARNING, logger="clo_export"):
-        assert CalibratorCore([], "minmax", cache).read_cache() is None
-    assert "not MinMaxCalibration" in caplog.text
-    with pytest.raises(CloExportError, match="unknown calibrator"):
-        CalibratorCore([], "percentile")
-
-
-def test_make_calibrator_binds_the_tensorrt_base_class(monkeypatch, tmp_path):
-    class FakeBase:
-        def __init__(self):
-            self.base_init = True
-
-    fake = types.SimpleNamespace(__version__="10.3.0", IInt8EntropyCalibrator2=FakeBase)
+def test_calibrators_removed_in_11(monkeypatch):
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "11.4.0"
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    batch = np.ones((1, 3, 8, 8), np.float32)
-    device = HostDevice()
-    cal = make_calibrator([{"images": batch}], "entropy", tmp_path / "c.cache", device)
-    assert isinstance(cal, FakeBase) and cal.base_init and type(cal).__name__ == "CloIInt8EntropyCalibrator2"
-    assert cal.get_batch_size() == 1
-    ptrs = cal.get_batch(["images"])
-    assert np.array_equal(device.read(ptrs[0], batch), batch) and cal.get_batch(["images"]) is None
-    cal.write_calibration_cache(b"TRT-100300-EntropyCalibration2\n")
-    assert cal.read_calibration_cache() == b"TRT-100300-EntropyCalibration2\n"
-    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.0.0"))
     with pytest.raises(CloExportError, match="removed in 11"):
-        make_calibrator([], "minmax")
+        make_calibrator([], "entropy")
+
+
+def test_no_tensorrt_is_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(CloExportError, match="pip install tensorrt"):
+        make_calibrator([], "entropy")

@@ -1,5 +1,5 @@
-"""``clo-export trt`` through Typer's CliRunner with a fake ``tensorrt``: flag checks before any work,
-the install hint, plan refusals as one line, and a full (fake) build writing engine + sidecar + table.
+"""``clo-export trt`` through Typer's CliRunner: flag checks before any work, the install hint without
+TensorRT, and the dry run (plan, problems, refusals as one line) for any target version.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from clo_export.cli import trt as cli
-from clo_export.engine.sidecar import EngineSidecar
+from clo_export.engine.source import default_engine_path, load_onnx, onnx_facts
 from clo_export.errors import CloExportError
 from clo_export.export.metadata import ModelMeta, write_metadata
-from tests.test_trt_api import FakeTrt
 
 runner = CliRunner()
-GPU = ("NVIDIA H100 80GB HBM3", (9, 0))
 
 
 def make_app() -> typer.Typer:
@@ -55,19 +53,6 @@ def tiny_onnx(path: Path, batch: int | None = 1, qdq: bool = False, fp16: bool =
                                     dynamic_batch=batch is None))
     onnx.save(model, str(path))
     return path
-
-
-@pytest.fixture()
-def fake_trt(monkeypatch):
-    """Install a fake tensorrt of a given version and a known GPU; returns the installer."""
-    monkeypatch.setattr("clo_export.backends.cuda_memory.gpu_identity", lambda device=0, prefer=None: GPU)
-
-    def install(version: str) -> FakeTrt:
-        fake = FakeTrt(version)
-        monkeypatch.setitem(sys.modules, "tensorrt", fake)
-        return fake
-
-    return install
 
 
 def run(*args: str):
@@ -131,23 +116,27 @@ def test_missing_tensorrt_is_one_line_with_the_install_command(tmp_path, monkeyp
 
 
 def test_default_engine_paths():
-    assert cli.default_engine_path(Path("w/best.onnx"), "fp32") == Path("w/best.engine")
-    assert cli.default_engine_path(Path("w/best.onnx"), "fp16") == Path("w/best.fp16.engine")
-    assert cli.default_engine_path(Path("w/best.fp16.onnx"), "fp16") == Path("w/best.fp16.engine")
-    assert cli.default_engine_path(Path("w/best.int8.onnx"), "int8") == Path("w/best.int8.engine")
+    assert default_engine_path(Path("w/best.onnx"), "fp32") == Path("w/best.engine")
+    assert default_engine_path(Path("w/best.onnx"), "fp16") == Path("w/best.fp16.engine")
+    assert default_engine_path(Path("w/best.fp16.onnx"), "fp16") == Path("w/best.fp16.engine")
+    assert default_engine_path(Path("w/best.int8.onnx"), "int8") == Path("w/best.int8.engine")
 
 
-def test_read_onnx_facts(tmp_path):
-    f = cli.read_onnx_facts(tiny_onnx(tmp_path / "a.onnx"))
+def facts(path: Path):
+    return onnx_facts(load_onnx(path))
+
+
+def test_onnx_facts(tmp_path):
+    f = facts(tiny_onnx(tmp_path / "a.onnx"))
     assert (f.input_name, f.input_shape, f.is_qdq, f.is_fp16, f.dynamic_batch, f.imgsz) == (
         "images", (1, 3, 64, 64), False, False, False, (64, 64))
-    assert cli.read_onnx_facts(tiny_onnx(tmp_path / "b.onnx", qdq=True)).is_qdq
-    assert cli.read_onnx_facts(tiny_onnx(tmp_path / "c.onnx", fp16=True)).is_fp16
-    d = cli.read_onnx_facts(tiny_onnx(tmp_path / "d.onnx", batch=None))
+    assert facts(tiny_onnx(tmp_path / "b.onnx", qdq=True)).is_qdq
+    assert facts(tiny_onnx(tmp_path / "c.onnx", fp16=True)).is_fp16
+    d = facts(tiny_onnx(tmp_path / "d.onnx", batch=None))
     assert d.dynamic_batch and d.input_shape == (-1, 3, 64, 64)
     (tmp_path / "e.onnx").write_bytes(b"not onnx")
     with pytest.raises(CloExportError, match="cannot read ONNX"):
-        cli.read_onnx_facts(tmp_path / "e.onnx")
+        load_onnx(tmp_path / "e.onnx")
 
 
 # ---- plan refusals surface as one line --------------------------------------------------------------
@@ -160,108 +149,75 @@ def test_read_onnx_facts(tmp_path):
     ("10.3.0", ["--int8"], "--int8 needs a Q/DQ ONNX: run clo-export quantize"),
     ("8.5.2", ["--int8", "--dla", "0", "--calib", "imgs/"], "DLA on JetPack 5 (TensorRT 8.5.2) does not take Q/DQ"),
 ])
-def test_plan_refusals(version, args, message, tmp_path, fake_trt):
-    fake_trt(version)
+def test_plan_refusals(version, args, message, tmp_path):
     model = tiny_onnx(tmp_path / "m.onnx")
-    result, out = run(model, *args)
+    result, out = run(model, *args, "--dry-run", "--target", version)
     assert result.exit_code == 1, result.output
     assert message in out and "Traceback" not in result.output and result.output.count("error:") == 1
     assert not list(tmp_path.glob("*.engine*"))
 
 
-def test_qdq_onnx_must_be_built_int8(tmp_path, fake_trt):
-    fake_trt("10.3.0")
-    result, out = run(tiny_onnx(tmp_path / "m.int8.onnx", qdq=True), "--fp16")
+def test_qdq_onnx_must_be_built_int8(tmp_path):
+    result, out = run(tiny_onnx(tmp_path / "m.int8.onnx", qdq=True), "--fp16", "--dry-run", "--target", "10.3")
     assert result.exit_code == 1 and "this ONNX holds Q/DQ (INT8) nodes; build it with --int8" in out
 
 
-# ---- builds against the fake builder -------------------------------------------------------------
+# ---- the dry run ------------------------------------------------------------------------------------
 
-def test_fp16_build_on_8_writes_engine_sidecar_and_table(tmp_path, fake_trt):
-    fake_trt("8.5.2.2")
-    model = tiny_onnx(tmp_path / "best.onnx")
-    result, out = run(model, "--fp16", "--workspace", "2", "--timing-cache", tmp_path / "tc.bin")
-    assert result.exit_code == 0, result.output
-    engine = tmp_path / "best.fp16.engine"
-    assert engine.read_bytes() == b"ENGINE-BYTES"  # nothing prepended
-    side = EngineSidecar.read(engine)
-    assert (side.tensorrt_version, side.gpu_name, side.compute_capability, side.precision) == (
-        "8.5.2.2", GPU[0], (9, 0), "fp16")
-    assert side.names == ("circle", "square", "star") and side.stride == 32 and side.imgsz == (64, 64)
-    assert side.source_onnx == "best.onnx" and len(side.source_onnx_sha256) == 64 and side.profile is None
-    for text in ("fp16 (builder flags FP16)", "built from best.onnx", "2 in the network", "engine size",
-                 "TensorRT 8.5.2.2", "NVIDIA H100 80GB HBM3 (sm_90)", "timing cache", "best.fp16.engine.json",
-                 "Softmax layers pinned to FP32"):
-        assert text in out, text
-    assert (tmp_path / "tc.bin").is_file()
+@pytest.mark.parametrize("target, words", [
+    ("8.5", ["TensorRT 8.5.2", "fp16 (builder flags FP16)", "EXPLICIT_BATCH", "OBEY_PRECISION_CONSTRAINTS",
+             "Softmax layers pinned to FP32", "pre-flight check for TensorRT 8.5.2: passed"]),
+    ("11.x", ["TensorRT 11.4.1", "fp16 (strongly typed)", "FP16 ONNX (made from the given one)",
+              "pre-flight check for TensorRT 11.4.1: passed"]),
+])
+def test_dry_run_prints_the_plan_and_passes(target, words, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT needed
+    result, out = run(tiny_onnx(tmp_path / "m.onnx"), "--fp16", "--dry-run", "--target", target)
+    assert result.exit_code == 0, out
+    for w in words:
+        assert w in out, w
+    assert not list(tmp_path.glob("*.engine*")) and not list(tmp_path.glob("*.fp16.onnx"))
 
 
-def test_fp16_on_11_makes_the_fp16_onnx_first(tmp_path, fake_trt):
-    fake_trt("11.4.0.106")
-    model = tiny_onnx(tmp_path / "best.onnx")
-    result, out = run(model, "--fp16", "-o", tmp_path / "out" / "m.engine")
-    assert result.exit_code == 0, result.output
-    made = onnx.load(str(tmp_path / "best.fp16.onnx"))
-    assert made.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
-    assert "made best.fp16.onnx" in out and "built from best.fp16.onnx" in out and "strongly typed" in out
-    assert json.loads((tmp_path / "out" / "m.engine.json").read_text())["precision"] == "fp16"
+def test_dry_run_prints_one_line_per_problem_and_fails(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx")
+    proto = onnx.load(str(model))
+    proto.opset_import[0].version = 18
+    proto.graph.node[1].op_type = "Unique"
+    onnx.save(proto, str(model))
+    result, _ = run(model, "--dry-run", "--target", "8.6")
+    problems = [line for line in result.output.splitlines() if line.startswith("problem: ")]
+    assert result.exit_code == 1 and len(problems) == 2, result.output
+    assert problems[0].startswith("problem: opset: model: opset 18 is above 17")
+    assert "unsupported-op" in problems[1] and "2 problems" in result.output
 
 
-def test_fp16_on_11_refuses_converting_an_nms_onnx(tmp_path, fake_trt):
-    fake_trt("11.4.0")
-    result, out = run(tiny_onnx(tmp_path / "best.onnx", nms=True), "--fp16")
-    assert result.exit_code == 1 and "--half --nms" in out
+def test_dry_run_with_keep_float_and_dla(tmp_path):
+    keep = tmp_path / "m.int8.json"
+    keep.write_text(json.dumps({"float_nodes": ["relu"]}))
+    result, out = run(tiny_onnx(tmp_path / "m.onnx"), "--int8", "--calibrator", "entropy", "--calib", "imgs/",
+                      "--keep-float", keep, "--dla", "0", "--dry-run", "--target", "8.5")
+    assert result.exit_code == 0, out
+    assert "layer precisions 1 layers FLOAT" in out and "DLA core 0, GPU fallback" in out
+    assert "calibrator IInt8EntropyCalibrator2" in out and "1 layers kept in FP32" in out
 
 
-def test_int8_qdq_dynamic_batch_on_10(tmp_path, fake_trt):
-    fake_trt("10.3.0")
-    model = tiny_onnx(tmp_path / "best.int8.onnx", qdq=True, batch=None)
-    result, out = run(model, "--int8", "--batch-range", "1,4,8")
-    assert result.exit_code == 0, result.output
-    side = EngineSidecar.read(tmp_path / "best.int8.engine")
-    assert side.profile == ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)) and side.precision == "int8"
-    assert "batch 1…8, opt 4" in out and "builder flags FP16+INT8" in out
+def test_keep_float_file_must_exist(tmp_path):
+    result, out = run(tiny_onnx(tmp_path / "m.onnx"), "--int8", "--keep-float", tmp_path / "none.json")
+    assert result.exit_code == 1 and "--keep-float" in out and "does not exist" in out
 
 
-def test_implicit_calibrator_from_a_cache_file(tmp_path, fake_trt, monkeypatch):
-    fake_trt("8.6.1")
-    made = {}
-
-    def fake_make_calibrator(data, method, cache_path, device=None):
-        made.update(data=data, method=method, cache=cache_path, device=device)
-        return object()
-
-    monkeypatch.setattr("clo_export.calib.trt_calibrator.make_calibrator", fake_make_calibrator)
-    monkeypatch.setattr("clo_export.backends.cuda_memory.select_provider", lambda prefer=None, device=0: "memory")
-    cache = tmp_path / "calib.cache"
-    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")
-    result, out = run(tiny_onnx(tmp_path / "best.onnx"), "--int8", "--calibrator", "entropy", "--calib", cache)
-    assert result.exit_code == 0, result.output
-    assert made == dict(data=[], method="entropy", cache=cache, device="memory")
-    assert "calibrator IInt8EntropyCalibrator2" in out
+def test_target_needs_dry_run(tmp_path):
+    result, out = run(tiny_onnx(tmp_path / "m.onnx"), "--target", "8.5")
+    assert result.exit_code == 1 and "--target is for --dry-run" in out
 
 
-def test_calibration_inputs(tmp_path):
-    facts = cli.read_onnx_facts(tiny_onnx(tmp_path / "m.onnx"))
-    flags = cli.validate_flags(tmp_path / "m.onnx", int8=True, calib=[str(tmp_path / "missing.cache")],
-                               calibrator="minmax")
-    with pytest.raises(CloExportError, match="calibration cache .* does not exist"):
-        cli.calibration_inputs(flags, facts, tmp_path / "m.engine", 1)
-    import cv2
+def test_output_must_not_overwrite_the_onnx(tmp_path, monkeypatch):
+    import types
 
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    for i in range(20):
-        cv2.imwrite(str(imgs / f"{i}.jpg"), np.full((40, 50, 3), i * 10, np.uint8))
-    flags = cli.validate_flags(tmp_path / "m.onnx", int8=True, calib=[str(imgs)], calibrator="minmax", num=16)
-    data, cache = cli.calibration_inputs(flags, facts, tmp_path / "m.int8.engine", 2)
-    assert cache == tmp_path / "m.int8.minmax.cache" and len(data) == 8
-    first = next(iter(data))
-    assert first["images"].shape == (2, 3, 64, 64) and first["images"].dtype == np.float32
-
-
-def test_output_must_not_overwrite_the_onnx(tmp_path, fake_trt):
-    fake_trt("10.3.0")
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "10.3.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # the check comes before anything TensorRT does
     model = tiny_onnx(tmp_path / "m.onnx")
     result, out = run(model, "-o", model)
     assert result.exit_code == 1 and "would overwrite the ONNX" in out

@@ -1,8 +1,9 @@
-"""Real TensorRT engines of a small model, compared with PyTorch (needs TensorRT, a CUDA binding and a GPU).
+"""Real TensorRT engines of a small model, compared with PyTorch (needs TensorRT, the CUDA runtime and a GPU).
 
 Skipped with the reason when any of them is missing (the `trt_gpu` fixture decides). The small
 model is the seed architecture with 3 classes at 256x256 (tests.test_calib_qdq.small_onnx), with
-its calibration images; engines are built through the `clo-export trt` command itself.
+its calibration images; engines are built by the library step `engine.build.build_engine` (one
+through the `clo-export trt` command) and run by TensorRTRunner (Polygraphy's TrtRunner).
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def trt_gpu():
-    """TensorRT, a device-buffer provider and a GPU, or skip saying which is missing."""
+    """TensorRT, the CUDA runtime and a GPU, or skip saying which is missing."""
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError as e:
         pytest.skip(f"TensorRT is not installed ({e}); pip install -e '.[gpu]' on an NVIDIA machine")
-    from clo_export.backends.cuda_memory import gpu_identity, select_provider
+    from clo_export.engine.gpu import gpu_identity
 
     try:
-        select_provider().close()
         name, capability = gpu_identity(0)
     except CloExportError as e:
         pytest.skip(f"no usable GPU or CUDA binding: {e}")
@@ -66,7 +66,17 @@ def small(trt_gpu, tmp_path_factory):
     return types.SimpleNamespace(root=root, onnx=root / "small.onnx", pt=root / "small.pt", inputs=inputs)
 
 
+def build_with(onnx_path: Path, out: Path, **request):
+    """The library step, as `clo-export demo` and scripts/gpu-check call it."""
+    from clo_export.engine.build import build_engine
+    from clo_export.engine.plan import BuildRequest
+
+    calib = request.pop("calib", ())
+    return build_engine(onnx_path, BuildRequest(**request), out, calib=calib, num=16)
+
+
 def build(*args) -> str:
+    """The clo-export trt command."""
     from clo_export.cli.trt import trt
 
     app = typer.Typer()
@@ -94,11 +104,13 @@ def compare_with_pytorch(engine: Path, small, precision: str, reference_runner=N
 
 
 def test_fp32_and_fp16_engines_match_pytorch(trt_gpu, small):
-    """FP32 engines are judged with the FP16 limits: TensorRT computes FP32 convolutions in TF32 on sm_80+."""
-    for flag, precision in (("", "fp32"), ("--fp16", "fp16")):
+    """FP32 engines (TF32 off, as Polygraphy's CreateConfig defaults) are judged with the FP16 limits until a
+    GPU run has shown they meet the FP32 ones."""
+    for precision in ("fp32", "fp16"):
         out = small.root / f"small.{precision}.engine"
-        build(small.onnx, *([flag] if flag else []), "-o", out)
+        done = build_with(small.onnx, out, precision=precision)
         side = json.loads(Path(f"{out}.json").read_text())
+        assert done.engine_path == out and done.plan.precision == precision and done.sidecar.precision == precision
         assert side["precision"] == precision and side["compute_capability"] == list(trt_gpu.capability)
         report = compare_with_pytorch(out, small, "fp16")
         assert report, f"{precision}: " + "; ".join(report.failures)
@@ -128,7 +140,7 @@ def test_implicit_calibrator_engine(trt_gpu, small):
     if not trt_gpu.implicit:
         pytest.skip(f"TensorRT {trt_gpu.version} has no implicit INT8 calibrators (removed in 11)")
     out = small.root / "small.entropy.engine"
-    build(small.onnx, "--int8", "--calibrator", "entropy", "--calib", small.root / "calib", "--num", "16", "-o", out)
+    build_with(small.onnx, out, precision="int8", calibrator="entropy", calib=(str(small.root / "calib"),))
     assert (small.root / "small.entropy.entropy.cache").is_file()
     report = compare_with_pytorch(out, small, "int8")
     assert report.detections is not None and report.detections.n_ref > 0
@@ -151,3 +163,16 @@ def test_engine_from_another_tensorrt_is_refused_with_the_rebuild_command(trt_gp
     copy.write_bytes(b"\0" * 64)  # not an engine: TensorRT's own serialization error, same hint
     with pytest.raises(CloExportError, match="rebuild it on this device with"):
         TensorRTRunner(copy, require_sidecar=False).activate()
+
+
+def test_polygraphy_cuda_round_trip_and_stream(trt_gpu):
+    """The CUDA layer we rely on instead of pycuda: host -> device -> host through polygraphy.cuda on a stream."""
+    from polygraphy import cuda
+
+    host = np.arange(1 << 20, dtype=np.float32)
+    back = np.empty_like(host)
+    with cuda.Stream() as stream, cuda.DeviceArray(shape=host.shape, dtype=host.dtype) as dev:
+        dev.copy_from(host, stream)
+        dev.copy_to(back, stream)
+        stream.synchronize()
+    assert np.array_equal(host, back)

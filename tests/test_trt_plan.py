@@ -156,7 +156,8 @@ def test_dynamic_batch_profile(version):
 @pytest.mark.parametrize("version", (V85, V86, V103, "10.7.0"))
 def test_dla_below_10_8(version):
     p = plan(version, precision="fp16", dla_core=1)
-    assert p.dla_core == 1 and p.builder_flags[-1] == "GPU_FALLBACK" and "FP16" in p.builder_flags
+    assert p.dla_core == 1 and p.builder_flags == ("FP16", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK")
+    assert p.precision_constraints == "prefer"  # as Polygraphy's CreateConfig(use_dla=True) does below 11
     assert "GPU_FALLBACK" not in plan(version, precision="fp16", dla_core=0, gpu_fallback=False).builder_flags
     e = plan(version, precision="int8", dla_core=0, calibrator="entropy", has_calib=True)
     assert e.use_implicit_calibrator and e.dla_core == 0
@@ -166,6 +167,52 @@ def test_dla_on_11_4_1():
     p = plan(V1141, precision="fp16", dla_core=0)
     assert p.dla_core == 0 and p.builder_flags == ("GPU_FALLBACK",) and p.onnx_needed == "fp16"
     assert plan(V1141, precision="int8", is_qdq=True, dla_core=0).onnx_needed == "qdq"
+
+
+# ---- --keep-float: layer precisions on the implicit-calibrator and DLA routes ---------------
+
+KEEP = ("/model.24/m.0/Conv", "/model.9/MatMul", "/model.24/m.0/Conv")
+
+
+@pytest.mark.parametrize("version", WEAK)
+def test_keep_float_on_the_implicit_calibrator_route(version):
+    p = plan(version, precision="int8", calibrator="entropy", has_calib=True, keep_float=KEEP)
+    assert p.layer_precisions == (("/model.24/m.0/Conv", "FLOAT"), ("/model.9/MatMul", "FLOAT"))  # deduplicated
+    assert p.precision_constraints == "obey" and any("2 layers kept in FP32" in n for n in p.notes)
+    half = plan(version, precision="int8", calibrator="minmax", has_calib=True, keep_float=KEEP, keep_float_fp16=True)
+    assert {d for _, d in half.layer_precisions} == {"HALF"}
+
+
+def test_keep_float_on_dla():
+    p = plan(V85, precision="fp16", dla_core=0, keep_float=KEEP)
+    assert {d for _, d in p.layer_precisions} == {"FLOAT"} and any("on the GPU" in n for n in p.notes)
+    refused(V85, "DLA cannot", precision="fp16", dla_core=0, gpu_fallback=False, keep_float=KEEP)
+    q = plan(V103, precision="int8", is_qdq=True, dla_core=0, keep_float=KEEP, keep_float_fp16=True)
+    assert {d for _, d in q.layer_precisions} == {"HALF"}
+
+
+@pytest.mark.parametrize("version, kw", [
+    (V114, dict(precision="int8", is_qdq=True)),  # strongly typed
+    (V85, dict(precision="int8", is_qdq=True)),  # the Q/DQ ONNX already holds the float nodes
+    (V85, dict(precision="fp16")),  # a GPU FP16 build
+])
+def test_keep_float_ignored_elsewhere_with_a_note(version, kw):
+    p = plan(version, keep_float=KEEP, **kw)
+    assert p.layer_precisions == () and any("--keep-float ignored" in n for n in p.notes)
+
+
+def test_keep_float_fp16_alone_refused():
+    refused(V85, "only chooses the precision of --keep-float", precision="int8", is_qdq=True, keep_float_fp16=True)
+
+
+def test_targets_and_opset_limits():
+    from clo_export.engine.plan import TARGETS, opset_limit, target_version
+
+    assert [str(target_version(t)) for t in TARGETS] == ["8.5.2", "8.6.1", "10.3.0", "10.16.0", "11.4.1"]
+    assert target_version("10.7.0") == TrtVersion(10, 7, 0)
+    with pytest.raises(CloExportError, match="unknown --target"):
+        target_version("9.x")
+    assert [opset_limit(target_version(t)) for t in TARGETS] == [17, 17, 20, 24, 24]
 
 
 def test_dla_qdq_from_10():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+import sys
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typing_extensions import Annotated
 
 from clo_export.errors import CloExportError
 
@@ -27,8 +28,8 @@ def env_debug() -> bool:
     return os.environ.get("CLO_EXPORT_DEBUG", "") not in ("", "0")
 
 Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict.", show_default=False)]
-Cfg = Annotated[Path | None, typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel="Model")]
-Plugins = Annotated[list[Path] | None, typer.Option("--plugin", help="Python file registering extra blocks (repeatable).", rich_help_panel="Model")]
+Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel="Model")]
+Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", help="Python file registering extra blocks (repeatable).", rich_help_panel="Model")]
 ImgSz = Annotated[str, typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also CLO_EXPORT_DEBUG=1).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
@@ -47,6 +48,10 @@ def setup(debug: bool = False, verbose: bool = False) -> None:
 
 def guarded(fn: F) -> F:
     """Turn CloExportError into one red line and exit 1 (a traceback only with --debug)."""
+    if sys.version_info < (3, 10):  # Typer reads Annotated options from evaluated annotations only
+        from typing_extensions import get_type_hints
+
+        fn.__annotations__ = get_type_hints(fn, include_extras=True)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,7 +60,9 @@ def guarded(fn: F) -> F:
         except CloExportError as e:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

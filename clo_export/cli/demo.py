@@ -104,17 +104,19 @@ def demo(
 
 
 def engine_rows(fp32: Path, int8: Path, video: Path, gt, out: Path, reference, check_every: int) -> list:
-    """FP16 and INT8 TensorRT engines, where TensorRT and a GPU are present (built by clo-export trt)."""
+    """FP16 and INT8 TensorRT engines, where TensorRT and a GPU are present (built by the library step)."""
     if importlib.util.find_spec("tensorrt") is None:
         console.print("TensorRT is not installed here: engine rows skipped (pip install -e '.[gpu]' on an NVIDIA machine)",
                       markup=False)
         return []
-    from clo_export.cli.trt import trt
     from clo_export.demo.run import run_artifact
+    from clo_export.engine.build import build_engine
+    from clo_export.engine.plan import BuildRequest
 
     rows = []
-    for name, model, flags in (("trt-fp16", fp32, {"fp16": True}), ("trt-int8", int8, {"int8": True})):
-        engine = out / f"demo-shapes.{name}.engine"
-        trt(model=model, output=engine, **flags)
-        rows.append(run_artifact(name, engine, video, gt, out, reference, check_every))
+    for name, model, precision in (("trt-fp16", fp32, "fp16"), ("trt-int8", int8, "int8")):
+        built = build_engine(model, BuildRequest(precision=precision), out / f"demo-shapes.{name}.engine")
+        console.print(f"{name}: built {built.engine_path.name} with TensorRT {built.sidecar.tensorrt_version} "
+                      f"in {built.build_seconds:.0f} s", markup=False)
+        rows.append(run_artifact(name, built.engine_path, video, gt, out, reference, check_every))
     return rows

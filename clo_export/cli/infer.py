@@ -7,9 +7,10 @@ torch (a Jetson runtime install has none).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import List, Optional
 
 import typer
+from typing_extensions import Annotated
 
 from clo_export.cli.common import Debug, Verbose, console, err_console, guarded, setup
 from clo_export.errors import CloExportError
@@ -101,32 +102,35 @@ def stats_table(result, backend: str):
 def infer(
     source: Annotated[str, typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0) or stream URL (rtsp://…).", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)],
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)] = None,
-    providers: Annotated[str | None, typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
-    workers: Annotated[int | None, typer.Option(help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and .pt use 1).", rich_help_panel=MODEL)] = None,
-    imgsz: Annotated[str | None, typer.Option(help="Input size for a .pt (default: its training size); fixed for .onnx/.engine.", rich_help_panel=MODEL)] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)] = None,
+    providers: Annotated[Optional[str], typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and .pt use 1).", rich_help_panel=MODEL)] = None,
+    imgsz: Annotated[Optional[str], typer.Option(help="Input size for a .pt (default: its training size); fixed for .onnx/.engine.", rich_help_panel=MODEL)] = None,
     conf: Annotated[float, typer.Option(help="Score threshold.", rich_help_panel=POST)] = 0.25,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=POST)] = 0.45,
     max_det: Annotated[int, typer.Option(help="Detections kept per frame.", rich_help_panel=POST)] = 300,
-    classes: Annotated[list[str] | None, typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST)] = None,
+    classes: Annotated[Optional[List[str]], typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST)] = None,
     agnostic_nms: Annotated[bool, typer.Option("--agnostic-nms", help="Class-agnostic NMS.", rich_help_panel=POST)] = False,
-    save: Annotated[Path | None, typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)] = None,
-    save_dir: Annotated[Path | None, typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
+    save: Annotated[Optional[Path], typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)] = None,
+    save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
     batch: Annotated[int, typer.Option(help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
-    limit: Annotated[int | None, typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
-    check: Annotated[Path | None, typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
+    check: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
     check_every: Annotated[int, typer.Option(help="Compare every K-th frame.", rich_help_panel=CHECK)] = 10,
-    check_f1: Annotated[float | None, typer.Option(help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=CHECK)] = None,
+    check_f1: Annotated[Optional[float], typer.Option(help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=CHECK)] = None,
     debug: Debug = False,
     verbose: Verbose = False,
 ) -> None:
     """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch."""
     setup(debug, verbose)
+    from clo_export.lazy import lazy_import
+
+    lazy_import("cv2")  # JetPack's OpenCV may be hidden from a venv: one line with the fix, not a traceback
     from clo_export.backends.base import load_runners
     from clo_export.data.stream import open_source
     from clo_export.pipeline import InferOptions

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from clo_export import __version__
-from clo_export.cli import check, demo, info, onnx, quantize, triton, trt
-from clo_export.cli.common import Debug, Verbose, console, setup
+from clo_export.cli import trt
+from clo_export.cli.common import Debug, Verbose, console, err_console, setup
+
+# Export (torch) needs Python >= 3.10; the runtime (`trt`, and clo-infer) runs on 3.8 (JetPack 5).
+EXPORT_PYTHON = (3, 10)
+EXPORT_COMMANDS = ("onnx", "quantize", "check", "info", "demo", "triton")
 
 app = typer.Typer(
     name="clo-export",
@@ -33,10 +39,34 @@ def main(
     setup(debug, verbose)
 
 
-app.command("onnx", no_args_is_help=True)(onnx.onnx)
-app.command("quantize", no_args_is_help=True)(quantize.quantize)
+def needs_newer_python(name: str):
+    """A stand-in for an export command on Python < 3.10: one line saying what to use instead."""
+
+    def command() -> None:
+        from rich.markup import escape
+
+        have = ".".join(map(str, sys.version_info[:2]))
+        err_console.print("[bold red]error:[/] " + escape(
+            f"clo-export {name} needs Python >= 3.10 (this is {have}, a runtime install); export on a workstation "
+            "with pip install './clo-export[export]' and copy the .onnx here: clo-export trt and clo-infer run on "
+            "this Python"), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+    command.__doc__ = f"(needs Python >= 3.10) clo-export {name}"
+    return command
+
+
 app.command("trt", no_args_is_help=True)(trt.trt)
-app.command("check", no_args_is_help=True)(check.check)
-app.command("info", no_args_is_help=True)(info.info)
-app.command("demo")(demo.demo)
-app.command("triton", no_args_is_help=True)(triton.triton)
+if sys.version_info >= EXPORT_PYTHON:
+    from clo_export.cli import check, demo, info, onnx, quantize, triton
+
+    app.command("onnx", no_args_is_help=True)(onnx.onnx)
+    app.command("quantize", no_args_is_help=True)(quantize.quantize)
+    app.command("check", no_args_is_help=True)(check.check)
+    app.command("info", no_args_is_help=True)(info.info)
+    app.command("demo")(demo.demo)
+    app.command("triton", no_args_is_help=True)(triton.triton)
+else:
+    for _name in EXPORT_COMMANDS:
+        app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+            needs_newer_python(_name))

@@ -1,190 +1,275 @@
-"""Build a TensorRT engine from ONNX by applying a BuildPlan; every decision was made in plan.py.
+"""Build a TensorRT engine from an ONNX: the library step beside ``export_onnx`` and ``quantize``.
+
+``build_engine(onnx, request)`` reads the ONNX, asks ``plan.make_plan`` (pure, every version
+decision) what to do for the installed TensorRT, makes the ONNX variant the plan needs (Q/DQ from
+calibration images, FP16), runs the pre-flight check on it, and applies the plan through
+Polygraphy's loaders (``NetworkFromOnnxPath`` → network post-processing → ``CreateConfig`` →
+``EngineBytesFromNetwork``). It returns an :class:`EngineBuild`: engine path, sidecar, plan.
+``dry_run(onnx, request, target)`` does everything up to TensorRT for any version, on any machine.
 
 Convention, checked by tests/test_trt_api.py against the API lists of each TensorRT release:
 TensorRT names that only some plans need are used only inside functions named
-`_when_<plan field>` (optionally `__<suffix>`), each called only under `if plan.<field>`;
-enum members the plan names (`network_flags`, `builder_flags`) are resolved with getattr.
-Every other TensorRT name here is used by every plan, so it must exist in every version.
-The engine file holds only TensorRT's serialized bytes; metadata goes to the sidecar.
+``_when_<plan field>`` (optionally ``__<suffix>``), each called only under ``if plan.<field>``;
+every other TensorRT name here is used by every plan. Polygraphy names are checked against the
+installed Polygraphy (pyproject's floor).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional, Sequence
 
-from clo_export.engine.plan import BuildPlan
-from clo_export.engine.version import TrtVersion
+from clo_export.engine.plan import BuildPlan, BuildRequest, make_plan, target_version
+from clo_export.engine.preflight import Problem, check_onnx, dla_gpu_nodes
+from clo_export.engine.sidecar import EngineSidecar
+from clo_export.engine.source import OnnxFacts, default_engine_path, load_onnx, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.errors import CloExportError
 from clo_export.fileio import atomic_path
 from clo_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
-TRT_LOG = logging.getLogger("clo_export.tensorrt")
-# ILogger.Severity values: INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4.
-SEVERITY_LIMIT = {"error": 1, "warning": 2, "info": 3, "verbose": 4}
-SEVERITY_TO_LOGGING = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG}
+CALIB_CACHE_SUFFIXES = (".cache", ".calib", ".bin")
+
+
+class PreflightError(CloExportError):
+    """The ONNX breaks rules of the TensorRT version it is built for; ``problems`` lists each."""
+
+    def __init__(self, version: Any, problems: Sequence[Problem]):
+        self.problems = tuple(problems)
+        first = str(self.problems[0]) if self.problems else ""
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"pre-flight check for TensorRT {version} failed: {first}{more}; "
+                         "see clo-export trt MODEL --dry-run for every problem")
 
 
 @dataclass(frozen=True)
-class BuildInfo:
-    """What a build produced, for the sidecar and the CLI summary."""
+class DryRun:
+    """What a build would do and what stands in its way; truthy when there are no problems."""
+
+    plan: BuildPlan
+    facts: OnnxFacts
+    problems: tuple[Problem, ...]
+    gpu_layers: tuple[str, ...] = ()  # with DLA: nodes that fall back to the GPU
+
+    def __bool__(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What ``build_engine`` produced."""
 
     engine_path: Path
-    tensorrt_version: str
-    build_seconds: float
+    sidecar: EngineSidecar
+    plan: BuildPlan
+    source_onnx: Path  # the ONNX TensorRT parsed (the given one, or its Q/DQ / FP16 variant made now)
     engine_bytes: int
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    input_shape: tuple[int, ...]  # as the network declares it (-1 for a dynamic batch)
-    network_layers: int | None = None  # layers of the parsed network, before TensorRT's fusions
+    build_seconds: float
+    calibration_cache: Optional[Path] = None
+
+
+def dry_run(onnx_path: str | Path, request: BuildRequest = BuildRequest(), target: str | None = None,
+            calib: Sequence[str] = ()) -> DryRun:
+    """Plan and pre-flight check for TensorRT ``target`` (default: the installed one); needs no TensorRT."""
+    path = Path(onnx_path)
+    model = load_onnx(_existing(path))
+    facts = onnx_facts(model, path.name)
+    version = target_version(target) if target else _installed_version()
+    plan = make_plan(version, with_facts(request, facts, calib))
+    gpu = tuple(n.name or n.op_type for n in dla_gpu_nodes(model.graph.node)) if plan.dla_core is not None else ()
+    return DryRun(plan, facts, tuple(check_onnx(model, plan)), gpu)
 
 
 def build_engine(
     onnx_path: str | Path,
-    out_path: str | Path,
-    plan: BuildPlan,
+    request: BuildRequest = BuildRequest(),
+    output: str | Path | None = None,
     *,
-    calibrator: Any = None,
-    log_level: str = "warning",
+    calib: Sequence[str] = (),
+    num: int = 256,
+    verbose: bool = False,
     progress: Callable[[str], None] | None = None,
-) -> BuildInfo:
-    """Parse `onnx_path`, configure the builder exactly as `plan` says, write the engine atomically."""
-    if log_level not in SEVERITY_LIMIT:
-        raise CloExportError(f"unknown log level {log_level!r}; use one of {', '.join(SEVERITY_LIMIT)}")
-    if plan.use_implicit_calibrator and calibrator is None:
-        raise CloExportError(f"this plan calibrates with {plan.calibrator_class}; pass calibrator= (the CLI makes "
-                             "one from --calib DIR)")
+) -> EngineBuild:
+    """Build ``onnx_path`` for the installed TensorRT as ``request`` asks; write the engine and its sidecar."""
+    path = _existing(Path(onnx_path))
+    facts = onnx_facts(load_onnx(path), path.name)
     trt = lazy_import("tensorrt")
-    running = TrtVersion.parse(trt.__version__)
-    if running != plan.version:
-        raise CloExportError(f"the build plan is for TensorRT {plan.version} but this is TensorRT {running}; "
-                             "make the plan with the running version")
+    plan = make_plan(str(trt.__version__), with_facts(request, facts, calib))
+    out = Path(output) if output else default_engine_path(path, plan.precision)
+    if out.resolve() == path.resolve():
+        raise CloExportError(f"the engine path {out} would overwrite the ONNX; pick another output path")
     stage = progress or (lambda _name: None)
-    logger = make_logger(trt, log_level)
-    builder = trt.Builder(logger)
-    network_flags = 0
-    for name in plan.network_flags:
-        network_flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(network_flags)
-    parser = trt.OnnxParser(network, logger)
-    stage("parse")
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise CloExportError(f"TensorRT {running} cannot parse {onnx_path}: {errors}; "
-                             "re-export with clo-export onnx (opset <= 17 for TensorRT 8.x)")
-    config = builder.create_builder_config()
-    for name in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    if plan.workspace_bytes:
-        _when_workspace_bytes(trt, config, plan)
-    profile = None
-    if plan.profile:
-        profile = _when_profile(builder, config, plan)
-    if plan.softmax_fp32_via_layer_precision:
-        _when_softmax_fp32_via_layer_precision(trt, network)
-    if plan.use_implicit_calibrator:
-        _when_use_implicit_calibrator(config, calibrator, profile)
-    if plan.dla_core is not None:
-        _when_dla_core(trt, config, plan)
-    if plan.timing_cache:
-        _when_timing_cache(config, plan)
+    stage("prepare")
+    source = _source_onnx(plan, path, facts, calib, num)
+    problems = check_onnx(load_onnx(source), plan)
+    if problems:
+        raise PreflightError(plan.version, problems)
+    from clo_export.engine.gpu import gpu_identity
+
+    gpu_name, capability = gpu_identity(0)
+    calibrator, cache = _calibrator(plan, facts, calib, num, out) if plan.use_implicit_calibrator else (None, None)
     stage("build")
+    quiet_polygraphy(verbose)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    data = _engine_bytes(trt, plan, source, calibrator)
     seconds = time.perf_counter() - start
-    if serialized is None:
-        raise CloExportError(f"TensorRT {running} could not build the engine (see the clo_export.tensorrt log); "
-                             "rerun with --log-level verbose")
     stage("write")
-    with atomic_path(out_path) as tmp:
-        tmp.write_bytes(serialized)
-    if plan.timing_cache:
-        _when_timing_cache__save(config, plan)
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    outputs = [network.get_output(i) for i in range(network.num_outputs)]
-    return BuildInfo(
-        engine_path=Path(out_path),
-        tensorrt_version=str(trt.__version__),
-        build_seconds=seconds,
-        engine_bytes=Path(out_path).stat().st_size,
-        input_names=tuple(t.name for t in inputs),
-        output_names=tuple(t.name for t in outputs),
-        input_shape=tuple(int(d) for d in inputs[0].shape) if inputs else (),
-        network_layers=int(network.num_layers),
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(bytes(data))
+    if calibrator is not None:
+        from clo_export.calib.trt_calibrator import save_cache
+
+        save_cache(calibrator, cache)
+    sidecar = _sidecar(str(trt.__version__), gpu_name, capability, plan, facts, path, seconds)
+    sidecar.write(out)
+    return EngineBuild(out, sidecar, plan, source, out.stat().st_size, seconds, cache)
+
+
+def quiet_polygraphy(verbose: bool = False) -> None:
+    """Polygraphy (and the TensorRT log it relays) at WARNING, or VERBOSE with --verbose."""
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.VERBOSE if verbose else G_LOGGER.WARNING
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise CloExportError(f"model '{path}' does not exist; export one with: clo-export onnx best.pt")
+    if path.suffix.lower() != ".onnx":
+        raise CloExportError(f"'{path.name}' is not an ONNX file; TensorRT engines are built from the .onnx that "
+                             "clo-export onnx (or quantize) wrote")
+    return path
+
+
+def _installed_version() -> Any:
+    try:
+        return str(lazy_import("tensorrt").__version__)
+    except CloExportError:
+        raise CloExportError("TensorRT is not installed here, so name the version to check against: --target "
+                             "8.5|8.6|10.3|10.x|11.x") from None
+
+
+def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[str], num: int) -> Path:
+    """The ONNX the plan builds from: the given one, or its Q/DQ / FP16 variant made now."""
+    if plan.needs_quantize:
+        if sys.version_info < (3, 10):
+            raise CloExportError("quantizing to Q/DQ is an export step and needs Python >= 3.10; run clo-export quantize "
+                                 f"{path.name} --calib DIR on the workstation and pass the .int8.onnx here")
+        from clo_export.calib.quantize import QuantizeOptions, quantize
+
+        result = quantize(path, list(calib), None, QuantizeOptions(num=num))
+        log.info("quantized %s: INT8-vs-FP32 detection F1 %.4f on %d held-out images (details: clo-export quantize)",
+                 result.path.name, result.report.score, len(result.split.holdout))
+        return result.path
+    if plan.needs_fp16_onnx:
+        out = make_fp16_onnx(path, facts)
+        log.info("made %s (FP16, softmax kept FP32) for the strongly typed build", out.name)
+        return out
+    return path
+
+
+def _calibrator(plan: BuildPlan, facts: OnnxFacts, calib: Sequence[str], num: int, out: Path) -> tuple[Any, Path]:
+    """Polygraphy's calibrator over our calibration feeds (or only a cache file), and the cache path."""
+    from clo_export.calib.sources import CalibrationData, split_sources
+    from clo_export.calib.trt_calibrator import make_calibrator
+
+    method = "minmax" if plan.calibrator_class == "IInt8MinMaxCalibrator" else "entropy"
+    if len(calib) == 1 and Path(calib[0]).suffix.lower() in CALIB_CACHE_SUFFIXES:
+        cache = Path(calib[0])
+        if not cache.is_file():
+            raise CloExportError(f"calibration cache {cache} does not exist; pass calibration images with --calib DIR")
+        return make_calibrator([], method, cache), cache
+    batch = plan.profile.opt[0] if plan.profile else max(1, facts.input_shape[0])
+    data = CalibrationData(split_sources(list(calib), num, 0).calib, facts.imgsz, facts.input_name, batch)
+    cache = out.with_name(f"{out.stem}.{method}.cache")
+    return make_calibrator(data, method, cache), cache
+
+
+def _sidecar(version: str, gpu_name: str, capability: tuple[int, int], plan: BuildPlan, facts: OnnxFacts,
+             model: Path, seconds: float) -> EngineSidecar:
+    from clo_export.fileio import sha256_file
+
+    names = facts.meta.names
+    return EngineSidecar(
+        tensorrt_version=version, gpu_name=gpu_name, compute_capability=tuple(capability), precision=plan.precision,
+        input_name=facts.input_name, input_shape=tuple(facts.input_shape), output_names=facts.output_names,
+        names=tuple(names.get(i, str(i)) for i in range(max(names, default=-1) + 1)), stride=int(facts.meta.stride),
+        imgsz=tuple(facts.imgsz), source_onnx=model.name, source_onnx_sha256=sha256_file(model),
+        build_seconds=round(seconds, 2),
+        profile=(plan.profile.min, plan.profile.opt, plan.profile.max) if plan.profile else None,
     )
 
 
-def make_logger(trt: Any, log_level: str = "warning") -> Any:
-    """A trt.ILogger that forwards messages at or above `log_level` to logging "clo_export.tensorrt"."""
-    limit = SEVERITY_LIMIT[log_level]
+# ---- the TensorRT-facing part: the plan applied through Polygraphy --------------------------------
 
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
+def _engine_bytes(trt: Any, plan: BuildPlan, onnx_path: Path, calibrator: Any) -> Any:
+    """Parse, post-process the network, configure and build, exactly as ``plan`` says."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    from polygraphy.exception import PolygraphyException
 
-        def log(self, severity: Any, msg: str) -> None:
-            level = int(severity)
-            if level <= limit:
-                TRT_LOG.log(SEVERITY_TO_LOGGING.get(level, logging.DEBUG), msg)
+    network: Any = NetworkFromOnnxPath(str(onnx_path), strongly_typed="STRONGLY_TYPED" in plan.network_flags)
+    if plan.softmax_fp32_via_layer_precision:
+        network = _when_softmax_fp32_via_layer_precision(trt, network)
+    if plan.layer_precisions:
+        network = _when_layer_precisions(trt, network, plan)
+    profiles = None
+    if plan.profile:
+        p = plan.profile
+        profiles = [Profile().add(p.name, min=p.min, opt=p.opt, max=p.max)]
+    pools = None
+    if plan.workspace_bytes:
+        pools = _when_workspace_bytes(trt, plan)
+    config: Any = CreateConfig(
+        tf32=False, fp16="FP16" in plan.builder_flags, int8="INT8" in plan.builder_flags, calibrator=calibrator,
+        precision_constraints=plan.precision_constraints, profiles=profiles, memory_pool_limits=pools,
+        use_dla=plan.dla_core is not None, allow_gpu_fallback="GPU_FALLBACK" in plan.builder_flags,
+        load_timing_cache=plan.timing_cache,
+    )
+    if plan.dla_core:
+        config = _when_dla_core(config, plan)
+    try:
+        return EngineBytesFromNetwork(network, config, save_timing_cache=plan.timing_cache)()
+    except PolygraphyException as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), "no details")
+        raise CloExportError(f"TensorRT {trt.__version__} could not build the engine ({first}); rerun with --verbose "
+                             "for TensorRT's log") from None
 
-    return _Logger()
 
-
-def _when_workspace_bytes(trt: Any, config: Any, plan: BuildPlan) -> None:
-    """Cap the builder's scratch memory."""
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
-
-
-def _when_profile(builder: Any, config: Any, plan: BuildPlan) -> Any:
-    """One optimisation profile for the dynamic batch dimension."""
-    profile = builder.create_optimization_profile()
-    profile.set_shape(plan.profile.name, plan.profile.min, plan.profile.opt, plan.profile.max)
-    config.add_optimization_profile(profile)
-    return profile
-
-
-def _when_softmax_fp32_via_layer_precision(trt: Any, network: Any) -> None:
+def _when_softmax_fp32_via_layer_precision(trt: Any, network: Any) -> Any:
     """Pin every Softmax (the attention's) to FP32 compute and output in weakly typed FP16/INT8 builds."""
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type == trt.LayerType.SOFTMAX:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            pinned += 1
-    log.debug("pinned %d Softmax layers to FP32", pinned)
+    from polygraphy.backend.trt import PostprocessNetwork
+
+    def pin(network: Any) -> None:
+        for layer in network:
+            if layer.type == trt.LayerType.SOFTMAX:
+                layer.precision = trt.DataType.FLOAT
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.DataType.FLOAT)
+
+    return PostprocessNetwork(network, pin, name="softmax-fp32")
 
 
-def _when_use_implicit_calibrator(config: Any, calibrator: Any, profile: Any) -> None:
-    """Legacy implicit INT8 calibration (TensorRT < 11); a dynamic network calibrates on its profile."""
-    config.int8_calibrator = calibrator
-    if profile is not None:
-        config.set_calibration_profile(profile)
+def _when_layer_precisions(trt: Any, network: Any, plan: BuildPlan) -> Any:
+    """--keep-float layers (named as their ONNX nodes, as TensorRT's parser names layers) in FP32/FP16."""
+    from polygraphy.backend.trt import SetLayerPrecisions
+
+    return SetLayerPrecisions(network, {name: getattr(trt.DataType, dtype) for name, dtype in plan.layer_precisions})
 
 
-def _when_dla_core(trt: Any, config: Any, plan: BuildPlan) -> None:
-    """Run on a DLA core by default (GPU_FALLBACK, if planned, is among the builder flags)."""
-    config.default_device_type = trt.DeviceType.DLA
-    config.DLA_core = plan.dla_core
+def _when_workspace_bytes(trt: Any, plan: BuildPlan) -> dict:
+    """Cap the builder's scratch memory."""
+    return {trt.MemoryPoolType.WORKSPACE: plan.workspace_bytes}
 
 
-def _when_timing_cache(config: Any, plan: BuildPlan) -> None:
-    """Start from the saved timing cache if there is one (a mismatched cache is dropped, not fatal)."""
-    path = Path(plan.timing_cache)
-    data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):
-        log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", path)
-        config.set_timing_cache(config.create_timing_cache(b""), False)
+def _when_dla_core(config: Any, plan: BuildPlan) -> Any:
+    """CreateConfig(use_dla=True) picks DLA core 0; another core is set on the finished config."""
+    from polygraphy.backend.trt import PostprocessConfig
 
+    def core(builder: Any, network: Any, config: Any) -> None:
+        config.DLA_core = plan.dla_core
 
-def _when_timing_cache__save(config: Any, plan: BuildPlan) -> None:
-    """Write the timing cache back atomically so the next build of any model starts warm."""
-    with atomic_path(plan.timing_cache) as tmp:
-        tmp.write_bytes(config.get_timing_cache().serialize())
+    return PostprocessConfig(config, core)

@@ -9,6 +9,11 @@ the CLI's --strongly-typed): then the same ONNX variants are used and no precisi
 flags are set; otherwise 10.x builds like 8.x with FP16/INT8 flags (deprecated from 10.12,
 noted in `BuildPlan.notes`). Weakly typed fp16/int8 builds pin every Softmax to FP32 through
 layer precision (the attention softmax overflows in FP16).
+
+Layers to keep in float (`BuildRequest.keep_float`, the "float_nodes" of `clo-export quantize`'s
+report) become per-layer precisions on the routes where TensorRT decides precision per layer:
+the implicit calibrator (TensorRT < 11, INT8 from the FP32 ONNX) and DLA. `build.py` applies the
+plan through Polygraphy's loaders; `TARGETS` names the versions `clo-export trt --dry-run` knows.
 """
 
 from __future__ import annotations
@@ -39,7 +44,35 @@ GATES: dict[str, tuple[TrtVersion, TrtVersion | None]] = {
     "dla_qdq": (_V(10, 0), None),  # DLA on JetPack 5 (8.x) does not take Q/DQ
 }
 
+# The opset each TensorRT's ONNX parser documents as its newest (onnx-tensorrt docs/operators.md):
+# 8.5/8.6 "up to Opset 17", 10.0 "up to 20", 10.15 and 11.2 "opset 9 to opset 24". Versions in
+# between get the older, verified limit.
+OPSET_LIMITS: tuple[tuple[TrtVersion, int], ...] = ((_V(8, 5), 17), (_V(10, 0), 20), (_V(10, 15), 24))
+
+# --target names for the dry run -> the version whose gates they stand for
+TARGETS: dict[str, TrtVersion] = {
+    "8.5": _V(8, 5, 2),  # JetPack 5.1
+    "8.6": _V(8, 6, 1),
+    "10.3": _V(10, 3, 0),  # JetPack 6
+    "10.x": _V(10, 16, 0),  # newest 10.x (DeepStream 8/9 range); no DLA, weak typing deprecated
+    "11.x": _V(11, 4, 1),  # JetPack 7; DLA on AGX Orin from 11.4.1
+}
+
 CALIBRATOR_CLASSES: dict[str, str] = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
+
+
+def opset_limit(version: TrtVersion) -> int:
+    """The newest ONNX opset this TensorRT's parser is documented to take."""
+    return max(limit for since, limit in OPSET_LIMITS if since <= version)
+
+
+def target_version(target: str) -> TrtVersion:
+    """A --target name (8.5, 8.6, 10.3, 10.x, 11.x) or an explicit version like 10.7.0."""
+    if target in TARGETS:
+        return TARGETS[target]
+    if target.endswith(".x") or not target[:1].isdigit():
+        raise CloExportError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)} or a version like 10.7.0")
+    return TrtVersion.parse(target)
 
 
 def has(version: TrtVersion, feature: str) -> bool:
@@ -66,6 +99,8 @@ class BuildRequest:
     strongly_typed: bool = False  # opt-in on 10.x; always on for 11, refused below 10
     input_name: str = "images"
     input_shape: tuple[int, ...] = (1, 3, 640, 640)  # batch entry is replaced by the profile
+    keep_float: tuple[str, ...] = ()  # ONNX node names to keep in float ("float_nodes" of a quantize report)
+    keep_float_fp16: bool = False  # --int8 --fp16 --keep-float: those nodes in FP16 instead of FP32
 
 
 @dataclass(frozen=True)
@@ -98,7 +133,16 @@ class BuildPlan:
     timing_cache: str | None = None
     profile: ProfileShape | None = None
     dla_core: int | None = None
+    layer_precisions: tuple[tuple[str, str], ...] = ()  # (ONNX node / TensorRT layer name, DataType member)
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def precision_constraints(self) -> str | None:
+        """Polygraphy's CreateConfig(precision_constraints=): "obey", "prefer" or None."""
+        for flag, value in (("OBEY_PRECISION_CONSTRAINTS", "obey"), ("PREFER_PRECISION_CONSTRAINTS", "prefer")):
+            if flag in self.builder_flags:
+                return value
+        return None
 
 
 def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
@@ -122,12 +166,14 @@ def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
     needs_fp16_onnx = onnx_needed == "fp16" and not request.is_fp16
     weak = not strongly_typed and request.precision != "fp32"
     builder_flags = _builder_flags(request, weak)
+    layer_precisions = _layer_precisions(v, request, implicit, weak, notes)
     network_flags = tuple(name for name, on in (
         ("EXPLICIT_BATCH", has(v, "explicit_batch_flag")),
         ("STRONGLY_TYPED", strongly_typed and has(v, "strongly_typed_opt_in")),
     ) if on)
     if weak:
-        notes.append("Softmax layers pinned to FP32 via layer precision (OBEY_PRECISION_CONSTRAINTS)")
+        notes.append(f"Softmax layers pinned to FP32 via layer precision "
+                     f"({next(f for f in builder_flags if f.endswith('PRECISION_CONSTRAINTS'))})")
         if has(v, "weak_typing_deprecated"):
             notes.append(f"TensorRT {v} deprecates FP16/INT8 builder flags and layer precision; "
                          "--strongly-typed with the FP16/Q-DQ ONNX is the path that keeps working on 11")
@@ -156,6 +202,7 @@ def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
         timing_cache=request.timing_cache,
         profile=_profile(request, notes),
         dla_core=request.dla_core,
+        layer_precisions=layer_precisions,
         notes=tuple(notes),
     )
 
@@ -249,10 +296,37 @@ def _builder_flags(r: BuildRequest, weak: bool) -> tuple[str, ...]:
     flags: list[str] = []
     if weak:
         flags += ["FP16", "INT8"] if r.precision == "int8" else ["FP16"]
-        flags.append("OBEY_PRECISION_CONSTRAINTS")
+        # DLA builds prefer (Polygraphy's CreateConfig(use_dla=True) sets PREFER below 11 too):
+        # a layer DLA cannot run at the pinned precision falls back instead of failing the build
+        flags.append("PREFER_PRECISION_CONSTRAINTS" if r.dla_core is not None else "OBEY_PRECISION_CONSTRAINTS")
     if r.dla_core is not None and r.gpu_fallback:
         flags.append("GPU_FALLBACK")
     return tuple(flags)
+
+
+def _layer_precisions(v: TrtVersion, r: BuildRequest, implicit: bool, weak: bool,
+                      notes: list[str]) -> tuple[tuple[str, str], ...]:
+    """--keep-float nodes as per-layer precisions, where this route lets TensorRT pick precision per layer."""
+    if not r.keep_float:
+        if r.keep_float_fp16:
+            raise CloExportError("--fp16 together with --int8 only chooses the precision of --keep-float layers; "
+                                 "add --keep-float FILE or drop one of --fp16/--int8")
+        return ()
+    if not weak or not (implicit or r.dla_core is not None):
+        why = (f"TensorRT {v} builds strongly typed, so precision comes from the ONNX" if not weak else
+               "the Q/DQ ONNX already leaves those nodes unquantized" if r.precision == "int8" else
+               f"an {r.precision.upper()} GPU build has no INT8 layers to keep out")
+        notes.append(f"--keep-float ignored: {why} (it applies to --calibrator entropy|minmax and --dla builds)")
+        return ()
+    half = r.keep_float_fp16 and r.precision == "int8"
+    if not half and r.dla_core is not None and not r.gpu_fallback:
+        raise CloExportError("--keep-float layers run in FP32, which DLA cannot; allow --gpu-fallback, or add --fp16 "
+                             "to keep them in FP16 on the DLA")
+    dtype = "HALF" if half else "FLOAT"
+    names = tuple(dict.fromkeys(r.keep_float))
+    notes.append(f"{len(names)} layers kept in {'FP16' if half else 'FP32'} (--keep-float)"
+                 + (", on the GPU (DLA runs no FP32)" if r.dla_core is not None and not half else ""))
+    return tuple((name, dtype) for name in names)
 
 
 def _profile(r: BuildRequest, notes: list[str]) -> ProfileShape | None:
