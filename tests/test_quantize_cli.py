@@ -36,7 +36,7 @@ def test_quantize_prints_the_report_and_writes_files(tmp_path):
     out = " ".join(result.output.split())
     assert "quantized" in out and "16 calibration + 4 held-out images" in out and "TensorRT Q/DQ rules: ok" in out
     assert "detections @IoU0.5" in out and "mAP@0.5 (FP32 as GT)" in out
-    assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.int8.json").is_file()
+    assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.int8.onnx.json").is_file()
     assert json.loads((tmp_path / "m.int8.accuracy.json").read_text())["n_images"] == 4
     again = runner.invoke(make_app(), args[:-2] + ["--min-agreement", "1.0"])
     assert again.exit_code == 1 and "ranges from cache" in again.output and "below --min-agreement" in again.output
