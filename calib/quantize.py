@@ -25,6 +25,7 @@ from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
 from clo_export.export.metadata import PREFIX, ModelMeta, load_onnx, read_metadata, sidecar_path, write_metadata
 from clo_export.fileio import atomic_path, sha256_file, write_sidecar, write_text_atomic
+from clo_export.validate import check_quantize_outputs
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
         raise CloExportError(f"model '{onnx_path}' does not exist; export one with clo-export onnx")
     out = Path(out) if out else default_output(onnx_path)
     cache_path = Path(opts.cache) if opts.cache else out.with_name(out.stem + ".calib.json")
+    check_quantize_outputs(onnx_path, sources, out, cache_path)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_onnx(onnx_path)

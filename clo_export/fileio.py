@@ -122,7 +122,7 @@ def is_ours(path: PathLike) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and SIDECAR_MARKER in data
+    return isinstance(data, dict) and (SIDECAR_MARKER in data or str(data.get("format", "")).startswith("clo-export"))
 
 
 def check_sidecar(path: PathLike) -> None:
@@ -132,9 +132,11 @@ def check_sidecar(path: PathLike) -> None:
                              "it is kept: move it away or write the model under another name with -o")
 
 
-def write_sidecar(path: PathLike, facts: Mapping[str, Any]) -> Path:
-    """Write a sidecar JSON (marker key added) atomically; never over a file clo-export did not write."""
-    check_sidecar(path)
+def write_sidecar(path: PathLike, facts: Mapping[str, Any], named_by_user: bool = False) -> Path:
+    """Write a sidecar JSON (marker key added) atomically; never over a file clo-export did not write,
+    unless the user named that path explicitly (``--json report.json``)."""
+    if not named_by_user:
+        check_sidecar(path)
     payload = {SIDECAR_MARKER: __version__, **facts}
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
     return Path(path)
@@ -219,6 +221,14 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
             if not inp.is_dir() and _identity(folder) is not None and _identity(inp.parent) == _identity(folder):
                 raise CloExportError(f"{label} '{folder}' holds the input {in_label} '{inp}'; annotated files would "
                                      "replace the inputs: choose another folder")
+
+
+def check_artifact(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]], out: PathLike,
+                   extra: Mapping[str, Optional[PathLike]] = {}) -> None:  # noqa: B006 (read only)
+    """The pre-work check of a command writing ``out`` and its sidecar (plus ``extra`` outputs)."""
+    side = sidecar_path(out)
+    check_outputs(inputs, {"-o": out, "sidecar": side, **extra})
+    check_sidecar(side)
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -226,6 +226,7 @@ def trt(
                            workspace=workspace, timing_cache=timing_cache, dla=dla, gpu_fallback=gpu_fallback,
                            batch_range=batch_range, strongly_typed=strongly_typed)
     out = output or default_engine_path(model, flags.precision)
+    __import__("clo_export.fileio").fileio.check_artifact({"MODEL": model, "--calib": calib or [], "--timing-cache": timing_cache}, out)
     if out.resolve() == model.resolve():
         raise CloExportError(f"--output {out} would overwrite the ONNX; pick another path")
     facts = read_onnx_facts(model)
