@@ -123,15 +123,15 @@ def split_sources(sources: str | Path | Sequence[str | Path], num: int = DEFAULT
     if n == 0:
         raise CloExportError(f"none of the {len(pool)} image(s)/frame(s) in {names} could be read "
                              f"({len(skipped)} unreadable, e.g. {skipped[0] if skipped else '?'}); check the files")
-    if holdout and len(held) < min(holdout, min_holdout):
-        raise CloExportError(
-            f"only {len(held)} held-out images are left for the INT8 accuracy report ({n} readable, {len(skipped)} unreadable "
-            f"of {len(pool)} candidates); the report needs at least {min(holdout, min_holdout)}: add readable images to --calib")
     if len(calib) < min_images:
         raise CloExportError(
             f"found {n} usable calibration images in {names} ({len(skipped)} unreadable skipped, {len(pool)} candidates); "
             f"calibration needs at least {min_images} (+ held-out images for the accuracy report), {RECOMMENDED}+ recommended: "
             "add images or video frames from the deployment scene")
+    if holdout and len(held) < min(holdout, min_holdout):
+        raise CloExportError(
+            f"only {len(held)} held-out images are left for the INT8 accuracy report ({n} readable, {len(skipped)} unreadable "
+            f"of {len(pool)} candidates); the report needs at least {min(holdout, min_holdout)}: add readable images to --calib")
     warnings = []
     if len(calib) < min(RECOMMENDED, num):
         warnings.append(f"only {len(calib)} calibration images ({RECOMMENDED}+ recommended); INT8 ranges may not cover "

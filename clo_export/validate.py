@@ -60,10 +60,9 @@ def local_inputs(spec: Union[str, Path]) -> list:
 
 def check_quantize_options(model: Path, calib: list, num: int, holdout: int, seed: int) -> None:
     """``clo-export quantize``: counts and inputs, before anything is read."""
-    from clo_export.calib.sources import MIN_HOLDOUT, MIN_IMAGES
+    from clo_export.calib.sources import MIN_HOLDOUT
 
     existing_file("MODEL", model, "export one with clo-export onnx")
-    at_least("--num", num, MIN_IMAGES, "calibration ranges from fewer images are noise (200+ recommended)")
     at_least("--holdout", holdout, MIN_HOLDOUT, "an INT8 accuracy report on fewer held-out images is noise")
     at_least("--seed", seed, 0)
     existing_sources("--calib", calib, "pass a folder, a glob, a video or a .txt list of images")

@@ -226,9 +226,9 @@ def trt(
                            workspace=workspace, timing_cache=timing_cache, dla=dla, gpu_fallback=gpu_fallback,
                            batch_range=batch_range, strongly_typed=strongly_typed)
     out = output or default_engine_path(model, flags.precision)
-    __import__("clo_export.fileio").fileio.check_artifact({"MODEL": model, "--calib": calib or [], "--timing-cache": timing_cache}, out)
     if out.resolve() == model.resolve():
         raise CloExportError(f"--output {out} would overwrite the ONNX; pick another path")
+    __import__("clo_export.fileio").fileio.check_artifact({"MODEL": model, "--calib": calib or [], "--timing-cache": timing_cache}, out)
     facts = read_onnx_facts(model)
 
     from clo_export.engine.plan import make_plan
