@@ -52,6 +52,21 @@ def _cleanup_part(tmp: Path) -> None:
         tmp.unlink()
 
 
+def make_dirs(folder: PathLike) -> list:
+    """``mkdir -p`` that returns the folders it created (deepest last), for :func:`remove_dirs` on failure."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_dirs(created: list) -> None:
+    """Remove folders made by :func:`make_dirs` that are still empty (a failed write leaves nothing behind)."""
+    for p in reversed(created):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -63,13 +78,16 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise CloExportError(f"cannot write '{path}': it is a folder; choose a file name")
+    created: list = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as e:
+        remove_dirs(created)
         raise write_error(path, e) from e
     os.close(fd)
     tmp_path = Path(tmp)
+    done = False
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -77,10 +95,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp_path
         _fsync(tmp_path)
         os.replace(tmp_path, path)
+        done = True
     except OSError as e:
         raise write_error(path, e) from e
     finally:
         _cleanup_part(tmp_path)
+        if not done:
+            remove_dirs(created)
 
 
 def _fsync(path: Path) -> None:
@@ -204,7 +225,7 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
         check_output_path(label, out)
         for in_label, inp in ins:
             if _same(out, inp):
-                how = "" if out.resolve() == inp.resolve() else " (through a link)"
+                how = "" if out.absolute() == inp.absolute() else " (through a link)"
                 raise CloExportError(f"{label} '{out}' is the input {in_label} '{inp}'{how}; writing it would destroy "
                                      "the input: choose another output path")
     for i, (label, out) in enumerate(outs):

@@ -107,8 +107,8 @@ def check_infer_options(source: str, model: Path, check: Optional[Path], save: O
     existing_file("--model", model, "pass a .pt, .onnx or .engine")
     existing_file("--check", check, "pass the best.pt the model was exported from")
     existing_sources("SOURCE", [source], "pass a video, an image, a folder, a glob, a webcam index or a stream URL")
-    check_outputs({"--model": model, "SOURCE": local_inputs(source), "--check": check},
-                  {"--save": save, "--json": json_path}, {"--save-dir": save_dir})
+    check_outputs({"--model": model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
+    check_outputs({"SOURCE": local_inputs(source)}, {}, {"--save-dir": save_dir})  # annotated files take the source's names
 
 
 def check_demo_options(out: Path, frames: Optional[int], calib: Optional[int], check_every: int) -> None:

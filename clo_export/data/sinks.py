@@ -17,7 +17,7 @@ import numpy as np
 
 from clo_export.data.stream import Frame
 from clo_export.errors import CloExportError
-from clo_export.fileio import write_bytes_atomic, write_error
+from clo_export.fileio import make_dirs, remove_dirs, write_bytes_atomic, write_error
 
 FULL_BYTES = 1 << 20  # a target with less free space than this is full: stop before writing a broken file
 
@@ -58,14 +58,22 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.part{os.getpid()}{path.suffix}")
 
 
-def make_folder(path: Path, label: str) -> None:
-    """mkdir -p with a one-line error (a file in the way, read-only filesystem, no permission)."""
+def make_folder(path: Path, label: str) -> list:
+    """mkdir -p with a one-line error (a file in the way, read-only filesystem, no permission); the folders made."""
+    if path.exists() and not path.is_dir():
+        raise CloExportError(f"{label} '{path}' is not a folder; choose another path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        return make_dirs(path)
     except OSError as e:
         raise write_error(path, e) from e
-    if not path.is_dir():
-        raise CloExportError(f"{label} '{path}' is not a folder; choose another path")
+
+
+def quiet_opencv() -> None:
+    """Silence OpenCV's own write warnings: sinks check the results and report failures in one line."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # an OpenCV build without the logging module
+        pass
 
 
 def free_bytes(folder: Path) -> int | None:
@@ -118,7 +126,8 @@ class VideoSink(Sink):
             raise CloExportError(f"--save {self.path} must end in .mp4 (or .avi/.mkv/.mov)")
         if self.path.is_dir():
             raise CloExportError(f"--save '{self.path}' is a folder; give a file name such as out.mp4")
-        make_folder(self.path.parent, "--save folder")
+        self.created = make_folder(self.path.parent, "--save folder")
+        quiet_opencv()
         self.tmp = temp_name(self.path)
         self.size = (int(size[0]), int(size[1]))
         self.fps = float(fps)
@@ -127,6 +136,7 @@ class VideoSink(Sink):
         if not self.writer.isOpened():
             self.writer.release()
             self.tmp.unlink(missing_ok=True)
+            remove_dirs(self.created)
             raise CloExportError(f"OpenCV cannot write '{self.path}' with codec {code}; try another suffix (.avi) "
                                  "or an OpenCV build with FFmpeg")
         self.frames = 0
@@ -150,8 +160,7 @@ class VideoSink(Sink):
         self.writer.release()
         self.writer = None
         if not self.frames:
-            self.tmp.unlink(missing_ok=True)
-            self.outputs = []
+            self.abort()
             return
         problem = video_problem(self.tmp)
         if problem is not None:
@@ -171,6 +180,7 @@ class VideoSink(Sink):
             self.writer.release()
             self.writer = None
         self.tmp.unlink(missing_ok=True)
+        remove_dirs(self.created)
         self.outputs = []
 
 
@@ -181,7 +191,7 @@ class ImageDirSink(Sink):
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        make_folder(self.dir, "--save-dir")
+        self.created = make_folder(self.dir, "--save-dir")
         self.outputs = []
         self._used: set[str] = set()
 
@@ -199,6 +209,9 @@ class ImageDirSink(Sink):
         write_bytes_atomic(out, data.tobytes())  # a full disk or read-only folder: one error, no partial file
         self.outputs.append(out)
 
+    def abort(self) -> None:
+        remove_dirs(self.created)  # only folders this run made and left empty
+
 
 def detection_records(dets: np.ndarray, names: dict[int, str]) -> list[dict]:
     """JSON-ready detections: class id, class name, score (5 decimals), xyxy in original-frame pixels (2 decimals)."""
@@ -215,12 +228,13 @@ class JsonlSink(Sink):
         self.path = Path(path)
         if self.path.is_dir():
             raise CloExportError(f"--json '{self.path}' is a folder; give a file name such as out.jsonl")
-        make_folder(self.path.parent, "--json folder")
+        self.created = make_folder(self.path.parent, "--json folder")
         self.tmp = temp_name(self.path)
         self.names = names
         try:
             self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed by close/abort)
         except OSError as e:
+            remove_dirs(self.created)
             raise write_error(self.path, e) from e
         self.outputs = [self.path]
 
@@ -255,6 +269,7 @@ class JsonlSink(Sink):
                 pass
             self.file = None
         self.tmp.unlink(missing_ok=True)
+        remove_dirs(self.created)
         self.outputs = []
 
 
