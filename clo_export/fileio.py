@@ -211,7 +211,8 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
     are compared by resolved path). ``outputs`` maps labels to the files a command will write,
     ``out_dirs`` to the folders it will fill. A clash is an output file that is an input file
     (same resolved path or same file through a hard or symbolic link), two outputs that are the
-    same file, or an output folder that holds an input file or lies inside an input folder.
+    same file, an existing file inside an input folder, or an output folder that holds an input file or
+    lies inside an input folder.
     """
     ins: list[tuple[str, Path]] = []
     for label, value in inputs.items():
@@ -228,6 +229,9 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
                 how = "" if out.absolute() == inp.absolute() else " (through a link)"
                 raise CloExportError(f"{label} '{out}' is the input {in_label} '{inp}'{how}; writing it would destroy "
                                      "the input: choose another output path")
+            if inp.is_dir() and out.is_file() and _inside(out, inp):
+                raise CloExportError(f"{label} '{out}' is a file inside the input {in_label} '{inp}'; writing it would "
+                                     "destroy an input: choose another output path")
     for i, (label, out) in enumerate(outs):
         for other_label, other in outs[i + 1:]:
             if _same(out, other):

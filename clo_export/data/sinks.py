@@ -129,6 +129,11 @@ class VideoSink(Sink):
         self.created = make_folder(self.path.parent, "--save folder")
         quiet_opencv()
         self.tmp = temp_name(self.path)
+        try:  # OpenCV only says "cannot open": find out here whether the folder takes files at all
+            self.tmp.touch()
+        except OSError as e:
+            remove_dirs(self.created)
+            raise write_error(self.path, e) from e
         self.size = (int(size[0]), int(size[1]))
         self.fps = float(fps)
         code = fourcc if self.path.suffix.lower() != ".avi" else "MJPG"
@@ -136,7 +141,10 @@ class VideoSink(Sink):
         if not self.writer.isOpened():
             self.writer.release()
             self.tmp.unlink(missing_ok=True)
+            free = free_bytes(self.path.parent)
             remove_dirs(self.created)
+            if free is not None and free < FULL_BYTES:
+                raise CloExportError(f"cannot write '{self.path}': No space left on device; free some space or write elsewhere")
             raise CloExportError(f"OpenCV cannot write '{self.path}' with codec {code}; try another suffix (.avi) "
                                  "or an OpenCV build with FFmpeg")
         self.frames = 0
@@ -164,8 +172,8 @@ class VideoSink(Sink):
             return
         problem = video_problem(self.tmp)
         if problem is not None:
-            self.abort()
             free = free_bytes(self.path.parent)
+            self.abort()
             cause = "No space left on device" if free is not None and free < FULL_BYTES else "the writer could not finish it"
             raise CloExportError(f"cannot write '{self.path}': {cause} ({problem}); nothing was written: "
                                  "free some space or write elsewhere")
