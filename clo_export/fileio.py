@@ -199,7 +199,17 @@ def check_output_path(label: str, path: PathLike) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise CloExportError(f"{label} '{path}': '{parent}' is a file, not a folder; choose another path")
+            if not os.access(parent, os.W_OK | os.X_OK):  # read-only filesystem or no permission: say so before any work
+                cause = "Read-only file system" if _read_only(parent) else "Permission denied"
+                raise CloExportError(f"cannot write '{path}': {cause}; write elsewhere")
             break
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]],

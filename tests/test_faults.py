@@ -178,8 +178,22 @@ def test_the_sidecar_beside_a_checkpoint_is_never_clobbered(ws):
     assert (ws / "m.json").read_text() == '{"history": "mine"}\n'
     side = json.loads((ws / "out.onnx.json").read_text())
     assert side["clo_export_version"] and side["onnx"] == "out.onnx"
-    again = export("onnx", "m.pt", "--imgsz", "128", "-o", "out.onnx", "--no-check", "--simplifier", "none")
-    assert again.exit_code == 0, again.output  # its own sidecar is replaced
+    FAULTS["clash"] += 1
+
+
+def test_a_sidecar_replaces_only_its_own_kind(tmp_path):
+    from clo_export.fileio import write_sidecar
+
+    side = tmp_path / "best.onnx.json"
+    write_sidecar(side, {"a": 1})
+    write_sidecar(side, {"a": 2})  # ours: replaced
+    assert json.loads(side.read_text())["a"] == 2
+    side.write_text("[1, 2]\n")
+    with pytest.raises(CloExportError, match="was not written by clo-export"):
+        write_sidecar(side, {"a": 3})
+    assert side.read_text() == "[1, 2]\n"
+    write_sidecar(side, {"a": 4}, named_by_user=True)  # --json PATH named on the command line
+    assert json.loads(side.read_text())["a"] == 4
     FAULTS["clash"] += 1
 
 
@@ -404,8 +418,7 @@ def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
     before = snapshot(ws)
     proc, lines = start([str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4",
                          "--json", "out.jsonl"], ws)
-    wait_for(lambda: any(".part" in p.name for p in ws.iterdir()))
-    time.sleep(0.3)
+    wait_for(lambda: any(".part" in p.name and p.stat().st_size > 20_000 for p in ws.iterdir()))  # frames are flowing
     proc.send_signal(sig)
     assert proc.wait(60) == 130, "".join(lines)
     time.sleep(0.1)
@@ -426,7 +439,7 @@ def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_export_leaves_nothing(ws, sig):
     before = snapshot(ws)
-    proc, lines = start([str(cli_path("clo-export")), "onnx", "m.pt", "--imgsz", "640", "-o", "sig.onnx"], ws)
+    proc, lines = start([str(cli_path("clo-export")), "onnx", "m.pt", "--imgsz", "384", "-o", "sig.onnx"], ws)
     wait_for(lambda: any("loaded m.pt" in line for line in lines))
     time.sleep(0.2)
     proc.send_signal(sig)
