@@ -46,7 +46,7 @@ from tests.test_infer_fixtures import artifacts, make_images, make_video
 
 runner = CliRunner()
 FAULTS = collections.Counter()
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 BIN = Path(sys.executable).parent
 
 
@@ -274,6 +274,8 @@ BAD_INPUTS = [
     (export, ["onnx", "m.pt", "--cfg", "c.yaml"], "nc must be a positive integer", cfg_file("c.yaml", nc="three")),
     (export, ["onnx", "m.pt", "--cfg", "c.yaml"], "width_multiple", cfg_file("c.yaml", width_multiple=0)),
     (export, ["onnx", "m.pt", "--imgsz", "12800"], "of memory is available", None),
+    (export, ["info", "m.pt", "--imgsz", "12800"], "of memory is available", None),
+    (infer, ["v.mp4", "-m", "m.pt", "--imgsz", "12800"], "of memory is available", None),
     (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "f/x.onnx"], "is a file, not a folder", a_file("f")),
     (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "d"], "is a folder", a_dir("d")),
     (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--json", "f/r.json"], "is a file, not a folder", a_file("f")),
