@@ -46,11 +46,11 @@ def onnx(
     existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
     output = output or default_output(weights, opts)
     check_artifact({"WEIGHTS": weights, "--cfg": cfg, "--plugin": plugin or [], "--source": local_inputs(source) if source else None}, output)
-    sizes = (batch, 3) if dynamic_batch and batch != 3 else (batch,)
-    inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None  # unreadable --source: before loading
     loaded = load(weights, cfg, tuple(plugin or ()))
     loaded.model.check_imgsz(opts.imgsz)
-    check_memory(loaded.model, opts.imgsz, batch)
+    check_memory(loaded.model, opts.imgsz, batch)  # before the parity frames of that size are made
+    sizes = (batch, 3) if dynamic_batch and batch != 3 else (batch,)
+    inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
     with console.status("exporting…"):
         result = export_onnx(loaded, output, opts, inputs)
     s = result.simplify
