@@ -23,8 +23,9 @@ from clo_export.calib.rules import require_trt_qdq
 from clo_export.calib.sources import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
-from clo_export.export.metadata import PREFIX, ModelMeta, read_metadata, sidecar_path, write_metadata
-from clo_export.fileio import atomic_path, sha256_file, write_text_atomic
+from clo_export.export.metadata import PREFIX, ModelMeta, load_onnx, read_metadata, sidecar_path, write_metadata
+from clo_export.fileio import atomic_path, sha256_file, write_sidecar, write_text_atomic
+from clo_export.validate import check_quantize_outputs
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,10 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
         raise CloExportError(f"model '{onnx_path}' does not exist; export one with clo-export onnx")
     out = Path(out) if out else default_output(onnx_path)
     cache_path = Path(opts.cache) if opts.cache else out.with_name(out.stem + ".calib.json")
+    check_quantize_outputs(onnx_path, sources, out, cache_path)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    model = onnx.load(str(onnx_path))
+    model = load_onnx(onnx_path)
     meta = read_metadata(model)
     check_input(model, meta, onnx_path)
     input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
@@ -169,7 +171,7 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
              "qdq": {"activation_tensors": len(activation_tensors(targets)), "weights": sum(t.weight for t in targets),
                      "float_attention_nodes": sorted(attn) if opts.keep_attention_fp else []},
              "accuracy": {"file": accuracy_path.name, "agreement_f1": report.score, "map50_vs_fp32": report.map50}}
-    write_text_atomic(side, json.dumps(facts, indent=2) + "\n")
+    write_sidecar(side, facts)
     return QuantizeResult(out, side, accuracy_path, cache_path, report, split, lookup,
                           len(activation_tensors(targets)), sum(t.weight for t in targets),
                           sorted(attn) if opts.keep_attention_fp else [], seconds)

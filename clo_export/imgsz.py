@@ -58,3 +58,61 @@ def window_error(layer: int, name: str, map_hw: tuple[int, int], window: int, in
             f"multiples of {multiple}: use --imgsz {size_hint(img, multiple)}"
         )
     return CloExportError(msg)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+EXPORT_FACTOR = 4  # tracing, the simplifier and the parity session each hold the activations again
+
+
+def activation_bytes(model, imgsz: tuple[int, int], batch: int = 1) -> int:
+    """Estimated bytes of every module output in one forward pass at ``imgsz``.
+
+    Measured with a forward pass at the model's smallest valid size and scaled by the pixel
+    count, so nothing of the requested size is allocated.
+    """
+    import torch
+
+    side = int(model.size_multiple()) if hasattr(model, "size_multiple") else 64
+    total = [0]
+
+    def add(value) -> None:
+        if torch.is_tensor(value):
+            total[0] += value.numel() * value.element_size()
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                add(v)
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out: add(out)) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, side, side, dtype=next(model.parameters()).dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total[0] * (imgsz[0] * imgsz[1]) / (side * side) * batch)
+
+
+def check_memory(model, imgsz: tuple[int, int], batch: int = 1, factor: int = EXPORT_FACTOR) -> None:
+    """Refuse an input size whose activations cannot fit in this machine's memory, before allocating them."""
+    need = activation_bytes(model, imgsz, batch) * factor
+    free = available_memory()
+    if free is not None and need > free:
+        raise CloExportError(
+            f"--imgsz {imgsz[0]},{imgsz[1]} (batch {batch}) needs about {need / 2**30:.1f} GiB for exporting, but only "
+            f"{free / 2**30:.1f} GiB of memory is available; use a smaller --imgsz (640 is YOLOv5's default) or --batch")

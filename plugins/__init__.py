@@ -31,6 +31,8 @@ def load_plugin_file(path: str | Path) -> None:
     path = Path(path).resolve()
     if str(path) in _loaded:
         return
+    if not path.exists():
+        raise CloExportError(f"plugin '{path}' does not exist; pass --plugin path/to/my_block.py")
     if not path.is_file() or path.suffix != ".py":
         raise CloExportError(f"plugin '{path}' is not a .py file; pass --plugin path/to/my_block.py")
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]

@@ -52,7 +52,7 @@ def small_onnx() -> Path:
     atexit.register(shutil.rmtree, root, True)
     save_yolov5(model, root / "small.pt")
     export_onnx(load(root / "small.pt"), root / "small.onnx", ExportOptions(imgsz=IMGSZ, simplifier="onnxsim"))
-    write_images(root / "calib", 24)
+    write_images(root / "calib", 32)
     return root / "small.onnx"
 
 
@@ -149,7 +149,7 @@ def test_bad_inputs_are_refused(model_dir):
         quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions(method="kl"))
     with pytest.raises(CloExportError, match="does not exist"):
         quantize(model_dir / "missing.onnx", model_dir / "calib", opts=OPTS)
-    with pytest.raises(CloExportError, match="found 0 usable"):
+    with pytest.raises(CloExportError, match="could be read"):
         (model_dir / "junk").mkdir()
         (model_dir / "junk" / "a.jpg").write_bytes(b"junk")
         quantize(model_dir / "small.onnx", model_dir / "junk", opts=OPTS)

@@ -151,7 +151,7 @@ def test_cli_export_prints_parity_and_replaces_output_only_on_success(small_ckpt
     result = runner.invoke(app, ["onnx", str(small_ckpt), "--imgsz", "256", "-o", str(out), "--source", str(tmp_path / "frame.jpg")])
     assert result.exit_code == 0, result.output
     assert "output0.boxes" in result.output and "parity: within tolerance" in result.output
-    assert "onnxsim" in result.output and out.is_file() and (tmp_path / "best.json").is_file()
+    assert "onnxsim" in result.output and out.is_file() and (tmp_path / "best.onnx.json").is_file()
     before = out.read_bytes()
     result = runner.invoke(app, ["onnx", str(small_ckpt), "--imgsz", "500", "-o", str(out)])
     assert result.exit_code == 1 and out.read_bytes() == before

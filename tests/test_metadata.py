@@ -83,5 +83,5 @@ def test_missing_metadata():
 
 
 def test_sidecar_path():
-    assert sidecar_path("runs/best.onnx") == Path("runs/best.json")
-    assert sidecar_path(Path("best.fp16.onnx")) == Path("best.fp16.json")
+    assert sidecar_path("runs/best.onnx") == Path("runs/best.onnx.json")
+    assert sidecar_path(Path("best.fp16.onnx")) == Path("best.fp16.onnx.json")

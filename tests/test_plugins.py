@@ -78,8 +78,11 @@ def test_broken_plugin_file_is_a_clear_error(tmp_path):
     bad.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(CloExportError, match=r"plugin '.*bad.py' failed to import: RuntimeError: boom"):
         load_plugin_file(bad)
-    with pytest.raises(CloExportError, match="is not a .py file"):
+    with pytest.raises(CloExportError, match="missing.py' does not exist"):
         load_plugin_file(tmp_path / "missing.py")
+    (tmp_path / "block.txt").write_text("x = 1\n")
+    with pytest.raises(CloExportError, match="is not a .py file"):
+        load_plugin_file(tmp_path / "block.txt")
 
 
 def test_entry_point_plugin_is_discovered(tmp_path):

@@ -195,11 +195,13 @@ def _load_torch(path: Path, device: str | None, imgsz: tuple[int, int] | None) -
 
     lazy_import("torch")  # a runtime-only install gets the install hint, not an ImportError
     from clo_export.backends.pytorch import TorchRunner
+    from clo_export.imgsz import check_memory
     from clo_export.models.checkpoint import load
 
     loaded = load(path)
     size = tuple(imgsz or loaded.imgsz_hint or (640, 640))
     loaded.model.check_imgsz(size)
+    check_memory(loaded.model, size, 1, factor=2)  # an --imgsz that cannot fit: refused before a frame is allocated
     info = ModelInfo(str(path), "pytorch", dict(loaded.names), size, loaded.model.max_stride, "fp32")
     return TorchRunner(loaded.model, device, fuse=True), info
 

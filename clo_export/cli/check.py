@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -50,9 +49,12 @@ def check(
     from clo_export.backends.base import load_runner
     from clo_export.data.stream import open_source
     from clo_export.pipeline import Checker, InferOptions, Pipeline
+    from clo_export.validate import check_check_options
 
     opts = InferOptions(conf=conf, iou=iou, check_every=1)
     opts.validate()
+    out = json_out or model.with_name(model.name + ".check.json")
+    check_check_options(model, weights, source, limit, frames, min_f1, out, json_out is not None, report)
     runner, info = load_runner(model, device)
     src = open_source(source, limit)
     reference = load_reference(weights, info.names)
@@ -64,13 +66,12 @@ def check(
     if rep is None:
         raise CloExportError(f"no frame of '{source}' could be compared; pass images or a video")
     console.print(comparison_table(rep, f"{model.name} ({info.backend}) vs {weights.name} (PyTorch)"))
-    out = json_out or model.with_name(model.name + ".check.json")
-    from clo_export.fileio import write_text_atomic
+    from clo_export.fileio import write_sidecar
 
     payload = {"model": str(model), "weights": str(weights), "source": source, "backend": info.backend,
                "frames": result.frames, "skipped": result.skipped, "conf": conf, "iou": iou,
                "report": rep.to_dict(), "frame_f1": [round(f, 5) for f in checker.frame_f1s()]}
-    write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+    write_sidecar(out, payload, named_by_user=json_out is not None)
     console.print(f"JSON report: {out}")
     if report is not None:
         from clo_export.report_html import write_html_report

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typing_extensions import Annotated
 
@@ -46,8 +49,33 @@ def setup(debug: bool = False, verbose: bool = False) -> None:
     root.propagate = False
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM behaves like Ctrl-C: the same clean-up runs (temporary files removed, videos closed)."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Route SIGTERM to KeyboardInterrupt while a command runs (main thread only)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one red error line; the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(code)
+
+
 def guarded(fn: F) -> F:
-    """Turn CloExportError into one red line and exit 1 (a traceback only with --debug)."""
+    """Turn CloExportError (and OS errors, memory errors, Ctrl-C/SIGTERM) into one red line (a traceback only with --debug)."""
     if sys.version_info < (3, 10):  # Typer reads Annotated options from evaluated annotations only
         from typing_extensions import get_type_hints
 
@@ -56,14 +84,27 @@ def guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except CloExportError as e:
             if _state["debug"]:
                 raise
-            from rich.markup import escape
+            raise fail(escape(str(e))) from None
+        except OSError as e:
+            if _state["debug"]:
+                raise
+            from clo_export.fileio import os_error_text
 
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            where = f"'{e.filename}': " if e.filename else ""
+            raise fail(escape(f"{where}{os_error_text(e)}")) from None
+        except MemoryError:
+            if _state["debug"]:
+                raise
+            raise fail("out of memory; use a smaller --imgsz or --batch, or a machine with more memory") from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            raise fail("interrupted; no partial output was left", 130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -56,10 +56,12 @@ def demo(
     from clo_export.export.parity import parity_batches
     from clo_export.fileio import write_text_atomic
     from clo_export.models.checkpoint import load
+    from clo_export.validate import check_demo_options
 
-    n_frames = frames or (45 if quick else 300)
-    n_calib = calib or (24 if quick else 256)
-    holdout = 8 if quick else 32
+    check_demo_options(out, frames, calib, check_every)
+    n_frames = frames if frames is not None else (45 if quick else 300)
+    n_calib = calib if calib is not None else (24 if quick else 256)
+    holdout = 16 if quick else 32
     if not BUNDLED_MODEL.is_file():
         raise CloExportError(f"the bundled demo model {BUNDLED_MODEL} is missing; make it with python tools/make_demo_model.py")
     t0 = time.perf_counter()
@@ -79,7 +81,7 @@ def demo(
     console.print(comparison_table(exported.parity, "ONNX Runtime vs PyTorch"))
 
     console.rule("3/5 clo-export quantize")
-    qopts = QuantizeOptions(num=n_calib, holdout=holdout, min_images=min(16, n_calib))
+    qopts = QuantizeOptions(num=n_calib, holdout=holdout)
     quantized = quantize(onnx_path, calib_dir, out / "demo-shapes.int8.onnx", qopts)
     console.print(accuracy_table(quantized.report))
 

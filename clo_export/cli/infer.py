@@ -135,8 +135,10 @@ def infer(
     from clo_export.data.stream import open_source
     from clo_export.pipeline import InferOptions
 
-    if check is not None and not check.is_file():
-        raise CloExportError(f"--check '{check}' does not exist; pass the best.pt the model was exported from")
+    from clo_export.validate import check_infer_options
+
+    check_infer_options(source, model, check, save, save_dir, json_path, limit=limit, threads=threads, workers=workers,
+                        batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou, check_f1=check_f1)
     size = None
     if imgsz is not None:
         from clo_export.imgsz import parse_imgsz

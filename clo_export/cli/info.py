@@ -22,7 +22,7 @@ def info(
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="List every layer.")] = True,
 ) -> None:
     """Summarise a model: layers, parameters, GFLOPs, strides, classes."""
-    from clo_export.imgsz import parse_imgsz
+    from clo_export.imgsz import check_memory, parse_imgsz
     from clo_export.models.summary import build_or_load, summarize
 
     if weights is None and cfg is None:
@@ -31,6 +31,7 @@ def info(
     model, title = build_or_load(weights, cfg, tuple(plugin or ()))
     if fuse:
         model.fuse()
+    check_memory(model, size, 1, factor=1)  # the summary runs a forward pass at --imgsz
     s = summarize(model, size)
     if layers:
         table = Table(title=title, title_justify="left")

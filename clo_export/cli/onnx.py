@@ -33,15 +33,22 @@ def onnx(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT)] = True,
 ) -> None:
     """Export a checkpoint to static-shape ONNX and check it against PyTorch."""
-    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.export.exporter import ExportOptions, default_output, export_onnx
     from clo_export.export.parity import parity_batches
-    from clo_export.imgsz import parse_imgsz
+    from clo_export.fileio import check_artifact
+    from clo_export.imgsz import check_memory, parse_imgsz
+    from clo_export.validate import existing_file, existing_sources, local_inputs
     from clo_export.models.checkpoint import load
 
     opts = ExportOptions(parse_imgsz(imgsz), batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
     opts.validate()
+    existing_file("WEIGHTS", weights, "pass the path to your best.pt")
+    existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
+    output = output or default_output(weights, opts)
+    check_artifact({"WEIGHTS": weights, "--cfg": cfg, "--plugin": plugin or [], "--source": local_inputs(source) if source else None}, output)
     loaded = load(weights, cfg, tuple(plugin or ()))
     loaded.model.check_imgsz(opts.imgsz)
+    check_memory(loaded.model, opts.imgsz, batch)  # before the parity frames of that size are made
     sizes = (batch, 3) if dynamic_batch and batch != 3 else (batch,)
     inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
     with console.status("exporting…"):

@@ -59,6 +59,9 @@ def quantize(
     """Quantize an FP32 ONNX to explicit INT8 (Q/DQ) for TensorRT and report its agreement with FP32."""
     from clo_export.calib.quantize import QuantizeOptions
     from clo_export.calib.quantize import quantize as run_quantize
+    from clo_export.validate import check_quantize_options
+
+    check_quantize_options(model, calib, num, holdout, seed)
 
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise CloExportError(f"--min-agreement {min_agreement} must lie in [0, 1]")

@@ -17,6 +17,9 @@ import numpy as np
 
 from clo_export.data.stream import Frame
 from clo_export.errors import CloExportError
+from clo_export.fileio import make_dirs, remove_dirs, write_bytes_atomic, write_error
+
+FULL_BYTES = 1 << 20  # a target with less free space than this is full: stop before writing a broken file
 
 # YOLOv5's Colors palette (hex), indexed by class id
 PALETTE = ("FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334", "00D4BB",
@@ -55,6 +58,47 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.part{os.getpid()}{path.suffix}")
 
 
+def make_folder(path: Path, label: str) -> list:
+    """mkdir -p with a one-line error (a file in the way, read-only filesystem, no permission); the folders made."""
+    if path.exists() and not path.is_dir():
+        raise CloExportError(f"{label} '{path}' is not a folder; choose another path")
+    try:
+        return make_dirs(path)
+    except OSError as e:
+        raise write_error(path, e) from e
+
+
+def quiet_opencv() -> None:
+    """Silence OpenCV's own write warnings: sinks check the results and report failures in one line."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # an OpenCV build without the logging module
+        pass
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use in ``folder``'s filesystem (None when unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def video_problem(path: Path) -> str | None:
+    """Why the finished file at ``path`` is not a playable video (None when OpenCV reads a frame of it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return "the file is empty"
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return "OpenCV cannot open the result (no index/moov atom)"
+        ok, _ = cap.read()
+        return None if ok else "the result holds no readable frame"
+    finally:
+        cap.release()
+
+
 class Sink:
     """Receives every frame with its detections; ``close()`` finishes, ``abort()`` discards."""
 
@@ -80,8 +124,16 @@ class VideoSink(Sink):
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".avi", ".mkv", ".mov"):
             raise CloExportError(f"--save {self.path} must end in .mp4 (or .avi/.mkv/.mov)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise CloExportError(f"--save '{self.path}' is a folder; give a file name such as out.mp4")
+        self.created = make_folder(self.path.parent, "--save folder")
+        quiet_opencv()
         self.tmp = temp_name(self.path)
+        try:  # OpenCV only says "cannot open": find out here whether the folder takes files at all
+            self.tmp.touch()
+        except OSError as e:
+            remove_dirs(self.created)
+            raise write_error(self.path, e) from e
         self.size = (int(size[0]), int(size[1]))
         self.fps = float(fps)
         code = fourcc if self.path.suffix.lower() != ".avi" else "MJPG"
@@ -89,6 +141,10 @@ class VideoSink(Sink):
         if not self.writer.isOpened():
             self.writer.release()
             self.tmp.unlink(missing_ok=True)
+            free = free_bytes(self.path.parent)
+            remove_dirs(self.created)
+            if free is not None and free < FULL_BYTES:
+                raise CloExportError(f"cannot write '{self.path}': No space left on device; free some space or write elsewhere")
             raise CloExportError(f"OpenCV cannot write '{self.path}' with codec {code}; try another suffix (.avi) "
                                  "or an OpenCV build with FFmpeg")
         self.frames = 0
@@ -100,23 +156,39 @@ class VideoSink(Sink):
             img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(img)
         self.frames += 1
+        if self.frames % 32 == 0:  # OpenCV does not report write errors: watch the space instead
+            free = free_bytes(self.path.parent)
+            if free is not None and free < FULL_BYTES:
+                self.abort()
+                raise CloExportError(f"cannot write '{self.path}': No space left on device; free some space or write elsewhere")
 
     def close(self) -> None:
         if self.writer is None:
             return
         self.writer.release()
         self.writer = None
-        if self.frames:
+        if not self.frames:
+            self.abort()
+            return
+        problem = video_problem(self.tmp)
+        if problem is not None:
+            free = free_bytes(self.path.parent)
+            self.abort()
+            cause = "No space left on device" if free is not None and free < FULL_BYTES else "the writer could not finish it"
+            raise CloExportError(f"cannot write '{self.path}': {cause} ({problem}); nothing was written: "
+                                 "free some space or write elsewhere")
+        try:
             os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-            self.outputs = []
+        except OSError as e:
+            self.abort()
+            raise write_error(self.path, e) from e
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.release()
             self.writer = None
         self.tmp.unlink(missing_ok=True)
+        remove_dirs(self.created)
         self.outputs = []
 
 
@@ -127,7 +199,7 @@ class ImageDirSink(Sink):
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.created = make_folder(self.dir, "--save-dir")
         self.outputs = []
         self._used: set[str] = set()
 
@@ -139,12 +211,14 @@ class ImageDirSink(Sink):
             name = f"{Path(name).stem}_{frame.index}{Path(name).suffix}"
         self._used.add(name)
         out = self.dir / name
-        tmp = temp_name(out)
-        if not cv2.imwrite(str(tmp), frame.image if annotated is None else annotated):
-            tmp.unlink(missing_ok=True)
-            raise CloExportError(f"cannot write image '{out}'; check the folder is writable")
-        os.replace(tmp, out)
+        ok, data = cv2.imencode(out.suffix.lower(), frame.image if annotated is None else annotated)
+        if not ok:
+            raise CloExportError(f"cannot encode image '{out}' as {out.suffix}; OpenCV lacks that codec")
+        write_bytes_atomic(out, data.tobytes())  # a full disk or read-only folder: one error, no partial file
         self.outputs.append(out)
+
+    def abort(self) -> None:
+        remove_dirs(self.created)  # only folders this run made and left empty
 
 
 def detection_records(dets: np.ndarray, names: dict[int, str]) -> list[dict]:
@@ -160,30 +234,50 @@ class JsonlSink(Sink):
 
     def __init__(self, path: str | Path, names: dict[int, str]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise CloExportError(f"--json '{self.path}' is a folder; give a file name such as out.jsonl")
+        self.created = make_folder(self.path.parent, "--json folder")
         self.tmp = temp_name(self.path)
         self.names = names
-        self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed by close/abort)
+        try:
+            self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed by close/abort)
+        except OSError as e:
+            remove_dirs(self.created)
+            raise write_error(self.path, e) from e
         self.outputs = [self.path]
 
     def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
         record = {"frame": frame.index, "timestamp": None if frame.timestamp is None else round(frame.timestamp, 6),
                   "source": frame.path, "width": frame.size[0], "height": frame.size[1],
                   "detections": detection_records(dets, self.names)}
-        self.file.write(json.dumps(record) + "\n")
+        try:
+            self.file.write(json.dumps(record) + "\n")
+        except OSError as e:
+            self.abort()
+            raise write_error(self.path, e) from e
 
     def close(self) -> None:
         if self.file is None:
             return
-        self.file.close()
-        self.file = None
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise write_error(self.path, e) from e
 
     def abort(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # the buffered tail cannot be flushed (full disk): the file is discarded anyway
+                pass
             self.file = None
         self.tmp.unlink(missing_ok=True)
+        remove_dirs(self.created)
         self.outputs = []
 
 

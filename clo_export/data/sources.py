@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import cv2
 import numpy as np
 
 from clo_export.errors import CloExportError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
@@ -59,20 +62,33 @@ def video_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:
 
 
 def read_images(source: str | Path, limit: int | None = None) -> Iterator[np.ndarray]:
-    """BGR uint8 frames from every image and video in ``source``; unreadable images are skipped."""
-    n = 0
-    for path in media_files(source):
-        if limit is not None and n >= limit:
-            return
-        if is_video(path):
-            for frame in video_frames(path, None if limit is None else limit - n):
-                n += 1
-                yield frame
-            continue
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is not None:
+    """BGR uint8 frames from every image and video in ``source``.
+
+    Unreadable images are skipped and counted: a warning gives the counts, and a source where
+    nothing at all is readable is an error (never a silent fallback).
+    """
+    n, bad = 0, []
+    try:
+        for path in media_files(source):
+            if limit is not None and n >= limit:
+                return
+            if is_video(path):
+                for frame in video_frames(path, None if limit is None else limit - n):
+                    n += 1
+                    yield frame
+                continue
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is None:
+                bad.append(path)
+                continue
             n += 1
             yield img
+        if n == 0:
+            raise CloExportError(f"none of the {len(bad)} file(s) in '{source}' could be read as an image or video "
+                                 f"(e.g. {bad[0].name if bad else '?'}); check the files (jpg, png, bmp, tif, webp, mp4)")
+    finally:
+        if bad and n:
+            log.warning("%s: %d unreadable file(s) skipped (e.g. %s); %d image(s) read", source, len(bad), bad[0].name, n)
 
 
 def frame_count(path: Path) -> int:

@@ -28,7 +28,7 @@ from clo_export.engine.preflight import Problem, check_onnx, dla_gpu_nodes
 from clo_export.engine.sidecar import EngineSidecar
 from clo_export.engine.source import OnnxFacts, default_engine_path, load_onnx, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.errors import CloExportError
-from clo_export.fileio import atomic_path
+from clo_export.fileio import atomic_path, check_artifact
 from clo_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def build_engine(
     out = Path(output) if output else default_engine_path(path, plan.precision)
     if out.resolve() == path.resolve():
         raise CloExportError(f"the engine path {out} would overwrite the ONNX; pick another output path")
+    check_artifact({"MODEL": path, "--calib": list(calib), "--timing-cache": request.timing_cache}, out)
     stage = progress or (lambda _name: None)
     stage("prepare")
     source = _source_onnx(plan, path, facts, calib, num)

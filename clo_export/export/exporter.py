@@ -7,7 +7,6 @@ the file and its sidecar JSON appear atomically.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 import warnings
@@ -27,7 +26,7 @@ from clo_export.export.mode import export_model
 from clo_export.export.nms_graph import append_nms
 from clo_export.export.parity import check_parity
 from clo_export.export.simplify import SIMPLIFIERS, SimplifyResult, simplify
-from clo_export.fileio import atomic_path, write_text_atomic
+from clo_export.fileio import atomic_path, write_sidecar
 from clo_export.models.checkpoint import LoadedModel
 from clo_export.models.yolo import DetectionModel
 
@@ -169,5 +168,5 @@ def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOption
     side = sidecar_path(out)
     facts = {**meta.to_dict(), "onnx": out.name, "source": loaded.path.name, "export_seconds": round(seconds, 2),
              "parity": parity.to_dict() if parity else None}
-    write_text_atomic(side, json.dumps(facts, indent=2) + "\n")
+    write_sidecar(side, facts)
     return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity)

@@ -19,6 +19,7 @@ import onnx
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
+from clo_export.fileio import sidecar_path as fileio_sidecar_path
 
 PREFIX = "clo_export."
 
@@ -59,8 +60,8 @@ class ModelMeta:
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """The sidecar JSON beside a model: best.onnx -> best.json."""
-    return Path(onnx_path).with_suffix(".json")
+    """The sidecar JSON beside a model: best.onnx -> best.onnx.json (the engine's rule; see clo_export.fileio)."""
+    return fileio_sidecar_path(onnx_path)
 
 
 def _opset(model: onnx.ModelProto) -> int | None:
@@ -112,7 +113,78 @@ def _parse_names(text: str) -> dict[int, str]:
         value = dict(enumerate(value))
     if not isinstance(value, dict):
         raise CloExportError(f"ONNX metadata 'names' must be a dict or list, got {type(value).__name__}; re-export with clo-export onnx")
+    if not value or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in value):
+        raise CloExportError(f"ONNX metadata 'names' must map class ids 0, 1, … to names ({text[:60]!r}); "
+                             "re-export with clo-export onnx")
     return {int(k): str(v) for k, v in value.items()}
+
+
+def _bad(key: str, value: str, want: str) -> CloExportError:
+    return CloExportError(f"ONNX metadata '{key}' is {value[:60]!r}, not {want}; the file was edited or damaged: "
+                          "re-export it with clo-export onnx")
+
+
+def _number(props: dict[str, str], key: str, kind: type, low: float | None = None, high: float | None = None) -> Any:
+    """A numeric metadata value of ``kind`` within [low, high], None when absent, CloExportError when malformed."""
+    if key not in props:
+        return None
+    text = props[key]
+    try:
+        value = float(text)
+        if kind is int:
+            if value != int(value):
+                raise ValueError(text)
+            value = int(value)
+    except (ValueError, OverflowError):
+        raise _bad(key, text, f"a{'n integer' if kind is int else ' number'}") from None
+    if value != value or (low is not None and value < low) or (high is not None and value > high):
+        raise _bad(key, text, f"a number in [{low}, {high}]")
+    return value
+
+
+def _json(props: dict[str, str], key: str, check: Any, want: str) -> Any:
+    """A JSON metadata value that passes ``check``, None when absent, CloExportError when malformed."""
+    if key not in props:
+        return None
+    try:
+        value = json.loads(props[key])
+    except ValueError:
+        raise _bad(key, props[key], want) from None
+    if not check(value):
+        raise _bad(key, props[key], want)
+    return value
+
+
+def _precision(value: str | None) -> str | None:
+    if value not in (None, "fp32", "fp16", "int8"):
+        raise _bad("precision", value, "fp32, fp16 or int8")
+    return value
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 1 << 15 for x in v)
+
+
+def _is_anchors(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(lv, list) and all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                                                    for a in lv) for lv in v)
+
+
+def load_onnx(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """``onnx.load`` with one-line errors for a missing, truncated or non-ONNX file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CloExportError(f"model '{path}' does not exist{' (it is a folder)' if path.is_dir() else ''}; "
+                             "export one with clo-export onnx")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=load_external_data)
+    except Exception as e:  # DecodeError, RuntimeError, OSError: all mean the same to the user
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CloExportError(f"'{path}' is not a readable ONNX model ({first}); the file is truncated or of another "
+                             "format: export it again with clo-export onnx") from e
+    if not model.graph.node:
+        raise CloExportError(f"'{path}' holds no ONNX graph (empty or another format); export it again with clo-export onnx")
+    return model
 
 
 def read_metadata(model_or_path: onnx.ModelProto | str | os.PathLike) -> ModelMeta:
@@ -120,37 +192,37 @@ def read_metadata(model_or_path: onnx.ModelProto | str | os.PathLike) -> ModelMe
     if isinstance(model_or_path, onnx.ModelProto):
         model = model_or_path
     else:
-        model = onnx.load(os.fspath(model_or_path), load_external_data=False)
+        model = load_onnx(model_or_path, load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if "stride" not in props or "names" not in props:
         raise CloExportError("ONNX model has no YOLOv5 metadata (stride, names); export it with clo-export onnx or YOLOv5's export.py")
     ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
     names = _parse_names(props["names"])
     dims = _input_dims(model)
-
-    def number(key: str, kind: type) -> Any:
-        return kind(ours[key]) if key in ours else None
-
-    if "imgsz" in ours:
-        imgsz = tuple(json.loads(ours["imgsz"]))
-    elif len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+    imgsz = _json(ours, "imgsz", _is_size, "[height, width] of positive integers")
+    if imgsz is not None:
+        imgsz = tuple(imgsz)
+    elif len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]) and min(dims[2].dim_value, dims[3].dim_value) > 0:
         imgsz = (dims[2].dim_value, dims[3].dim_value)
-    else:
-        imgsz = None
-    dynamic = json.loads(ours["dynamic_batch"]) if "dynamic_batch" in ours else bool(dims and not dims[0].HasField("dim_value"))
+    dynamic = _json(ours, "dynamic_batch", lambda v: isinstance(v, bool), "true or false")
+    if dynamic is None:
+        dynamic = bool(dims and not dims[0].HasField("dim_value"))
+    nc = _number(ours, "nc", int, 1, 1 << 20)
+    if nc is not None and nc != len(names):
+        raise _bad("nc", ours["nc"], f"the {len(names)} classes in 'names'")
     return ModelMeta(
-        stride=int(float(props["stride"])),
+        stride=_number(props, "stride", int, 1, 1 << 12),
         names=names,
         imgsz=imgsz,
-        nc=number("nc", int) if "nc" in ours else len(names),
-        anchors=json.loads(ours["anchors"]) if "anchors" in ours else None,
+        nc=len(names) if nc is None else nc,
+        anchors=_json(ours, "anchors", _is_anchors, "a list of anchor lists"),
         source_sha256=ours.get("source_sha256"),
-        opset=number("opset", int) if "opset" in ours else _opset(model),
-        precision=ours.get("precision"),
+        opset=_number(ours, "opset", int, 1, 1000) if "opset" in ours else _opset(model),
+        precision=_precision(ours.get("precision")),
         version=ours.get("version"),
-        nms=json.loads(ours.get("nms", "false")),
-        nms_conf=number("nms_conf", float),
-        nms_iou=number("nms_iou", float),
-        nms_max_det=number("nms_max_det", int),
+        nms=bool(_json(ours, "nms", lambda v: isinstance(v, bool), "true or false")),
+        nms_conf=_number(ours, "nms_conf", float, 0, 1),
+        nms_iou=_number(ours, "nms_iou", float, 0, 1),
+        nms_max_det=_number(ours, "nms_max_det", int, 1, 1 << 20),
         dynamic_batch=bool(dynamic),
     )

@@ -64,7 +64,8 @@ def read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise CloExportError(f"checkpoint '{path}' does not exist; pass the path to your best.pt")
     try:
-        return torch.load(path, map_location="cpu", pickle_module=SafePickleModule, weights_only=False)
+        return torch.load(path, map_location="cpu", pickle_module=SafePickleModule(path.stat().st_size),
+                          weights_only=False)
     except CloExportError:
         raise
     except Exception as e:

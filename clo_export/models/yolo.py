@@ -32,7 +32,9 @@ STRIDE_PROBE = 256
 def load_cfg(cfg: str | Path | dict) -> dict:
     """A model config as a dict: a dict as given, a path, or the name of a bundled config."""
     if isinstance(cfg, dict):
-        return copy.deepcopy(cfg)
+        d = copy.deepcopy(cfg)
+        validate_cfg(d, "(from the checkpoint)")
+        return d
     path = Path(cfg)
     if not path.exists() and (CFG_DIR / path.name).exists():
         path = CFG_DIR / path.name
@@ -45,7 +47,51 @@ def load_cfg(cfg: str | Path | dict) -> dict:
         raise CloExportError(f"model config '{path}' is not valid YAML: {e}") from e
     if not isinstance(d, dict) or "backbone" not in d or "head" not in d:
         raise CloExportError(f"model config '{path}' has no backbone/head lists; is it a YOLOv5 model YAML?")
+    validate_cfg(d, str(path))
     return d
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_cfg(d: dict, where: str) -> None:
+    """Refuse a model dict that YOLOv5's parse_model could not build: one line naming the key and the fix."""
+    def bad(what: str) -> CloExportError:
+        return CloExportError(f"model config {where}: {what}; compare it with YOLOv5's models/yolov5n.yaml")
+
+    for key in ("nc", "anchors", "backbone", "head"):
+        if key not in d:
+            raise bad(f"the '{key}' key is missing")
+    if not isinstance(d["nc"], int) or isinstance(d["nc"], bool) or not 1 <= d["nc"] <= 100000:
+        raise bad(f"nc must be a positive integer, got {d['nc']!r}")
+    anchors = d["anchors"]
+    if isinstance(anchors, int) and not isinstance(anchors, bool):
+        if not 1 <= anchors <= 100:
+            raise bad(f"anchors must be 1…100 per level or a list of [w, h, …] per level, got {anchors}")
+    elif not (isinstance(anchors, list) and anchors and all(
+            isinstance(level, list) and level and len(level) % 2 == 0 and all(_number(a) and a > 0 for a in level)
+            for level in anchors)):
+        raise bad("anchors must be a list of [w0, h0, w1, h1, …] pixel sizes per detection level")
+    for key in ("depth_multiple", "width_multiple"):
+        if key in d and not (_number(d[key]) and 0 < d[key] <= 16):
+            raise bad(f"{key} must be a number in (0, 16], got {d[key]!r}")
+    for part in ("backbone", "head"):
+        rows = d[part]
+        if not isinstance(rows, list) or not rows:
+            raise bad(f"'{part}' must be a non-empty list of [from, number, module, args] rows")
+        for row in rows:
+            if not isinstance(row, (list, tuple)) or len(row) != 4:
+                raise bad(f"{part} row {row!r} is not [from, number, module, args]")
+            f, n, name, args = row
+            if not (isinstance(f, int) or (isinstance(f, list) and f and all(isinstance(x, int) for x in f))):
+                raise bad(f"{part} row {row!r}: 'from' must be a layer index or a list of them")
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1000:
+                raise bad(f"{part} row {row!r}: 'number' must be a repeat count 1…1000")
+            if not isinstance(name, str):
+                raise bad(f"{part} row {row!r}: 'module' must be a block name")
+            if args is not None and not isinstance(args, (list, dict)):
+                raise bad(f"{part} row {row!r}: 'args' must be a list")
 
 
 def resolve_arg(a: Any, nc: int, anchors: Any) -> Any:

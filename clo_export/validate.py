@@ -1,0 +1,122 @@
+"""Option checks every command runs before any work: one-line errors, and 0 never silently means "default"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from clo_export.errors import CloExportError
+
+
+def at_least(option: str, value: Optional[int], minimum: int, why: str = "") -> None:
+    """Refuse ``value`` below ``minimum`` (None means the option was not given and is fine)."""
+    if value is not None and value < minimum:
+        raise CloExportError(f"{option} {value} must be at least {minimum}{'; ' + why if why else ''}")
+
+
+def in_range(option: str, value: Optional[float], low: float, high: float) -> None:
+    """Refuse ``value`` outside [low, high] (None is fine)."""
+    if value is not None and not low <= value <= high:
+        raise CloExportError(f"{option} {value} must lie in [{low:g}, {high:g}]")
+
+
+def existing_file(option: str, path: Optional[Union[str, Path]], hint: str) -> None:
+    """Refuse a path that is not an existing file (None is fine)."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise CloExportError(f"{option} '{p}' does not exist; {hint}")
+    if not p.is_file():
+        raise CloExportError(f"{option} '{p}' is a folder, not a file; {hint}")
+
+
+def existing_sources(option: str, specs: Iterable[Union[str, Path]], hint: str) -> None:
+    """Refuse a local source (file, folder or glob) that names nothing; URLs and webcam indices pass."""
+    import glob
+
+    for spec in specs:
+        text = str(spec)
+        if text.isdigit() or "://" in text:
+            continue
+        if any(c in text for c in "*?["):
+            if not glob.glob(text, recursive=True):
+                raise CloExportError(f"{option} '{text}' matches no file; {hint}")
+        elif not Path(text).exists():
+            raise CloExportError(f"{option} '{text}' does not exist; {hint}")
+
+
+def local_inputs(spec: Union[str, Path]) -> list:
+    """The files and folders a source spec names on this machine, for the output clash check."""
+    import glob
+
+    text = str(spec)
+    if text.isdigit() or "://" in text:
+        return []
+    if any(c in text for c in "*?["):
+        return [Path(p) for p in glob.glob(text, recursive=True)]
+    return [Path(text)]
+
+
+def check_quantize_options(model: Path, calib: list, num: int, holdout: int, seed: int) -> None:
+    """``clo-export quantize``: counts and inputs, before anything is read."""
+    from clo_export.calib.sources import MIN_HOLDOUT
+
+    existing_file("MODEL", model, "export one with clo-export onnx")
+    at_least("--holdout", holdout, MIN_HOLDOUT, "an INT8 accuracy report on fewer held-out images is noise")
+    at_least("--seed", seed, 0)
+    existing_sources("--calib", calib, "pass a folder, a glob, a video or a .txt list of images")
+
+
+def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None:
+    """``quantize``'s outputs (model, sidecar, report, ranges cache) against its inputs, before any work."""
+    from clo_export.fileio import check_artifact, check_sidecar
+
+    specs = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    inputs = {"MODEL": model, "--calib": [p for s in specs for p in local_inputs(s)]}
+    check_artifact(inputs, out, {"--cache": cache, "report": out.with_name(out.stem + ".accuracy.json")})
+    check_sidecar(cache)
+
+
+def check_check_options(model: Path, weights: Path, source: str, limit: int, frames: int, min_f1: Optional[float],
+                        json_out: Path, json_named: bool, report: Optional[Path]) -> None:
+    """``clo-export check``: values, inputs, and the JSON/HTML outputs against the inputs."""
+    from clo_export.fileio import check_outputs, check_sidecar
+
+    at_least("--limit", limit, 1)
+    at_least("--frames", frames, 0)
+    in_range("--min-f1", min_f1, 0, 1)
+    existing_file("MODEL", model, "pass the .onnx or .engine to check")
+    existing_file("--weights", weights, "pass the best.pt the model was exported from")
+    existing_sources("--source", [source], "pass images, a folder, a glob or a video")
+    check_outputs({"MODEL": model, "--weights": weights, "--source": local_inputs(source)},
+                  {"--json": json_out, "--report": report})
+    if not json_named:
+        check_sidecar(json_out)
+
+
+def check_infer_options(source: str, model: Path, check: Optional[Path], save: Optional[Path], save_dir: Optional[Path],
+                        json_path: Optional[Path], **values: Optional[float]) -> None:
+    """``clo-infer``: every number, the model and source, and each output against each input."""
+    from clo_export.fileio import check_outputs
+
+    for name in ("limit", "threads", "workers", "batch", "max_det", "check_every"):
+        at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
+    for name in ("conf", "iou", "check_f1"):
+        in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)
+    existing_file("--model", model, "pass a .pt, .onnx or .engine")
+    existing_file("--check", check, "pass the best.pt the model was exported from")
+    existing_sources("SOURCE", [source], "pass a video, an image, a folder, a glob, a webcam index or a stream URL")
+    check_outputs({"--model": model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
+    check_outputs({"SOURCE": local_inputs(source)}, {}, {"--save-dir": save_dir})  # annotated files take the source's names
+
+
+def check_demo_options(out: Path, frames: Optional[int], calib: Optional[int], check_every: int) -> None:
+    """``clo-export demo``: 0 or negative counts are errors, never the defaults."""
+    from clo_export.calib.sources import MIN_IMAGES
+
+    at_least("--frames", frames, 1)
+    at_least("--calib", calib, MIN_IMAGES, "calibration ranges from fewer images are noise")
+    at_least("--check-every", check_every, 1)
+    if out.exists() and not out.is_dir():
+        raise CloExportError(f"--out '{out}' is a file; give a folder for the demo's outputs")
