@@ -95,7 +95,7 @@ def check_check_options(model: Path, weights: Path, source: str, limit: int, fra
         check_sidecar(json_out)
 
 
-def check_infer_options(source: str, model: Path, check: Optional[Path], save: Optional[Path], save_dir: Optional[Path],
+def check_infer_options(source: str, model: Union[str, Path], check: Optional[Path], save: Optional[Path], save_dir: Optional[Path],
                         json_path: Optional[Path], **values: Optional[float]) -> None:
     """``clo-infer``: every number, the model and source, and each output against each input."""
     from clo_export.fileio import check_outputs
@@ -104,10 +104,11 @@ def check_infer_options(source: str, model: Path, check: Optional[Path], save: O
         at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
     for name in ("conf", "iou", "check_f1"):
         in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)
-    existing_file("--model", model, "pass a .pt, .onnx or .engine")
+    local_model = None if str(model).startswith("triton://") else Path(model)  # a Triton server's model is no file
+    existing_file("--model", local_model, "pass a .pt, .onnx, .engine or triton://host:port/name")
     existing_file("--check", check, "pass the best.pt the model was exported from")
     existing_sources("SOURCE", [source], "pass a video, an image, a folder, a glob, a webcam index or a stream URL")
-    check_outputs({"--model": model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
+    check_outputs({"--model": local_model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
     check_outputs({"SOURCE": local_inputs(source)}, {}, {"--save-dir": save_dir})  # annotated files take the source's names
 
 

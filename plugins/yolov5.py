@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clo_export.errors import CloExportError
 from clo_export.registry import LayerContext, LayerSpec, register_block
 
 
@@ -122,8 +123,14 @@ def parse_detect(ctx: LayerContext) -> LayerSpec:
     """Detect gets ``[nc, anchors, [ch of each input]]``; an int anchors means that many per level."""
     args = list(ctx.args)
     froms = [ctx.f] if isinstance(ctx.f, int) else list(ctx.f)
+    if len(args) < 2:
+        raise CloExportError(f"Detect needs [nc, anchors] as args, got {args!r}")
     if isinstance(args[1], int):
         args[1] = [list(range(args[1] * 2))] * len(froms)
+    if not isinstance(args[1], (list, tuple)) or len(args[1]) != len(froms):
+        raise CloExportError(f"Detect takes {len(froms)} input layers {froms} but the config gives anchors for "
+                             f"{len(args[1]) if isinstance(args[1], (list, tuple)) else args[1]!r} levels; "
+                             "give one [w, h, …] anchor list per input layer")
     args.append([ctx.ch[x] for x in froms])
     return LayerSpec(args, dict(ctx.kwargs), ctx.c1, ctx.n)
 
