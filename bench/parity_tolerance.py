@@ -1,0 +1,162 @@
+"""Measure FP32 ONNX-vs-PyTorch differences on real frames: the evidence behind the FP32 parity rule.
+
+Run: .venv/bin/python bench/parity_tolerance.py [--frames 1000] [--json out.json]
+
+Frames: the demo video (clo_export.demo.shapes, 640x480, seed 4) and still scenes from the
+calibration generator (seed 7), each JPEG-encoded and decoded as a camera stream would deliver it,
+then letterboxed by clo-export's one preprocessing function. Models and exports:
+
+- the bundled demo model at 256, batch 1 and a dynamic batch (fed 8 frames a run);
+- the seed model (nc=80) with randomised BatchNorm at 640, batch 1 and a dynamic batch (fed 4);
+- the seed model exported rectangular, 512x640 (h x w), batch 1.
+
+Each ONNX (clo-export's export, run by ONNX Runtime on CPU) is compared with both PyTorch references
+clo-export uses: the fused export-mode model (`clo-export onnx` parity) and the unfused checkpoint
+model (`clo-export check`, `clo-infer --check`). Per run and reference the table gives the largest
+difference of box centres and sizes (sizes also relative to their value), objectness and class
+scores, the largest share of its FP32 limit (clo_export.compare) any frame used, and how many frames
+fail that limit (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clo_export.backends.onnxrt import OnnxRuntimeRunner  # noqa: E402
+from clo_export.compare import DETECTION_OUTPUT, TOLERANCES, Report, detection_stats  # noqa: E402
+from clo_export.data.preprocess import preprocess_batch  # noqa: E402
+from clo_export.demo.run import BUNDLED_MODEL  # noqa: E402
+from clo_export.demo.shapes import make_dataset, make_video_frames  # noqa: E402
+from clo_export.export.exporter import ExportOptions, export_onnx  # noqa: E402
+from clo_export.models.checkpoint import LoadedModel, load  # noqa: E402
+from clo_export.models.yolo import DEFAULT_CFG, DetectionModel  # noqa: E402
+from clo_export.plugins import load_plugins  # noqa: E402
+
+
+def real_frames(n: int) -> list[np.ndarray]:
+    """``n`` BGR frames: half the demo video, half still scenes, each through a JPEG round trip."""
+    frames = [f.image for f in make_video_frames(4, n // 2, (480, 640))]
+    frames += [img for img, _ in make_dataset(7, n - len(frames), (480, 640))]
+    return [cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR) for f in frames]
+
+
+def seed_model_random_bn(seed: int = 0) -> DetectionModel:
+    """The seed architecture (nc=80) with non-trivial BatchNorm statistics, as the test fixtures make it."""
+    torch.manual_seed(seed)
+    model = DetectionModel(DEFAULT_CFG)
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+STATS = ("box_abs", "xy_abs", "wh_abs", "wh_rel", "obj_abs", "cls_abs", "limit_used")
+
+
+def field_stats(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """Largest differences of one decoded output: boxes (all, centres, sizes, sizes relative), objectness, classes."""
+    d = np.abs(ref.astype(np.float64) - test.astype(np.float64))
+    return {
+        "box_abs": float(d[..., :4].max()),
+        "xy_abs": float(d[..., :2].max()),
+        "wh_abs": float(d[..., 2:4].max()),
+        "wh_rel": float((d[..., 2:4] / np.maximum(np.abs(ref[..., 2:4]), 1.0)).max()),
+        "obj_abs": float(d[..., 4].max()),
+        "cls_abs": float(d[..., 5:].max()),
+    }
+
+
+def limit_used(report: Report) -> float:
+    """The largest fraction of its limit any field of a frame used (1.0 = at the limit)."""
+    tol, used = report.tolerance, []
+    for name, s in report.tensors.items():
+        limit = tol.limit_for(name)
+        if limit:
+            used.append((s.max_excess if tol.rtol_for(name) is not None else s.max_abs) / limit)
+    return max(used, default=0.0)
+
+
+def measure(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tuple[int, int], batch: int,
+            dynamic: bool, tmp: Path) -> dict:
+    """Export, then run every frame through ORT and both PyTorch references; worst-case statistics."""
+    result = export_onnx(loaded, tmp / f"{name}.onnx", ExportOptions(imgsz=imgsz, dynamic_batch=dynamic))
+    x_all = preprocess_batch(frames, imgsz)[0]
+    per_frame = {"fused": {k: [] for k in STATS}, "unfused": {k: [] for k in STATS}}
+    fails = {"fused": 0, "unfused": 0}
+    t0, tol = time.perf_counter(), TOLERANCES["fp32"]
+    with OnnxRuntimeRunner(result.path, providers=["CPUExecutionProvider"]) as ort, torch.no_grad():
+        for k in range(0, len(x_all), batch):
+            x = x_all[k:k + batch]
+            test = ort.infer({"images": x})[DETECTION_OUTPUT]
+            refs = {"fused": result.reference(torch.from_numpy(x)).numpy(), "unfused": loaded.model(torch.from_numpy(x)).numpy()}
+            for which, ref in refs.items():
+                for i in range(len(x)):  # one frame at a time, as a Report is judged per input
+                    for f, v in field_stats(ref[i:i + 1], test[i:i + 1]).items():
+                        per_frame[which][f].append(v)
+                    # the FP32 rule's tensor limits (detection F1 needs NMS per frame: `clo-export check` does that)
+                    report = Report("fp32", tol, tensors=detection_stats(ref[i:i + 1], test[i:i + 1], tol))
+                    fails[which] += not report
+                    per_frame[which]["limit_used"].append(limit_used(report))
+    worst = {w: {f: max(v) for f, v in stats.items()} for w, stats in per_frame.items()}
+    p999 = {w: {f: float(np.quantile(v, 0.999)) for f, v in stats.items()} for w, stats in per_frame.items()}
+    return {"name": name, "imgsz": list(imgsz), "batch": batch, "dynamic_batch": dynamic, "frames": len(x_all),
+            "seconds": round(time.perf_counter() - t0, 1), "worst": worst, "p99.9": p999, "rule_failures": fails,
+            "per_frame": per_frame}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load_plugins()
+    frames = real_frames(args.frames)
+    demo = load(BUNDLED_MODEL)
+    seed = LoadedModel(seed_model_random_bn(), Path("seed-random-bn.pt"), "in memory", "")
+    runs = [("demo-256", demo, (256, 256), 1, False), ("demo-256-dynamic", demo, (256, 256), 8, True),
+            ("seed-640", seed, (640, 640), 1, False), ("seed-640-dynamic", seed, (640, 640), 4, True),
+            ("seed-512x640", seed, (512, 640), 1, False)]
+    console = Console(width=150)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            name, loaded, imgsz, batch, dynamic = run
+            results.append(measure(name, loaded, frames, imgsz, batch, dynamic, Path(tmp)))
+            console.print(f"{run[0]}: {results[-1]['seconds']} s", markup=False)
+    tol = TOLERANCES["fp32"]
+    table = Table(title=f"FP32 ONNX Runtime vs PyTorch: largest difference over {args.frames} real frames per run",
+                  caption=f"FP32 rule: {tol.describe()}", title_justify="left", caption_justify="left")
+    for col in ("run", "reference", "xy px", "wh px", "wh relative", "objectness", "classes", "limit used", "frames failing"):
+        table.add_column(col, justify="left" if col in ("run", "reference") else "right")
+    for r in results:
+        for which in ("fused", "unfused"):
+            w = r["worst"][which]
+            table.add_row(r["name"], which, f"{w['xy_abs']:.2e}", f"{w['wh_abs']:.2e}", f"{w['wh_rel']:.2e}",
+                          f"{w['obj_abs']:.2e}", f"{w['cls_abs']:.2e}", f"{w['limit_used']:.0%}", f"{r['rule_failures'][which]}/{r['frames']}")
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"rule": tol.describe(), "runs": results}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
