@@ -1,6 +1,6 @@
 """Measure FP32 ONNX-vs-PyTorch differences on real frames: the evidence behind the FP32 parity rule.
 
-Run: .venv/bin/python bench/parity_tolerance.py [--frames 1000] [--json out.json]
+Run: .venv/bin/python bench/parity_tolerance.py [--frames 1000] [--seed-frames 1000] [--json out.json]
 
 Frames: the demo video (clo_export.demo.shapes, 640x480, seed 4) and still scenes from the
 calibration generator (seed 7), each JPEG-encoded and decoded as a camera stream would deliver it,
@@ -98,13 +98,12 @@ def measure(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tup
             dynamic: bool, tmp: Path) -> dict:
     """Export, then run every frame through ORT and both PyTorch references; worst-case statistics."""
     result = export_onnx(loaded, tmp / f"{name}.onnx", ExportOptions(imgsz=imgsz, dynamic_batch=dynamic))
-    x_all = preprocess_batch(frames, imgsz)[0]
     per_frame = {"fused": {k: [] for k in STATS}, "unfused": {k: [] for k in STATS}}
     fails = {"fused": 0, "unfused": 0}
     t0, tol = time.perf_counter(), TOLERANCES["fp32"]
     with OnnxRuntimeRunner(result.path, providers=["CPUExecutionProvider"]) as ort, torch.no_grad():
-        for k in range(0, len(x_all), batch):
-            x = x_all[k:k + batch]
+        for k in range(0, len(frames), batch):
+            x = preprocess_batch(frames[k:k + batch], imgsz)[0]
             test = ort.infer({"images": x})[DETECTION_OUTPUT]
             refs = {"fused": result.reference(torch.from_numpy(x)).numpy(), "unfused": loaded.model(torch.from_numpy(x)).numpy()}
             for which, ref in refs.items():
@@ -117,14 +116,15 @@ def measure(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tup
                     per_frame[which]["limit_used"].append(limit_used(report))
     worst = {w: {f: max(v) for f, v in stats.items()} for w, stats in per_frame.items()}
     p999 = {w: {f: float(np.quantile(v, 0.999)) for f, v in stats.items()} for w, stats in per_frame.items()}
-    return {"name": name, "imgsz": list(imgsz), "batch": batch, "dynamic_batch": dynamic, "frames": len(x_all),
+    return {"name": name, "imgsz": list(imgsz), "batch": batch, "dynamic_batch": dynamic, "frames": len(frames),
             "seconds": round(time.perf_counter() - t0, 1), "worst": worst, "p99.9": p999, "rule_failures": fails,
             "per_frame": per_frame}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--frames", type=int, default=1000, help="frames per demo-model run")
+    ap.add_argument("--seed-frames", type=int, default=1000, help="frames per seed-model run (640-size runs cost ~6x more)")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -133,29 +133,30 @@ def main() -> None:
     frames = real_frames(args.frames)
     demo = load(BUNDLED_MODEL)
     seed = LoadedModel(seed_model_random_bn(), Path("seed-random-bn.pt"), "in memory", "")
-    runs = [("demo-256", demo, (256, 256), 1, False), ("demo-256-dynamic", demo, (256, 256), 8, True),
-            ("seed-640", seed, (640, 640), 1, False), ("seed-640-dynamic", seed, (640, 640), 4, True),
-            ("seed-512x640", seed, (512, 640), 1, False)]
+    n_seed = min(args.seed_frames, len(frames))
+    runs = [("demo-256", demo, (256, 256), 1, False, frames), ("demo-256-dynamic", demo, (256, 256), 8, True, frames),
+            ("seed-640", seed, (640, 640), 1, False, frames[:n_seed]), ("seed-512x640", seed, (512, 640), 1, False, frames[-n_seed:]),
+            ("seed-640-dynamic", seed, (640, 640), 4, True, frames[n_seed // 2:][:n_seed])]
     console = Console(width=150)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
-            name, loaded, imgsz, batch, dynamic = run
-            results.append(measure(name, loaded, frames, imgsz, batch, dynamic, Path(tmp)))
-            console.print(f"{run[0]}: {results[-1]['seconds']} s", markup=False)
+            name, loaded, imgsz, batch, dynamic, run_frames = run
+            results.append(measure(name, loaded, run_frames, imgsz, batch, dynamic, Path(tmp)))
+            console.print(f"{name}: {len(run_frames)} frames, {results[-1]['seconds']} s", markup=False)
+            if args.json:  # after every run, so a long measurement keeps what it has
+                args.json.write_text(json.dumps({"rule": TOLERANCES["fp32"].describe(), "runs": results}) + "\n")
     tol = TOLERANCES["fp32"]
-    table = Table(title=f"FP32 ONNX Runtime vs PyTorch: largest difference over {args.frames} real frames per run",
+    table = Table(title="FP32 ONNX Runtime vs PyTorch: largest difference over the real frames of each run",
                   caption=f"FP32 rule: {tol.describe()}", title_justify="left", caption_justify="left")
-    for col in ("run", "reference", "xy px", "wh px", "wh relative", "objectness", "classes", "limit used", "frames failing"):
+    for col in ("run", "frames", "reference", "xy px", "wh px", "wh relative", "objectness", "classes", "limit used", "frames failing"):
         table.add_column(col, justify="left" if col in ("run", "reference") else "right")
     for r in results:
         for which in ("fused", "unfused"):
             w = r["worst"][which]
-            table.add_row(r["name"], which, f"{w['xy_abs']:.2e}", f"{w['wh_abs']:.2e}", f"{w['wh_rel']:.2e}",
+            table.add_row(r["name"], str(r["frames"]), which, f"{w['xy_abs']:.2e}", f"{w['wh_abs']:.2e}", f"{w['wh_rel']:.2e}",
                           f"{w['obj_abs']:.2e}", f"{w['cls_abs']:.2e}", f"{w['limit_used']:.0%}", f"{r['rule_failures'][which]}/{r['frames']}")
     console.print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"rule": tol.describe(), "runs": results}) + "\n")
 
 
 if __name__ == "__main__":

@@ -217,13 +217,43 @@ def attempt_load(weights: str | Path, inplace: bool = True, fuse: bool = True) -
     return model
 
 
-def export_forward(model: nn.Module, im: torch.Tensor) -> torch.Tensor:
+def export_forward(model: nn.Module, im: torch.Tensor, dynamic: bool = False) -> torch.Tensor:
     """export.py's model update and dry runs: Detect in export mode, the (bs, N, 5+nc) output."""
     model.eval()
     for m in model.modules():
         if isinstance(m, YOLO.Detect):
-            m.inplace, m.dynamic, m.export = True, False, True
+            m.inplace, m.dynamic, m.export = True, dynamic, True
     with torch.no_grad():
         for _ in range(2):
             y = model(im)
     return y[0]
+
+
+def export_onnx(weights: str | Path, out: Path, imgsz: tuple[int, int], dynamic: bool = False, simplify: bool = False,
+                half: bool = False, opset: int = 17) -> Path:
+    """export.py's ONNX path: attempt_load, Detect in export mode, dry runs, TorchScript exporter with
+    constant folding and no other simplification (onnxslim with ``simplify``), then stride/names metadata.
+
+    ``half`` casts model and input to FP16 before the export, as export.py --half does (on a GPU there).
+    """
+    import onnx
+
+    model = attempt_load(weights)
+    im = torch.zeros(1, 3, *imgsz)
+    export_forward(model, im, dynamic)
+    if half:
+        im, model = im.half(), model.half()
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}} if dynamic else None
+    torch.onnx.export(model, im, str(out), verbose=False, opset_version=opset, do_constant_folding=True,
+                      input_names=["images"], output_names=["output0"], dynamic_axes=axes, dynamo=False)
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    if simplify:
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    for k, v in {"stride": int(max(model.stride)), "names": model.names}.items():
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = k, str(v)
+    onnx.save(proto, str(out))
+    return out

@@ -102,6 +102,13 @@ def _input_dims(model: onnx.ModelProto) -> list[onnx.TensorShapeProto.Dimension]
     return list(inp.type.tensor_type.shape.dim) if inp is not None else []
 
 
+def _input_precision(model: onnx.ModelProto) -> str | None:
+    """'fp16' for a model whose image input is FP16 (YOLOv5's export.py --half writes no precision), else None."""
+    initializers = {t.name for t in model.graph.initializer}
+    inp = next((i for i in model.graph.input if i.name not in initializers), None)
+    return "fp16" if inp is not None and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else None
+
+
 def _parse_names(text: str) -> dict[int, str]:
     """YOLOv5's names string (a dict, or a list in old exports) as {int: str}, literals only."""
     try:
@@ -146,7 +153,7 @@ def read_metadata(model_or_path: onnx.ModelProto | str | os.PathLike) -> ModelMe
         anchors=json.loads(ours["anchors"]) if "anchors" in ours else None,
         source_sha256=ours.get("source_sha256"),
         opset=number("opset", int) if "opset" in ours else _opset(model),
-        precision=ours.get("precision"),
+        precision=ours.get("precision") or _input_precision(model),
         version=ours.get("version"),
         nms=json.loads(ours.get("nms", "false")),
         nms_conf=number("nms_conf", float),
