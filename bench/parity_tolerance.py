@@ -121,23 +121,56 @@ def measure(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tup
             "per_frame": per_frame}
 
 
+def smallest_caught(demo_model, frames: list[np.ndarray]) -> list[tuple[str, float | None]]:
+    """For each planted defect (tests/test_parity_tolerance.py), the smallest scanned size the FP32 rule fails."""
+    import copy
+
+    from tests.test_parity_tolerance import anchor_off, bn_eps, classes_swapped, grid_offset
+
+    x = preprocess_batch(frames, (256, 256))[0]
+    with torch.no_grad():
+        ref = demo_model(torch.from_numpy(x)).numpy()
+
+    def caught(plant, size) -> bool:
+        with torch.no_grad():
+            test = plant(copy.deepcopy(demo_model), size)(torch.from_numpy(x)).numpy()
+        return not Report("fp32", TOLERANCES["fp32"], tensors=detection_stats(ref, test, TOLERANCES["fp32"]))
+
+    scans = {"grid offset (px)": (grid_offset, [0.002, 0.005, 0.01, 0.02, 0.05]),
+             "anchor off (relative)": (anchor_off, [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2]),
+             "BatchNorm eps (1e-3 becomes)": (bn_eps, [9.9e-4, 9.5e-4, 9e-4, 5e-4, 1e-5])}
+    out = [(name, next((v for v in sizes if caught(plant, v)), None)) for name, (plant, sizes) in scans.items()]
+    swapped = sum(caught(lambda m, ab: classes_swapped(m, *ab), (a, b)) for a in range(5) for b in range(a + 1, 5))
+    out.append(("two classes swapped (pairs caught of 10)", float(swapped)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000, help="frames per demo-model run")
     ap.add_argument("--seed-frames", type=int, default=1000, help="frames per seed-model run (640-size runs cost ~6x more)")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--defects-only", action="store_true", help="only scan the smallest planted defects the rule catches")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_plugins()
     frames = real_frames(args.frames)
     demo = load(BUNDLED_MODEL)
+    console = Console(width=150)
+    defects = Table(title="Smallest planted defect the FP32 rule fails (demo model, 256, 8 real frames)", title_justify="left")
+    defects.add_column("defect")
+    defects.add_column("smallest caught", justify="right")
+    for name, size in smallest_caught(demo.model, frames[:4] + frames[-4:]):
+        defects.add_row(name, "not caught" if size is None else f"{size:g}")
+    console.print(defects)
+    if args.defects_only:
+        return
     seed = LoadedModel(seed_model_random_bn(), Path("seed-random-bn.pt"), "in memory", "")
     n_seed = min(args.seed_frames, len(frames))
     runs = [("demo-256", demo, (256, 256), 1, False, frames), ("demo-256-dynamic", demo, (256, 256), 8, True, frames),
             ("seed-640", seed, (640, 640), 1, False, frames[:n_seed]), ("seed-512x640", seed, (512, 640), 1, False, frames[-n_seed:]),
             ("seed-640-dynamic", seed, (640, 640), 4, True, frames[n_seed // 2:][:n_seed])]
-    console = Console(width=150)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
