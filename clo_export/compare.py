@@ -170,11 +170,11 @@ class Tolerance:
         return self.box_rtol if stat_name == f"{DETECTION_OUTPUT}.boxes" else None
 
     def limit_text(self, stat_name: str) -> str:
-        """A stat's limit for tables: '0.01 + 0.0001|v|' where it has a relative part, '–' when unchecked."""
+        """A stat's limit for tables: '0.01+0.0001|v|' where it has a relative part, '–' when unchecked."""
         limit, rtol = self.limit_for(stat_name), self.rtol_for(stat_name)
         if limit is None:
             return "–"
-        return f"{limit:g} + {rtol:g}|v|" if rtol is not None else f"{limit:g}"
+        return f"{limit:g}+{rtol:g}|v|" if rtol is not None else f"{limit:g}"
 
     def violation(self, stats: TensorStats) -> str | None:
         """Why ``stats`` breaks its limit, or None when it does not (or is not checked)."""

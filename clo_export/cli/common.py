@@ -65,7 +65,7 @@ def comparison_table(report, title: str) -> Table:
     """Per-output differences and detection agreement of a check, as one table."""
     table = Table(title=f"{title} ({report.precision}, {report.n_inputs} frames)", title_justify="left")
     for col in ("output", "max |diff|", "mean |diff|", "cosine", "limit"):
-        table.add_column(col, justify="left" if col == "output" else "right")
+        table.add_column(col, justify="left" if col == "output" else "right", no_wrap=col in ("output", "limit"))
     for name, s in report.tensors.items():
         table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", report.tolerance.limit_text(name))
     d = report.detections
