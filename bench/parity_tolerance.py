@@ -175,7 +175,7 @@ def main() -> None:
     n_seed = min(args.seed_frames, len(frames))
     runs = [("demo-256", demo, (256, 256), 1, False, frames), ("demo-256-dynamic", demo, (256, 256), 8, True, frames),
             ("seed-640", seed, (640, 640), 1, False, frames[:n_seed]), ("seed-512x640", seed, (512, 640), 1, False, frames[-n_seed:]),
-            ("seed-640-dynamic", seed, (640, 640), 4, True, frames[n_seed // 2:][:n_seed])]
+            ("seed-640-dynamic", seed, (640, 640), 4, True, frames[:n_seed])]
     if args.runs:
         runs = [r for r in runs if r[0] in args.runs.split(",")]
     results = []
