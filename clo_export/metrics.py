@@ -27,7 +27,6 @@ COCO_IOUS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 DEFINITIONS = ("yolov5", "coco")
 DEFAULT_DEFINITION = "yolov5"
-DEFINITION_LABELS = {"yolov5": "YOLOv5 val.py", "coco": "COCO (pycocotools)"}
 COCO_MAX_DETS = 100  # COCOeval's maxDets for the headline AP
 
 
