@@ -5,8 +5,10 @@ inputs of Conv (activation + weight), of MatMul (both activations) and of residu
 same-shape 4-D activations: YOLOv5's Bottleneck shortcut), and nothing else: Q/DQ around
 Sigmoid/Mul/Resize/Concat would only block TensorRT's fusions.
 
-EfficientAttention's attention-map path is found from its anchors: every ``Tanh`` (high-frequency
-path: ``tanh(AttnMap(q*k))``) and every ``Softmax`` (low-frequency path: ``softmax(q@k^T) @ v``).
+EfficientAttention's attention-map path is found from its anchors by structure: every ``Tanh``
+(high-frequency path: ``tanh(AttnMap(q*k) * scale)``, walked up through Convs, SiLUs and scalings by
+constants to the product of two activations) and every ``Softmax`` (low-frequency path:
+``softmax(q@k^T) @ v``). Graphs from YOLOv5's export.py and from clo-export onnx get the same nodes.
 """
 
 from __future__ import annotations
@@ -106,45 +108,69 @@ def _is_silu(idx: GraphIndex, node: onnx.NodeProto) -> str | None:
     return None
 
 
+def _scaled_input(idx: GraphIndex, node: onnx.NodeProto) -> str | None:
+    """For an elementwise op with one constant operand (x*c, x/c, x+c) or a Cast/Identity, the other input."""
+    if node.op_type in ("Cast", "Identity"):
+        return node.input[0]
+    if node.op_type in ("Mul", "Div", "Add", "Sub") and len(node.input) == 2:
+        live = [i for i in node.input if not idx.is_constant(i)]
+        if len(live) == 1:
+            return live[0]
+    return None
+
+
+def _attention_map_path(idx: GraphIndex, tanh: onnx.NodeProto) -> set[str]:
+    """The AttnMap path that feeds a Tanh: walked up through Convs, SiLUs and scalings to the q*k product.
+
+    Exporters differ in which scalings they keep: YOLOv5's export keeps ``.mul(self.scalor)`` as a
+    Mul by a constant, an onnxsim'd graph folds it into the Conv before; both are the same path.
+    """
+    found = {tanh.name}
+    tensor = tanh.input[0]
+    while (p := idx.producer.get(tensor)) is not None and p.name not in found:
+        if p.op_type == "Conv":
+            found.add(p.name)
+            tensor = p.input[0]
+        elif (x := _is_silu(idx, p)) is not None:
+            found.add(p.name)
+            found.add(idx.producer[p.input[1] if p.input[0] == x else p.input[0]].name)
+            tensor = x
+        elif (x := _scaled_input(idx, p)) is not None:
+            found.add(p.name)
+            tensor = x
+        elif p.op_type == "Mul":  # two activations: q * k, where the path starts
+            found.add(p.name)
+            break
+        else:
+            break
+    return found
+
+
+def _softmax_path(idx: GraphIndex, softmax: onnx.NodeProto) -> set[str]:
+    """q @ k^T (through any scalings) -> Softmax -> @ v."""
+    found = {softmax.name}
+    tensor = softmax.input[0]
+    while (p := idx.producer.get(tensor)) is not None and p.name not in found:
+        if p.op_type == "MatMul":
+            found.add(p.name)
+            break
+        x = _scaled_input(idx, p)
+        if x is None:
+            break
+        tensor = x
+    found.update(c.name for c, _ in idx.consumers.get(softmax.output[0], []) if c.op_type == "MatMul")
+    return found
+
+
 def attention_nodes(model: onnx.ModelProto, idx: GraphIndex | None = None) -> set[str]:
     """Names of the attention-map nodes: q*k Mul -> AttnMap Convs/SiLU -> Tanh, and MatMul -> Softmax -> MatMul."""
     idx = idx or GraphIndex(model)
     found: set[str] = set()
     for node in model.graph.node:
         if node.op_type == "Tanh":
-            found.add(node.name)
-            tensor = node.input[0]
-            for _ in range(16):  # walk up through the AttnMap (Conv, SiLU, Conv) to the q*k product
-                p = idx.producer.get(tensor)
-                if p is None:
-                    break
-                if p.op_type == "Conv":
-                    found.add(p.name)
-                    tensor = p.input[0]
-                elif (x := _is_silu(idx, p)) is not None:
-                    found.add(p.name)
-                    found.add(idx.producer[p.input[1] if p.input[0] == x else p.input[0]].name)
-                    tensor = x
-                elif p.op_type == "Mul" and not any(idx.is_constant(i) for i in p.input):
-                    found.add(p.name)  # q * k
-                    break
-                else:
-                    break
+            found |= _attention_map_path(idx, node)
         elif node.op_type == "Softmax":
-            found.add(node.name)
-            tensor = node.input[0]
-            for _ in range(4):  # up through scaling to q @ k^T
-                p = idx.producer.get(tensor)
-                if p is None:
-                    break
-                if p.op_type == "MatMul":
-                    found.add(p.name)
-                    break
-                if p.op_type in ("Mul", "Div") and any(idx.is_constant(i) for i in p.input):
-                    tensor = next(i for i in p.input if not idx.is_constant(i))
-                    continue
-                break
-            found.update(c.name for c, _ in idx.consumers.get(node.output[0], []) if c.op_type == "MatMul")
+            found |= _softmax_path(idx, node)
     return found
 
 

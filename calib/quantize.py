@@ -89,7 +89,8 @@ def check_input(model: onnx.ModelProto, meta: ModelMeta, path: Path) -> None:
     if meta.precision not in (None, "fp32"):
         raise CloExportError(f"{path} is {meta.precision}; quantize the FP32 ONNX (clo-export onnx without --half)")
     if meta.imgsz is None:
-        raise CloExportError(f"{path} has no fixed input size; export it with clo-export onnx --imgsz H,W")
+        raise CloExportError(f"{path} has no fixed input size (a --dynamic export); quantize a fixed-size ONNX: "
+                             "YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise CloExportError(f"{path} is opset {opset}; per-channel Q/DQ needs opset 13+: re-export with --opset 17")

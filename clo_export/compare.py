@@ -26,13 +26,16 @@ class TensorStats:
     cosine: float
     shape: tuple[int, ...]
     n: int = 1
+    max_excess: float | None = None  # max of |diff| - rtol * |reference| where the limit has a relative part
 
     def merge(self, other: TensorStats) -> TensorStats:
-        """Worst max_abs, input-weighted mean of mean_abs, lowest cosine."""
+        """Worst max_abs and max_excess, input-weighted mean of mean_abs, lowest cosine."""
         n = self.n + other.n
+        excess = [e for e in (self.max_excess, other.max_excess) if e is not None]
         return replace(
             self,
             max_abs=float(np.maximum(self.max_abs, other.max_abs)),  # NumPy so a NaN on either side survives
+            max_excess=float(np.max(excess)) if excess else None,
             mean_abs=(self.mean_abs * self.n + other.mean_abs * other.n) / n,
             cosine=float(np.minimum(self.cosine, other.cosine)),
             n=n,
@@ -48,8 +51,12 @@ def _require_same_shape(name: str, ref: np.ndarray, test: np.ndarray) -> None:
         )
 
 
-def tensor_stats(name: str, ref: np.ndarray, test: np.ndarray) -> TensorStats:
-    """Max/mean absolute difference and cosine similarity of `test` against `ref`, computed in float64."""
+def tensor_stats(name: str, ref: np.ndarray, test: np.ndarray, rtol: float | None = None) -> TensorStats:
+    """Max/mean absolute difference and cosine similarity of `test` against `ref`, computed in float64.
+
+    With ``rtol``, also the largest ``|diff| - rtol * |ref|``: the element-wise rule
+    ``|diff| <= atol + rtol * |ref|`` holds iff that is at most ``atol``.
+    """
     _require_same_shape(name, ref, test)
     ref64, test64 = np.asarray(ref, dtype=np.float64), np.asarray(test, dtype=np.float64)
     diff = np.abs(ref64 - test64)
@@ -58,12 +65,16 @@ def tensor_stats(name: str, ref: np.ndarray, test: np.ndarray) -> TensorStats:
         cosine = float(np.vdot(ref64, test64) / norms)
     else:
         cosine = 1.0 if not ref64.any() and not test64.any() else 0.0
+    excess = None
+    if rtol is not None:
+        excess = float((diff - rtol * np.abs(ref64)).max()) if diff.size else 0.0
     return TensorStats(
         name=name,
         max_abs=float(diff.max()) if diff.size else 0.0,
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         cosine=cosine,
         shape=tuple(ref64.shape),
+        max_excess=excess,
     )
 
 
@@ -139,24 +150,61 @@ class Tolerance:
     cls_max_abs: float | None
     other_max_abs: float | None
     min_f1: float
+    box_rtol: float | None = None  # boxes pass element-wise when |diff| <= box_max_abs + box_rtol * |value|
+
+    def describe(self) -> str:
+        """The limits in one line, for tables and reports."""
+        box = f"{self.box_max_abs:g} px + {self.box_rtol:g} x |value|" if self.box_rtol is not None else f"{self.box_max_abs:g}"
+        parts = [f"{k} |diff| <= {v}" for k, v in (("boxes", box if self.box_max_abs is not None else None),
+                                                  ("objectness", self.obj_max_abs), ("classes", self.cls_max_abs),
+                                                  ("other outputs", self.other_max_abs)) if v is not None]
+        return ", ".join(parts + [f"detection F1 >= {self.min_f1:g}"])
 
     def limit_for(self, stat_name: str) -> float | None:
         """The max_abs limit for a stat: a field of the detection output or any other output."""
         fields = {"boxes": self.box_max_abs, "objectness": self.obj_max_abs, "classes": self.cls_max_abs}
         return {f"{DETECTION_OUTPUT}.{k}": v for k, v in fields.items()}.get(stat_name, self.other_max_abs)
 
+    def rtol_for(self, stat_name: str) -> float | None:
+        """The relative part of a stat's limit (boxes only), or None."""
+        return self.box_rtol if stat_name == f"{DETECTION_OUTPUT}.boxes" else None
+
+    def limit_text(self, stat_name: str) -> str:
+        """A stat's limit for tables: '0.01+0.0001|v|' where it has a relative part, '–' when unchecked."""
+        limit, rtol = self.limit_for(stat_name), self.rtol_for(stat_name)
+        if limit is None:
+            return "–"
+        return f"{limit:g}+{rtol:g}|v|" if rtol is not None else f"{limit:g}"
+
+    def violation(self, stats: TensorStats) -> str | None:
+        """Why ``stats`` breaks its limit, or None when it does not (or is not checked)."""
+        limit, rtol = self.limit_for(stats.name), self.rtol_for(stats.name)
+        if limit is None:
+            return None
+        if rtol is not None and stats.max_excess is not None:
+            if stats.max_excess <= limit:
+                return None
+            return (f"{stats.name}: |diff| exceeds {limit:g} + {rtol:g} x |value| by {stats.max_excess - limit:.3g} "
+                    f"(max |diff| {stats.max_abs:.3g})")
+        if stats.max_abs <= limit:
+            return None
+        return f"{stats.name}: max |diff| {stats.max_abs:.3g} > {limit:.3g} allowed"
+
 
 # Why these numbers:
-# - fp32: ONNX Runtime/TensorRT and PyTorch differ only in summation order and fused kernels (~1e-6
-#   relative). Boxes are pixels up to 640, so 1e-3 px is ~1.5e-6 relative; sigmoid outputs live in
-#   [0, 1] and stay within 1e-5. Anything larger means a graph difference, so detections must agree
-#   almost perfectly (F1 >= 0.999).
+# - fp32, measured (bench/parity_tolerance.py, README "FP32 parity tolerance"): ONNX Runtime and PyTorch
+#   differ by summation order and fused kernels. On 1,450 real frames the box centres differed by
+#   <= 2.1e-4 px, but box sizes by up to 1.8e-5 of their value, 4e-3 px (wh = (2*sigmoid)^2 * anchor
+#   amplifies the logit noise by up to 4x the anchor): a fixed 1e-3 px limit failed 65-98 of 1,000
+#   correct frames. So boxes get 0.01 px plus 1e-4 of the value, element-wise; scores 2e-5. That still fails
+#   a 0.05 px grid offset, a 1% anchor error, BatchNorm eps 1e-5 for 1e-3 and two swapped classes
+#   (tests/test_parity_tolerance.py). Detections must agree almost perfectly (F1 >= 0.999).
 # - fp16: a 10-bit mantissa gives ~5e-4 relative per op; at 640 px that is ~0.3 px after a few layers,
 #   and scores move by up to a few 1e-3, enough to flip the odd detection at the conf/IoU thresholds.
 # - int8: per-element errors are large by design and say little; only the detections are judged, and
 #   accuracy belongs to mAP on a labelled set.
 TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(box_max_abs=1e-3, obj_max_abs=1e-5, cls_max_abs=1e-5, other_max_abs=1e-4, min_f1=0.999),
+    "fp32": Tolerance(box_max_abs=1e-2, obj_max_abs=2e-5, cls_max_abs=2e-5, other_max_abs=1e-4, min_f1=0.999, box_rtol=1e-4),
     "fp16": Tolerance(box_max_abs=0.5, obj_max_abs=5e-3, cls_max_abs=5e-3, other_max_abs=1e-2, min_f1=0.98),
     "int8": Tolerance(box_max_abs=None, obj_max_abs=None, cls_max_abs=None, other_max_abs=None, min_f1=0.9),
 }
@@ -177,10 +225,10 @@ class Report:
     def failures(self) -> list[str]:
         """Human-readable reasons the comparison is out of tolerance (empty when it passes)."""
         out = [f"output '{name}' is missing from the test outputs" for name in self.missing]
-        for name, stats in self.tensors.items():
-            limit = self.tolerance.limit_for(name)
-            if limit is not None and not stats.max_abs <= limit:
-                out.append(f"{name}: max |diff| {stats.max_abs:.3g} > {limit:.3g} allowed for {self.precision}")
+        for stats in self.tensors.values():
+            why = self.tolerance.violation(stats)
+            if why is not None:
+                out.append(f"{why} for {self.precision}")
         det = self.detections
         if det is not None and not det.f1 >= self.tolerance.min_f1:
             out.append(
@@ -259,13 +307,14 @@ class Report:
         return cls.from_dict(json.loads(text))
 
 
-def _detection_stats(ref: np.ndarray, test: np.ndarray) -> dict[str, TensorStats]:
-    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores."""
+def detection_stats(ref: np.ndarray, test: np.ndarray, tolerance: Tolerance | None = None) -> dict[str, TensorStats]:
+    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores (with the tolerance's relative parts)."""
     _require_same_shape(DETECTION_OUTPUT, ref, test)
-    return {
-        f"{DETECTION_OUTPUT}.{fld}": tensor_stats(f"{DETECTION_OUTPUT}.{fld}", ref[..., sl], test[..., sl])
-        for fld, sl in FIELDS.items()
-    }
+    out = {}
+    for fld, sl in FIELDS.items():
+        name = f"{DETECTION_OUTPUT}.{fld}"
+        out[name] = tensor_stats(name, ref[..., sl], test[..., sl], tolerance.rtol_for(name) if tolerance else None)
+    return out
 
 
 def compare_outputs(
@@ -279,19 +328,20 @@ def compare_outputs(
     """Compare one input's outputs; `output0` gets per-field stats and detection agreement after NMS."""
     if precision not in TOLERANCES:
         raise CloExportError(f"unknown precision '{precision}'; choose one of {', '.join(TOLERANCES)}")
+    tolerance = tolerance or TOLERANCES[precision]
     tensors: dict[str, TensorStats] = {}
     detections = None
     for name, ref_out in ref.items():
         if name not in test:
             continue
         if name == DETECTION_OUTPUT and np.ndim(ref_out) == 3 and np.shape(ref_out)[2] >= 6:
-            tensors.update(_detection_stats(np.asarray(ref_out), np.asarray(test[name])))
+            tensors.update(detection_stats(np.asarray(ref_out), np.asarray(test[name]), tolerance))
             detections = detection_agreement(nms(ref_out, conf, iou), nms(test[name], conf, iou))
         else:
             tensors[name] = tensor_stats(name, ref_out, test[name])
     return Report(
         precision=precision,
-        tolerance=tolerance or TOLERANCES[precision],
+        tolerance=tolerance,
         tensors=tensors,
         detections=detections,
         missing=tuple(name for name in ref if name not in test),

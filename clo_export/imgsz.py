@@ -22,6 +22,24 @@ def parse_imgsz(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int
     return (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
 
 
+def model_imgsz(model_name: str, known: tuple[int, int] | None, requested: tuple[int, int] | None) -> tuple[int, int]:
+    """The input size to run a model at: its fixed or recorded size, else ``--imgsz``; never a guess.
+
+    ``known`` is the size the model file fixes (static input dims, or our ``imgsz`` metadata);
+    YOLOv5's ``--dynamic`` exports have neither, and running them at a default size silently
+    changes every detection.
+    """
+    if known is not None:
+        if requested is not None and tuple(requested) != tuple(known):
+            raise CloExportError(f"'{model_name}' takes {known[0]}x{known[1]} inputs only; drop --imgsz or re-export at "
+                                 f"{requested[0]},{requested[1]}")
+        return (int(known[0]), int(known[1]))
+    if requested is None:
+        raise CloExportError(f"'{model_name}' has no fixed input size and no imgsz in its metadata (a --dynamic export); "
+                             "pass --imgsz H,W with the size it was trained at")
+    return (int(requested[0]), int(requested[1]))
+
+
 def nearest_multiples(x: int, multiple: int) -> list[int]:
     """The multiples of ``multiple`` just below and above ``x`` (positive, distinct)."""
     lo = (x // multiple) * multiple

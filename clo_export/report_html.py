@@ -43,10 +43,9 @@ def image_data_uri(img: np.ndarray, max_side: int = 800, quality: int = 85) -> s
 def _numbers(report: Report) -> str:
     rows = []
     for name, s in report.tensors.items():
-        limit = report.tolerance.limit_for(name)
-        ok = limit is None or s.max_abs <= limit
+        ok = report.tolerance.violation(s) is None
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{s.max_abs:.3g}</td><td>{s.mean_abs:.3g}</td>"
-                    f"<td>{s.cosine:.7f}</td><td>{'–' if limit is None else f'{limit:g}'}</td>"
+                    f"<td>{s.cosine:.7f}</td><td>{html.escape(report.tolerance.limit_text(name))}</td>"
                     f"<td class={'pass' if ok else 'fail'}>{'ok' if ok else 'over'}</td></tr>")
     table = ("<table><tr><th>output</th><th>max |diff|</th><th>mean |diff|</th><th>cosine</th><th>limit</th><th></th></tr>"
              + "".join(rows) + "</table>") if rows else ""

@@ -6,12 +6,19 @@ import os
 import pickle
 import zipfile
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from clo_export.errors import CloExportError
+from clo_export.models import checkpoint
 from clo_export.models.checkpoint import load, save_yolov5
+from clo_export.demo.run import BUNDLED_MODEL as DEMO_MODEL
+from clo_export.errors import CloExportError
 from clo_export.models.yolo import DetectionModel
+from tests import yolov5_standin
 
 
 def fp16_rounded(model: DetectionModel) -> DetectionModel:
@@ -28,8 +35,9 @@ def fp16_rounded(model: DetectionModel) -> DetectionModel:
 def test_yolov5_checkpoint_round_trip(small_model, tmp_path, layout, attention_module):
     path = save_yolov5(small_model, tmp_path / "best.pt", layout=layout, opt={"imgsz": 640}, attention_module=attention_module)
     raw = zipfile.ZipFile(path).read(next(n for n in zipfile.ZipFile(path).namelist() if n.endswith("data.pkl")))
-    for name in (b"models.yolo", b"DetectionModel", b"efficientnet_pytorch.utils", attention_module.encode()):
+    for name in (b"models.yolo", b"DetectionModel", attention_module.encode()):
         assert name in raw
+    assert b"efficientnet_pytorch" not in raw and b"numpy" not in raw and b"clo_export" not in raw
     loaded = load(path)
     assert loaded.source_format.startswith("YOLOv5 " + layout)
     assert loaded.names == {0: "circle", 1: "square", 2: "star"} and loaded.imgsz_hint == (640, 640)
@@ -155,3 +163,53 @@ def test_names_stored_as_a_list_come_back_as_a_dict(small_model, tmp_path):
     model.names = ["a", "b", "c"]  # older YOLOv5 releases store a list
     loaded = load(save_yolov5(model, tmp_path / "list.pt"))
     assert loaded.names == {0: "a", 1: "b", 2: "c"}
+
+
+def standin_output(path: Path, x: torch.Tensor) -> torch.Tensor:
+    """What YOLOv5's export.py computes for ``x`` after attempt_load (stand-in clone, see tests/yolov5_standin.py)."""
+    return yolov5_standin.export_forward(yolov5_standin.attempt_load(path), x)
+
+
+def test_a_yolov5_clone_loads_what_we_write(small_model, tmp_path):
+    opt = {"imgsz": np.int64(256), "hyp": {"lr0": np.float32(0.01)}}
+    path = save_yolov5(small_model, tmp_path / "best.pt", opt=opt, best_fitness=np.float64(0.5))
+    ckpt = torch.load(path, weights_only=False, pickle_module=yolov5_standin.ClonePickle)  # no NumPy in the file
+    assert ckpt["best_fitness"] is None and ckpt["opt"] == {"imgsz": 256, "hyp": {"lr0": pytest.approx(0.01)}}
+    det = ckpt["model"].model[-1]
+    assert type(det) is yolov5_standin.Detect and len(det.grid) == len(det.anchor_grid) == det.nl
+    x = torch.rand(2, 3, 256, 384)
+    out = standin_output(path, x)  # fused, FP32, export-mode forward of YOLOv5's own classes
+    with torch.no_grad():
+        ref = load(path).model(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out[..., :4], ref[..., :4], atol=2e-3, rtol=1e-5)  # pixels; fusing reorders sums
+    torch.testing.assert_close(out[..., 4:], ref[..., 4:], atol=1e-5, rtol=0)
+
+
+def test_the_bundled_demo_model_loads_in_a_yolov5_clone():
+    assert DEMO_MODEL.stat().st_size <= 6_000_000
+    ckpt = torch.load(DEMO_MODEL, weights_only=False, pickle_module=yolov5_standin.ClonePickle)
+    assert ckpt["best_fitness"] is None and ckpt["epoch"] == -1 and ckpt["optimizer"] is None
+    x = torch.rand(1, 3, 256, 256)
+    out = standin_output(DEMO_MODEL, x)
+    with torch.no_grad():
+        ref = load(DEMO_MODEL).model(x)
+    torch.testing.assert_close(out[..., :4], ref[..., :4], atol=2e-3, rtol=1e-5)
+    torch.testing.assert_close(out[..., 4:], ref[..., 4:], atol=1e-5, rtol=0)
+
+
+def test_checkpoints_of_the_earlier_layout_still_load(small_model, tmp_path, monkeypatch):
+    """Files written before the YOLOv5-clone layout: swish under efficientnet_pytorch.utils, no Detect
+    grids, a NumPy best_fitness. A clone refuses them; our loader reads them."""
+    import copy
+
+    half = copy.deepcopy(small_model).half()
+    monkeypatch.setitem(checkpoint.YOLOV5_MODULES, "efficientnet_pytorch.utils", ("MemoryEfficientSwish",))
+    path = tmp_path / "old.pt"
+    with checkpoint.pickled_as_yolov5():
+        torch.save({"epoch": -1, "best_fitness": np.float64(0.0), "model": half, "ema": None, "optimizer": None}, path)
+    with pytest.raises(ModuleNotFoundError):
+        yolov5_standin.attempt_load(path)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(load(path).model(x), fp16_rounded(small_model)(x))

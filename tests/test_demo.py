@@ -27,3 +27,17 @@ def test_quick_demo_runs_the_whole_chain(tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == summary["frames"]
     cap.release()
     assert len((tmp_path / "onnx-fp32.jsonl").read_text().splitlines()) == summary["frames"]
+
+
+def test_a_failed_parity_is_a_missed_target_never_met():
+    from clo_export.cli.demo import target_lines
+    from clo_export.compare import TOLERANCES, Report, TensorStats
+
+    limit = TOLERANCES["fp32"].limit_for("output0.boxes")
+    stats = TensorStats("output0.boxes", max_abs=10 * limit, mean_abs=0.0, cosine=1.0, shape=(1, 3, 6))
+    failed = Report("fp32", TOLERANCES["fp32"], tensors={"output0.boxes": stats})
+    (text, ok), = target_lines([], failed)
+    assert not ok and "parity" in text and "output0.boxes" in text
+    (text, ok), = target_lines([], Report("fp32", TOLERANCES["fp32"], tensors={"output0.boxes": stats.__class__(
+        "output0.boxes", 0.0, 0.0, 1.0, (1, 3, 6))}))
+    assert ok

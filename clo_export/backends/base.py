@@ -184,12 +184,6 @@ def load_runners(path: str | os.PathLike, device: str | None = None, providers: 
     return [runner.with_threads(per) for _ in range(n)], info
 
 
-def _check_fixed_imgsz(path: Path, fixed: tuple[int, int], requested: tuple[int, int] | None) -> None:
-    if requested is not None and tuple(requested) != tuple(fixed):
-        raise CloExportError(f"'{path.name}' takes {fixed[0]}x{fixed[1]} inputs only; drop --imgsz or re-export at "
-                             f"{requested[0]},{requested[1]}")
-
-
 def _load_torch(path: Path, device: str | None, imgsz: tuple[int, int] | None) -> tuple[Runner, ModelInfo]:
     from clo_export.lazy import lazy_import
 
@@ -211,13 +205,11 @@ def _load_onnx(path: Path, device: str | None, providers: list[str] | None, imgs
     from clo_export.backends.onnxrt import OnnxRuntimeRunner, device_index, providers_for_device
     from clo_export.export.metadata import read_metadata
 
+    from clo_export.imgsz import model_imgsz
+
     meta = read_metadata(path)
-    size = meta.imgsz
-    if size is None:
-        size = tuple(imgsz or (640, 640))
-    else:
-        _check_fixed_imgsz(path, size, imgsz)
-    info = ModelInfo(str(path), "onnxruntime", dict(meta.names), tuple(size), meta.stride, meta.precision or "fp32",
+    size = model_imgsz(path.name, meta.imgsz, imgsz)
+    info = ModelInfo(str(path), "onnxruntime", dict(meta.names), size, meta.stride, meta.precision or "fp32",
                      meta.nms, meta.nms_conf, meta.nms_iou, meta.nms_max_det)
     runner = OnnxRuntimeRunner(path, providers or providers_for_device(device), threads, device_index(device))
     return runner, info
@@ -226,8 +218,10 @@ def _load_onnx(path: Path, device: str | None, providers: list[str] | None, imgs
 def _load_engine(path: Path, device: str | None, imgsz: tuple[int, int] | None) -> tuple[Runner, ModelInfo]:
     from clo_export.engine.sidecar import EngineSidecar
 
+    from clo_export.imgsz import model_imgsz
+
     side = EngineSidecar.read(path)
-    _check_fixed_imgsz(path, tuple(side.imgsz), imgsz)
+    model_imgsz(path.name, tuple(side.imgsz), imgsz)
     try:
         import importlib
 

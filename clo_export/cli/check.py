@@ -41,6 +41,7 @@ def check(
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=THRESH)] = 0.45,
     min_f1: Annotated[float | None, typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=THRESH)] = None,
     device: Annotated[str | None, typer.Option(help="Where the model runs: cpu, cuda, cuda:N (default: automatic).")] = None,
+    imgsz: Annotated[str | None, typer.Option(help="Input size, only for a model without a fixed one (YOLOv5 --dynamic ONNX).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
@@ -55,7 +56,9 @@ def check(
     opts.validate()
     out = json_out or model.with_name(model.name + ".check.json")
     check_check_options(model, weights, source, limit, frames, min_f1, out, json_out is not None, report)
-    runner, info = load_runner(model, device)
+    from clo_export.imgsz import parse_imgsz
+
+    runner, info = load_runner(model, device, imgsz=parse_imgsz(imgsz) if imgsz is not None else None)
     src = open_source(source, limit)
     reference = load_reference(weights, info.names)
     with runner, reference:

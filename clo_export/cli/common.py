@@ -113,10 +113,9 @@ def comparison_table(report, title: str) -> Table:
     """Per-output differences and detection agreement of a check, as one table."""
     table = Table(title=f"{title} ({report.precision}, {report.n_inputs} frames)", title_justify="left")
     for col in ("output", "max |diff|", "mean |diff|", "cosine", "limit"):
-        table.add_column(col, justify="left" if col == "output" else "right")
+        table.add_column(col, justify="left" if col == "output" else "right", no_wrap=col in ("output", "limit"))
     for name, s in report.tensors.items():
-        limit = report.tolerance.limit_for(name)
-        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", "–" if limit is None else f"{limit:g}")
+        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", report.tolerance.limit_text(name))
     d = report.detections
     if d is not None:
         table.add_row("detections (F1)", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"{d.f1:.4f}", f">= {report.tolerance.min_f1:g}")

@@ -106,7 +106,7 @@ def infer(
     providers: Annotated[Optional[str], typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
     workers: Annotated[Optional[int], typer.Option(help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and .pt use 1).", rich_help_panel=MODEL)] = None,
-    imgsz: Annotated[Optional[str], typer.Option(help="Input size for a .pt (default: its training size); fixed for .onnx/.engine.", rich_help_panel=MODEL)] = None,
+    imgsz: Annotated[Optional[str], typer.Option(help="Input size for a .pt (default: its training size) or an ONNX without a fixed one (YOLOv5 --dynamic); fixed for other .onnx/.engine.", rich_help_panel=MODEL)] = None,
     conf: Annotated[float, typer.Option(help="Score threshold.", rich_help_panel=POST)] = 0.25,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=POST)] = 0.45,
     max_det: Annotated[int, typer.Option(help="Detections kept per frame.", rich_help_panel=POST)] = 300,

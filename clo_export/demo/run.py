@@ -36,8 +36,10 @@ class ArtifactRow:
     name: str
     backend: str
     precision: str
-    map50: float
+    map50: float  # YOLOv5 val.py's definition
     map50_95: float
+    coco_map50: float  # COCO's (pycocotools') definition, on the same detections
+    coco_map50_95: float
     agreement_f1: float | None  # detection F1 against PyTorch; None for PyTorch itself
     fps: float
     video: Path
@@ -89,7 +91,7 @@ def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out:
         memory = MemorySink()
         Pipeline(open_source(video), runners, info, [memory], EVAL).run()
     dets = [memory.detections.get(i, np.zeros((0, 6), np.float32)) for i in range(len(gt))]
-    scores = evaluate(dets, gt)
+    scores, coco = evaluate(dets, gt, definition="yolov5"), evaluate(dets, gt, definition="coco")
     f1 = result.check.detections.f1 if result.check is not None and result.check.detections is not None else None
-    return ArtifactRow(name, info.backend, info.precision or "fp32", scores.map50, scores.map50_95, f1,
-                       result.fps, video_out, jsonl_out)
+    return ArtifactRow(name, info.backend, info.precision or "fp32", scores.map50, scores.map50_95, coco.map50,
+                       coco.map50_95, f1, result.fps, video_out, jsonl_out)

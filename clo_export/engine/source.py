@@ -53,6 +53,9 @@ def onnx_facts(model: Any, name: str = "model") -> OnnxFacts:
     if inp is None:
         raise CloExportError(f"'{name}' has no graph input; re-export it with clo-export onnx")
     dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim)
+    if len(dims) == 4 and min(dims[2:]) < 0:
+        raise CloExportError(f"'{name}' has a dynamic input height/width (a --dynamic export); engines are built for "
+                             "one size: export a fixed-size ONNX (YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W)")
     is_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     is_fp16 = meta.precision == "fp16" or inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     return OnnxFacts(meta, inp.name, dims, tuple(o.name for o in model.graph.output), is_qdq, is_fp16)

@@ -167,6 +167,6 @@ def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOption
         onnx.save(proto, str(tmp))
     side = sidecar_path(out)
     facts = {**meta.to_dict(), "onnx": out.name, "source": loaded.path.name, "export_seconds": round(seconds, 2),
-             "parity": parity.to_dict() if parity else None}
+             "parity": parity.to_dict() if parity is not None else None}  # a failed Report is falsy
     write_sidecar(side, facts)
     return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity)

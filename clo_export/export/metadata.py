@@ -103,6 +103,13 @@ def _input_dims(model: onnx.ModelProto) -> list[onnx.TensorShapeProto.Dimension]
     return list(inp.type.tensor_type.shape.dim) if inp is not None else []
 
 
+def _input_precision(model: onnx.ModelProto) -> str | None:
+    """'fp16' for a model whose image input is FP16 (YOLOv5's export.py --half writes no precision), else None."""
+    initializers = {t.name for t in model.graph.initializer}
+    inp = next((i for i in model.graph.input if i.name not in initializers), None)
+    return "fp16" if inp is not None and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else None
+
+
 def _parse_names(text: str) -> dict[int, str]:
     """YOLOv5's names string (a dict, or a list in old exports) as {int: str}, literals only."""
     try:
@@ -218,7 +225,7 @@ def read_metadata(model_or_path: onnx.ModelProto | str | os.PathLike) -> ModelMe
         anchors=_json(ours, "anchors", _is_anchors, "a list of anchor lists"),
         source_sha256=ours.get("source_sha256"),
         opset=_number(ours, "opset", int, 1, 1000) if "opset" in ours else _opset(model),
-        precision=_precision(ours.get("precision")),
+        precision=_precision(ours.get("precision")) or _input_precision(model),
         version=ours.get("version"),
         nms=bool(_json(ours, "nms", lambda v: isinstance(v, bool), "true or false")),
         nms_conf=_number(ours, "nms_conf", float, 0, 1),

@@ -189,8 +189,9 @@ def load(path: str | Path, cfg: str | Path | None = None, plugins: tuple[str | P
 YOLOV5_MODULES = {
     "models.common": ("Conv", "Bottleneck", "C3", "SPPF", "Concat"),
     "models.yolo": ("Detect", "DetectionModel"),
-    "efficientnet_pytorch.utils": ("MemoryEfficientSwish",),
 }
+# Set on blocks while exporting (static shapes, plain swish); never part of a checkpoint.
+EXPORT_ATTRIBUTES = ("export_sizes", "export_shape", "export_plain")
 
 
 @contextlib.contextmanager
@@ -198,7 +199,9 @@ def pickled_as_yolov5(attention_module: str = "models.common") -> Iterator[None]
     """Make our classes pickle under YOLOv5's module paths (stand-in modules in sys.modules).
 
     YOLOv5's own blocks go where YOLOv5 defines them; every other registered block
-    (EfficientAttention, user plugins) goes to ``attention_module``, where it was pasted.
+    (EfficientAttention, AttnMap, MemoryEfficientSwish, user plugins) goes to ``attention_module``,
+    where the user pasted it. A clone resolves ``models.common.MemoryEfficientSwish`` whether the
+    paste defines the class or imports it from efficientnet_pytorch, so that package is not needed.
     """
     core = {cls: mod for mod, names in YOLOV5_MODULES.items() for cls in names}
     mapping = {
@@ -228,23 +231,65 @@ def pickled_as_yolov5(attention_module: str = "models.common") -> Iterator[None]
                 sys.modules[mod] = old
 
 
-def save_yolov5(model: DetectionModel, path: str | Path, layout: str = "stripped", epoch: int = 0,
-                opt: dict | None = None, attention_module: str = "models.common") -> Path:
-    """Write ``model`` as YOLOv5 does: pickled FP16 modules, stripped or training layout, atomically."""
-    if layout not in ("stripped", "training"):
-        raise CloExportError(f"layout must be 'stripped' or 'training', got '{layout}'")
+def plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays turned into Python numbers and lists, recursively.
+
+    YOLOv5 loads checkpoints with plain pickle: a NumPy scalar ties the file to the NumPy
+    version that wrote it (numpy._core only exists from NumPy 2).
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def as_yolov5_module(model: DetectionModel) -> DetectionModel:
+    """An FP16, frozen, eval copy of ``model`` whose attributes are the ones YOLOv5's classes expect.
+
+    YOLOv5's ``Detect.__init__`` sets ``grid``/``anchor_grid`` lists that its ``_apply`` and forward
+    use; export-time attributes of ours are dropped; ``hyp`` and the like hold plain Python values.
+    """
     half = copy.deepcopy(model).half().eval()
     for p in half.parameters():
         p.requires_grad = False
+    for m in half.modules():
+        for name in EXPORT_ATTRIBUTES:
+            m.__dict__.pop(name, None)
+    det = half.detect
+    det.grid = [torch.empty(0) for _ in range(det.nl)]
+    det.anchor_grid = [torch.empty(0) for _ in range(det.nl)]
+    for name in ("hyp", "names", "class_weights"):
+        if name in half.__dict__:
+            setattr(half, name, plain(half.__dict__[name]))
+    return half
+
+
+def save_yolov5(model: DetectionModel, path: str | Path, layout: str = "stripped", epoch: int = 0,
+                opt: dict | None = None, attention_module: str = "models.common",
+                best_fitness: float | None = None) -> Path:
+    """Write ``model`` as YOLOv5 does: pickled FP16 modules, stripped or training layout, atomically.
+
+    The stripped layout is what YOLOv5's ``strip_optimizer`` leaves: ``best_fitness``, ``ema``,
+    ``updates`` and ``optimizer`` None, ``epoch`` -1. Every value outside the tensors is plain
+    Python, so an unmodified YOLOv5 clone (block pasted into models/common.py) loads the file.
+    """
+    if layout not in ("stripped", "training"):
+        raise CloExportError(f"layout must be 'stripped' or 'training', got '{layout}'")
+    half = as_yolov5_module(model)
     training = layout == "training"
     ckpt = {
         "epoch": epoch if training else -1,
-        "best_fitness": np.float64(0.0),
+        "best_fitness": plain(best_fitness) if training else None,
         "model": half,
         "ema": copy.deepcopy(half) if training else None,
         "updates": 0 if training else None,
         "optimizer": torch.optim.SGD(model.parameters(), lr=0.01).state_dict() if training else None,
-        "opt": opt or {},
+        "opt": plain(opt or {}),
         "git": None,
         "date": datetime.datetime.now().isoformat(),
     }
