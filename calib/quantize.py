@@ -224,6 +224,7 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
             "int8_conv_mac_share": share, "decided_on": "held-out split of the calibration source"}
     report = held.report(payload, info)
     seconds["report"] = time.perf_counter() - t0
+    report.info["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
 
     with atomic_path(out) as tmp:
         tmp.write_bytes(payload)

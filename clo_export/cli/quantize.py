@@ -79,7 +79,7 @@ def quantize(
     cache: Annotated[Path | None, typer.Option(help="Ranges cache JSON (default: OUTPUT with .calib.json).", rich_help_panel=CAL)] = None,
     recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Ignore the ranges cache.", rich_help_panel=CAL)] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output path (default: MODEL with .int8.onnx).", rich_help_panel=OUT)] = None,
-    min_agreement: Annotated[float, typer.Option(help="Exit 1 when INT8 mAP@.5:.95 against FP32's detections on the held-out images is below this.", rich_help_panel=REP)] = DEFAULT_MIN_AGREEMENT,
+    min_agreement: Annotated[float, typer.Option(help="Exit 1 when INT8's mAP@.5:.95 against FP32's detections on the held-out images, over FP32's own, is below this.", rich_help_panel=REP)] = DEFAULT_MIN_AGREEMENT,
     conf: Annotated[float, typer.Option(help="Score threshold for the detections compared.", rich_help_panel=REP)] = 0.25,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold for the detections compared.", rich_help_panel=REP)] = 0.45,
 ) -> None:
@@ -120,7 +120,7 @@ def quantize(
     console.print(f"report {result.accuracy_path.name} (float_nodes for clo-export trt --keep-float), sidecar "
                   f"{result.sidecar.name}, cache {result.cache_path.name}{extra}; {sum(result.seconds.values()):.0f} s")
     if result.report.score < min_agreement:
-        raise CloExportError(f"INT8 mAP@.5:.95 against FP32's detections is {result.report.score:.4f} on the held-out images "
+        raise CloExportError(f"INT8 keeps {result.report.score:.4f} of FP32's mAP@.5:.95 (against FP32's detections) on the held-out images "
                              f"(drop {result.report.int8.drop50_95:.2f} points), below --min-agreement {min_agreement}; "
                              "calibrate on a few hundred frames from the deployment scene, or pass a lower --min-agreement "
                              "to accept this model")

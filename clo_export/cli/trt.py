@@ -264,7 +264,7 @@ def _source_onnx(plan: Any, flags: Flags, facts: OnnxFacts, model: Path) -> Path
 
         with console.status("quantizing to Q/DQ with the --calib images…"):
             result = quantize(model, list(flags.calib), None, QuantizeOptions(num=flags.num))
-        console.print(f"quantized {result.path.name}: INT8-vs-FP32 detection F1 {result.report.score:.4f} on "
+        console.print(f"quantized {result.path.name}: INT8 keeps {result.report.score:.4f} of FP32's mAP@.5:.95 on "
                       f"{len(result.split.holdout)} held-out images (details: clo-export quantize)")
         return result.path
     if plan.needs_fp16_onnx:
