@@ -151,7 +151,7 @@ def main() -> None:
 
     table = Table(title=f"INT8 vs FP32 on the demo model ({imgsz[0]}x{imgsz[1]}); drops in mAP points, labelled data no quantizer saw",
                   title_justify="left")
-    for col in ("quantizer", "calibration", f"{args.eval_scenes} scenes Δ@.5", "Δ@.5:.95", f"video Δ@.5", "Δ@.5:.95",
+    for col in ("quantizer", "calibration", f"{args.eval_scenes} scenes Δ@.5", "Δ@.5:.95", "video Δ@.5", "Δ@.5:.95",
                 "INT8 conv MACs", "time s"):
         table.add_column(col, justify="left" if col in ("quantizer", "calibration") else "right")
     table.add_row("FP32", "", f"mAP {base['unseen'][0]:.4f}", f"{base['unseen'][1]:.4f}", f"mAP {base['video'][0]:.4f}",
