@@ -132,10 +132,10 @@ def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, ev
     # within noise of others, and each step is kept only if it lowers the drop of the model built so far
     ranked = sorted((r for r in results if r.float_alone is not None), key=lambda r: r.float_alone.drop50_95)
     chosen: list[SiteResult] = []
-    best, share = base, 1.0
+    best, share = base, sum(r.mac_share for r in results)  # Convs outside every site (float attention) count as float
     steps: list[dict[str, Any]] = []
     if best.drop50_95 <= target:
-        return Choice([], [], best, 1.0, True, f"all INT8 already within {target} points", steps)
+        return Choice([], [], best, share, True, f"all INT8 already within {target} points", steps)
     for r in ranked:
         if sum("kept" in s for s in steps) >= max_steps:
             break
