@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -26,12 +26,13 @@ def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return out
 
 
-def calibrate(model: onnx.ModelProto, data: Iterable[dict[str, np.ndarray]], tensors: list[str], method: str,
-              total: int | None = None, progress: Progress | None = None, threads: int | None = None) -> dict[str, float]:
-    """amax per tensor by ``method`` over every feed in ``data`` (the FP32 model, ONNX Runtime CPU)."""
+def calibrate(model: onnx.ModelProto, data: Iterable[dict[str, np.ndarray]], tensors: list[str], methods: Sequence[str],
+              total: int | None = None, progress: Progress | None = None,
+              threads: int | None = None) -> dict[str, dict[str, float]]:
+    """amax per tensor for each of ``methods`` from one pass over ``data`` (the FP32 model, ONNX Runtime CPU)."""
     from clo_export.backends.onnxrt import OnnxRuntimeRunner
 
-    collector = RangeCollector(tensors, histograms=method != "minmax")
+    collector = RangeCollector(tensors, histograms=any(m != "minmax" for m in methods))
     done = 0
     runner = OnnxRuntimeRunner(expose(model, tensors).SerializeToString(), providers=["CPUExecutionProvider"], threads=threads)
     with runner:
@@ -42,5 +43,5 @@ def calibrate(model: onnx.ModelProto, data: Iterable[dict[str, np.ndarray]], ten
                 progress(done, total or done)
     if not collector.batches:
         raise CloExportError("no calibration image could be read; check the --calib source")
-    log.debug("calibrated %d tensors on %d images (%s)", len(tensors), done, method)
-    return collector.amaxes(method)
+    log.debug("calibrated %d tensors on %d images (%s)", len(tensors), done, ", ".join(methods))
+    return {m: collector.amaxes(m) for m in methods}

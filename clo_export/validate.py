@@ -74,7 +74,8 @@ def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None
 
     specs = [sources] if isinstance(sources, (str, Path)) else list(sources)
     inputs = {"MODEL": model, "--calib": [p for s in specs for p in local_inputs(s)]}
-    check_artifact(inputs, out, {"--cache": cache, "report": out.with_name(out.stem + ".accuracy.json")})
+    check_artifact(inputs, out, {"--cache": cache, "report": out.with_name(out.stem + ".accuracy.json"),
+                                 "--sensitivity": out.with_name(out.stem + ".sensitivity.json")})
     check_sidecar(cache)
 
 

@@ -24,7 +24,7 @@ from clo_export.export.metadata import read_metadata
 from tests.test_calib_sources import write_images
 
 IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away
-OPTS = QuantizeOptions(method="minmax", num=16, holdout=4)
+OPTS = QuantizeOptions(method="minmax", num=16, holdout=4, target_drop=None)  # automatic precision: tests/test_calib_auto.py
 
 
 @lru_cache(maxsize=1)
@@ -115,9 +115,14 @@ def test_accuracy_report_on_held_out_images(model_dir):
     assert set(rep.tensors) >= {"output0", "output0.boxes", "output0.objectness", "output0.classes"}
     assert rep.tensors["output0.objectness"].cosine > 0.9
     assert rep.agreement.n_ref > 10  # the biased head really detects, so agreement is measured, not vacuous
-    assert 0.5 < rep.agreement.f1 <= 1.0 and rep.map50 is not None and 0.3 < rep.map50 <= 1.0
+    assert 0.5 < rep.agreement.f1 <= 1.0 and 0.3 < rep.map50 <= 1.0
+    assert 0.5 < rep.fp32.map50_95 <= 1 and rep.score == pytest.approx(rep.int8.map50_95 / rep.fp32.map50_95)
+    assert rep.int8.drop50_95 == pytest.approx(100 * (rep.fp32.map50_95 - rep.int8.map50_95))
+    assert rep.box_iou.n == rep.agreement.n_matched and 0.5 <= rep.box_iou.min <= rep.box_iou.p10 <= rep.box_iou.mean <= 1
     saved = json.loads(r.accuracy_path.read_text())
-    assert saved["agreement_f1"] == pytest.approx(rep.score) and saved["detections"]["n_ref"] == rep.agreement.n_ref
+    assert saved["agreement_map50_95"] == pytest.approx(rep.score) and saved["detections_at_deploy"]["n_ref"] == rep.agreement.n_ref
+    assert saved["drop_map50_95_points"] == pytest.approx(rep.int8.drop50_95) and saved["box_iou"]["n"] == rep.box_iou.n
+    assert saved["float_nodes"] == sorted(attention_nodes(onnx.load(model_dir / "small.onnx")))
 
 
 def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplog, monkeypatch):
@@ -128,11 +133,11 @@ def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplo
     calls = []
     real = qmod.calibrate
     monkeypatch.setattr(qmod, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("minmax", 16, 4, keep_attention_fp=False))
+    again = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("minmax", 16, 4, keep_attention_fp=False, target_drop=None))
     assert again.cache.status == "hit" and not calls  # one cache serves both attention modes
     assert again.n_qdq_tensors > first.n_qdq_tensors
     with caplog.at_level(logging.WARNING, logger="clo_export"):
-        stale = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("percentile", 16, 4))
+        stale = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("percentile", 16, 4, target_drop=None))
     assert stale.cache.status == "stale" and calls == [1] and "differs in: method" in caplog.text
 
 

@@ -75,3 +75,19 @@ def test_cache_hit_miss_and_every_kind_of_stale(tmp_path, caplog):
     assert load_ranges(path, key(), ["t"]).status == "stale"
     save_ranges(path, key(), {"t": 1.0}, 3)
     assert json.loads(path.read_text())["format"] == "clo-export-calib/1"
+
+
+def _quant_mse(x: np.ndarray, amax: float) -> float:
+    s = amax / 127
+    return float(np.mean((x - np.clip(np.round(x / s), -127, 127) * s) ** 2))
+
+
+def test_mse_range_has_the_least_quantization_error():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(200_000).astype(np.float32) * 2, np.float32([40.0])])
+    h = AbsHistogram()
+    h.add(x)
+    amax = {m: amax_from(h, m) for m in ("mse", "minmax", "percentile", "entropy")}
+    assert 6.0 < amax["mse"] < amax["minmax"]  # clips the outlier part way: its error weighs against 200k roundings
+    errs = {m: _quant_mse(x, a) for m, a in amax.items()}
+    assert errs["mse"] <= min(errs.values()) * 1.02, errs

@@ -30,12 +30,13 @@ def test_quantize_prints_the_report_and_writes_files(tmp_path):
     src = small_onnx()
     shutil.copy(src, tmp_path / "m.onnx")
     args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(src.parent / "calib"), "--num", "16", "--holdout", "16",
-            "--method", "minmax", "--min-agreement", "0.3"]
+            "--method", "minmax", "--all-int8", "--min-agreement", "0.3"]
     result = runner.invoke(make_app(), args)
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "quantized" in out and "16 calibration + 16 held-out images" in out and "TensorRT Q/DQ rules: ok" in out
-    assert "detections @IoU0.5" in out and "mAP@0.5 (FP32 as GT)" in out
+    assert "mAP@.5:.95 vs FP32 dets" in out and "box IoU of matched pairs" in out and "detections @conf 0.25" in out
+    assert "float fallback off (--all-int8)" in out and "float_nodes for clo-export trt --keep-float" in out
     assert (tmp_path / "m.int8.onnx").is_file() and (tmp_path / "m.int8.onnx.json").is_file()
     assert json.loads((tmp_path / "m.int8.accuracy.json").read_text())["n_images"] == 16
     again = runner.invoke(make_app(), args[:-2] + ["--min-agreement", "1.0"])

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from clo_export.calib.accuracy import DEFAULT_MIN_AGREEMENT
 from clo_export.cli.common import console, guarded
 from clo_export.errors import CloExportError
 
@@ -19,24 +20,47 @@ REP = "Accuracy report"
 
 
 class Method(str, Enum):
+    auto = "auto"
+    mse = "mse"
     entropy = "entropy"
     minmax = "minmax"
     percentile = "percentile"
 
 
 def accuracy_table(report) -> Table:
-    """Per-output errors and detection agreement of INT8 against FP32."""
+    """INT8 against FP32 on the held-out images: mAP drops, box IoU, per-output errors, agreement at deployment thresholds."""
     mode = "attention FP32" if report.info.get("keep_attention_fp", True) else "attention INT8"
-    table = Table(title=f"INT8 vs FP32 on {report.n_images} held-out images ({report.info.get('method')}, {mode})",
-                  title_justify="left")
-    for col in ("output", "cosine", "max |diff|", "mean |diff|"):
-        table.add_column(col, justify="left" if col == "output" else "right")
-    for name, s in report.tensors.items():
-        table.add_row(name, f"{s.cosine:.6f}", f"{s.max_abs:.4g}", f"{s.mean_abs:.4g}")
+    share = report.info.get("int8_conv_mac_share")
+    table = Table(title=f"INT8 vs FP32 on {report.n_images} held-out images ({report.info.get('method')}, {mode}"
+                        + (f", {100 * share:.1f} % of conv MACs INT8)" if share is not None else ")"), title_justify="left")
+    for col in ("measure", "value", "", ""):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    i, f = report.int8, report.fp32
+    table.add_row("mAP@.5:.95 vs FP32 dets (conf 0.001)", f"INT8 {i.map50_95:.4f}", f"FP32 {f.map50_95:.4f}", f"drop {i.drop50_95:.2f} pts")
+    table.add_row("mAP@.5 vs FP32 dets (conf 0.001)", f"INT8 {i.map50:.4f}", f"FP32 {f.map50:.4f}", f"drop {i.drop50:.2f} pts")
+    b = report.box_iou
+    table.add_row("box IoU of matched pairs", f"mean {b.mean:.3f}", f"p10 {b.p10:.3f}", f"<0.9: {100 * b.below_090:.1f} %")
     d = report.agreement
-    table.add_row("detections @IoU0.5", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"F1 {d.f1:.4f}")
-    table.add_row("", f"{d.n_ref} FP32 boxes", f"{d.n_test} INT8 boxes", f"IoU {d.mean_iou:.3f}")
-    table.add_row("mAP@0.5 (FP32 as GT)", "–" if report.map50 is None else f"{report.map50:.4f}", "", "")
+    table.add_row(f"detections @conf {report.conf}, IoU 0.5", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"F1 {d.f1:.4f}")
+    table.add_row("", f"{d.n_ref} FP32 boxes", f"{d.n_test} INT8 boxes", "")
+    for name, s in report.tensors.items():
+        table.add_row(f"output {name}", f"cos {s.cosine:.6f}", f"max {s.max_abs:.4g}", f"mean {s.mean_abs:.4g}")
+    return table
+
+
+def sensitivity_table(result) -> Table:
+    """Per site: share of conv MACs, held-out drop with it alone float / alone INT8; float sites marked."""
+    chosen = set(result.choice.float_sites) if result.choice else set()
+    table = Table(title="Sensitivity on the held-out images (mAP@.5:.95 drop vs FP32 dets, points; all INT8: "
+                        f"{result.method_scores.get(result.method).drop50_95:.2f})" if result.method_scores else
+                        "Sensitivity on the held-out images (mAP@.5:.95 drop vs FP32 dets, points)", title_justify="left")
+    for col in ("site", "ops", "conv MACs", "drop, site float", "drop, site alone INT8", "kept float"):
+        table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold")
+    rows = sorted(result.sites, key=lambda r: r.float_alone.drop50_95)
+    for r in rows:
+        alone = "–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"
+        table.add_row(r.site.name, r.site.ops, f"{100 * r.mac_share:.1f} %", f"{r.float_alone.drop50_95:.2f}", alone,
+                      "yes" if r.site.name in chosen else "")
     return table
 
 
@@ -45,14 +69,17 @@ def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX from clo-export onnx.", show_default=False)],
     calib: Annotated[list[str], typer.Option("--calib", help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.", rich_help_panel=CAL, show_default=False)],
     num: Annotated[int, typer.Option(help="Calibration images to sample (200+ recommended).", rich_help_panel=CAL)] = 256,
-    holdout: Annotated[int, typer.Option(help="Other images from --calib for the accuracy report.", rich_help_panel=REP)] = 32,
+    holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.", rich_help_panel=CAL)] = 0,
-    method: Annotated[Method, typer.Option(help="Range method (entropy = TensorRT's EntropyCalibrator2).", rich_help_panel=CAL)] = Method.entropy,
+    method: Annotated[Method, typer.Option(help="Range method; auto tries each on the held-out images (entropy = TensorRT's EntropyCalibrator2).", rich_help_panel=CAL)] = Method.auto,
+    target_drop: Annotated[float, typer.Option(help="Keep the most sensitive sites float until the held-out mAP@.5:.95 drop is at most this (points).", rich_help_panel=CAL)] = 0.3,
+    all_int8: Annotated[bool, typer.Option("--all-int8", help="No float fallback: every site INT8 (ignores --target-drop).", rich_help_panel=CAL)] = False,
+    sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Also measure each site alone in INT8; print the table and write OUTPUT .sensitivity.json.", rich_help_panel=REP)] = False,
     keep_attention_fp: Annotated[bool, typer.Option("--keep-attention-fp/--quantize-attention", help="Keep EfficientAttention's q*k, tanh, softmax path in float.", rich_help_panel=CAL)] = True,
     cache: Annotated[Path | None, typer.Option(help="Ranges cache JSON (default: OUTPUT with .calib.json).", rich_help_panel=CAL)] = None,
     recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Ignore the ranges cache.", rich_help_panel=CAL)] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output path (default: MODEL with .int8.onnx).", rich_help_panel=OUT)] = None,
-    min_agreement: Annotated[float | None, typer.Option(help="Exit 1 when INT8-vs-FP32 detection F1 is below this.", rich_help_panel=REP)] = None,
+    min_agreement: Annotated[float, typer.Option(help="Exit 1 when INT8's mAP@.5:.95 against FP32's detections on the held-out images, over FP32's own, is below this.", rich_help_panel=REP)] = DEFAULT_MIN_AGREEMENT,
     conf: Annotated[float, typer.Option(help="Score threshold for the detections compared.", rich_help_panel=REP)] = 0.25,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold for the detections compared.", rich_help_panel=REP)] = 0.45,
 ) -> None:
@@ -63,9 +90,10 @@ def quantize(
 
     check_quantize_options(model, calib, num, holdout, seed)
 
-    if min_agreement is not None and not 0 <= min_agreement <= 1:
+    if not 0 <= min_agreement <= 1:
         raise CloExportError(f"--min-agreement {min_agreement} must lie in [0, 1]")
-    opts = QuantizeOptions(method.value, num, holdout, seed, keep_attention_fp, cache, recalibrate, conf, iou)
+    opts = QuantizeOptions(method.value, num, holdout, seed, keep_attention_fp, cache, recalibrate, conf, iou,
+                           target_drop=None if all_int8 else target_drop, sensitivity=sensitivity)
     opts.validate()
     columns = (TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -77,11 +105,25 @@ def quantize(
     source = f"{len(s.calib)} calibration + {len(s.holdout)} held-out images of {s.found} found"
     skipped = f", {len(s.skipped)} unreadable skipped" if s.skipped else ""
     ranges = "ranges from cache" if result.cache.status == "hit" else f"calibrated in {result.seconds['calibrate']:.1f} s"
-    console.print(f"quantized {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {source}{skipped}; {ranges} "
-                  f"({opts.method}); Q/DQ on {result.n_qdq_tensors} activations and {result.n_weights} weights; "
+    tried = ", ".join(f"{m} {v.drop50_95:.2f}" for m, v in result.method_scores.items())
+    console.print(f"quantized {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {source}{skipped}; {ranges}; "
+                  f"method {result.method}" + (f" (held-out drop: {tried})" if tried else "")
+                  + f"; Q/DQ on {result.n_qdq_tensors} activations and {result.n_weights} weights; "
                   f"{len(result.attention_fp)} attention nodes kept float; TensorRT Q/DQ rules: ok")
+    if result.sites is not None and (sensitivity or result.choice and result.choice.float_sites):
+        console.print(sensitivity_table(result))
+    if result.choice is not None:
+        c = result.choice
+        console.print(f"float fallback: {', '.join(c.float_sites) or 'none'} ({len(c.float_nodes)} nodes); "
+                      f"{100 * result.int8_share:.1f} % of conv MACs INT8; {c.reason}", markup=False)
+    else:
+        console.print(f"float fallback off (--all-int8); {100 * result.int8_share:.1f} % of conv MACs INT8")
     console.print(accuracy_table(result.report))
-    console.print(f"report {result.accuracy_path.name}, sidecar {result.sidecar.name}, cache {result.cache_path.name}")
-    if min_agreement is not None and result.report.score < min_agreement:
-        raise CloExportError(f"INT8 detection agreement F1 {result.report.score:.4f} is below --min-agreement {min_agreement}; "
-                             "try --method percentile/minmax, more --num images from the deployment scene, or keep attention float")
+    extra = f", sensitivity {result.sensitivity_path.name}" if result.sensitivity_path else ""
+    console.print(f"report {result.accuracy_path.name} (float_nodes for clo-export trt --keep-float), sidecar "
+                  f"{result.sidecar.name}, cache {result.cache_path.name}{extra}; {sum(result.seconds.values()):.0f} s")
+    if result.report.score < min_agreement:
+        raise CloExportError(f"INT8 keeps {result.report.score:.4f} of FP32's mAP@.5:.95 (against FP32's detections) on the held-out images "
+                             f"(drop {result.report.int8.drop50_95:.2f} points), below --min-agreement {min_agreement}; "
+                             "calibrate on a few hundred frames from the deployment scene, or pass a lower --min-agreement "
+                             "to accept this model")
