@@ -45,6 +45,7 @@ from clo_export.export.exporter import ExportOptions, export_onnx  # noqa: E402
 from clo_export.models.checkpoint import LoadedModel, load  # noqa: E402
 from clo_export.models.yolo import DEFAULT_CFG, DetectionModel  # noqa: E402
 from clo_export.plugins import load_plugins  # noqa: E402
+from tests.conftest import randomize  # noqa: E402
 
 
 def real_frames(n: int) -> list[np.ndarray]:
@@ -57,15 +58,7 @@ def real_frames(n: int) -> list[np.ndarray]:
 def seed_model_random_bn(seed: int = 0) -> DetectionModel:
     """The seed architecture (nc=80) with non-trivial BatchNorm statistics, as the test fixtures make it."""
     torch.manual_seed(seed)
-    model = DetectionModel(DEFAULT_CFG)
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+    return randomize(DetectionModel(DEFAULT_CFG), seed).eval()
 
 
 STATS = ("box_abs", "xy_abs", "wh_abs", "wh_rel", "obj_abs", "cls_abs", "limit_used")
