@@ -7,12 +7,15 @@ packages exposing the ``clo_export.plugins`` entry point) call :func:`register_b
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from clo_export.errors import CloExportError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,11 +83,27 @@ class Registry:
             ) from None
 
     def block_for(self, module: Any) -> Block | None:
-        """The block registered for a module instance's class, if any."""
+        """The block registered for a module's class or its nearest registered base class (MRO order).
+
+        A subclass of a registered block keeps its parent's hooks unless it is registered itself.
+        """
+        by_class: dict[type, Block] = {}
         for b in self.blocks.values():
-            if type(module) is b.cls:
-                return b
-        return None
+            by_class.setdefault(b.cls, b)
+        return next((by_class[c] for c in type(module).__mro__ if c in by_class), None)
+
+    def add(self, block: Block, override: bool = False) -> None:
+        """Register ``block``; replacing a different block of the same name warns unless ``override``."""
+        old = self.blocks.get(block.name)
+        if old is not None and old.cls is not block.cls and not override:
+            log.warning("block '%s': %s (%s) replaces %s (%s); pass override=True to register_block to silence this",
+                        block.name, qualname(block.cls), block.source, qualname(old.cls), old.source)
+        self.blocks[block.name] = block
+
+
+def qualname(cls: type) -> str:
+    """``module.Class`` for messages."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 REGISTRY = Registry()
@@ -152,19 +171,22 @@ def register_block(
     export: ExportFn | None = None,
     aliases: tuple[str, ...] = (),
     source: str = "builtin",
+    override: bool = False,
 ) -> Any:
     """Register a block under its YAML name(s); usable as a class decorator.
 
     ``kind`` says how YAML args become constructor args ("channels", "repeated", "concat",
     "plain", "same") or is a custom parse function. ``hparams`` names constructor arguments
     read back from a pickled instance when rebuilding a checkpoint. ``export(module, ctx)``
-    switches the module into its static-shape export form.
+    switches the module into its static-shape export form. Registering a name that another
+    class already holds (a plugin's own ``Conv``) replaces it with a warning naming both;
+    ``override=True`` says the replacement is meant and silences the warning.
     """
 
     def add(c: type) -> type:
         parse = PARSERS[kind] if isinstance(kind, str) else kind
         for n in (name,) if isinstance(name, str) else name:
-            REGISTRY.blocks[n] = Block(n, c, parse, hparams, export, source)
+            REGISTRY.add(Block(n, c, parse, hparams, export, source), override)
         register_class(c, *aliases)
         return c
 

@@ -52,11 +52,30 @@ def test_anchors_in_grid_units_and_bias_prior(seed_cfg):
         assert (b[:, 5:] - math.log(0.6 / (80 - 0.99999))).abs().max() <= bound
 
 
-def test_head_wiring_note(seed_cfg, caplog):
+def test_head_wiring_note(seed_cfg, caplog, monkeypatch):
+    monkeypatch.setattr("clo_export.models.yolo._noted_wirings", set())  # as in a fresh process
     with caplog.at_level(logging.INFO, logger="clo_export"):
         DetectionModel(seed_cfg)
     notes = [r.message for r in caplog.records if "stock YOLOv5" in r.message]
     assert len(notes) == 1 and "layer 20 concatenates layer 14" in notes[0] and "layer 15" in notes[0]
+
+
+def test_head_wiring_note_once_per_config(seed_cfg, caplog, monkeypatch):
+    """The demo builds the seed model several times (train, export, check): one note, not one per build."""
+    monkeypatch.setattr("clo_export.models.yolo._noted_wirings", set())
+    with caplog.at_level(logging.INFO, logger="clo_export"):
+        DetectionModel(seed_cfg)
+        DetectionModel(copy.deepcopy(seed_cfg))
+        DetectionModel(seed_cfg, nc=3)
+    notes = [r.message for r in caplog.records if "stock YOLOv5" in r.message]
+    assert len(notes) == 1 and "layer 20 concatenates layer 14" in notes[0]
+    other = copy.deepcopy(seed_cfg)
+    other["head"][9] = [[-1, 13], 1, "Concat", [1]]  # layer 20 now takes layer 13: another wiring, noted too
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="clo_export"):
+        DetectionModel(other)
+    notes = [r.message for r in caplog.records if "stock YOLOv5" in r.message]
+    assert notes == [n for n in notes if "layer 20 concatenates layer 13" in n] and len(notes) == 1
 
 
 def test_eval_output_is_decoded_and_training_output_is_raw(small_model):
@@ -136,8 +155,14 @@ def test_window_that_does_not_divide_the_map_is_a_clear_error(small_model):
 
 
 def test_fuse_keeps_outputs(small_model):
-    fused = copy.deepcopy(small_model).fuse()
+    before = {k: v.clone() for k, v in small_model.state_dict().items()}
+    fused = small_model.fuse()
+    assert fused is not small_model
     assert not any(hasattr(m, "bn") for m in fused.modules())
+    # the model fuse() was called on is unchanged: BatchNorms in place, same tensors, same values
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in small_model.modules()) == 57
+    assert small_model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in small_model.state_dict().items())
     assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in small_model.parameters())
     x = torch.rand(1, 3, 256, 256)
     with torch.no_grad():

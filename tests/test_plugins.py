@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import copy
+import logging
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from torch import nn
 
+import clo_export.plugins
 from clo_export.errors import CloExportError
 from clo_export.models.checkpoint import load, save_yolov5
 from clo_export.models.yolo import DetectionModel
 from clo_export.plugins import load_plugin_file, load_plugins
-from clo_export.registry import REGISTRY
+from clo_export.registry import REGISTRY, register_block
 
 SE_BLOCK = '''
 """Squeeze-and-excitation, as users paste it into models/common.py."""
@@ -110,3 +113,89 @@ def test_builtin_blocks_are_registered(plugins_loaded):
         assert name in REGISTRY.blocks
     for name in ("AttnMap", "MemoryEfficientSwish", "DetectionModel", "Model"):
         assert name in REGISTRY.classes
+
+
+@pytest.fixture()
+def registry_snapshot(plugins_loaded):
+    """Put the registry back as it was after a test that replaces built-in blocks."""
+    blocks, classes = dict(REGISTRY.blocks), dict(REGISTRY.classes)
+    yield
+    REGISTRY.blocks.clear()
+    REGISTRY.blocks.update(blocks)
+    REGISTRY.classes.clear()
+    REGISTRY.classes.update(classes)
+
+
+CONV_PLUGIN = '''
+from torch import nn
+from clo_export.registry import register_block
+
+
+@register_block("Conv", kind="channels", source="user")
+class Conv(nn.Module):
+    def __init__(self, c1, c2, k=1, s=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2)
+
+    def forward(self, x):
+        return self.conv(x)
+'''
+
+
+def test_a_plugin_replacing_a_builtin_block_is_named_in_a_warning(registry_snapshot, tmp_path, caplog):
+    builtin = REGISTRY.blocks["Conv"].cls
+    path = tmp_path / "my_conv.py"
+    path.write_text(CONV_PLUGIN)
+    try:
+        with caplog.at_level(logging.WARNING, logger="clo_export"):
+            load_plugin_file(path)
+    finally:
+        clo_export.plugins._loaded.discard(str(path.resolve()))
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    replaced = REGISTRY.blocks["Conv"]
+    assert replaced.cls is not builtin and replaced.source == "user"
+    assert "block 'Conv'" in warnings[0] and "override=True" in warnings[0]
+    assert f"{replaced.cls.__module__}.Conv (user)" in warnings[0] and "clo_export.plugins.yolov5.Conv (builtin)" in warnings[0]
+
+
+def test_override_true_replaces_a_block_without_a_warning(registry_snapshot, caplog):
+    class Conv(nn.Module):
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="clo_export"):
+        register_block("Conv", Conv, kind="channels", source="user", override=True)
+        register_block("Conv", Conv, kind="channels", source="user")  # the same class again: nothing to warn about
+    assert REGISTRY.blocks["Conv"].cls is Conv
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_subclass_keeps_its_parents_export_hook(small_model):
+    """An unregistered subclass of a registered block is found through its MRO; a registered one wins."""
+    from clo_export.export.mode import export_model
+
+    attention = REGISTRY.blocks["EfficientAttention"]
+
+    class TunedAttention(attention.cls):
+        pass
+
+    m = copy.deepcopy(small_model)
+    m.model[9].__class__ = TunedAttention
+    assert REGISTRY.block_for(m.model[9]) is attention
+    exported = export_model(m, (256, 256))
+    assert type(exported.model[9]) is TunedAttention
+    assert exported.model[9].export_shape == (1, 256, 8, 8)  # the hook ran: static shape at 256x256, stride 32
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), small_model(x), rtol=1e-4, atol=1e-3)  # the fused-vs-unfused tolerance
+
+    class OwnBlock(attention.cls):
+        pass
+
+    try:
+        register_block("OwnBlock", OwnBlock, kind="same", source="user")
+        m.model[9].__class__ = OwnBlock
+        assert REGISTRY.block_for(m.model[9]).name == "OwnBlock"
+    finally:
+        REGISTRY.blocks.pop("OwnBlock")
+        REGISTRY.classes.pop("OwnBlock")

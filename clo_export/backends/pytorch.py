@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from clo_export.backends.base import Runner, TensorSpec
@@ -43,7 +41,7 @@ class TorchRunner(Runner):
 
     def activate_impl(self) -> None:
         self.device = resolve_device(self.device)
-        model = copy.deepcopy(self.model).fuse() if self.fuse else self.model
+        model = self.model.fuse() if self.fuse else self.model
         self._active = model.to(self.device).eval()
 
     def deactivate_impl(self) -> None:

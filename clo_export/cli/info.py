@@ -30,7 +30,7 @@ def info(
     size = parse_imgsz(imgsz)
     model, title = build_or_load(weights, cfg, tuple(plugin or ()))
     if fuse:
-        model.fuse()
+        model = model.fuse()
     check_memory(model, size, 1, factor=1)  # the summary runs a forward pass at --imgsz
     s = summarize(model, size)
     if layers:

@@ -8,8 +8,6 @@ both what is traced to ONNX and the PyTorch reference the ONNX is compared again
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -27,7 +25,7 @@ def input_shapes(args: tuple) -> tuple[tuple[int, ...], ...]:
 def export_model(model: DetectionModel, imgsz: tuple[int, int], batch: int = 1, dynamic_batch: bool = False) -> DetectionModel:
     """A fused, FP32, eval-mode copy of ``model`` in export form for a fixed ``imgsz``."""
     model.check_imgsz(imgsz)
-    m = copy.deepcopy(model).float().eval().fuse()
+    m = model.fuse().float().eval()  # fuse() returns a copy
     hooked = {mod: REGISTRY.block_for(mod) for mod in m.modules()}
     hooked = {mod: block for mod, block in hooked.items() if block is not None and block.export is not None}
     shapes: dict[nn.Module, tuple[tuple[int, ...], ...]] = {}

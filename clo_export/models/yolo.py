@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CFG_DIR = Path(__file__).resolve().parent.parent / "cfg"
 DEFAULT_CFG = CFG_DIR / "yolov5n-cloformer.yaml"
 STRIDE_PROBE = 256
+_noted_wirings: set[str] = set()  # head-wiring notes already logged in this process
 
 
 def load_cfg(cfg: str | Path | dict) -> dict:
@@ -117,6 +118,14 @@ def head_wiring_notes(layers: list[list], n_backbone: int) -> list[str]:
     return notes
 
 
+def log_head_wiring(layers: list[list], n_backbone: int) -> None:
+    """Log each of :func:`head_wiring_notes` once per process, not at every build of the same config."""
+    for note in head_wiring_notes(layers, n_backbone):
+        if note not in _noted_wirings:
+            _noted_wirings.add(note)
+            log.info(note)
+
+
 def parse_model(d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | None = None) -> tuple[nn.Sequential, list[int]]:
     """Build the layer list from a YOLOv5 model dict (YOLOv5 v7.0 parse_model rules).
 
@@ -153,8 +162,7 @@ def parse_model(d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | Non
         if i == 0:
             chs = []
         chs.append(spec.c2)
-    for note in head_wiring_notes(rows, len(d["backbone"])):
-        log.info(note)
+    log_head_wiring(rows, len(d["backbone"]))
     return nn.Sequential(*layers), sorted(save)
 
 
@@ -242,12 +250,13 @@ class DetectionModel(nn.Module):
                 raise window_error(getattr(m, "i", -1), type(m).__name__, hw, multiple, stride)
 
     def fuse(self) -> "DetectionModel":
-        """Fold every Conv's BatchNorm into its convolution, in place (YOLOv5's fuse)."""
-        for m in self.model.modules():
+        """A copy with every Conv's BatchNorm folded into its convolution (YOLOv5's fuse); ``self`` is unchanged."""
+        fused = copy.deepcopy(self)
+        for m in fused.model.modules():
             if hasattr(m, "bn") and isinstance(getattr(m, "conv", None), nn.Conv2d):
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 delattr(m, "bn")
-        return self
+        return fused
 
 
 def normalize_names(names: list[str] | dict | None, nc: int) -> dict[int, str]:
