@@ -1,3 +1,118 @@
-"""clo-export: YOLOv5 + CloFormer EfficientAttention to verified ONNX, INT8 and TensorRT."""
+"""clo-export: YOLOv5 + CloFormer EfficientAttention to verified ONNX, INT8 and TensorRT.
+
+The Python API, one call per ``clo-export`` step (README, "Python API")::
+
+    import clo_export
+
+    model = clo_export.load("best.pt")
+    onnx = clo_export.export_onnx(model, options=clo_export.ExportOptions(imgsz=(640, 640)))
+    int8 = clo_export.quantize(onnx.path, "calib_images/")
+    engine = clo_export.build_engine(int8.path, clo_export.BuildRequest(precision="int8"))
+    runner, info = clo_export.load_runner(engine.engine_path)
+
+Each call imports only what its step needs: ``import clo_export`` loads no torch, ONNX, ONNX
+Runtime, TensorRT or OpenCV, so ``clo-infer`` starts fast and runs without torch on Python 3.8.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
+
+from clo_export.lazy import lazy_attributes
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from clo_export.backends.base import ModelInfo, Runner
+    from clo_export.calib.quantize import QuantizeOptions, QuantizeResult
+    from clo_export.engine.build import EngineBuild
+    from clo_export.engine.plan import BuildRequest
+    from clo_export.export.exporter import ExportOptions, ExportResult
+    from clo_export.models.checkpoint import LoadedModel
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# The option and result types, importable from the top without importing their modules up front.
+__getattr__ = lazy_attributes(__name__, {
+    "LoadedModel": "clo_export.models.checkpoint",
+    "ExportOptions": "clo_export.export.exporter",
+    "ExportResult": "clo_export.export.exporter",
+    "QuantizeOptions": "clo_export.calib.quantize",
+    "QuantizeResult": "clo_export.calib.quantize",
+    "BuildRequest": "clo_export.engine.plan",
+    "EngineBuild": "clo_export.engine.build",
+    "ModelInfo": "clo_export.backends.base",
+    "Runner": "clo_export.backends.base",
+    "CloExportError": "clo_export.errors",
+})
+
+__all__ = ["__version__", "load", "export_onnx", "quantize", "build_engine", "load_runner", "LoadedModel",
+           "ExportOptions", "ExportResult", "QuantizeOptions", "QuantizeResult", "BuildRequest", "EngineBuild",
+           "ModelInfo", "Runner", "CloExportError"]
+
+
+def load(path: PathLike, cfg: Optional[PathLike] = None, plugins: Sequence[PathLike] = ()) -> LoadedModel:
+    """Load a YOLOv5(+CloFormer) checkpoint or state dict as an FP32 eval model (never runs pickled code).
+
+    ``cfg`` is the model YAML for a bare state dict; ``plugins`` are ``--plugin`` files with your own blocks.
+    """
+    from clo_export.models.checkpoint import load as load_checkpoint
+
+    return load_checkpoint(path, cfg, tuple(plugins))
+
+
+def export_onnx(model: Union[LoadedModel, PathLike], out: Optional[PathLike] = None,
+                options: Optional[ExportOptions] = None, *, check: bool = True,
+                source: Optional[PathLike] = None) -> ExportResult:
+    """``clo-export onnx``: a static-shape ONNX (``out``, default beside the checkpoint) and its sidecar JSON.
+
+    ``model`` is a :func:`load` result or a checkpoint path. With ``check`` the ONNX is run in ONNX
+    Runtime beside PyTorch on seeded random batches (plus frames from ``source``): ``result.parity``
+    is the Report, falsy when outside tolerance (the file is still written, to inspect it).
+    """
+    from clo_export.export.exporter import ExportOptions, export_onnx as export
+    from clo_export.export.parity import parity_batches
+
+    loaded = model if not isinstance(model, (str, os.PathLike)) else load(model)
+    opts = options or ExportOptions()
+    opts.validate()
+    loaded.model.check_imgsz(opts.imgsz)
+    sizes = (opts.batch, 3) if opts.dynamic_batch and opts.batch != 3 else (opts.batch,)
+    inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
+    return export(loaded, Path(out) if out else None, opts, inputs)
+
+
+def quantize(onnx: PathLike, images: Union[PathLike, Sequence[PathLike]], out: Optional[PathLike] = None,
+             options: Optional[QuantizeOptions] = None) -> QuantizeResult:
+    """``clo-export quantize``: an INT8 Q/DQ ONNX calibrated on ``images`` (folders, files or globs).
+
+    Method and float fallback are chosen on a held-out split; the result carries its mAP report.
+    """
+    from clo_export.calib.quantize import QuantizeOptions, quantize as run
+
+    return run(onnx, images, out, options or QuantizeOptions())
+
+
+def build_engine(onnx: PathLike, request: Optional[BuildRequest] = None, out: Optional[PathLike] = None, *,
+                 calib: Sequence[str] = (), verbose: bool = False) -> EngineBuild:
+    """``clo-export trt``: a TensorRT engine for the installed TensorRT and this GPU, with its sidecar JSON."""
+    from clo_export.engine.build import build_engine as build
+    from clo_export.engine.plan import BuildRequest
+
+    return build(onnx, request or BuildRequest(), out, calib=calib, verbose=verbose)
+
+
+def load_runner(model: PathLike, device: Optional[str] = None, *, imgsz: Optional[Tuple[int, int]] = None,
+                providers: Optional[Sequence[str]] = None, threads: Optional[int] = None) -> Tuple[Runner, ModelInfo]:
+    """A Runner (use it as a context manager) and the ModelInfo for a ``.pt``, ``.onnx`` or ``.engine`` file.
+
+    ``runner.infer({info.input_name: batch})`` takes letterboxed NCHW float32 (see
+    ``clo_export.data.preprocess``); only the chosen backend's dependencies are imported.
+    """
+    from clo_export.backends.base import load_runner as load_one
+
+    return load_one(model, device, list(providers) if providers else None, imgsz, threads)

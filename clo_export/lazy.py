@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any, Callable
 
 from clo_export.errors import CloExportError
 
@@ -25,3 +26,14 @@ def lazy_import(name: str) -> ModuleType:
         top = name.split(".")[0]
         hint = INSTALL_HINTS.get(top, f"pip install {top}")
         raise CloExportError(f"{name} is needed for this step but cannot be imported ({e}); install it: {hint}") from e
+
+
+def lazy_attributes(package: str, where: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562): attribute ``name`` is imported from module ``where[name]`` on first use."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(where[name]), name)
+
+    return __getattr__
