@@ -150,8 +150,6 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
     if not onnx_path.is_file():
         raise CloExportError(f"model '{onnx_path}' does not exist; export one with clo-export onnx")
     out = Path(out) if out else default_output(onnx_path)
-    if out.resolve() == onnx_path.resolve():
-        raise CloExportError(f"output {out} is the input model; choose another --output")
     cache_path = Path(opts.cache) if opts.cache else out.with_name(out.stem + ".calib.json")
     check_quantize_outputs(onnx_path, sources, out, cache_path)
     seconds: dict[str, float] = {}
