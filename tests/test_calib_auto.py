@@ -85,14 +85,14 @@ def test_bad_calibration_set_fails_the_default_bar(tmp_path):
     shutil.copy(small_onnx(), tmp_path / "m.onnx")
     calib = tmp_path / "calib"
     calib.mkdir()
-    write_images(tmp_path / "real", 20, nested=False, ext=".png")
+    write_images(tmp_path / "real", 16, nested=False, ext=".png")
     real = sorted((tmp_path / "real").glob("*.png"))
-    for i in range(20):
+    for i in range(32):
         cv2.imwrite(str(calib / f"{i:02d}.png"), np.full((160, 160, 3), 3, np.uint8))
-    held = split_sources(calib, 16, 4, 0).holdout  # the seeded split: these become real frames
+    held = split_sources(calib, 16, 16, 0).holdout  # the seeded split: these become real frames (16: validate's minimum)
     for item, src in zip(held, real):
         shutil.copy(src, item.path)
-    args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(calib), "--num", "16", "--holdout", "4",
+    args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(calib), "--num", "16", "--holdout", "16",
             "--method", "minmax", "--all-int8"]
     bad = CliRunner().invoke(make_app(), args)
     out = " ".join(bad.output.split())
