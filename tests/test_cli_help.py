@@ -84,6 +84,8 @@ def test_verbose_before_or_after_trt(argv, tmp_path):
     result = runner.invoke(app, [a.format(model=model) for a in argv])
     assert result.exit_code == 0, result.output
     assert logging.getLogger("clo_export").level == logging.DEBUG
-    from clo_export.cli.common import is_verbose
+    from clo_export.cli.common import is_verbose, setup
 
     assert is_verbose()
+    setup()  # back to the default level for the tests that follow
+    assert not is_verbose() and logging.getLogger("clo_export").level == logging.INFO
