@@ -133,4 +133,4 @@ def check_memory(model, imgsz: tuple[int, int], batch: int = 1, factor: int = EX
     if free is not None and need > free:
         raise CloExportError(
             f"--imgsz {imgsz[0]},{imgsz[1]} (batch {batch}) needs about {need / 2**30:.1f} GiB for exporting, but only "
-            f"{free / 2**30:.1f} GiB of memory is available; use a smaller --imgsz (640 is YOLOv5's default) or --batch")
+            f"{free / 2**30:.1f} GiB of memory is available; use a smaller --imgsz (640 is YOLOv5's default) or --export-batch")

@@ -64,7 +64,7 @@ class InferOptions:
         if not (0 <= self.conf <= 1 and 0 <= self.iou <= 1):
             raise CloExportError(f"--conf {self.conf} and --iou {self.iou} must lie in [0, 1]")
         if self.max_det < 1 or self.batch < 1 or self.check_every < 1 or self.queue_size < 1:
-            raise CloExportError("--max-det, --batch and --check-every must be at least 1")
+            raise CloExportError("--max-det, --infer-batch and --check-every must be at least 1")
 
 
 # ---------------------------------------------------------------------------------------------- stats
@@ -373,10 +373,10 @@ class Pipeline:
         fixed = spec.shape[0] if spec.shape else None
         want = self.opts.batch
         if self.source.live and want > 1:
-            log.info("live source: --batch %d ignored (frames are processed as they arrive)", want)
+            log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", want)
             want = 1
         if fixed is not None and want not in (1, fixed):
-            raise CloExportError(f"the model takes a fixed batch of {fixed}; use --batch {fixed} or 1, "
+            raise CloExportError(f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "
                                  "or export it with --dynamic-batch")
         self.batch = fixed if fixed is not None and not self.source.live else want
         self._pad = fixed

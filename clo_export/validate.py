@@ -101,7 +101,7 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
     """``clo-infer``: every number, the model and source, and each output against each input."""
     from clo_export.fileio import check_outputs
 
-    for name in ("limit", "threads", "workers", "batch", "max_det", "check_every"):
+    for name in ("limit", "threads", "workers", "infer_batch", "max_det", "check_every"):
         at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
     for name in ("conf", "iou", "check_f1"):
         in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)

@@ -303,7 +303,7 @@ BAD_INPUTS = [
     (infer, ["v.mp4", "-m", "m.onnx", "--limit", "0"], "--limit 0", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--threads", "0"], "--threads 0", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--workers", "0"], "--workers 0", None),
-    (infer, ["v.mp4", "-m", "m.onnx", "--batch", "0"], "--batch 0", None),
+    (infer, ["v.mp4", "-m", "m.onnx", "--infer-batch", "0"], "--infer-batch 0", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--check-every", "0"], "--check-every 0", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--conf", "2"], "--conf 2", None),
     (infer, ["v.mp4", "-m", "nope.onnx"], "does not exist", None),
@@ -694,7 +694,7 @@ def test_hypothesis_infer_options_are_checked_before_work(tmp_path_factory, limi
     root = tmp_path_factory.mktemp("opts")
     shutil.copy(artifacts().onnx, root / "m.onnx")
     before = snapshot(root)
-    result = infer(str(root / "nowhere.mp4"), "-m", str(root / "m.onnx"), "--limit", limit, "--batch", batch,
+    result = infer(str(root / "nowhere.mp4"), "-m", str(root / "m.onnx"), "--limit", limit, "--infer-batch", batch,
                    "--threads", threads, "--workers", workers, "--max-det", max_det, "--check-every", check_every,
                    "--conf", conf, "--iou", iou, "--save", str(root / "o.mp4"), "--json", str(root / "o.jsonl"))
     assert_refused(result, before, root, kind="hypothesis: CLI options")
@@ -706,7 +706,7 @@ def test_hypothesis_infer_options_are_checked_before_work(tmp_path_factory, limi
 def test_hypothesis_onnx_options_are_checked_before_work(tmp_path_factory, imgsz, batch, opset, conf, max_det, nms):
     root = tmp_path_factory.mktemp("opts")
     before = snapshot(root)
-    args = ["onnx", str(root / "missing.pt"), "--imgsz", imgsz, "--batch", batch, "--opset", opset, "--conf", conf,
+    args = ["onnx", str(root / "missing.pt"), "--imgsz", imgsz, "--export-batch", batch, "--opset", opset, "--conf", conf,
             "--max-det", max_det] + (["--nms"] if nms else [])
     result = export(*args)
     if result.exit_code == 2:  # click refused the value itself (e.g. '--imgsz -x' parsed as an option): one usage line

@@ -82,7 +82,7 @@ def test_live_check_against_pytorch_passes_and_a_wrong_reference_fails(art):
 
 @pytest.mark.parametrize("args, message", [
     (["--save", "x.mp4", "--save-dir", "d"], "not both"),
-    (["--batch", "2"], "fixed batch of 1"),
+    (["--infer-batch", "2"], "fixed batch of 1"),
     (["--classes", "dog"], "neither a class id"),
     (["--conf", "1.5"], "must lie in [0, 1]"),
     (["--imgsz", "256"], "takes 128x128 inputs only"),

@@ -152,7 +152,7 @@ def test_clo_infer_against_the_server_matches_in_process(demo, server, tmp_path)
     assert local.exit_code == 0, local.output
     remote = runner.invoke(infer_app, [str(demo.video), "--model", f"triton://{server.grpc_url}/demo", "--json",
                                        str(tmp_path / "triton.jsonl"), "--save", str(tmp_path / "triton.mp4"),
-                                       "--batch", "4", "--check", str(BUNDLED_MODEL), "--check-every", "15", "-q"])
+                                       "--infer-batch", "4", "--check", str(BUNDLED_MODEL), "--check-every", "15", "-q"])
     assert remote.exit_code == 0, remote.output
     assert "triton, batch 4, 4 streams" in remote.output  # the stats table
     assert "check: within tolerance" in remote.output  # --check compares the served model with PyTorch

@@ -80,8 +80,8 @@ def test_parse_batch_range_refusals(text):
     (dict(calibrator="entropy"), "--calibrator entropy only applies to --int8"),
     (dict(int8=True, num=0), "--num 0 must be at least 1"),
     (dict(workspace=0), "--workspace 0 must be a positive"),
-    (dict(fp16=True, dla=-1), "--dla -1 must be 0 or 1"),
-    (dict(gpu_fallback=False), "only apply with --dla N"),
+    (dict(fp16=True, dla=-1), "--dla-core -1 must be 0 or 1"),
+    (dict(gpu_fallback=False), "only apply with --dla-core N"),
     (dict(batch_range="8,4,1"), "MIN <= OPT <= MAX"),
 ])
 def test_flag_refusals(kw, message, tmp_path):
@@ -145,7 +145,7 @@ def test_onnx_facts(tmp_path):
     ("11.4.0", ["--int8", "--calibrator", "entropy", "--calib", "imgs/"], "implicit INT8 calibrators were removed in TensorRT 11"),
     ("10.12.0", ["--fp16", "--dla", "0"], "DLA unsupported in this TensorRT (10.12.0)"),
     ("8.6.1", ["--fp16", "--strongly-typed"], "--strongly-typed needs TensorRT 10 or newer"),
-    ("10.3.0", ["--fp16", "--batch-range", "1,4,8"], "--batch needs a dynamic-batch ONNX"),
+    ("10.3.0", ["--fp16", "--batch-range", "1,4,8"], "--batch-range needs a dynamic-batch ONNX"),
     ("10.3.0", ["--int8"], "--int8 needs a Q/DQ ONNX: run clo-export quantize"),
     ("8.5.2", ["--int8", "--dla", "0", "--calib", "imgs/"], "DLA on JetPack 5 (TensorRT 8.5.2) does not take Q/DQ"),
 ])

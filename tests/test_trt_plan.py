@@ -269,7 +269,7 @@ def test_int8_without_qdq_or_calib_refused(version):
 
 @pytest.mark.parametrize("version", (V85, V114))
 def test_batch_range_on_static_onnx_refused(version):
-    refused(version, "--batch needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic",
+    refused(version, "--batch-range needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic",
             batch_range=(1, 2, 4))
 
 

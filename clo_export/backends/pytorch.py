@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from clo_export.backends.base import Runner, TensorSpec
@@ -58,3 +60,17 @@ class TorchRunner(Runner):
         with torch.no_grad():
             y = self._active(x)
         return {self.output_name: y.float().cpu().numpy()}
+
+
+def load_reference(weights: Path, names: dict[int, str]) -> TorchRunner:
+    """A checkpoint as an (inactive) CPU TorchRunner for checks; its classes must match the model's ``names``."""
+    from clo_export.lazy import lazy_import
+
+    lazy_import("torch")
+    from clo_export.models.checkpoint import load
+
+    loaded = load(weights)
+    if len(loaded.names) != len(names):
+        raise CloExportError(f"{weights.name} has {len(loaded.names)} classes but the model has {len(names)}; "
+                             "check against the checkpoint the model was exported from")
+    return TorchRunner(loaded.model, "cpu")

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
-from clo_export.cli.common import comparison_table, console, guarded
-from clo_export.errors import CloExportError
+from typing_extensions import Annotated
 
-OUT = "Output"
-THRESH = "Thresholds"
+from clo_export.cli.common import OUT, POST, Conf, Device, Iou, comparison_table, console, guarded
+from clo_export.errors import CloExportError
 
 Model = Annotated[Path, typer.Argument(help="Model to check: .onnx, .engine (or .pt).", show_default=False)]
 CheckWeights = Annotated[Path, typer.Option("--weights", "-w", help="The PyTorch checkpoint (best.pt) it was made from.", show_default=False)]
-
-
-def load_reference(weights: Path, names: dict[int, str]):
-    """The checkpoint as an (inactive) CPU TorchRunner; its classes must match the model's."""
-    from clo_export.lazy import lazy_import
-
-    lazy_import("torch")
-    from clo_export.backends.pytorch import TorchRunner
-    from clo_export.models.checkpoint import load
-
-    loaded = load(weights)
-    if len(loaded.names) != len(names):
-        raise CloExportError(f"{weights.name} has {len(loaded.names)} classes but the model has {len(names)}; "
-                             "check against the checkpoint the model was exported from")
-    return TorchRunner(loaded.model, "cpu")
 
 
 @guarded
@@ -37,17 +21,18 @@ def check(
     weights: CheckWeights,
     source: Annotated[str, typer.Option("--source", "-s", help="Images, folder, glob or video to compare on.", show_default=False)],
     limit: Annotated[int, typer.Option(help="Compare at most this many frames.")] = 200,
-    conf: Annotated[float, typer.Option(help="Score threshold for the detections compared.", rich_help_panel=THRESH)] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=THRESH)] = 0.45,
-    min_f1: Annotated[float | None, typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=THRESH)] = None,
-    device: Annotated[str | None, typer.Option(help="Where the model runs: cpu, cuda, cuda:N (default: automatic).")] = None,
-    imgsz: Annotated[str | None, typer.Option(help="Input size, only for a model without a fixed one (YOLOv5 --dynamic ONNX).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
+    conf: Conf = 0.25,
+    iou: Iou = 0.45,
+    min_f1: Annotated[Optional[float], typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=POST)] = None,
+    device: Device = None,
+    imgsz: Annotated[Optional[str], typer.Option(help="Input size, only for a model without a fixed one (YOLOv5 --dynamic ONNX).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
 ) -> None:
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
     from clo_export.backends.base import load_runner
+    from clo_export.backends.pytorch import load_reference
     from clo_export.data.stream import open_source
     from clo_export.pipeline import Checker, InferOptions, Pipeline
     from clo_export.validate import check_check_options

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -23,24 +24,96 @@ console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
 
 
 def env_debug() -> bool:
     """CLO_EXPORT_DEBUG=1 turns tracebacks on without the flag."""
     return os.environ.get("CLO_EXPORT_DEBUG", "") not in ("", "0")
 
+# One definition per option shared between commands; a command adds its own help only where the
+# meaning differs (e.g. thresholds baked into the ONNX by --nms).
+POST = "Detections"
+OUT = "Output"
+MODEL = "Model"
+
 Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict.", show_default=False)]
-Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel="Model")]
-Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", help="Python file registering extra blocks (repeatable).", rich_help_panel="Model")]
+Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel=MODEL)]
+Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", metavar="<path>", help="Python file registering extra blocks (repeatable).", rich_help_panel=MODEL)]
 ImgSz = Annotated[str, typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style).")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also CLO_EXPORT_DEBUG=1).")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")]
+Conf = Annotated[float, typer.Option("--conf", help="Score threshold.", rich_help_panel=POST)]
+Iou = Annotated[float, typer.Option("--iou", help="NMS IoU threshold.", rich_help_panel=POST)]
+MaxDet = Annotated[int, typer.Option("--max-det", help="Detections kept per image.", rich_help_panel=POST)]
+AgnosticNms = Annotated[bool, typer.Option("--agnostic-nms", help="Class-agnostic NMS.", rich_help_panel=POST)]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)]
+CAL = "Calibration"
+Num = Annotated[int, typer.Option("--num", help="Calibration images to sample (200+ recommended).", rich_help_panel=CAL)]
 
 
-def setup(debug: bool = False, verbose: bool = False) -> None:
-    """Route library logs to stderr through rich; remember --debug."""
-    _state["debug"] = debug or env_debug()
+def output_option(default: str) -> Any:
+    """The --output/-o alias, with the command's default path in its help (``OnnxOutput = output_option("…")``)."""
+    return Annotated[Optional[Path], typer.Option("--output", "-o", help=f"Output path (default: {default}).", rich_help_panel=OUT, show_default=False)]
+
+Debug = Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks (also CLO_EXPORT_DEBUG=1).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", metavar="", help="More log output (clo-export trt: TensorRT's and Polygraphy's verbose log).")]
+
+
+def show_version(ctx: typer.Context, value: bool) -> None:
+    """--version: print it (as ``clo-export 0.1.0`` / ``clo-infer 0.1.0``) and stop."""
+    if value:
+        from clo_export import __version__
+
+        console.print(f"{ctx.find_root().info_name or 'clo-export'} {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+Version = Annotated[bool, typer.Option("--version", metavar="", callback=show_version, is_eager=True, help="Print the version.")]
+
+
+def _plain(option: Any) -> Any:
+    """--help is a flag too: no ``<bool>`` after it."""
+    if option is not None and option.metavar is None:
+        option.metavar = ""
+    return option
+
+
+class Group(TyperGroup):
+    """The app's group: clean --help like its commands."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _plain(super().get_help_option(ctx))
+
+
+class Command(TyperCommand):
+    """Clean help: plain flags show no ``<bool>`` value, arguments read ``WEIGHTS`` (not ``{weights}``) in usage."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                param.metavar = param.metavar or (param.name or "").upper()
+            elif getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _plain(super().get_help_option(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> List[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+def setup(debug: bool = False, verbose: bool = False, keep: bool = False) -> None:
+    """Route library logs to stderr through rich; remember --debug and --verbose (``keep``: added to the app-level flags)."""
+    _state["debug"] = debug or (keep and _state["debug"]) or env_debug()
+    _state["verbose"] = verbose or (keep and _state["verbose"])
+    verbose = _state["verbose"]
     from rich.logging import RichHandler
 
     root = logging.getLogger("clo_export")
@@ -75,14 +148,24 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def guarded(fn: F) -> F:
-    """Turn CloExportError (and OS errors, memory errors, Ctrl-C/SIGTERM) into one red line (a traceback only with --debug)."""
-    if sys.version_info < (3, 10):  # Typer reads Annotated options from evaluated annotations only
-        from typing_extensions import get_type_hints
+    """Turn CloExportError (and OS errors, memory errors, Ctrl-C/SIGTERM) into one red line (a traceback only with --debug).
 
-        fn.__annotations__ = get_type_hints(fn, include_extras=True)
+    A command that does not declare ``--debug``/``--verbose`` itself gets them, so the global flags
+    also work after the subcommand (``clo-export trt x.onnx -v`` as ``clo-export -v trt x.onnx``).
+    """
+    from typing_extensions import get_type_hints
+
+    hints = get_type_hints(fn, include_extras=True)  # Typer reads Annotated options from evaluated annotations only (< 3.10)
+    signature = inspect.signature(fn)
+    injected = [name for name in ("debug", "verbose") if name not in signature.parameters]
+    globals_ = {"debug": Debug, "verbose": Verbose}
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=globals_[n]) for n in injected]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if injected:
+            setup(kwargs.pop("debug", False), kwargs.pop("verbose", False), keep=True)
         try:
             with sigterm_as_interrupt():
                 return fn(*args, **kwargs)
@@ -100,12 +183,14 @@ def guarded(fn: F) -> F:
         except MemoryError:
             if _state["debug"]:
                 raise
-            raise fail("out of memory; use a smaller --imgsz or --batch, or a machine with more memory") from None
+            raise fail("out of memory; use a smaller --imgsz or batch, or a machine with more memory") from None
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
             raise fail("interrupted; no partial output was left", 130) from None
 
+    wrapper.__annotations__ = {**hints, **{n: globals_[n] for n in injected}}
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -120,4 +205,30 @@ def comparison_table(report, title: str) -> Table:
     if d is not None:
         table.add_row("detections (F1)", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"{d.f1:.4f}", f">= {report.tolerance.min_f1:g}")
         table.add_row("", f"{d.n_ref} ref boxes", f"{d.n_test} test boxes", f"IoU {d.mean_iou:.4f}", "")
+    return table
+
+
+def is_verbose() -> bool:
+    """Whether --verbose/-v was given (before or after the subcommand)."""
+    return _state["verbose"]
+
+
+def accuracy_table(report) -> Table:
+    """INT8 against FP32 on the held-out images: mAP drops, box IoU, per-output errors, agreement at deployment thresholds."""
+    mode = "attention FP32" if report.info.get("keep_attention_fp", True) else "attention INT8"
+    share = report.info.get("int8_conv_mac_share")
+    table = Table(title=f"INT8 vs FP32 on {report.n_images} held-out images ({report.info.get('method')}, {mode}"
+                        + (f", {100 * share:.1f} % of conv MACs INT8)" if share is not None else ")"), title_justify="left")
+    for col in ("measure", "value", "", ""):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    i, f = report.int8, report.fp32
+    table.add_row("mAP@.5:.95 vs FP32 dets (conf 0.001)", f"INT8 {i.map50_95:.4f}", f"FP32 {f.map50_95:.4f}", f"drop {i.drop50_95:.2f} pts")
+    table.add_row("mAP@.5 vs FP32 dets (conf 0.001)", f"INT8 {i.map50:.4f}", f"FP32 {f.map50:.4f}", f"drop {i.drop50:.2f} pts")
+    b = report.box_iou
+    table.add_row("box IoU of matched pairs", f"mean {b.mean:.3f}", f"p10 {b.p10:.3f}", f"<0.9: {100 * b.below_090:.1f} %")
+    d = report.agreement
+    table.add_row(f"detections @conf {report.conf}, IoU 0.5", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"F1 {d.f1:.4f}")
+    table.add_row("", f"{d.n_ref} FP32 boxes", f"{d.n_test} INT8 boxes", "")
+    for name, s in report.tensors.items():
+        table.add_row(f"output {name}", f"cos {s.cosine:.6f}", f"max {s.max_abs:.4g}", f"mean {s.mean_abs:.4g}")
     return table

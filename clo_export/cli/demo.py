@@ -6,12 +6,14 @@ import importlib.util
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
+from typing_extensions import Annotated
+
 from rich.table import Table
 
-from clo_export.cli.common import comparison_table, console, guarded
+from clo_export.cli.common import accuracy_table, comparison_table, console, guarded
 from clo_export.errors import CloExportError
 
 
@@ -50,14 +52,13 @@ def target_lines(rows, parity=None) -> list[tuple[str, bool]]:
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the video, calibration set, models, annotated videos and JSONL.")] = Path("demo-out"),
     quick: Annotated[bool, typer.Option("--quick", help="Short video and small calibration set (a smoke test of the chain).")] = False,
-    frames: Annotated[int | None, typer.Option(help="Demo video length in frames at 30 fps (default 300, --quick 45).")] = None,
-    calib: Annotated[int | None, typer.Option(help="Calibration images (default 256, --quick 24).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Demo video length in frames at 30 fps (default 300, --quick 45).")] = None,
+    calib: Annotated[Optional[int], typer.Option(help="Calibration images (default 256, --quick 24).")] = None,
     check_every: Annotated[int, typer.Option(help="Compare every K-th frame with PyTorch.")] = 5,
 ) -> None:
     """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth."""
     from clo_export.backends.pytorch import TorchRunner
     from clo_export.calib.quantize import QuantizeOptions, quantize
-    from clo_export.cli.quantize import accuracy_table
     from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.export.parity import parity_batches

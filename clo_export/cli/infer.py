@@ -12,12 +12,10 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from clo_export.cli.common import Debug, Verbose, console, err_console, guarded, setup
+from clo_export.cli.common import (MODEL, OUT, POST, AgnosticNms, Command, Conf, Debug, Device, Iou, MaxDet, Verbose,
+                                   Version, comparison_table, console, err_console, guarded, setup)
 from clo_export.errors import CloExportError
 
-MODEL = "Model"
-POST = "Detections"
-OUT = "Output"
 CHECK = "Check against PyTorch"
 RUN = "Run"
 
@@ -97,26 +95,26 @@ def stats_table(result, backend: str):
     return table
 
 
-@app.command(no_args_is_help=True)
+@app.command(cls=Command, no_args_is_help=True)
 @guarded
 def infer(
     source: Annotated[str, typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0) or stream URL (rtsp://…).", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)],
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)] = None,
+    device: Device = None,
     providers: Annotated[Optional[str], typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
     workers: Annotated[Optional[int], typer.Option(help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and .pt use 1).", rich_help_panel=MODEL)] = None,
     imgsz: Annotated[Optional[str], typer.Option(help="Input size for a .pt (default: its training size) or an ONNX without a fixed one (YOLOv5 --dynamic); fixed for other .onnx/.engine.", rich_help_panel=MODEL)] = None,
-    conf: Annotated[float, typer.Option(help="Score threshold.", rich_help_panel=POST)] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=POST)] = 0.45,
-    max_det: Annotated[int, typer.Option(help="Detections kept per frame.", rich_help_panel=POST)] = 300,
+    conf: Conf = 0.25,
+    iou: Iou = 0.45,
+    max_det: MaxDet = 300,
     classes: Annotated[Optional[List[str]], typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST)] = None,
-    agnostic_nms: Annotated[bool, typer.Option("--agnostic-nms", help="Class-agnostic NMS.", rich_help_panel=POST)] = False,
+    agnostic_nms: AgnosticNms = False,
     save: Annotated[Optional[Path], typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)] = None,
     save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
-    batch: Annotated[int, typer.Option(help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
+    batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
@@ -125,8 +123,12 @@ def infer(
     check_f1: Annotated[Optional[float], typer.Option(help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=CHECK)] = None,
     debug: Debug = False,
     verbose: Verbose = False,
+    version: Version = False,
 ) -> None:
-    """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch."""
+    """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch.
+
+    --debug, -v/--verbose and --version go anywhere on the line, as on clo-export.
+    """
     setup(debug, verbose)
     from clo_export.lazy import lazy_import
 
@@ -138,7 +140,7 @@ def infer(
     from clo_export.validate import check_infer_options
 
     check_infer_options(source, model, check, save, save_dir, json_path, limit=limit, threads=threads, workers=workers,
-                        batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou, check_f1=check_f1)
+                        infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou, check_f1=check_f1)
     size = None
     if imgsz is not None:
         from clo_export.imgsz import parse_imgsz
@@ -153,7 +155,7 @@ def infer(
     src = open_source(source, limit)
     reference = None
     if check is not None:
-        from clo_export.cli.check import load_reference
+        from clo_export.backends.pytorch import load_reference
 
         reference = load_reference(check, info.names)
     sinks = make_sinks(src, save, save_dir, json_path, show, info.names)
@@ -212,8 +214,6 @@ def _report(result, info, check: Path | None) -> None:
     for path in result.outputs:
         console.print(f"wrote {path}")
     if check is not None:
-        from clo_export.cli.common import comparison_table
-
         rep = result.check
         if rep is None:
             console.print("check: no frame was compared (fewer frames than --check-every?)")

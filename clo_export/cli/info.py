@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
+from typing_extensions import Annotated
+
 from rich.table import Table
 
 from clo_export.cli.common import Cfg, ImgSz, Plugins, console, guarded
@@ -14,7 +16,7 @@ from clo_export.errors import CloExportError
 
 @guarded
 def info(
-    weights: Annotated[Path | None, typer.Argument(help="Checkpoint (best.pt); omit to summarise --cfg untrained.", show_default=False)] = None,
+    weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint (best.pt); omit to summarise --cfg untrained.", show_default=False)] = None,
     cfg: Cfg = None,
     plugin: Plugins = None,
     imgsz: ImgSz = "640",

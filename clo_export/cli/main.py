@@ -6,9 +6,8 @@ import sys
 
 import typer
 
-from clo_export import __version__
 from clo_export.cli import trt
-from clo_export.cli.common import Debug, Verbose, console, err_console, setup
+from clo_export.cli.common import Command, Debug, Group, Verbose, Version, err_console, setup
 
 # Export (torch) needs Python >= 3.10; the runtime (`trt`, and clo-infer) runs on 3.8 (JetPack 5).
 EXPORT_PYTHON = (3, 10)
@@ -16,6 +15,7 @@ EXPORT_COMMANDS = ("onnx", "quantize", "check", "info", "demo", "triton")
 
 app = typer.Typer(
     name="clo-export",
+    cls=Group,
     help="YOLOv5 + CloFormer EfficientAttention to verified ONNX, INT8 and TensorRT.",
     no_args_is_help=True,
     add_completion=False,
@@ -23,19 +23,16 @@ app = typer.Typer(
 )
 
 
-def show_version(value: bool) -> None:
-    if value:
-        console.print(f"clo-export {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
 def main(
     debug: Debug = False,
     verbose: Verbose = False,
-    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="Print the version."),
+    version: Version = False,
 ) -> None:
-    """YOLOv5 + CloFormer EfficientAttention to verified ONNX, INT8 and TensorRT."""
+    """YOLOv5 + CloFormer EfficientAttention to verified ONNX, INT8 and TensorRT.
+
+    --debug and -v/--verbose go before or after the command (clo-export -v trt … = clo-export trt … -v).
+    """
     setup(debug, verbose)
 
 
@@ -56,16 +53,16 @@ def needs_newer_python(name: str):
     return command
 
 
-app.command("trt", no_args_is_help=True)(trt.trt)
+app.command("trt", cls=Command, no_args_is_help=True)(trt.trt)
 if sys.version_info >= EXPORT_PYTHON:
     from clo_export.cli import check, demo, info, onnx, quantize, triton
 
-    app.command("onnx", no_args_is_help=True)(onnx.onnx)
-    app.command("quantize", no_args_is_help=True)(quantize.quantize)
-    app.command("check", no_args_is_help=True)(check.check)
-    app.command("info", no_args_is_help=True)(info.info)
-    app.command("demo")(demo.demo)
-    app.command("triton", no_args_is_help=True)(triton.triton)
+    app.command("onnx", cls=Command, no_args_is_help=True)(onnx.onnx)
+    app.command("quantize", cls=Command, no_args_is_help=True)(quantize.quantize)
+    app.command("check", cls=Command, no_args_is_help=True)(check.check)
+    app.command("info", cls=Command, no_args_is_help=True)(info.info)
+    app.command("demo", cls=Command)(demo.demo)
+    app.command("triton", cls=Command, no_args_is_help=True)(triton.triton)
 else:
     for _name in EXPORT_COMMANDS:
         app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
-from clo_export.cli.common import Cfg, ImgSz, Plugins, Weights, comparison_table, console, guarded
+from typing_extensions import Annotated
+
+from clo_export.cli.common import OUT, POST, Cfg, Conf, ImgSz, Iou, MaxDet, Plugins, output_option, Weights, comparison_table, console, guarded
 from clo_export.errors import CloExportError
 
-OUT = "Output"
-NMS = "In-graph NMS"
+OnnxOutput = output_option("WEIGHTS with .onnx")
 
 
 @guarded
@@ -19,17 +20,17 @@ def onnx(
     cfg: Cfg = None,
     plugin: Plugins = None,
     imgsz: ImgSz = "640",
-    batch: Annotated[int, typer.Option(help="Batch size of the static input (the example batch with --dynamic-batch).")] = 1,
+    batch: Annotated[int, typer.Option("--export-batch", "--batch", help="Batch size of the exported input (the example batch with --dynamic-batch).")] = 1,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Symbolic batch dimension; H and W stay fixed.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 for TensorRT 8.5/8.6; above 20 uses the dynamo exporter).")] = 17,
     half: Annotated[bool, typer.Option("--half", help="FP16 weights, activations and I/O; attention softmax kept in FP32.")] = False,
     simplifier: Annotated[str, typer.Option(help="onnxsim, onnxslim or none.")] = "onnxsim",
-    nms: Annotated[bool, typer.Option("--nms", help="Append ONNX NonMaxSuppression: outputs num_dets, boxes, scores, classes.", rich_help_panel=NMS)] = False,
-    conf: Annotated[float, typer.Option(help="Score threshold baked into --nms.", rich_help_panel=NMS)] = 0.25,
-    iou: Annotated[float, typer.Option(help="IoU threshold baked into --nms.", rich_help_panel=NMS)] = 0.45,
-    max_det: Annotated[int, typer.Option(help="Detections per image kept by --nms.", rich_help_panel=NMS)] = 300,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output path (default: WEIGHTS with .onnx).", rich_help_panel=OUT)] = None,
-    source: Annotated[Path | None, typer.Option(help="Images/video to add real frames to the parity check.", rich_help_panel=OUT)] = None,
+    nms: Annotated[bool, typer.Option("--nms", help="Append ONNX NonMaxSuppression with --conf, --iou, --max-det baked in: outputs num_dets, boxes, scores, classes.", rich_help_panel=POST)] = False,
+    conf: Conf = 0.25,
+    iou: Iou = 0.45,
+    max_det: MaxDet = 300,
+    output: OnnxOutput = None,
+    source: Annotated[Optional[Path], typer.Option(help="Images/video to add real frames to the parity check.", rich_help_panel=OUT)] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT)] = True,
 ) -> None:
     """Export a checkpoint to static-shape ONNX and check it against PyTorch."""

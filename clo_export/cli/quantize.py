@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typing_extensions import Annotated
 
 from clo_export.calib.accuracy import DEFAULT_MIN_AGREEMENT
-from clo_export.cli.common import console, guarded
+from clo_export.cli.common import CAL, Conf, Iou, Num, accuracy_table, output_option, console, guarded
 from clo_export.errors import CloExportError
 
-CAL = "Calibration"
-OUT = "Output"
 REP = "Accuracy report"
+Int8Output = output_option("MODEL with .int8.onnx")
 
 
 class Method(str, Enum):
@@ -25,27 +25,6 @@ class Method(str, Enum):
     entropy = "entropy"
     minmax = "minmax"
     percentile = "percentile"
-
-
-def accuracy_table(report) -> Table:
-    """INT8 against FP32 on the held-out images: mAP drops, box IoU, per-output errors, agreement at deployment thresholds."""
-    mode = "attention FP32" if report.info.get("keep_attention_fp", True) else "attention INT8"
-    share = report.info.get("int8_conv_mac_share")
-    table = Table(title=f"INT8 vs FP32 on {report.n_images} held-out images ({report.info.get('method')}, {mode}"
-                        + (f", {100 * share:.1f} % of conv MACs INT8)" if share is not None else ")"), title_justify="left")
-    for col in ("measure", "value", "", ""):
-        table.add_column(col, justify="left" if col == "measure" else "right")
-    i, f = report.int8, report.fp32
-    table.add_row("mAP@.5:.95 vs FP32 dets (conf 0.001)", f"INT8 {i.map50_95:.4f}", f"FP32 {f.map50_95:.4f}", f"drop {i.drop50_95:.2f} pts")
-    table.add_row("mAP@.5 vs FP32 dets (conf 0.001)", f"INT8 {i.map50:.4f}", f"FP32 {f.map50:.4f}", f"drop {i.drop50:.2f} pts")
-    b = report.box_iou
-    table.add_row("box IoU of matched pairs", f"mean {b.mean:.3f}", f"p10 {b.p10:.3f}", f"<0.9: {100 * b.below_090:.1f} %")
-    d = report.agreement
-    table.add_row(f"detections @conf {report.conf}, IoU 0.5", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"F1 {d.f1:.4f}")
-    table.add_row("", f"{d.n_ref} FP32 boxes", f"{d.n_test} INT8 boxes", "")
-    for name, s in report.tensors.items():
-        table.add_row(f"output {name}", f"cos {s.cosine:.6f}", f"max {s.max_abs:.4g}", f"mean {s.mean_abs:.4g}")
-    return table
 
 
 def sensitivity_table(result) -> Table:
@@ -67,8 +46,8 @@ def sensitivity_table(result) -> Table:
 @guarded
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX from clo-export onnx.", show_default=False)],
-    calib: Annotated[list[str], typer.Option("--calib", help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.", rich_help_panel=CAL, show_default=False)],
-    num: Annotated[int, typer.Option(help="Calibration images to sample (200+ recommended).", rich_help_panel=CAL)] = 256,
+    calib: Annotated[List[str], typer.Option("--calib", help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.", rich_help_panel=CAL, show_default=False)],
+    num: Num = 256,
     holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 64,
     seed: Annotated[int, typer.Option(help="Sampling seed.", rich_help_panel=CAL)] = 0,
     method: Annotated[Method, typer.Option(help="Range method; auto tries each on the held-out images (entropy = TensorRT's EntropyCalibrator2).", rich_help_panel=CAL)] = Method.auto,
@@ -76,12 +55,12 @@ def quantize(
     all_int8: Annotated[bool, typer.Option("--all-int8", help="No float fallback: every site INT8 (ignores --target-drop).", rich_help_panel=CAL)] = False,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Also measure each site alone in INT8; print the table and write OUTPUT .sensitivity.json.", rich_help_panel=REP)] = False,
     keep_attention_fp: Annotated[bool, typer.Option("--keep-attention-fp/--quantize-attention", help="Keep EfficientAttention's q*k, tanh, softmax path in float.", rich_help_panel=CAL)] = True,
-    cache: Annotated[Path | None, typer.Option(help="Ranges cache JSON (default: OUTPUT with .calib.json).", rich_help_panel=CAL)] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Ranges cache JSON (default: OUTPUT with .calib.json).", rich_help_panel=CAL)] = None,
     recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Ignore the ranges cache.", rich_help_panel=CAL)] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output path (default: MODEL with .int8.onnx).", rich_help_panel=OUT)] = None,
+    output: Int8Output = None,
     min_agreement: Annotated[float, typer.Option(help="Exit 1 when INT8's mAP@.5:.95 against FP32's detections on the held-out images, over FP32's own, is below this.", rich_help_panel=REP)] = DEFAULT_MIN_AGREEMENT,
-    conf: Annotated[float, typer.Option(help="Score threshold for the detections compared.", rich_help_panel=REP)] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU threshold for the detections compared.", rich_help_panel=REP)] = 0.45,
+    conf: Conf = 0.25,
+    iou: Iou = 0.45,
 ) -> None:
     """Quantize an FP32 ONNX to explicit INT8 (Q/DQ) for TensorRT and report its agreement with FP32."""
     from clo_export.calib.quantize import QuantizeOptions

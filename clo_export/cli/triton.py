@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import List, Optional
 
 import typer
+from typing_extensions import Annotated
 
-from clo_export.cli.common import console, guarded
+from clo_export.cli.common import OUT, AgnosticNms, Conf, Iou, MaxDet, console, guarded
 
 SERVE = "Serving"
-POST = "Postprocessing model"
-OUT = "Output"
 
 
 class Platform(str, Enum):
@@ -47,20 +46,20 @@ def parse_batches(values: list[str] | None) -> tuple[int, ...]:
 def triton(
     model: Annotated[Path, typer.Argument(help=".onnx (FP32, FP16 or INT8 Q/DQ) or TensorRT .engine (with its .engine.json).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder (created; other models in it are kept).", rich_help_panel=OUT)] = Path("model_repository"),
-    name: Annotated[str | None, typer.Option(help="Ensemble name; the models are NAME_preprocess, NAME_model, NAME_postprocess (default: from MODEL).", rich_help_panel=OUT, show_default=False)] = None,
-    platform: Annotated[Platform | None, typer.Option(help="Detector platform (default: onnxruntime_onnx for .onnx, tensorrt_plan for .engine); python = ONNX Runtime inside the Python backend, for CPU servers.", rich_help_panel=SERVE, show_default=False)] = None,
-    max_batch: Annotated[int | None, typer.Option(help=f"max_batch_size (default: {DEFAULT_MAX_BATCH} for a dynamic-batch model, capped by an engine's profile; 1 otherwise).", rich_help_panel=SERVE, show_default=False)] = None,
-    preferred_batch: Annotated[list[str] | None, typer.Option(help="Dynamic batcher's preferred batch sizes, comma-separated or repeated.", rich_help_panel=SERVE, show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help="Ensemble name; the models are NAME_preprocess, NAME_model, NAME_postprocess (default: from MODEL).", rich_help_panel=OUT, show_default=False)] = None,
+    platform: Annotated[Optional[Platform], typer.Option(help="Detector platform (default: onnxruntime_onnx for .onnx, tensorrt_plan for .engine); python = ONNX Runtime inside the Python backend, for CPU servers.", rich_help_panel=SERVE, show_default=False)] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help=f"max_batch_size (default: {DEFAULT_MAX_BATCH} for a dynamic-batch model, capped by an engine's profile; 1 otherwise).", rich_help_panel=SERVE, show_default=False)] = None,
+    preferred_batch: Annotated[Optional[List[str]], typer.Option(help="Dynamic batcher's preferred batch sizes, comma-separated or repeated.", rich_help_panel=SERVE, show_default=False)] = None,
     queue_delay_us: Annotated[int, typer.Option(help="Dynamic batcher's max queue delay in microseconds.", rich_help_panel=SERVE)] = 100,
     instances: Annotated[int, typer.Option(help="Model instances (instance_group count) of each model.", rich_help_panel=SERVE)] = 1,
-    kind: Annotated[Kind | None, typer.Option(help="Where the detector runs (default: gpu; cpu for --platform python).", rich_help_panel=SERVE, show_default=False)] = None,
+    kind: Annotated[Optional[Kind], typer.Option(help="Where the detector runs (default: gpu; cpu for --platform python).", rich_help_panel=SERVE, show_default=False)] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="TensorRT on the GPU: capture CUDA graphs for the preferred and max batch sizes.", rich_help_panel=SERVE)] = True,
     threads: Annotated[int, typer.Option(help="--platform python: ONNX Runtime threads per instance (0: its default).", rich_help_panel=SERVE)] = 0,
     version: Annotated[int, typer.Option("--model-version", help="Version folder to write (Triton serves the newest).", rich_help_panel=OUT)] = 1,
-    conf: Annotated[float, typer.Option(help="Score threshold.", rich_help_panel=POST)] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU threshold.", rich_help_panel=POST)] = 0.45,
-    max_det: Annotated[int, typer.Option(help="Detections kept per image.", rich_help_panel=POST)] = 300,
-    agnostic_nms: Annotated[bool, typer.Option("--agnostic-nms", help="Class-agnostic NMS.", rich_help_panel=POST)] = False,
+    conf: Conf = 0.25,
+    iou: Iou = 0.45,
+    max_det: MaxDet = 300,
+    agnostic_nms: AgnosticNms = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace models of the same names already in the repository.", rich_help_panel=OUT)] = False,
 ) -> None:
     """Write a Triton model repository: the detector, pre/postprocessing on the Python backend and an ensemble."""

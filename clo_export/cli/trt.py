@@ -16,14 +16,13 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from clo_export.cli.common import console, err_console, guarded
+from clo_export.cli.common import CAL, Num, console, err_console, guarded, is_verbose, output_option
 from clo_export.errors import CloExportError
 
 PREC = "Precision"
-INT8 = "INT8"
 BUILD = "Builder"
-OUT = "Output"
 CHECK = "Pre-flight"
+EngineOutput = output_option("MODEL.engine, MODEL.fp16.engine, MODEL.int8.engine")
 STAGES = {"prepare": "preparing the ONNX", "build": "building the engine (TensorRT tunes kernels: minutes)",
           "write": "writing the engine"}
 
@@ -58,10 +57,10 @@ def parse_batch_range(text: str | None) -> tuple[int, int, int] | None:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (1, 3) or not all(p.isdigit() for p in parts):
         raise CloExportError(f"--batch-range {text!r}: give MIN,OPT,MAX (e.g. 1,4,8) or one batch size")
-    values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
-    lo, opt, hi = values
-    if not 1 <= lo <= opt <= hi:
-        raise CloExportError(f"--batch-range {text}: must satisfy 1 <= MIN <= OPT <= MAX")
+    from clo_export.engine.plan import check_batch_range
+
+    lo, opt, hi = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
+    check_batch_range((lo, opt, hi))
     return lo, opt, hi
 
 
@@ -81,22 +80,20 @@ def validate_flags(model: Path, *, fp16: bool = False, int8: bool = False, calib
         raise CloExportError(f"--keep-float {keep_float} does not exist; pass the JSON report clo-export quantize wrote")
     if calib and not int8:
         raise CloExportError("--calib is for --int8 builds; add --int8 or drop --calib")
-    if calibrator != "qdq" and not int8:
-        raise CloExportError(f"--calibrator {calibrator} only applies to --int8; add --int8 or drop --calibrator")
     if num < 1:
         raise CloExportError(f"--num {num} must be at least 1 (256 calibration images are recommended)")
-    if workspace is not None and workspace <= 0:
-        raise CloExportError(f"--workspace {workspace} must be a positive number of GiB")
-    if dla is not None and dla < 0:
-        raise CloExportError(f"--dla {dla} must be 0 or 1 (the Orin DLA cores)")
     if gpu_fallback is not None and dla is None:
-        raise CloExportError("--gpu-fallback/--no-gpu-fallback only apply with --dla N")
+        raise CloExportError("--gpu-fallback/--no-gpu-fallback only apply with --dla-core N")
     if timing_cache is not None and timing_cache.is_dir():
         raise CloExportError(f"--timing-cache {timing_cache} is a folder; give a file path (it is created if missing)")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    return Flags(precision, calibrator, tuple(calib or ()), num, parse_batch_range(batch_range), workspace, dla,
-                 True if gpu_fallback is None else gpu_fallback, strongly_typed,
-                 str(timing_cache) if timing_cache is not None else None, fp16 and int8)
+    flags = Flags(precision, calibrator, tuple(calib or ()), num, parse_batch_range(batch_range), workspace, dla,
+                  True if gpu_fallback is None else gpu_fallback, strongly_typed,
+                  str(timing_cache) if timing_cache is not None else None, fp16 and int8)
+    from clo_export.engine.plan import check_request
+
+    check_request(make_request(flags))  # the value checks live with the plan, whose messages name these flags
+    return flags
 
 
 def make_request(flags: Flags, keep_float: Tuple[str, ...] = ()) -> Any:
@@ -168,20 +165,19 @@ def trt(
     model: Annotated[Path, typer.Argument(help="ONNX from clo-export onnx (FP32, --half FP16) or clo-export quantize (Q/DQ).", show_default=False)],
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (below TensorRT 11: FP16 flag; 11+: the FP16 ONNX). With --int8 --keep-float: those layers in FP16.", rich_help_panel=PREC)] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 engine: the Q/DQ ONNX by default (quantized now from --calib).", rich_help_panel=PREC)] = False,
-    calib: Annotated[Optional[List[str]], typer.Option("--calib", help="Calibration images (folder, glob, video, .txt list; repeatable) or a TensorRT calibration cache.", rich_help_panel=INT8, show_default=False)] = None,
-    calibrator: Annotated[CalibratorChoice, typer.Option(help="qdq = explicit Q/DQ ONNX (all versions); entropy/minmax = TensorRT's implicit calibrators (below 11; DLA on JetPack 5).", rich_help_panel=INT8)] = CalibratorChoice.qdq,
-    num: Annotated[int, typer.Option(help="Calibration images to sample.", rich_help_panel=INT8)] = 256,
-    keep_float: Annotated[Optional[Path], typer.Option("--keep-float", help="JSON with a \"float_nodes\" list (clo-export quantize's report): keep those layers in float on the implicit-calibrator and DLA routes.", rich_help_panel=INT8, show_default=False)] = None,
+    calib: Annotated[Optional[List[str]], typer.Option("--calib", help="Calibration images (folder, glob, video, .txt list; repeatable) or a TensorRT calibration cache.", rich_help_panel=CAL, show_default=False)] = None,
+    calibrator: Annotated[CalibratorChoice, typer.Option(help="qdq = explicit Q/DQ ONNX (all versions); entropy/minmax = TensorRT's implicit calibrators (below 11; DLA on JetPack 5).", rich_help_panel=CAL)] = CalibratorChoice.qdq,
+    num: Num = 256,
+    keep_float: Annotated[Optional[Path], typer.Option("--keep-float", help="JSON with a \"float_nodes\" list (clo-export quantize's report): keep those layers in float on the implicit-calibrator and DLA routes.", rich_help_panel=CAL, show_default=False)] = None,
     workspace: Annotated[Optional[float], typer.Option(help="Builder workspace limit in GiB.", rich_help_panel=BUILD, show_default=False)] = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file: read if present, written after the build (faster rebuilds).", rich_help_panel=BUILD, show_default=False)] = None,
-    dla: Annotated[Optional[int], typer.Option("--dla", "--dla-core", help="Run on DLA core N (Jetson Orin/Xavier).", rich_help_panel=BUILD, show_default=False)] = None,
-    gpu_fallback: Annotated[Optional[bool], typer.Option("--gpu-fallback/--no-gpu-fallback", help="With --dla: let layers DLA cannot run fall back to the GPU (default on).", rich_help_panel=BUILD, show_default=False)] = None,
-    batch_range: Annotated[Optional[str], typer.Option("--batch-range", "--batch", help="MIN,OPT,MAX batch for a dynamic-batch ONNX (e.g. 1,4,8), or one fixed size.", rich_help_panel=BUILD, show_default=False)] = None,
+    dla: Annotated[Optional[int], typer.Option("--dla-core", "--dla", help="Run on DLA core N (Jetson Orin/Xavier).", rich_help_panel=BUILD, show_default=False)] = None,
+    gpu_fallback: Annotated[Optional[bool], typer.Option("--gpu-fallback/--no-gpu-fallback", help="With --dla-core: let layers DLA cannot run fall back to the GPU (default on).", rich_help_panel=BUILD, show_default=False)] = None,
+    batch_range: Annotated[Optional[str], typer.Option("--batch-range", "--batch", help="Batch profile MIN,OPT,MAX for a dynamic-batch ONNX (e.g. 1,4,8), or one fixed size.", rich_help_panel=BUILD, show_default=False)] = None,
     strongly_typed: Annotated[bool, typer.Option("--strongly-typed", help="TensorRT 10.x: precision from the ONNX types, no FP16/INT8 flags (always on in 11).", rich_help_panel=BUILD)] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the build plan and check the ONNX against the target's parser rules; needs no TensorRT.", rich_help_panel=CHECK)] = False,
     target: Annotated[Optional[str], typer.Option("--target", help="TensorRT version for --dry-run: 8.5, 8.6, 10.3, 10.x, 11.x or e.g. 10.7.0 (default: the installed one).", rich_help_panel=CHECK, show_default=False)] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="TensorRT's and Polygraphy's verbose log.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Engine path (default: MODEL.engine, MODEL.fp16.engine, MODEL.int8.engine).", rich_help_panel=OUT, show_default=False)] = None,
+    output: EngineOutput = None,
 ) -> None:
     """Build a TensorRT engine (8.5 … 11.x) from an ONNX and write its sidecar ENGINE.json."""
     flags = validate_flags(model, fp16=fp16, int8=int8, calib=calib, calibrator=calibrator.value, num=num,
@@ -201,7 +197,7 @@ def trt(
         return
     try:
         with console.status(STAGES["prepare"]) as status:
-            done = build.build_engine(model, request, output, calib=flags.calib, num=flags.num, verbose=verbose,
+            done = build.build_engine(model, request, output, calib=flags.calib, num=flags.num, verbose=is_verbose(),
                                       progress=lambda stage: status.update(STAGES.get(stage, stage)))
     except build.PreflightError as e:
         for problem in e.problems:

@@ -148,7 +148,7 @@ class BuildPlan:
 def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
     """Validate `request` against `version` and return the plan; CloExportError names the fix."""
     v = TrtVersion.parse(version)
-    _check_request(request)
+    check_request(request)
     if not has(v, "supported"):
         raise CloExportError(f"TensorRT {v} is not supported; use TensorRT 8.5 or newer (JetPack 5+)")
     notes: list[str] = []
@@ -207,8 +207,15 @@ def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
     )
 
 
-def _check_request(r: BuildRequest) -> None:
-    """Reject values no version could build."""
+def check_batch_range(batch_range: tuple[int, int, int]) -> None:
+    """A profile's (MIN, OPT, MAX) batch must be ordered and at least 1."""
+    lo, opt, hi = batch_range
+    if not 1 <= lo <= opt <= hi:
+        raise CloExportError(f"--batch-range {lo},{opt},{hi} must satisfy 1 <= MIN <= OPT <= MAX")
+
+
+def check_request(r: BuildRequest) -> None:
+    """Reject values no version could build (the one place for these checks; messages name clo-export trt's flags)."""
     if r.precision not in ("fp32", "fp16", "int8"):
         raise CloExportError(f"unknown precision {r.precision!r}; use fp32, fp16 or int8")
     if r.calibrator not in CALIBRATOR_CLASSES and r.calibrator != "qdq":
@@ -216,9 +223,7 @@ def _check_request(r: BuildRequest) -> None:
     if r.calibrator != "qdq" and r.precision != "int8":
         raise CloExportError(f"--calibrator {r.calibrator} only applies to --int8; add --int8 or drop --calibrator")
     if r.batch_range is not None:
-        lo, opt, hi = r.batch_range
-        if not 1 <= lo <= opt <= hi:
-            raise CloExportError(f"--batch {lo},{opt},{hi} must satisfy 1 <= MIN <= OPT <= MAX")
+        check_batch_range(r.batch_range)
     if r.workspace_gb is not None and r.workspace_gb <= 0:
         raise CloExportError(f"--workspace {r.workspace_gb} must be a positive number of GiB")
     if r.dla_core is not None and r.dla_core < 0:
@@ -288,7 +293,7 @@ def _check_dla(v: TrtVersion, r: BuildRequest, onnx_needed: OnnxKind) -> None:
         raise CloExportError(f"DLA on JetPack 5 (TensorRT {v}) does not take Q/DQ; use --calibrator entropy "
                              "with the FP32 ONNX and --calib DIR")
     if r.dynamic_batch and (r.batch_range is None or len(set(r.batch_range)) != 1):
-        raise CloExportError("DLA needs a fixed batch; pass --batch N,N,N (MIN = OPT = MAX) or a static ONNX")
+        raise CloExportError("DLA needs a fixed batch; pass --batch-range N,N,N (MIN = OPT = MAX) or a static ONNX")
 
 
 def _builder_flags(r: BuildRequest, weak: bool) -> tuple[str, ...]:
@@ -316,7 +321,7 @@ def _layer_precisions(v: TrtVersion, r: BuildRequest, implicit: bool, weak: bool
         why = (f"TensorRT {v} builds strongly typed, so precision comes from the ONNX" if not weak else
                "the Q/DQ ONNX already leaves those nodes unquantized" if r.precision == "int8" else
                f"an {r.precision.upper()} GPU build has no INT8 layers to keep out")
-        notes.append(f"--keep-float ignored: {why} (it applies to --calibrator entropy|minmax and --dla builds)")
+        notes.append(f"--keep-float ignored: {why} (it applies to --calibrator entropy|minmax and --dla-core builds)")
         return ()
     half = r.keep_float_fp16 and r.precision == "int8"
     if not half and r.dla_core is not None and not r.gpu_fallback:
@@ -333,11 +338,11 @@ def _profile(r: BuildRequest, notes: list[str]) -> ProfileShape | None:
     """Optimisation profile for a dynamic-batch ONNX; a batch range on a static ONNX is an error."""
     if not r.dynamic_batch:
         if r.batch_range is not None:
-            raise CloExportError("--batch needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic-batch "
-                                 "or drop --batch")
+            raise CloExportError("--batch-range needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic-batch "
+                                 "or drop --batch-range")
         return None
     if r.batch_range is None:
-        notes.append("dynamic-batch ONNX without --batch: profile fixed at batch 1 (pass --batch MIN,OPT,MAX)")
+        notes.append("dynamic-batch ONNX without --batch-range: profile fixed at batch 1 (pass --batch-range MIN,OPT,MAX)")
     lo, opt, hi = r.batch_range or (1, 1, 1)
     rest = tuple(r.input_shape[1:])
     return ProfileShape(r.input_name, (lo, *rest), (opt, *rest), (hi, *rest))

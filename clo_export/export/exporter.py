@@ -60,7 +60,7 @@ class ExportOptions:
         if not MIN_OPSET <= self.opset <= 23:
             raise CloExportError(f"--opset {self.opset} is out of range; use {MIN_OPSET}…23 (17 for TensorRT 8.5/8.6)")
         if self.batch < 1:
-            raise CloExportError(f"--batch {self.batch} must be at least 1")
+            raise CloExportError(f"--export-batch {self.batch} must be at least 1")
         if self.simplifier not in SIMPLIFIERS:
             raise CloExportError(f"--simplifier {self.simplifier} is unknown; choose {', '.join(SIMPLIFIERS)}")
         if self.nms and not (0 < self.conf < 1 and 0 < self.iou <= 1 and self.max_det >= 1):

@@ -1,0 +1,91 @@
+"""Help and global flags the same on both apps: clean usage lines, no ``<bool>`` after plain flags,
+--debug/-v before or after the command, --version on both, one name per batch meaning."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from clo_export import __version__
+from clo_export.cli.infer import app as infer_app
+from clo_export.cli.main import app
+
+runner = CliRunner()
+COMMANDS = ["trt", "onnx", "quantize", "check", "info", "demo", "triton"]
+
+
+def help_text(target, argv):
+    result = runner.invoke(target, argv, env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("target, argv", [(app, ["--help"]), (infer_app, ["--help"])]
+                         + [(app, [c, "--help"]) for c in COMMANDS])
+def test_help_is_clean(target, argv):
+    text = help_text(target, argv)
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    assert "<bool>" not in text
+    for flag in ("--help", "--debug", "--verbose"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("argv, usage", [(["onnx", "--help"], "[OPTIONS] WEIGHTS"), (["trt", "--help"], "[OPTIONS] MODEL"),
+                                         (["info", "--help"], "[OPTIONS] [WEIGHTS]")])
+def test_usage_names_the_arguments(argv, usage):
+    assert usage in help_text(app, argv)
+
+
+def test_usage_of_clo_infer():
+    assert "[OPTIONS] SOURCE" in help_text(infer_app, ["--help"])
+
+
+@pytest.mark.parametrize("target, argv", [(app, ["--version"]), (infer_app, ["--version"])])
+def test_version_on_both_apps(target, argv):
+    result = runner.invoke(target, argv)
+    assert result.exit_code == 0 and result.output.strip().endswith(__version__)
+
+
+@pytest.mark.parametrize("argv, flags", [(["onnx", "--help"], ["--export-batch"]), (["trt", "--help"], ["--batch-range"])])
+def test_batch_names(argv, flags):
+    text = help_text(app, argv)
+    assert all(f in text for f in flags) and "--infer-batch" not in text
+
+
+def test_infer_batch_name():
+    text = help_text(infer_app, ["--help"])
+    assert "--infer-batch" in text and "--export-batch" not in text and "--batch-range" not in text
+
+
+@pytest.mark.parametrize("argv", [["--debug", "info", "{missing}"], ["info", "{missing}", "--debug"]])
+def test_debug_before_or_after_the_command(argv, tmp_path):
+    result = runner.invoke(app, [a.format(missing=tmp_path / "missing.pt") for a in argv])
+    assert result.exit_code == 1 and type(result.exception).__name__ == "CloExportError"
+
+
+@pytest.mark.parametrize("argv", [["--debug", "{missing}", "-m", "{missing}"], ["{missing}", "-m", "{missing}", "--debug"]])
+def test_debug_anywhere_on_clo_infer(argv, tmp_path):
+    result = runner.invoke(infer_app, [a.format(missing=tmp_path / "missing.mp4") for a in argv])
+    assert result.exit_code == 1 and type(result.exception).__name__ == "CloExportError"
+
+
+@pytest.mark.parametrize("argv", [["-v", "trt", "{model}", "--dry-run", "--target", "10.3"],
+                                  ["trt", "{model}", "--dry-run", "--target", "10.3", "-v"]])
+def test_verbose_before_or_after_trt(argv, tmp_path):
+    """trt has no -v of its own: the global flag sets DEBUG logging (and TensorRT's verbose log) in either position."""
+    from tests.test_trt_cli import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "m.onnx")
+    runner.invoke(app, ["info", str(tmp_path / "missing.pt")])  # a run without -v resets the level first
+    assert logging.getLogger("clo_export").level == logging.INFO
+    result = runner.invoke(app, [a.format(model=model) for a in argv])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger("clo_export").level == logging.DEBUG
+    from clo_export.cli.common import is_verbose, setup
+
+    assert is_verbose()
+    setup()  # back to the default level for the tests that follow
+    assert not is_verbose() and logging.getLogger("clo_export").level == logging.INFO
