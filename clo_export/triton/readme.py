@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clo_export import __version__
+
 if TYPE_CHECKING:
     from clo_export.triton.repository import ModelFacts, RepositoryOptions
 
@@ -27,7 +29,7 @@ def repository_readme(name: str, out: Path, platform: str, facts: ModelFacts, op
                      f"{built} (NVIDIA's support matrix), or rebuild inside the container with `clo-export trt`.\n")
     return f"""# Triton model repository for {facts.path.name}
 
-<!-- {MARK} {__import__('clo_export').__version__} -->
+<!-- {MARK} {__version__} -->
 
 | model | what it does |
 |---|---|
