@@ -35,10 +35,15 @@ class _Builder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self._consts: dict[str, np.ndarray] = {}
 
     def const(self, name: str, value: np.ndarray) -> str:
+        """The constant's tensor name; a name already made is reused (it must hold the same value)."""
         full = PREFIX + name
-        self.inits.append(numpy_helper.from_array(value, full))
+        if full not in self._consts:
+            self._consts[full] = value
+            self.inits.append(numpy_helper.from_array(value, full))
+        assert np.array_equal(self._consts[full], value), f"constant {full} made twice with different values"
         return full
 
     def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs) -> list[str]:
@@ -93,47 +98,55 @@ def append_nms(model: onnx.ModelProto, conf: float = 0.25, iou: float = 0.45, ma
     """Return a copy of `model` whose outputs are num_dets/boxes/scores/classes after YOLOv5 NMS."""
     out0 = _check_args(model, conf, iou, max_det)
     dims = out0.type.tensor_type.shape.dim
-    nc = dims[2].dim_value - 5
     n_boxes = dims[1].dim_value if dims[1].HasField("dim_value") else None
     k = min(max_det, n_boxes) if n_boxes else max_det  # TopK needs k <= N; pad the rest
-    batch = dims[0].dim_param or dims[0].dim_value or "batch"
-
     b = _Builder()
-    ax1, ax2 = b.const("axis1", _i64(1)), b.const("axis2", _i64(2))
-
     y = "output0"
     if out0.type.tensor_type.elem_type == TensorProto.FLOAT16:
         y = b.one("Cast", [y], "to_fp32", to=TensorProto.FLOAT)
-
-    def cut(name: str, start: int, end: int, src: str = y) -> str:
-        return b.one("Slice", [src, b.const(f"{name}_start", _i64(start)), b.const(f"{name}_end", _i64(end)), ax2], name)
-
-    # scores: obj * cls, best class per box
-    obj, cls = cut("obj", 4, 5), cut("cls", 5, 5 + nc)
-    cls_scores = b.one("Mul", [cls, obj], "cls_scores")  # (B, N, nc), YOLOv5: x[:, 5:] *= x[:, 4:5]
-    best_cls = b.one("ArgMax", [cls_scores], "best_cls", axis=2, keepdims=1)  # (B, N, 1) int64
-    best = b.one("GatherElements", [cls_scores, best_cls], "best_score", axis=2)  # (B, N, 1)
-    in_class = b.one("Equal", [best_cls, b.const("class_ids", np.arange(nc, dtype=np.int64))], "in_class")
-    zero = b.const("zero", _f32(0.0))
-    per_class = b.one("Where", [in_class, best, zero], "per_class")  # (B, N, nc)
-    nms_scores = b.one("Transpose", [per_class], "nms_scores", perm=[0, 2, 1])  # (B, nc, N)
-
-    # boxes: xywh -> xyxy (YOLOv5 xywh2xyxy: x -/+ w / 2)
-    xy, wh = cut("xy", 0, 2), cut("wh", 2, 4)
-    half = b.one("Mul", [wh, b.const("half", _f32(0.5))], "half_wh")
-    x1y1 = b.one("Sub", [xy, half], "x1y1")
-    x2y2 = b.one("Add", [xy, half], "x2y2")
-    boxes = b.one("Concat", [x1y1, x2y2], "xyxy", axis=2)  # (B, N, 4)
-
+    best, best_cls, nms_scores = _class_scores(b, y, nc=dims[2].dim_value - 5)
+    boxes = _xyxy(b, y)
     selected = b.one(
         "NonMaxSuppression",
         [boxes, nms_scores, b.const("max_per_class", _i64(max_det)), b.const("iou", _f32(iou)), b.const("conf", _f32(conf))],
         "nms",
         center_point_box=0,
     )  # (K, 3): [batch, class, box]
-    batch_box = b.one("Gather", [selected, b.const("batch_box_cols", _i64(0, 2))], "batch_box", axis=1)  # (K, 2)
+    finals = _top_k(b, selected, best, best_cls, boxes, k)
+    _pad(b, finals, k, max_det)
+    for name, src in finals.items():
+        b.nodes.append(helper.make_node("Identity", [src], [name], name=f"{PREFIX}{name}"))
+    return _with_nms_outputs(model, b, dims[0].dim_param or dims[0].dim_value or "batch", max_det)
 
-    # kept scores scattered into a (B, N) buffer, then the top k per image
+
+def _cut(b: _Builder, src: str, name: str, start: int, end: int) -> str:
+    """Slice `src` along the last axis (``output0``'s box fields)."""
+    ax2 = b.const("axis2", _i64(2))
+    return b.one("Slice", [src, b.const(f"{name}_start", _i64(start)), b.const(f"{name}_end", _i64(end)), ax2], name)
+
+
+def _class_scores(b: _Builder, y: str, nc: int) -> tuple[str, str, str]:
+    """Score = obj * cls and the best class per box; returns (best (B,N,1), best_cls (B,N,1), scores (B,nc,N))."""
+    obj, cls = _cut(b, y, "obj", 4, 5), _cut(b, y, "cls", 5, 5 + nc)
+    cls_scores = b.one("Mul", [cls, obj], "cls_scores")  # (B, N, nc), YOLOv5: x[:, 5:] *= x[:, 4:5]
+    best_cls = b.one("ArgMax", [cls_scores], "best_cls", axis=2, keepdims=1)  # (B, N, 1) int64
+    best = b.one("GatherElements", [cls_scores, best_cls], "best_score", axis=2)  # (B, N, 1)
+    in_class = b.one("Equal", [best_cls, b.const("class_ids", np.arange(nc, dtype=np.int64))], "in_class")
+    per_class = b.one("Where", [in_class, best, b.const("zero", _f32(0.0))], "per_class")  # (B, N, nc)
+    return best, best_cls, b.one("Transpose", [per_class], "nms_scores", perm=[0, 2, 1])  # (B, nc, N)
+
+
+def _xyxy(b: _Builder, y: str) -> str:
+    """Boxes xywh -> xyxy (YOLOv5 xywh2xyxy: x -/+ w / 2), (B, N, 4)."""
+    xy, wh = _cut(b, y, "xy", 0, 2), _cut(b, y, "wh", 2, 4)
+    half = b.one("Mul", [wh, b.const("half", _f32(0.5))], "half_wh")
+    return b.one("Concat", [b.one("Sub", [xy, half], "x1y1"), b.one("Add", [xy, half], "x2y2")], "xyxy", axis=2)
+
+
+def _top_k(b: _Builder, selected: str, best: str, best_cls: str, boxes: str, k: int) -> dict[str, str]:
+    """Kept scores scattered into a (B, N) buffer, then the top k per image, masked past ``num_dets``."""
+    ax1, ax2, zero = b.const("axis1", _i64(1)), b.const("axis2", _i64(2)), b.const("zero", _f32(0.0))
+    batch_box = b.one("Gather", [selected, b.const("batch_box_cols", _i64(0, 2))], "batch_box", axis=1)  # (K, 2)
     best_bn = b.one("Squeeze", [best, ax2], "best_bn")
     kept_src = b.one("GatherND", [best_bn, batch_box], "kept_src")  # (K,)
     empty = b.one("Mul", [best_bn, zero], "empty")  # zeros (B, N) without reading a shape
@@ -149,17 +162,22 @@ def append_nms(model: onnx.ModelProto, conf: float = 0.25, iou: float = 0.45, ma
     best_cls_bn = b.one("Squeeze", [best_cls, ax2], "best_cls_bn")
     top_cls = b.one("GatherElements", [best_cls_bn, top_idx], "top_cls", axis=1)
     top_cls = b.one("Cast", [b.one("Where", [valid, top_cls, b.const("zero_i64", _i64(0))], "cls_masked")], "cls_i32", to=TensorProto.INT32)
+    return {"num_dets": num_dets, "boxes": top_boxes, "scores": top_scores, "classes": top_cls}
 
-    finals = {"num_dets": num_dets, "boxes": top_boxes, "scores": top_scores, "classes": top_cls}
-    if k < max_det:  # fewer candidate boxes than max_det: pad to the fixed output size
-        extra = max_det - k
-        pad2 = b.const("pad2", _i64(0, 0, 0, extra))
-        finals["boxes"] = b.one("Pad", [top_boxes, b.const("pad3", _i64(0, 0, 0, 0, extra, 0))], "pad_boxes")
-        finals["scores"] = b.one("Pad", [top_scores, pad2], "pad_scores")
-        finals["classes"] = b.one("Pad", [top_cls, pad2], "pad_classes")
-    for name, src in finals.items():
-        b.nodes.append(helper.make_node("Identity", [src], [name], name=f"{PREFIX}{name}"))
 
+def _pad(b: _Builder, finals: dict[str, str], k: int, max_det: int) -> None:
+    """Fewer candidate boxes than max_det: pad the outputs to the fixed size."""
+    if k >= max_det:
+        return
+    extra = max_det - k
+    pad2 = b.const("pad2", _i64(0, 0, 0, extra))
+    finals["boxes"] = b.one("Pad", [finals["boxes"], b.const("pad3", _i64(0, 0, 0, 0, extra, 0))], "pad_boxes")
+    finals["scores"] = b.one("Pad", [finals["scores"], pad2], "pad_scores")
+    finals["classes"] = b.one("Pad", [finals["classes"], pad2], "pad_classes")
+
+
+def _with_nms_outputs(model: onnx.ModelProto, b: _Builder, batch: int | str, max_det: int) -> onnx.ModelProto:
+    """A copy of `model` with the NMS nodes appended and the four NMS outputs as its only outputs."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
