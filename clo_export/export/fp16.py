@@ -103,15 +103,11 @@ def to_fp16(
         raise CloExportError("FP16 conversion does not handle If/Loop/Scan subgraphs; simplify the model first (clo-export onnx)")
     types = _elem_types(model)
     positions = _fp32_positions(src.node, keep, types)
-
     uses: dict[str, list[bool]] = {}  # tensor -> for each reader, whether it reads at a float32 position
     for n, node in enumerate(src.node):
         for i, name in enumerate(node.input):
             uses.setdefault(name, []).append((n, i) in positions)
-    output_names = {o.name for o in src.output}
-    constant_names = {t.name for t in src.initializer} | {o for n in src.node if n.op_type == "Constant" for o in n.output}
-    # float constants read only at float32 positions stay float32 (no Cast needed)
-    stay_fp32 = {name for name in constant_names if uses.get(name) and all(uses[name]) and name not in output_names}
+    stay_fp32 = _fp32_constants(src, uses)
 
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -119,7 +115,34 @@ def to_fp16(
     for i, tensor in enumerate(graph.initializer):
         if tensor.data_type == FLOAT and tensor.name not in stay_fp32:
             graph.initializer[i].CopyFrom(_to_half(tensor))
+    nodes = _rewrite_nodes(src, keep, types, positions, uses, stay_fp32)
 
+    produced = {name for node in nodes for name in node.output}
+    kept_info = [info for info in graph.value_info if info.name in produced]  # drop FP16 copies never made
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    _set_elem_type(graph.value_info, stay_fp32)
+    if keep_io_fp32:
+        nodes = _add_boundary_casts(graph, nodes, types)
+    else:
+        _set_elem_type(graph.input, stay_fp32)
+        _set_elem_type(graph.output, stay_fp32)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return result
+
+
+def _fp32_constants(graph: onnx.GraphProto, uses: dict[str, list[bool]]) -> set[str]:
+    """Float constants read only at float32 positions: they stay float32 (no Cast needed)."""
+    output_names = {o.name for o in graph.output}
+    constant_names = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return {name for name in constant_names if uses.get(name) and all(uses[name]) and name not in output_names}
+
+
+def _rewrite_nodes(src: onnx.GraphProto, keep: frozenset[str], types: dict[str, int], positions: set[tuple[int, int]],
+                   uses: dict[str, list[bool]], stay_fp32: set[str]) -> list[onnx.NodeProto]:
+    """The FP16 node list: constants and Casts retargeted, float32 inputs behind shared Casts, kept ops cast back."""
+    output_names = {o.name for o in src.output}
     nodes: list[onnx.NodeProto] = []
     fp32_alias: dict[str, str] = {name: name for name in stay_fp32}  # tensor -> its float32 twin
 
@@ -149,21 +172,7 @@ def to_fp16(
                     if all(uses.get(name, [])) and name not in output_names:
                         continue  # every reader takes float32: no FP16 copy needed
                     nodes.append(helper.make_node("Cast", [node.output[j]], [name], name=f"{label}/to_fp16_{j}", to=HALF))
-
-    skip = set(stay_fp32)
-    produced = {name for node in nodes for name in node.output}
-    kept_info = [info for info in graph.value_info if info.name in produced]  # drop FP16 copies never made
-    del graph.value_info[:]
-    graph.value_info.extend(kept_info)
-    _set_elem_type(graph.value_info, skip)
-    if keep_io_fp32:
-        nodes = _add_boundary_casts(graph, nodes, types)
-    else:
-        _set_elem_type(graph.input, skip)
-        _set_elem_type(graph.output, skip)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return result
+    return nodes
 
 
 def _add_boundary_casts(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], types: dict[str, int]) -> list[onnx.NodeProto]:
