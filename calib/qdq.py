@@ -54,45 +54,11 @@ def insert_qdq(model: onnx.ModelProto, targets: list[Target], ranges: dict[str, 
     idx = GraphIndex(out)
     taken = {n.name for n in g.node} | {t.name for t in g.initializer} | set(idx.producer) | {i.name for i in g.input}
     new_inits: list[TensorProto] = []
-    rewire: dict[tuple[str, int], str] = {}
-    weight_nodes: list[onnx.NodeProto] = []
-    act_pairs: dict[str, list[onnx.NodeProto]] = {}  # activation tensor -> [Q, DQ]
+    act_pairs = _activation_pairs(targets, ranges, taken, new_inits)
+    weight_nodes = _weight_dequantizers(targets, idx, taken, new_inits)
+    rewire = {(t.node, t.index): (weight_nodes[t.tensor] if t.weight else act_pairs[t.tensor][1]).output[0] for t in targets}
 
-    for tensor in dict.fromkeys(t.tensor for t in targets if not t.weight):
-        scale = _unique(f"{tensor}_scale", taken)
-        zp = _unique(f"{tensor}_zero_point", taken)
-        qt, dqt = _unique(f"{tensor}_QuantizeLinear_Output", taken), _unique(f"{tensor}_DequantizeLinear_Output", taken)
-        new_inits += [numpy_helper.from_array(np.array(activation_scale(ranges[tensor]), dtype=np.float32), scale),
-                      numpy_helper.from_array(np.array(0, dtype=np.int8), zp)]
-        act_pairs[tensor] = [
-            helper.make_node("QuantizeLinear", [tensor, scale, zp], [qt], name=_unique(f"{tensor}_QuantizeLinear", taken)),
-            helper.make_node("DequantizeLinear", [qt, scale, zp], [dqt], name=_unique(f"{tensor}_DequantizeLinear", taken)),
-        ]
-    for t in targets:
-        if not t.weight:
-            rewire[(t.node, t.index)] = act_pairs[t.tensor][1].output[0]
-
-    weight_dq: dict[str, str] = {}
-    for t in targets:
-        if not t.weight or t.tensor in weight_dq:
-            continue
-        w = idx.constant(t.tensor)
-        if w.ndim < 2:
-            raise CloExportError(f"Conv '{t.node}' has a weight of shape {w.shape}; expected (C_out, C_in/g, kH, kW)")
-        q, s = quantize_weight(w)
-        qname = _unique(f"{t.tensor}_quantized", taken)
-        sname, zname = _unique(f"{t.tensor}_scale", taken), _unique(f"{t.tensor}_zero_point", taken)
-        dq_out = _unique(f"{t.tensor}_DequantizeLinear_Output", taken)
-        new_inits += [numpy_helper.from_array(q, qname), numpy_helper.from_array(s, sname),
-                      numpy_helper.from_array(np.zeros(len(s), dtype=np.int8), zname)]
-        weight_nodes.append(helper.make_node("DequantizeLinear", [qname, sname, zname], [dq_out],
-                                             name=_unique(f"{t.tensor}_DequantizeLinear", taken), axis=0))
-        weight_dq[t.tensor] = dq_out
-    for t in targets:
-        if t.weight:
-            rewire[(t.node, t.index)] = weight_dq[t.tensor]
-
-    nodes: list[onnx.NodeProto] = list(weight_nodes)
+    nodes: list[onnx.NodeProto] = list(weight_nodes.values())
     for inp in g.input:
         nodes += act_pairs.get(inp.name, [])
     by_node: dict[str, list[tuple[int, str]]] = {}
@@ -109,6 +75,44 @@ def insert_qdq(model: onnx.ModelProto, targets: list[Target], ranges: dict[str, 
     g.initializer.extend(new_inits)
     _drop_unused_constants(out)
     return out
+
+
+def _activation_pairs(targets: list[Target], ranges: dict[str, float], taken: set[str],
+                      new_inits: list[TensorProto]) -> dict[str, list[onnx.NodeProto]]:
+    """One ``[Q, DQ]`` pair per quantized activation tensor (per-tensor scale, zero point 0)."""
+    act_pairs: dict[str, list[onnx.NodeProto]] = {}
+    for tensor in dict.fromkeys(t.tensor for t in targets if not t.weight):
+        scale = _unique(f"{tensor}_scale", taken)
+        zp = _unique(f"{tensor}_zero_point", taken)
+        qt, dqt = _unique(f"{tensor}_QuantizeLinear_Output", taken), _unique(f"{tensor}_DequantizeLinear_Output", taken)
+        new_inits += [numpy_helper.from_array(np.array(activation_scale(ranges[tensor]), dtype=np.float32), scale),
+                      numpy_helper.from_array(np.array(0, dtype=np.int8), zp)]
+        act_pairs[tensor] = [
+            helper.make_node("QuantizeLinear", [tensor, scale, zp], [qt], name=_unique(f"{tensor}_QuantizeLinear", taken)),
+            helper.make_node("DequantizeLinear", [qt, scale, zp], [dqt], name=_unique(f"{tensor}_DequantizeLinear", taken)),
+        ]
+    return act_pairs
+
+
+def _weight_dequantizers(targets: list[Target], idx: GraphIndex, taken: set[str],
+                         new_inits: list[TensorProto]) -> dict[str, onnx.NodeProto]:
+    """One ``DequantizeLinear(axis=0)`` over INT8 per-channel weights per quantized weight tensor."""
+    weight_nodes: dict[str, onnx.NodeProto] = {}
+    for t in targets:
+        if not t.weight or t.tensor in weight_nodes:
+            continue
+        w = idx.constant(t.tensor)
+        if w.ndim < 2:
+            raise CloExportError(f"Conv '{t.node}' has a weight of shape {w.shape}; expected (C_out, C_in/g, kH, kW)")
+        q, s = quantize_weight(w)
+        qname = _unique(f"{t.tensor}_quantized", taken)
+        sname, zname = _unique(f"{t.tensor}_scale", taken), _unique(f"{t.tensor}_zero_point", taken)
+        dq_out = _unique(f"{t.tensor}_DequantizeLinear_Output", taken)
+        new_inits += [numpy_helper.from_array(q, qname), numpy_helper.from_array(s, sname),
+                      numpy_helper.from_array(np.zeros(len(s), dtype=np.int8), zname)]
+        weight_nodes[t.tensor] = helper.make_node("DequantizeLinear", [qname, sname, zname], [dq_out],
+                                                  name=_unique(f"{t.tensor}_DequantizeLinear", taken), axis=0)
+    return weight_nodes
 
 
 def _drop_unused_constants(model: onnx.ModelProto) -> None:
