@@ -1,4 +1,7 @@
-"""YOLOv5 box utilities, non-maximum suppression and model outputs → detections, in NumPy (runs where torch is absent)."""
+"""YOLOv5 box utilities, non-maximum suppression and model outputs → detections, in NumPy (runs where torch is absent).
+
+Imports only errors.py and data/preprocess.py of the package: Triton's postprocessing model vendors these three files.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clo_export.backends.base import NMS_OUTPUTS
 from clo_export.data.preprocess import LetterboxInfo, scale_boxes
 from clo_export.errors import CloExportError
 
 if TYPE_CHECKING:
     from clo_export.pipeline.core import InferOptions
 
+NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")  # an in-graph NMS model's outputs
 MAX_WH = 7680  # YOLOv5's class offset: larger than any box coordinate, so classes never overlap
 PAIR_BUDGET = 1_000_000  # box pairs NMS compares at once; denser frames take the box-by-box loop (flat memory)
 
