@@ -1,6 +1,6 @@
 """YOLOv5 box utilities, non-maximum suppression and model outputs → detections, in NumPy (runs where torch is absent).
 
-Imports only errors.py and data/preprocess.py of the package: Triton's postprocessing model vendors these three files.
+Imports only errors.py and (lazily) data/preprocess.py of the package: Triton's postprocessing model vendors these three files.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clo_export.data.preprocess import LetterboxInfo, scale_boxes
 from clo_export.errors import CloExportError
 
 if TYPE_CHECKING:
+    from clo_export.data.preprocess import LetterboxInfo
     from clo_export.pipeline.core import InferOptions
 
 NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")  # an in-graph NMS model's outputs
@@ -251,4 +251,7 @@ class Postprocessor:
         return out
 
     def __call__(self, outputs: dict[str, np.ndarray], infos: list[LetterboxInfo]) -> list[np.ndarray]:
+        """Detections of every image mapped back onto its original frame."""
+        from clo_export.data.preprocess import scale_boxes  # OpenCV: only where frames are processed, never for --help
+
         return [scale_boxes(d, info) if len(d) else d for d, info in zip(self.letterboxed(outputs, len(infos)), infos)]
