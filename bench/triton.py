@@ -35,7 +35,8 @@ from clo_export.backends.base import load_runner, load_runners, usable_cores  # 
 from clo_export.data.preprocess import preprocess  # noqa: E402
 from clo_export.data.stream import open_source  # noqa: E402
 from clo_export.demo.run import BUNDLED_MODEL, write_demo_video  # noqa: E402
-from clo_export.pipeline import InferOptions, Pipeline, Postprocessor  # noqa: E402
+from clo_export.pipeline import InferOptions, Pipeline  # noqa: E402
+from clo_export.postprocess import Postprocessor  # noqa: E402
 from clo_export.triton.config import Serving  # noqa: E402
 from clo_export.triton.localserver import LocalServer, ServerEnv  # noqa: E402
 from clo_export.triton.repository import RepositoryOptions, write_repository  # noqa: E402
@@ -58,7 +59,7 @@ def read_frames(video: Path, n: int) -> list[np.ndarray]:
 def in_process_loop(onnx_path: Path, frames: list[np.ndarray]) -> tuple[float, list[float]]:
     """One loop, one ONNX Runtime session: preprocess, infer, NMS + scale per frame; (FPS, latencies s)."""
     runner, info = load_runner(onnx_path, "cpu")
-    post = Postprocessor(info, InferOptions())
+    post = Postprocessor(InferOptions())
     lat = []
     with runner:
         for frame in frames[:5]:  # warm-up

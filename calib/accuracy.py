@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from clo_export.compare import (DETECTION_OUTPUT, DetectionAgreement, TensorStats, _match_ious, compare_outputs,
-                                detection_agreement, tensor_stats)
+from clo_export.comparator import run_feeds
+from clo_export.compare import (DetectionAgreement, TensorStats, _match_ious, detection_agreement, detection_stats,
+                                tensor_stats)
 from clo_export.errors import CloExportError
 from clo_export.metrics import evaluate
-from clo_export.postprocess import detections_from_nms_outputs, nms
+from clo_export.postprocess import decoded_output, detections
 
 MAP_CONF = 0.001  # val.py's thresholds for mAP
 MAP_IOU = 0.6
@@ -105,15 +106,12 @@ class HeldOut:
 
     def __init__(self, fp32_model: str | bytes, data: Iterable[dict[str, np.ndarray]], conf: float = 0.25, iou: float = 0.45,
                  nms_in_graph: bool = False, threads: int | None = None):
-        from clo_export.backends.onnxrt import OnnxRuntimeRunner
-
         self.conf, self.iou, self.nms_in_graph, self.threads = conf, iou, nms_in_graph, threads
         self.feeds = list(data)
         if not self.feeds:
             raise CloExportError("no held-out image could be read for the accuracy report; add images to --calib")
-        with OnnxRuntimeRunner(fp32_model, ["CPUExecutionProvider"], threads) as fp:
-            self.ref = [fp.infer(f) for f in self.feeds]
-        self.ref_dets = [d for out in self.ref for d in self._dets(out, conf, iou)]
+        self.ref = self._run(fp32_model)
+        self.ref_dets = [d for out in self.ref for d in self._deploy_dets(out)]
         self.labels = [np.concatenate([d[:, 5:6], d[:, :4]], axis=1) for d in self.ref_dets]
         self.fp32 = self._score([d for out in self.ref for d in self._val_dets(out)], None)
 
@@ -125,13 +123,12 @@ class HeldOut:
     def n_labels(self) -> int:
         return sum(len(x) for x in self.labels)
 
-    def _dets(self, outputs: dict[str, np.ndarray], conf: float, iou: float) -> list[np.ndarray]:
-        if self.nms_in_graph:
-            return detections_from_nms_outputs(outputs)
-        return nms(outputs[DETECTION_OUTPUT], conf, iou, max_det=MAP_MAX_DET)
+    def _deploy_dets(self, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return detections(outputs, self.conf, self.iou, MAP_MAX_DET)
 
-    def _val_dets(self, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._dets(outputs, MAP_CONF, MAP_IOU)  # in-graph NMS keeps its own thresholds
+    @staticmethod
+    def _val_dets(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return detections(outputs, MAP_CONF, MAP_IOU, MAP_MAX_DET)  # in-graph NMS keeps its own thresholds
 
     def _score(self, dets: list[np.ndarray], fp32: Score | None) -> Score:
         if not self.n_labels:
@@ -144,8 +141,8 @@ class HeldOut:
     def _run(self, model: str | bytes) -> list[dict[str, np.ndarray]]:
         from clo_export.backends.onnxrt import OnnxRuntimeRunner
 
-        with OnnxRuntimeRunner(model, ["CPUExecutionProvider"], self.threads) as q:
-            return [q.infer(f) for f in self.feeds]
+        with OnnxRuntimeRunner(model, ["CPUExecutionProvider"], self.threads) as runner:
+            return list(run_feeds(runner, self.feeds))
 
     def score(self, model: str | bytes) -> Score:
         """mAP of ``model`` against FP32's detections, and its drop in points."""
@@ -157,12 +154,11 @@ class HeldOut:
         stats: dict[str, TensorStats] = {}
         for ref, test in zip(self.ref, outs):
             new = {k: tensor_stats(k, ref[k], test[k]) for k in ref if k in test and np.issubdtype(ref[k].dtype, np.floating)}
-            if not self.nms_in_graph and DETECTION_OUTPUT in ref:
-                new.update(compare_outputs({DETECTION_OUTPUT: ref[DETECTION_OUTPUT]}, {DETECTION_OUTPUT: test[DETECTION_OUTPUT]},
-                                           "int8").tensors)
+            if not self.nms_in_graph:
+                new.update(detection_stats(decoded_output(ref), decoded_output(test)))
             for k, s in new.items():
                 stats[k] = stats[k].merge(s) if k in stats else s
-        test_dets = [d for out in outs for d in self._dets(out, self.conf, self.iou)]
+        test_dets = [d for out in outs for d in self._deploy_dets(out)]
         ious = [v for ref, test in zip(self.ref_dets, test_dets) for v in _match_ious(ref, test, 0.5)]
         int8 = self._score([d for out in outs for d in self._val_dets(out)], self.fp32)
         return AccuracyReport(self.n_images, stats, detection_agreement(self.ref_dets, test_dets, 0.5), BoxIoU.of(ious),

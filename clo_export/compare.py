@@ -317,6 +317,33 @@ def detection_stats(ref: np.ndarray, test: np.ndarray, tolerance: Tolerance | No
     return out
 
 
+def compare_tensors(
+    ref: dict[str, np.ndarray], test: dict[str, np.ndarray], precision: str = "fp32", tolerance: Tolerance | None = None
+) -> Report:
+    """Per-tensor statistics of one input's outputs (`output0` per field); detections are left to the caller."""
+    if precision not in TOLERANCES:
+        raise CloExportError(f"unknown precision '{precision}'; choose one of {', '.join(TOLERANCES)}")
+    tolerance = tolerance or TOLERANCES[precision]
+    tensors: dict[str, TensorStats] = {}
+    for name, ref_out in ref.items():
+        if name not in test:
+            continue
+        if _is_decoded(name, ref_out):
+            tensors.update(detection_stats(np.asarray(ref_out), np.asarray(test[name]), tolerance))
+        else:
+            tensors[name] = tensor_stats(name, ref_out, test[name])
+    return Report(
+        precision=precision,
+        tolerance=tolerance,
+        tensors=tensors,
+        missing=tuple(name for name in ref if name not in test),
+    )
+
+
+def _is_decoded(name: str, value: np.ndarray) -> bool:
+    return name == DETECTION_OUTPUT and np.ndim(value) == 3 and np.shape(value)[2] >= 6
+
+
 def compare_outputs(
     ref: dict[str, np.ndarray],
     test: dict[str, np.ndarray],
@@ -326,23 +353,8 @@ def compare_outputs(
     tolerance: Tolerance | None = None,
 ) -> Report:
     """Compare one input's outputs; `output0` gets per-field stats and detection agreement after NMS."""
-    if precision not in TOLERANCES:
-        raise CloExportError(f"unknown precision '{precision}'; choose one of {', '.join(TOLERANCES)}")
-    tolerance = tolerance or TOLERANCES[precision]
-    tensors: dict[str, TensorStats] = {}
-    detections = None
-    for name, ref_out in ref.items():
-        if name not in test:
-            continue
-        if name == DETECTION_OUTPUT and np.ndim(ref_out) == 3 and np.shape(ref_out)[2] >= 6:
-            tensors.update(detection_stats(np.asarray(ref_out), np.asarray(test[name]), tolerance))
-            detections = detection_agreement(nms(ref_out, conf, iou), nms(test[name], conf, iou))
-        else:
-            tensors[name] = tensor_stats(name, ref_out, test[name])
-    return Report(
-        precision=precision,
-        tolerance=tolerance,
-        tensors=tensors,
-        detections=detections,
-        missing=tuple(name for name in ref if name not in test),
-    )
+    report = compare_tensors(ref, test, precision, tolerance)
+    name = DETECTION_OUTPUT
+    if name in test and _is_decoded(name, ref.get(name)):
+        report = replace(report, detections=detection_agreement(nms(ref[name], conf, iou), nms(test[name], conf, iou)))
+    return report

@@ -1,13 +1,22 @@
-"""YOLOv5 box utilities and non-maximum suppression in pure NumPy (runs where torch is absent)."""
+"""YOLOv5 box utilities, non-maximum suppression and model outputs → detections, in NumPy (runs where torch is absent).
+
+Imports only errors.py and (lazily) data/preprocess.py of the package: Triton's postprocessing model vendors these three files.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clo_export.errors import CloExportError
 
+if TYPE_CHECKING:
+    from clo_export.data.preprocess import LetterboxInfo
+    from clo_export.pipeline.core import InferOptions
+
+NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")  # an in-graph NMS model's outputs
 MAX_WH = 7680  # YOLOv5's class offset: larger than any box coordinate, so classes never overlap
 PAIR_BUDGET = 1_000_000  # box pairs NMS compares at once; denser frames take the box-by-box loop (flat memory)
 
@@ -182,7 +191,7 @@ def nms(
 
 def detections_from_nms_outputs(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Per-image (n, 6) [x1, y1, x2, y2, conf, cls] rows from an in-graph NMS model's fixed-size outputs."""
-    num, boxes, scores, classes = (outputs[k] for k in ("num_dets", "boxes", "scores", "classes"))
+    num, boxes, scores, classes = (outputs[k] for k in NMS_OUTPUTS)
     out = []
     for b in range(len(num)):
         n = int(np.asarray(num[b]).reshape(-1)[0])
@@ -192,3 +201,57 @@ def detections_from_nms_outputs(outputs: dict[str, np.ndarray]) -> list[np.ndarr
         rows[:, 5] = classes[b, :n]
         out.append(rows)
     return out
+
+
+def has_nms_outputs(outputs: dict[str, np.ndarray]) -> bool:
+    """True for the outputs of a model with in-graph NMS (num_dets, boxes, scores, classes)."""
+    return all(k in outputs for k in NMS_OUTPUTS)
+
+
+def decoded_output(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """A raw model's decoded (batch, anchors, 5 + classes) output (YOLOv5's output0), found by its shape."""
+    for value in outputs.values():
+        if np.ndim(value) == 3 and np.shape(value)[2] >= 6:
+            return value
+    shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in outputs.items())
+    raise CloExportError(f"no output of shape (batch, anchors, 5 + classes) among {shapes or 'none'}; "
+                         "export with the Detect head in inference mode (output0) or with --nms")
+
+
+def detections(outputs: dict[str, np.ndarray], conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
+               classes: Sequence[int] | None = None, agnostic: bool = False) -> list[np.ndarray]:
+    """Per-image (n, 6) [x1, y1, x2, y2, conf, cls] detections of any model's outputs.
+
+    In-graph NMS outputs are read as the graph wrote them (its own thresholds); a raw model's decoded
+    output goes through :func:`nms` at these thresholds.
+    """
+    if has_nms_outputs(outputs):
+        return detections_from_nms_outputs(outputs)
+    return nms(decoded_output(outputs), conf, iou, classes, agnostic, max_det=max_det)
+
+
+class Postprocessor:
+    """Model outputs → per-frame (n, 6) [x1, y1, x2, y2, conf, cls] in original-frame pixels."""
+
+    def __init__(self, opts: InferOptions):
+        self.opts = opts
+
+    def letterboxed(self, outputs: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """Detections of the first ``n`` images in letterboxed-input pixels."""
+        o = self.opts
+        dets = detections({k: v[:n] for k, v in outputs.items()}, o.conf, o.iou, o.max_det, o.classes, o.agnostic)
+        if not has_nms_outputs(outputs):
+            return dets
+        out = []  # the graph applied its own thresholds; a higher --conf, --classes and --max-det filter more
+        for d in dets:
+            d = d[d[:, 4] >= o.conf]
+            if o.classes is not None:
+                d = d[np.isin(d[:, 5].astype(int), o.classes)]
+            out.append(d[: o.max_det].astype(np.float32, copy=False))
+        return out
+
+    def __call__(self, outputs: dict[str, np.ndarray], infos: list[LetterboxInfo]) -> list[np.ndarray]:
+        """Detections of every image mapped back onto its original frame."""
+        from clo_export.data.preprocess import scale_boxes  # OpenCV: only where frames are processed, never for --help
+
+        return [scale_boxes(d, info) if len(d) else d for d, info in zip(self.letterboxed(outputs, len(infos)), infos)]

@@ -16,7 +16,7 @@ import numpy as np
 from clo_export.compare import Report
 from clo_export.data.sinks import draw_detections
 from clo_export.fileio import write_text_atomic
-from clo_export.pipeline import CheckedFrame
+from clo_export.pipeline.check import CheckedFrame
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}

@@ -8,12 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from clo_export.backends.base import ModelInfo, Runner, TensorSpec, load_runner
+from clo_export.backends.base import Runner, TensorSpec, load_runner
 from clo_export.data.preprocess import LetterboxInfo
 from clo_export.data.sinks import JsonlSink, VideoSink
 from clo_export.data.stream import open_source
 from clo_export.errors import CloExportError
-from clo_export.pipeline import InferOptions, Pipeline, Postprocessor, StageTimer
+from clo_export.pipeline import InferOptions, Pipeline, StageTimer
+from clo_export.postprocess import Postprocessor
 from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
 from tests.test_sinks import read_video
 
@@ -205,14 +206,13 @@ def test_stage_timer_percentiles():
     assert (s.p50_ms, s.p95_ms) == (pytest.approx(np.percentile(ms, 50)), pytest.approx(np.percentile(ms, 95)))
 
 
-INFO = ModelInfo("m.onnx", "onnxruntime", {0: "a", 1: "b"}, (128, 128))
 LB = LetterboxInfo(ratio=0.5, pad=(0, 16), orig_shape=(192, 256), new_shape=(128, 128))
 
 
 def test_postprocess_raw_output_maps_boxes_to_the_original_frame_and_handles_empty_frames():
     pred = np.zeros((2, 10, 7), np.float32)
     pred[0, 0] = [64, 64, 20, 20, 0.9, 0.9, 0.1]  # xywh in the 128x128 input
-    dets = Postprocessor(INFO, InferOptions())({"output0": pred}, [LB, LB])
+    dets = Postprocessor(InferOptions())({"output0": pred}, [LB, LB])
     np.testing.assert_allclose(dets[0], [[108, 76, 148, 116, 0.81, 0]], rtol=1e-5)
     assert dets[1].shape == (0, 6)
 
@@ -221,10 +221,10 @@ def test_postprocess_in_graph_nms_outputs_respects_conf_classes_and_max_det():
     outputs = {"num_dets": np.array([[3]], np.int64),
                "boxes": np.array([[[0, 16, 10, 26], [20, 36, 30, 46], [40, 56, 50, 66], [0, 0, 0, 0]]], np.float32),
                "scores": np.array([[0.9, 0.5, 0.3, 0]], np.float32), "classes": np.array([[0, 1, 0, 0]], np.int64)}
-    post = Postprocessor(INFO, InferOptions(conf=0.4))
+    post = Postprocessor(InferOptions(conf=0.4))
     np.testing.assert_allclose(post(outputs, [LB])[0], [[0, 0, 20, 20, 0.9, 0], [40, 40, 60, 60, 0.5, 1]])
-    assert len(Postprocessor(INFO, InferOptions(classes=(1,)))(outputs, [LB])[0]) == 1
-    assert len(Postprocessor(INFO, InferOptions(max_det=1))(outputs, [LB])[0]) == 1
+    assert len(Postprocessor(InferOptions(classes=(1,)))(outputs, [LB])[0]) == 1
+    assert len(Postprocessor(InferOptions(max_det=1))(outputs, [LB])[0]) == 1
 
 
 def test_options_are_validated():

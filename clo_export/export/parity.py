@@ -9,11 +9,11 @@ import numpy as np
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.backends.pytorch import TorchRunner
-from clo_export.compare import TOLERANCES, Report, compare_outputs, detection_agreement
+from clo_export.compare import Report
+from clo_export.comparator import Comparator, Comparison, Thresholds
 from clo_export.data.preprocess import preprocess_batch
 from clo_export.data.sources import read_images
 from clo_export.export.metadata import ModelMeta
-from clo_export.postprocess import detections_from_nms_outputs, nms
 
 
 def parity_batches(imgsz: tuple[int, int], batch_sizes: Iterable[int] = (1,), n_random: int = 2,
@@ -29,16 +29,7 @@ def parity_batches(imgsz: tuple[int, int], batch_sizes: Iterable[int] = (1,), n_
 
 def check_parity(onnx_model: bytes | str | Path, reference, batches: list[np.ndarray], meta: ModelMeta) -> Report:
     """Run ONNX Runtime (CPU) and the PyTorch reference on every batch; one accumulated Report."""
-    precision = meta.precision or "fp32"
-    reports = []
+    comparison = Comparison(meta.precision or "fp32", Thresholds().for_model(meta))
     with OnnxRuntimeRunner(onnx_model, providers=["CPUExecutionProvider"]) as ort, TorchRunner(reference) as pt:
-        for x in batches:
-            ref = pt.infer({"images": x})
-            test = ort.infer({"images": x})
-            if meta.nms:
-                ref_dets = nms(ref["output0"], meta.nms_conf, meta.nms_iou, max_det=meta.nms_max_det)
-                agreement = detection_agreement(ref_dets, detections_from_nms_outputs(test))
-                reports.append(Report(precision, TOLERANCES[precision], detections=agreement))
-            else:
-                reports.append(compare_outputs(ref, {k: v.astype(np.float32) for k, v in test.items()}, precision))
-    return Report.accumulate(reports)
+        name = ort.input_specs()[0].name
+        return Comparator(pt, comparison).report(ort, ({name: x} for x in batches))

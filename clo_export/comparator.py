@@ -1,0 +1,122 @@
+"""The one comparison runner: a reference and a test model on the same feeds, judged by one rule.
+
+The data protocol is Polygraphy's: an iterable of feeds, ``{input name: (batch, 3, H, W) array}``
+dicts (parity batches, calibration and held-out data, pipeline frames). Each runner gets a feed
+under its own input name (:func:`feed_for`), so no caller names a tensor. :class:`Comparison` is the
+rule that turns one feed's pair of outputs into a :class:`~clo_export.compare.Report`:
+
+- a test model with in-graph NMS is judged on its detections only, against the reference's NMS at
+  the thresholds the graph was built for (its per-tensor outputs are padded, fixed-size);
+- a raw test model gets per-field tensor statistics and detection agreement at the deployment
+  thresholds.
+
+:class:`Comparator` runs the reference on each feed and judges the test's outputs for it: those of a
+test runner it runs itself (export parity) or ones already computed (the pipeline's live check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Dict, Optional
+
+import numpy as np
+
+from clo_export.backends.base import Runner
+from clo_export.compare import TOLERANCES, Report, Tolerance, compare_tensors, detection_agreement
+from clo_export.errors import CloExportError
+from clo_export.postprocess import detections, has_nms_outputs
+
+Feed = Dict[str, np.ndarray]  # one input batch: {input name: array}
+Outputs = Dict[str, np.ndarray]
+
+
+def feed_for(runner: Runner, feed: Feed) -> Feed:
+    """``feed`` under ``runner``'s input names (a one-input feed is renamed to a one-input model's name)."""
+    names = [spec.name for spec in runner.input_specs()]
+    if set(names) == set(feed):
+        return feed
+    if len(names) == 1 and len(feed) == 1:
+        return {names[0]: next(iter(feed.values()))}
+    raise CloExportError(f"the feed has inputs {sorted(feed)} but the {runner.name} model takes {names}; "
+                         "feed it the model's own input names")
+
+
+def run_feeds(runner: Runner, feeds: Iterable[Feed]) -> Iterator[Outputs]:
+    """``runner``'s outputs for each feed, in order."""
+    for feed in feeds:
+        yield runner.infer(feed_for(runner, feed))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """NMS thresholds detections are compared at."""
+
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+
+    def for_model(self, model) -> Thresholds:
+        """The graph's own thresholds for a model with in-graph NMS (these where it has none or leaves one unset).
+
+        ``model`` is anything with ``nms``, ``nms_conf``, ``nms_iou`` and ``nms_max_det``: a ModelInfo or
+        the export's ModelMeta.
+        """
+        if not model.nms:
+            return self
+        return Thresholds(self.conf if model.nms_conf is None else model.nms_conf,
+                          self.iou if model.nms_iou is None else model.nms_iou,
+                          model.nms_max_det or self.max_det)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One feed compared: its Report and both sides' per-image detections (letterboxed-input pixels)."""
+
+    report: Report
+    ref_dets: list
+    test_dets: list
+
+
+class Comparison:
+    """The rule that judges a test model's outputs against the reference's for one feed (module docstring)."""
+
+    def __init__(self, precision: str = "fp32", thresholds: Thresholds = Thresholds(), min_f1: Optional[float] = None):
+        self.precision = precision if precision in TOLERANCES else "fp32"
+        tolerance = TOLERANCES[self.precision]
+        self.tolerance: Tolerance = replace(tolerance, min_f1=min_f1) if min_f1 is not None else tolerance
+        self.thresholds = thresholds
+
+    def __call__(self, ref: Outputs, test: Outputs) -> Compared:
+        t = self.thresholds
+        test = {k: np.asarray(v, dtype=np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+                for k, v in test.items()}
+        ref_dets = detections(ref, t.conf, t.iou, t.max_det)
+        test_dets = detections(test, t.conf, t.iou, t.max_det)
+        agreement = detection_agreement(ref_dets, test_dets)
+        if has_nms_outputs(test):
+            report = Report(self.precision, self.tolerance, detections=agreement)
+        else:
+            report = replace(compare_tensors(ref, test, self.precision, self.tolerance), detections=agreement)
+        return Compared(report, ref_dets, test_dets)
+
+
+class Comparator:
+    """Runs ``reference`` on each feed and judges a test model's outputs for the same feed with ``comparison``."""
+
+    def __init__(self, reference: Runner, comparison: Comparison):
+        self.reference = reference
+        self.comparison = comparison
+
+    def compare(self, feed: Feed, test: Outputs) -> Compared:
+        """Judge ``test``, a test model's outputs for ``feed``."""
+        return self.comparison(self.reference.infer(feed_for(self.reference, feed)), test)
+
+    def run(self, test: Runner, feeds: Iterable[Feed]) -> Iterator[Compared]:
+        """Run ``test`` and the reference on every feed; one Compared per feed, in order."""
+        for feed in feeds:
+            yield self.compare(feed, test.infer(feed_for(test, feed)))
+
+    def report(self, test: Runner, feeds: Iterable[Feed]) -> Report:
+        """The accumulated Report of :meth:`run`."""
+        return Report.accumulate(c.report for c in self.run(test, feeds))
