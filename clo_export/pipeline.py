@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clo_export.backends.base import NMS_OUTPUTS, ModelInfo, Runner, RunnerGone
+from clo_export.artifacts import NMS_OUTPUTS, ModelInfo
+from clo_export.backends.base import Runner, RunnerGone
 from clo_export.compare import TOLERANCES, Report, Tolerance, compare_outputs, detection_agreement
 from clo_export.data.preprocess import LetterboxInfo, preprocess, scale_boxes
 from clo_export.data.sinks import Sink, draw_detections, sink_outputs

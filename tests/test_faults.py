@@ -632,7 +632,7 @@ META_VALUES = st.one_of(st.text(max_size=20), st.sampled_from(
 @FAST
 @given(st.dictionaries(st.sampled_from(META_KEYS), META_VALUES, max_size=len(META_KEYS)))
 def test_hypothesis_crafted_metadata_is_refused_or_sane(props):
-    from clo_export.export.metadata import read_metadata
+    from clo_export.artifacts import read_metadata
 
     try:
         meta = read_metadata(tiny_proto(props))
@@ -652,7 +652,7 @@ def test_hypothesis_damaged_onnx_files_are_one_error(cut, noise):
     """A real ONNX cut anywhere (plus noise): read_metadata gives ModelMeta or a CloExportError."""
     import tempfile
 
-    from clo_export.export.metadata import read_metadata
+    from clo_export.artifacts import read_metadata
 
     raw = artifacts().onnx.read_bytes()
     with tempfile.TemporaryDirectory() as d:

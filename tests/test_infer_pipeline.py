@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from clo_export.backends.base import ModelInfo, Runner, TensorSpec, load_runner
+from clo_export.artifacts import ModelInfo
+from clo_export.backends.base import Runner, TensorSpec
+from clo_export.backends.select import load_runner
 from clo_export.data.preprocess import LetterboxInfo
 from clo_export.data.sinks import JsonlSink, VideoSink
 from clo_export.data.stream import open_source

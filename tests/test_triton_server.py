@@ -19,7 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from typer.testing import CliRunner
 
-from clo_export.backends.base import load_runners
+from clo_export.backends.select import load_runners
 from clo_export.cli.infer import app as infer_app
 from clo_export.cli.main import app
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink

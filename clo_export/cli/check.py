@@ -31,7 +31,7 @@ def check(
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
 ) -> None:
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
-    from clo_export.backends.base import load_runner
+    from clo_export.backends.select import load_runner
     from clo_export.backends.pytorch import load_reference
     from clo_export.data.stream import open_source
     from clo_export.pipeline import Checker, InferOptions, Pipeline

@@ -133,7 +133,7 @@ def infer(
     from clo_export.lazy import lazy_import
 
     lazy_import("cv2")  # JetPack's OpenCV may be hidden from a venv: one line with the fix, not a traceback
-    from clo_export.backends.base import load_runners
+    from clo_export.backends.select import load_runners
     from clo_export.data.stream import open_source
     from clo_export.pipeline import InferOptions
 
