@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Type, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
@@ -61,23 +61,24 @@ def load_onnx(path: PathLike, load_external_data: bool = True) -> onnx.ModelProt
     return model
 
 
-def opset_of(model: onnx.ModelProto) -> Optional[int]:
+def opset_of(model: onnx.ModelProto) -> int | None:
     """The default-domain (``ai.onnx``) opset version, None when the model imports none."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def graph_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
-    """The graph inputs a caller feeds: initializers listed as inputs (old exporters) excluded."""
-    initializers = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in initializers]
+def graph_inputs(model: onnx.ModelProto | onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds (of a model or a graph): initializers listed as inputs (IR < 4) excluded."""
+    graph = getattr(model, "graph", model)
+    initializers = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in initializers]
 
 
-def graph_input(model: onnx.ModelProto) -> Optional[onnx.ValueInfoProto]:
+def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto | None:
     """The first real graph input (the image), None for a graph without one."""
     return next(iter(graph_inputs(model)), None)
 
 
-def dims_of(value_info: onnx.ValueInfoProto) -> tuple:
+def dims_of(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
     """A tensor's shape as ints, -1 for a symbolic dimension."""
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim)
 
@@ -90,21 +91,21 @@ class ModelMeta:
     """What a deployed model needs to be used correctly: classes, stride, input size, provenance."""
 
     stride: int
-    names: Dict[int, str]
-    imgsz: Optional[tuple] = None  # (H, W)
-    nc: Optional[int] = None
-    anchors: Optional[List[List[float]]] = None  # per level, pixels: [[w0, h0, w1, h1, ...], ...]
-    source_sha256: Optional[str] = None
-    opset: Optional[int] = None
-    precision: Optional[str] = None  # "fp32" | "fp16" | "int8"
-    version: Optional[str] = None  # clo-export version that wrote the model
+    names: dict[int, str]
+    imgsz: tuple[int, int] | None = None  # (H, W)
+    nc: int | None = None
+    anchors: list[list[float]] | None = None  # per level, pixels: [[w0, h0, w1, h1, ...], ...]
+    source_sha256: str | None = None
+    opset: int | None = None
+    precision: str | None = None  # "fp32" | "fp16" | "int8"
+    version: str | None = None  # clo-export version that wrote the model
     nms: bool = False
-    nms_conf: Optional[float] = None
-    nms_iou: Optional[float] = None
-    nms_max_det: Optional[int] = None
+    nms_conf: float | None = None
+    nms_iou: float | None = None
+    nms_max_det: int | None = None
     dynamic_batch: bool = False
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (for the sidecar): names keyed by str, imgsz as a list."""
         d = asdict(self)
         d["names"] = {str(k): v for k, v in self.names.items()}
@@ -112,7 +113,7 @@ class ModelMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> ModelMeta:
+    def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
         """Inverse of `to_dict`; keys it does not know are ignored."""
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
@@ -121,10 +122,10 @@ class ModelMeta:
         return cls(**d)
 
 
-def _props(meta: ModelMeta, model: onnx.ModelProto) -> Dict[str, str]:
+def _props(meta: ModelMeta, model: onnx.ModelProto) -> dict[str, str]:
     """The metadata_props to write, in YOLOv5's string forms for stride and names."""
     props = {"stride": str(int(meta.stride)), "names": str({int(k): str(v) for k, v in meta.names.items()})}
-    ours: Dict[str, Any] = {
+    ours: dict[str, Any] = {
         "imgsz": json.dumps(list(meta.imgsz)) if meta.imgsz else None,
         "nc": meta.nc if meta.nc is not None else len(meta.names),
         "anchors": json.dumps(meta.anchors) if meta.anchors is not None else None,
@@ -150,7 +151,7 @@ def write_metadata(model: onnx.ModelProto, meta: ModelMeta) -> None:
     onnx.helper.set_model_props(model, {**kept, **_props(meta, model)})
 
 
-def _parse_names(text: str) -> Dict[int, str]:
+def _parse_names(text: str) -> dict[int, str]:
     """YOLOv5's names string (a dict, or a list in old exports) as {int: str}, literals only."""
     try:
         value = ast.literal_eval(text)
@@ -169,7 +170,7 @@ def _bad(key: str, value: str, want: str) -> CloExportError:
     return CloExportError(f"ONNX metadata '{key}' is {value[:60]!r}, not {want}; the file was edited or damaged: {REEXPORT}")
 
 
-def _number(props: Dict[str, str], key: str, kind: type, low: Optional[float] = None, high: Optional[float] = None) -> Any:
+def _number(props: dict[str, str], key: str, kind: type, low: float | None = None, high: float | None = None) -> Any:
     """A numeric metadata value of ``kind`` within [low, high], None when absent, CloExportError when malformed."""
     if key not in props:
         return None
@@ -187,7 +188,7 @@ def _number(props: Dict[str, str], key: str, kind: type, low: Optional[float] = 
     return value
 
 
-def _json(props: Dict[str, str], key: str, check: Any, want: str) -> Any:
+def _json(props: dict[str, str], key: str, check: Any, want: str) -> Any:
     """A JSON metadata value that passes ``check``, None when absent, CloExportError when malformed."""
     if key not in props:
         return None
@@ -200,7 +201,7 @@ def _json(props: Dict[str, str], key: str, check: Any, want: str) -> Any:
     return value
 
 
-def _precision(value: Optional[str]) -> Optional[str]:
+def _precision(value: str | None) -> str | None:
     if value not in (None, "fp32", "fp16", "int8"):
         raise _bad("precision", value, "fp32, fp16 or int8")
     return value
@@ -215,7 +216,7 @@ def _is_anchors(v: Any) -> bool:
                                                                     for a in lv) for lv in v)
 
 
-def input_precision(model: onnx.ModelProto) -> Optional[str]:
+def input_precision(model: onnx.ModelProto) -> str | None:
     """'fp16' for a model whose image input is FP16 (YOLOv5's export.py --half writes no precision), else None."""
     import onnx
 
@@ -269,7 +270,7 @@ def read_metadata(model_or_path: Any) -> ModelMeta:
 # -------------------------------------------------------------------------------------------- sidecars
 
 
-def rebuild_command(source_onnx: Optional[str] = None, precision: Optional[str] = None) -> str:
+def rebuild_command(source_onnx: str | None = None, precision: str | None = None) -> str:
     """The command that builds an engine again: ``clo-export trt best.onnx --fp16`` (MODEL.onnx when unknown)."""
     return f"clo-export trt {source_onnx or 'MODEL.onnx'}{_PRECISION_FLAG.get(precision or 'fp32', '')}"
 
@@ -285,11 +286,11 @@ class Sidecar:
     missing: ClassVar[str] = "so this artifact's facts are unknown"  # "{path} is missing, {missing}; {fix}"
     fix: ClassVar[str] = REEXPORT
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
     @classmethod
-    def from_dict(cls: Type[S], data: Dict[str, Any]) -> S:
+    def from_dict(cls: type[S], data: dict[str, Any]) -> S:
         raise NotImplementedError
 
     def write(self, artifact: PathLike) -> Path:
@@ -297,7 +298,7 @@ class Sidecar:
         return write_sidecar(sidecar_path(artifact), self.to_dict())
 
     @classmethod
-    def read(cls: Type[S], artifact: PathLike) -> S:
+    def read(cls: type[S], artifact: PathLike) -> S:
         """The sidecar of ``artifact``; a missing, unreadable or incomplete one names the fix."""
         path = sidecar_path(artifact)
         try:
@@ -326,19 +327,19 @@ class OnnxSidecar(Sidecar):
     meta: ModelMeta
     onnx: str  # the model's file name
     source: str  # the file it was made from (.pt checkpoint, or the FP32 .onnx for a quantized one)
-    export_seconds: Optional[float] = None
-    parity: Optional[Dict[str, Any]] = None  # compare.Report.to_dict() of the export's check
-    calibration: Optional[Dict[str, Any]] = None
-    float_nodes: Optional[List[str]] = None
-    qdq: Optional[Dict[str, Any]] = None
-    accuracy: Optional[Dict[str, Any]] = None
+    export_seconds: float | None = None
+    parity: dict[str, Any] | None = None  # compare.Report.to_dict() of the export's check
+    calibration: dict[str, Any] | None = None
+    float_nodes: list[str] | None = None
+    qdq: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         extra = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "meta"}
         return {**self.meta.to_dict(), **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> OnnxSidecar:
+    def from_dict(cls, data: dict[str, Any]) -> OnnxSidecar:
         """From the parsed JSON of any clo-export version: unknown keys are ignored, missing extras are None."""
         if not isinstance(data.get("names"), dict) or "stride" not in data:
             raise CloExportError(f"ONNX sidecar for {data.get('onnx', 'a model')} has no stride and names; {REEXPORT}")
@@ -356,14 +357,14 @@ class ModelInfo:
 
     path: str
     backend: str  # "pytorch" | "onnxruntime" | "tensorrt" | "triton"
-    names: Dict[int, str]
-    imgsz: tuple  # (H, W) the model takes
+    names: dict[int, str]
+    imgsz: tuple[int, int]  # (H, W) the model takes
     stride: int = 32
     precision: str = "fp32"
     nms: bool = False  # in-graph NMS: outputs num_dets, boxes, scores, classes
-    nms_conf: Optional[float] = None
-    nms_iou: Optional[float] = None
-    nms_max_det: Optional[int] = None
+    nms_conf: float | None = None
+    nms_iou: float | None = None
+    nms_max_det: int | None = None
 
     def class_name(self, cls: int) -> str:
         """The class name, or the id as text for an unnamed class."""

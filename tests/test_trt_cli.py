@@ -15,10 +15,10 @@ import typer
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from clo_export.artifacts import ModelMeta, load_onnx, write_metadata
 from clo_export.cli import trt as cli
 from clo_export.engine.source import default_engine_path, onnx_facts
 from clo_export.errors import CloExportError
-from clo_export.artifacts import ModelMeta, write_metadata
 
 runner = CliRunner()
 
