@@ -36,7 +36,7 @@ from clo_export.backends.base import Runner, RunnerGone
 from clo_export.compare import TOLERANCES, Report, Tolerance, compare_outputs, detection_agreement
 from clo_export.data.preprocess import LetterboxInfo, preprocess, scale_boxes
 from clo_export.data.sinks import Sink, draw_detections, sink_outputs
-from clo_export.data.stream import Frame, Source
+from clo_export.data.sources import Frame, Source
 from clo_export.errors import CloExportError
 from clo_export.postprocess import detections_from_nms_outputs, nms
 

@@ -739,7 +739,7 @@ def test_hypothesis_quantize_options_are_checked_before_work(tmp_path_factory, n
 
 def test_counts_unreadable_files_and_warns(ws, caplog):
     """Some unreadable images: the comparison runs on the readable ones and a warning gives the counts."""
-    from clo_export.data.sources import read_images
+    from clo_export.data.files import read_images
 
     (ws / "imgs" / "bad.jpg").write_bytes(b"garbage")
     with caplog.at_level("WARNING", logger="clo_export"):
@@ -752,7 +752,7 @@ def test_counts_unreadable_files_and_warns(ws, caplog):
 def test_a_video_that_cannot_be_finalized_is_not_reported(tmp_path):
     """VideoSink.close() checks the file plays; a broken one raises and is removed (never 'wrote …')."""
     from clo_export.data.sinks import VideoSink, video_problem
-    from clo_export.data.stream import Frame
+    from clo_export.data.sources import Frame
 
     sink = VideoSink(tmp_path / "v.mp4", 12.0, (64, 48))
     img = np.zeros((48, 64, 3), np.uint8)

@@ -11,7 +11,7 @@ from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.backends.pytorch import TorchRunner
 from clo_export.compare import TOLERANCES, Report, compare_outputs, detection_agreement
 from clo_export.data.preprocess import preprocess_batch
-from clo_export.data.sources import read_images
+from clo_export.data.files import read_images
 from clo_export.artifacts import ModelMeta
 from clo_export.postprocess import detections_from_nms_outputs, nms
 
