@@ -61,6 +61,11 @@ def load_onnx(path: PathLike, load_external_data: bool = True) -> onnx.ModelProt
     return model
 
 
+def has_nms(output_names: Any) -> bool:
+    """Whether a model with these outputs ends in in-graph NMS (num_dets, boxes, scores, classes)."""
+    return all(name in output_names for name in NMS_OUTPUTS)
+
+
 def opset_of(model: onnx.ModelProto) -> int | None:
     """The default-domain (``ai.onnx``) opset version, None when the model imports none."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

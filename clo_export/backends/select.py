@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from clo_export.artifacts import NMS_OUTPUTS, ModelInfo, read_metadata
+from clo_export.artifacts import ModelInfo, has_nms, read_metadata
 from clo_export.backends.base import Runner
 from clo_export.backends.device import device_index
 from clo_export.backends.streams import plan_streams, usable_cores
@@ -115,7 +115,6 @@ def _load_engine(path: Path, device: Optional[str], imgsz: Optional[Tuple[int, i
         what = "the TensorRT Python package" if e.name and e.name.split(".")[0] == "tensorrt" else f"module {e.name}"
         raise CloExportError(f"running '{path.name}' needs {what}, which is not installed here; install TensorRT "
                              "(pip install tensorrt, or JetPack on Jetson) or run the .onnx with ONNX Runtime") from e
-    nms = all(name in side.output_names for name in NMS_OUTPUTS)
     info = ModelInfo(str(path), "tensorrt", dict(enumerate(side.names)), tuple(side.imgsz), side.stride,
-                     side.precision, nms)
+                     side.precision, has_nms(side.output_names))
     return trt_backend.TensorRTRunner(path, device), info

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from clo_export import __version__
-from clo_export.artifacts import NMS_OUTPUTS
+from clo_export.artifacts import NMS_OUTPUTS, has_nms
 from clo_export.errors import CloExportError
 from clo_export.fileio import sha256_file
 from clo_export.triton import config as C
@@ -134,7 +134,7 @@ def engine_facts(path: Path) -> ModelFacts:
     extra = {"tensorrt_version": side.tensorrt_version, "gpu": side.gpu_name,
              "compute_capability": ".".join(map(str, side.compute_capability))}
     return ModelFacts(path, "engine", inp, outputs, (lo, hi), dict(enumerate(side.names)), tuple(side.imgsz),
-                      side.stride, side.precision, all(n in side.output_names for n in NMS_OUTPUTS), extra)
+                      side.stride, side.precision, has_nms(side.output_names), extra)
 
 
 def model_facts(path: Path) -> ModelFacts:
