@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clo_export.backends.base import load_runner, load_runners  # noqa: E402
+from clo_export.backends.select import load_runner, load_runners  # noqa: E402
 from clo_export.data.preprocess import preprocess, preprocess_batch  # noqa: E402
 from clo_export.data.sinks import JsonlSink, VideoSink  # noqa: E402
-from clo_export.data.stream import open_source  # noqa: E402
+from clo_export.data.sources import open_source  # noqa: E402
 from clo_export.pipeline import InferOptions, Pipeline  # noqa: E402
 from clo_export.postprocess import nms  # noqa: E402
 from tests.untrained import follow_the_image  # noqa: E402

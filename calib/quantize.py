@@ -31,8 +31,8 @@ from clo_export.calib.rules import require_trt_qdq
 from clo_export.calib.sources import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
-from clo_export.export.metadata import PREFIX, ModelMeta, load_onnx, read_metadata, sidecar_path, write_metadata
-from clo_export.fileio import atomic_path, sha256_file, write_sidecar, write_text_atomic
+from clo_export.artifacts import PREFIX, ModelMeta, OnnxSidecar, graph_input, load_onnx, opset_of, read_metadata, write_metadata
+from clo_export.fileio import atomic_path, sha256_file, write_text_atomic
 from clo_export.validate import check_quantize_outputs
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def check_input(model: onnx.ModelProto, meta: ModelMeta, path: Path) -> None:
     if meta.imgsz is None:
         raise CloExportError(f"{path} has no fixed input size (a --dynamic export); quantize a fixed-size ONNX: "
                              "YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(model) or 0
     if opset < 13:
         raise CloExportError(f"{path} is opset {opset}; per-channel Q/DQ needs opset 13+: re-export with --opset 17")
 
@@ -157,7 +157,7 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
     model = load_onnx(onnx_path)
     meta = read_metadata(model)
     check_input(model, meta, onnx_path)
-    input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    input_name = graph_input(model).name
     imgsz = tuple(meta.imgsz)
     split = split_sources(sources, opts.num, opts.holdout, opts.seed, opts.min_images)
     seconds["scan"] = time.perf_counter() - t0
@@ -238,15 +238,13 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
                  "all_int8": asdict(method_scores.get(method) or held.score(build(ranges).SerializeToString())),
                  "sites": [r.to_dict() for r in sites]}
         write_text_atomic(sensitivity_path, json.dumps(table, indent=2) + "\n")
-    side = sidecar_path(out)
-    facts = {**meta.to_dict(), "onnx": out.name, "source": onnx_path.name, "calibration": calibration,
-             "float_nodes": float_nodes,
-             "qdq": {"activation_tensors": len(activation_tensors(qdq_targets(targets, float_fallback))),
+    side = OnnxSidecar(meta, out.name, onnx_path.name, calibration=calibration,
+             float_nodes=float_nodes,
+             qdq={"activation_tensors": len(activation_tensors(qdq_targets(targets, float_fallback))),
                      "weights": sum(t.weight for t in qdq_targets(targets, float_fallback)),
                      "float_attention_nodes": sorted(attn) if opts.keep_attention_fp else []},
-             "accuracy": {"file": accuracy_path.name, "agreement_map50_95": report.score,
-                          "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50}}
-    write_sidecar(side, facts)
+             accuracy={"file": accuracy_path.name, "agreement_map50_95": report.score,
+                       "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50}).write(out)
     kept = qdq_targets(targets, float_fallback)
     return QuantizeResult(out, side, accuracy_path, cache_path, report, split, lookup,
                           len(activation_tensors(kept)), sum(t.weight for t in kept),

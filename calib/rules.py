@@ -12,15 +12,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from clo_export.artifacts import opset_of
 from clo_export.calib.graph import GraphIndex
 from clo_export.errors import CloExportError
 
 MIN_OPSET = 13
 QDQ_CONSUMERS = ("Conv", "MatMul", "Add", "ConvTranspose", "Gemm")
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -30,7 +27,7 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 def check_qdq(model: onnx.ModelProto) -> list[str]:
     """Every rule violation as a readable line (empty list: TensorRT-correct explicit INT8)."""
     problems: list[str] = []
-    opset = _opset(model)
+    opset = opset_of(model) or 0
     if opset < MIN_OPSET:
         problems.append(f"opset {opset} < {MIN_OPSET}: per-channel Q/DQ needs opset 13")
     idx = GraphIndex(model)

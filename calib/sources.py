@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from clo_export.data.preprocess import preprocess_batch
-from clo_export.data.sources import frame_count, frames_at, is_video, media_files
+from clo_export.data.files import frame_count, frames_at, is_video, media_files
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)

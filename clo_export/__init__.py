@@ -27,7 +27,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     import numpy as np
 
-    from clo_export.backends.base import ModelInfo, Runner
+    from clo_export.artifacts import ModelInfo
+    from clo_export.backends.base import Runner
     from clo_export.calib.quantize import QuantizeOptions, QuantizeResult
     from clo_export.engine.build import EngineBuild
     from clo_export.engine.plan import BuildRequest
@@ -45,7 +46,7 @@ __getattr__ = lazy_attributes(__name__, {
     "QuantizeResult": "clo_export.calib.quantize",
     "BuildRequest": "clo_export.engine.plan",
     "EngineBuild": "clo_export.engine.build",
-    "ModelInfo": "clo_export.backends.base",
+    "ModelInfo": "clo_export.artifacts",
     "Runner": "clo_export.backends.base",
     "CloExportError": "clo_export.errors",
 })
@@ -113,6 +114,6 @@ def load_runner(model: PathLike, device: Optional[str] = None, *, imgsz: Optiona
     ``runner.infer({info.input_name: batch})`` takes letterboxed NCHW float32 (see
     ``clo_export.data.preprocess``); only the chosen backend's dependencies are imported.
     """
-    from clo_export.backends.base import load_runner as load_one
+    from clo_export.backends.select import load_runner as load_one
 
     return load_one(model, device, list(providers) if providers else None, imgsz, threads)

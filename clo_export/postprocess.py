@@ -5,7 +5,7 @@ Imports only errors.py and (lazily) data/preprocess.py of the package: Triton's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -203,8 +203,8 @@ def detections_from_nms_outputs(outputs: dict[str, np.ndarray]) -> list[np.ndarr
     return out
 
 
-def has_nms_outputs(outputs: dict[str, np.ndarray]) -> bool:
-    """True for the outputs of a model with in-graph NMS (num_dets, boxes, scores, classes)."""
+def has_nms_outputs(outputs: Container[str]) -> bool:
+    """True for a model with in-graph NMS: its outputs (or their names) hold num_dets, boxes, scores, classes."""
     return all(k in outputs for k in NMS_OUTPUTS)
 
 

@@ -8,9 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from clo_export.backends import base
-from clo_export.backends.base import ModelInfo, backend_for, load_runner, load_runners, plan_streams
-from clo_export.backends.onnxrt import OnnxRuntimeRunner, device_index, providers_for_device
+from clo_export.artifacts import ModelInfo
+from clo_export.backends import select
+from clo_export.backends.device import device_index
+from clo_export.backends.onnxrt import OnnxRuntimeRunner, providers_for_device
+from clo_export.backends.select import backend_for, load_runner, load_runners
+from clo_export.backends.streams import plan_streams
 from clo_export.compare import detection_agreement
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
@@ -56,7 +59,7 @@ def test_bad_stream_counts_are_clear_errors():
 
 
 def test_load_runners_gives_cpu_sessions_and_one_stream_elsewhere(art, monkeypatch):
-    monkeypatch.setattr(base, "usable_cores", lambda: 8)
+    monkeypatch.setattr(select, "usable_cores", lambda: 8)
     runners, info = load_runners(art.onnx, "cpu")
     assert [type(r) for r in runners] == [OnnxRuntimeRunner] * 2 and [r.threads for r in runners] == [4, 4]
     assert info.backend == "onnxruntime" and runners[0] is not runners[1]
@@ -70,9 +73,28 @@ def test_load_runners_gives_cpu_sessions_and_one_stream_elsewhere(art, monkeypat
 def test_device_choices():
     assert providers_for_device(None) is None
     assert providers_for_device("cpu") == ["CPUExecutionProvider"]
-    assert providers_for_device("cuda:1")[0] == "CUDAExecutionProvider" and device_index("cuda:1") == 1
+    assert providers_for_device("cuda:1")[0] == "CUDAExecutionProvider"
     with pytest.raises(CloExportError, match="not a device"):
         providers_for_device("tpu")
+
+
+@pytest.mark.parametrize("device, index", [(None, 0), ("cuda", 0), ("cuda:0", 0), ("cuda:1", 1), (2, 2), ("cpu", None)])
+def test_one_reading_of_device(device, index):
+    assert device_index(device) == index
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:", "cuda:x", "cuda:-1", "CUDA", "1", "gpu:0", -1, True])
+def test_a_bad_device_is_one_clear_line(device):
+    with pytest.raises(CloExportError) as e:
+        device_index(device)
+    assert str(e.value) == f"--device '{device}' is not a device; use cpu, cuda or cuda:N"
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x"])
+def test_every_backend_refuses_a_bad_device_the_same_way(art, device):
+    for model in (art.onnx, art.pt):
+        with pytest.raises(CloExportError, match=f"'{device}' is not a device; use cpu, cuda or cuda:N"):
+            load_runner(model, device)[0].activate()
 
 
 def test_cuda_without_onnxruntime_gpu_is_a_clear_error(art):
@@ -112,8 +134,13 @@ def test_engine_routes_to_the_trt_runner_with_info_from_the_sidecar(tmp_path, mo
     fake.TensorRTRunner = lambda path, device: ("trt", path, device)
     monkeypatch.setitem(sys.modules, "clo_export.backends.trt", fake)
     runner, info = load_runner(engine, "cuda:1")
-    assert runner == ("trt", engine, 1)
+    assert runner == ("trt", engine, "cuda:1")
     assert info.backend == "tensorrt" and info.names == dict(enumerate(NAMES)) and info.nms and info.precision == "fp16"
+
+
+def test_an_engine_on_the_cpu_is_refused_in_one_line(tmp_path):
+    with pytest.raises(CloExportError, match="TensorRT engines run on the GPU; drop --device cpu or pass the .onnx"):
+        load_runner(_engine_with_sidecar(tmp_path), "cpu")
 
 
 def test_engine_without_sidecar_says_how_to_rebuild(tmp_path):

@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import pytest
 
+from clo_export.artifacts import read_metadata
 from clo_export.calib.graph import attention_nodes, find_targets
 from clo_export.calib.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
 from clo_export.calib.rules import check_qdq
 from clo_export.errors import CloExportError
-from clo_export.export.metadata import read_metadata
 from tests.test_calib_sources import write_images
 
 IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away

@@ -114,7 +114,7 @@ def test_calibration_batch_equals_the_inference_preprocessing(tmp_path):
 
 
 def test_video_calibration_frames_equal_the_inference_path(tmp_path):
-    from clo_export.data.sources import read_images
+    from clo_export.data.files import read_images
 
     video = write_video(tmp_path / "clip.mp4", n=12)
     frames = list(read_images(video))  # what clo-infer decodes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clo_export.backends.base import load_runner
+from clo_export.backends.select import load_runner
 from clo_export.backends.pytorch import TorchRunner
 from clo_export.comparator import Comparator, Comparison, Thresholds, feed_for
 from clo_export.data.preprocess import preprocess_batch

@@ -9,11 +9,11 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from clo_export.artifacts import read_metadata
 from clo_export.cli.main import app
 from clo_export.errors import CloExportError
 from clo_export.export.exporter import ExportOptions, export_onnx
 from clo_export.export.lint import lint
-from clo_export.export.metadata import read_metadata
 from clo_export.export.parity import parity_batches
 from clo_export.models.checkpoint import load
 

@@ -632,7 +632,7 @@ META_VALUES = st.one_of(st.text(max_size=20), st.sampled_from(
 @FAST
 @given(st.dictionaries(st.sampled_from(META_KEYS), META_VALUES, max_size=len(META_KEYS)))
 def test_hypothesis_crafted_metadata_is_refused_or_sane(props):
-    from clo_export.export.metadata import read_metadata
+    from clo_export.artifacts import read_metadata
 
     try:
         meta = read_metadata(tiny_proto(props))
@@ -652,7 +652,7 @@ def test_hypothesis_damaged_onnx_files_are_one_error(cut, noise):
     """A real ONNX cut anywhere (plus noise): read_metadata gives ModelMeta or a CloExportError."""
     import tempfile
 
-    from clo_export.export.metadata import read_metadata
+    from clo_export.artifacts import read_metadata
 
     raw = artifacts().onnx.read_bytes()
     with tempfile.TemporaryDirectory() as d:
@@ -739,7 +739,7 @@ def test_hypothesis_quantize_options_are_checked_before_work(tmp_path_factory, n
 
 def test_counts_unreadable_files_and_warns(ws, caplog):
     """Some unreadable images: the comparison runs on the readable ones and a warning gives the counts."""
-    from clo_export.data.sources import read_images
+    from clo_export.data.files import read_images
 
     (ws / "imgs" / "bad.jpg").write_bytes(b"garbage")
     with caplog.at_level("WARNING", logger="clo_export"):
@@ -752,7 +752,7 @@ def test_counts_unreadable_files_and_warns(ws, caplog):
 def test_a_video_that_cannot_be_finalized_is_not_reported(tmp_path):
     """VideoSink.close() checks the file plays; a broken one raises and is removed (never 'wrote …')."""
     from clo_export.data.sinks import VideoSink, video_problem
-    from clo_export.data.stream import Frame
+    from clo_export.data.sources import Frame
 
     sink = VideoSink(tmp_path / "v.mp4", 12.0, (64, 48))
     img = np.zeros((48, 64, 3), np.uint8)

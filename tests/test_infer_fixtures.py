@@ -130,7 +130,7 @@ def test_the_test_video_has_the_frames_and_fps_it_was_written_with(art):
 
 
 def test_the_test_model_detects_something_that_depends_on_the_image(art):
-    from clo_export.backends.base import load_runner
+    from clo_export.backends.select import load_runner
     from clo_export.data.preprocess import preprocess
     from clo_export.postprocess import nms
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from clo_export.backends.base import load_runners
+from clo_export.backends.select import load_runners
 from clo_export.backends.triton import is_triton_url, parse_url
 from clo_export.errors import CloExportError
 

@@ -17,10 +17,10 @@ from onnx import TensorProto, helper
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
+from clo_export.artifacts import ModelMeta, write_metadata
 from clo_export.cli.main import app
 from clo_export.engine.sidecar import EngineSidecar
 from clo_export.errors import CloExportError
-from clo_export.export.metadata import ModelMeta, write_metadata
 from clo_export.triton import config as C
 from clo_export.triton.repository import RepositoryOptions, write_repository
 

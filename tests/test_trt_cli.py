@@ -15,10 +15,10 @@ import typer
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from clo_export.artifacts import ModelMeta, load_onnx, write_metadata
 from clo_export.cli import trt as cli
-from clo_export.engine.source import default_engine_path, load_onnx, onnx_facts
+from clo_export.engine.source import default_engine_path, onnx_facts
 from clo_export.errors import CloExportError
-from clo_export.export.metadata import ModelMeta, write_metadata
 
 runner = CliRunner()
 
@@ -135,7 +135,7 @@ def test_onnx_facts(tmp_path):
     d = facts(tiny_onnx(tmp_path / "d.onnx", batch=None))
     assert d.dynamic_batch and d.input_shape == (-1, 3, 64, 64)
     (tmp_path / "e.onnx").write_bytes(b"not onnx")
-    with pytest.raises(CloExportError, match="cannot read ONNX"):
+    with pytest.raises(CloExportError, match="not a readable ONNX model"):
         load_onnx(tmp_path / "e.onnx")
 
 

@@ -56,8 +56,8 @@ def small(trt_gpu, tmp_path_factory):
         shutil.copy(src.parent / name, root / name)
     shutil.copytree(src.parent / "calib", root / "calib")
     from clo_export.data.preprocess import preprocess_batch
-    from clo_export.data.sources import read_images
-    from clo_export.export.metadata import read_metadata
+    from clo_export.data.files import read_images
+    from clo_export.artifacts import read_metadata
 
     imgsz = tuple(read_metadata(root / "small.onnx").imgsz)
     frames = list(read_images(root / "calib", 8))

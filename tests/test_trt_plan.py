@@ -8,9 +8,10 @@ import json
 import pytest
 
 from clo_export.engine.plan import GATES, BuildRequest, ProfileShape, has, make_plan
-from clo_export.engine.sidecar import EngineSidecar, check_compatible, sidecar_path
+from clo_export.engine.sidecar import EngineSidecar, check_compatible
 from clo_export.engine.version import TrtVersion
 from clo_export.errors import CloExportError
+from clo_export.fileio import sidecar_path
 
 V85, V86, V103, V1012, V110, V114, V1141 = "8.5.2.2", "8.6.1", "10.3.0", "10.12.0.36", "11.0.0", "11.4.0.106", "11.4.1"
 WEAK = (V85, V86, V103, V1012)
@@ -333,6 +334,23 @@ def test_sidecar_missing_or_broken(tmp_path):
     sidecar_path(engine).write_text(json.dumps({"tensorrt_version": "10.3.0"}))
     with pytest.raises(CloExportError, match="lacks .*gpu_name"):
         EngineSidecar.read(engine)
+
+
+def test_an_engine_sidecar_from_before_still_loads_and_a_foreign_one_is_kept(tmp_path):
+    engine = tmp_path / "best.engine"
+    old = {"tensorrt_version": "8.5.2", "gpu_name": "Xavier", "compute_capability": [7, 2], "precision": "int8",
+           "input_name": "images", "input_shape": [1, 3, 640, 640], "output_names": ["output0"], "names": ["person"],
+           "stride": 32, "imgsz": [640, 640], "source_onnx": "best.int8.onnx", "source_onnx_sha256": "cd" * 32,
+           "build_seconds": 300.0, "profile": None, "clo_export_version": "0.1.0", "schema": 1}
+    sidecar_path(engine).write_text(json.dumps(old, indent=2) + "\n")  # as clo-export 0.1.0 wrote it (asdict, no marker first)
+    side = EngineSidecar.read(engine)
+    assert side.compute_capability == (7, 2) and side.rebuild_command() == "clo-export trt best.int8.onnx --int8"
+    side.write(engine)  # it carries the marker key: replaced
+    assert json.loads(sidecar_path(engine).read_text()) == old
+    sidecar_path(engine).write_text('{"notes": "mine"}\n')
+    with pytest.raises(CloExportError, match="was not written by clo-export"):
+        side.write(engine)
+    assert sidecar_path(engine).read_text() == '{"notes": "mine"}\n'
 
 
 def test_check_compatible():

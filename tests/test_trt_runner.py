@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-import clo_export.backends.trt as trt_backend
-from clo_export.backends.trt import InputSpec, TensorRTRunner, prepare_input, rebuild_command
+from clo_export.artifacts import rebuild_command
+from clo_export.backends.trt import InputSpec, TensorRTRunner, prepare_input
 from clo_export.engine.sidecar import EngineSidecar
 from clo_export.errors import CloExportError
 
@@ -34,18 +34,16 @@ def test_prepare_input_casts_and_checks_shapes():
 
 
 def test_rebuild_command():
-    assert rebuild_command(SIDE) == "clo-export trt best.onnx --int8"
-    assert rebuild_command(None) == "clo-export trt MODEL.onnx"
+    assert SIDE.rebuild_command() == rebuild_command("best.onnx", "int8") == "clo-export trt best.onnx --int8"
+    assert rebuild_command() == "clo-export trt MODEL.onnx"
 
 
-def test_device_index():
-    assert [trt_backend.device_index(d) for d in (None, "cuda", 1, "cuda:2", "3")] == [0, 0, 1, 2, 3]
-    with pytest.raises(CloExportError, match="TensorRT engines run on cuda"):
-        trt_backend.device_index("cpu")
-
-
-def test_both_names_are_exported():
-    assert trt_backend.TrtRunner is TensorRTRunner
+def test_device_names():
+    assert [TensorRTRunner("m.engine", d).device for d in (None, "cuda", 1, "cuda:2")] == [0, 0, 1, 2]
+    with pytest.raises(CloExportError, match="TensorRT engines run on the GPU; drop --device cpu"):
+        TensorRTRunner("m.engine", "cpu")
+    with pytest.raises(CloExportError, match="'3' is not a device; use cpu, cuda or cuda:N"):
+        TensorRTRunner("m.engine", "3")
 
 
 def test_import_and_construction_load_nothing():

@@ -1,1 +1,1 @@
-"""Runners: one interface (activate / infer / deactivate) over PyTorch, ONNX Runtime and TensorRT."""
+"""Runners: one interface (base.py: activate / infer / deactivate) over PyTorch, ONNX Runtime, TensorRT and Triton; select.py picks one for a model file."""

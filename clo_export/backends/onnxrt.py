@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from clo_export.backends.base import Runner, TensorSpec
+from clo_export.backends.device import device_index
 from clo_export.errors import CloExportError
 from clo_export.lazy import lazy_import
 
@@ -34,21 +35,9 @@ def providers_for_device(device: str | None) -> list[str] | None:
     """Providers for a --device: None picks from what is installed, cpu forces CPU, cuda[:N] asks for CUDA."""
     if device is None:
         return None
-    if device == "cpu":
+    if device_index(device) is None:
         return ["CPUExecutionProvider"]
-    if device == "cuda" or device.startswith("cuda:"):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise CloExportError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N")
-
-
-def device_index(device: str | None) -> int:
-    """The N of cuda:N (0 otherwise)."""
-    if device and device.startswith("cuda:"):
-        tail = device.split(":", 1)[1]
-        if not tail.isdigit():
-            raise CloExportError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N")
-        return int(tail)
-    return 0
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 class OnnxRuntimeRunner(Runner):

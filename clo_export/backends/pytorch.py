@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from clo_export.backends.base import Runner, TensorSpec
+from clo_export.backends.device import device_index
 from clo_export.errors import CloExportError
 
 
@@ -16,10 +17,8 @@ def resolve_device(device: str | None) -> str:
 
     if device is None:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device_index(device) is not None and not torch.cuda.is_available():
         raise CloExportError(f"--device {device} asked for, but this torch build sees no CUDA GPU; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CloExportError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N")
     return device
 
 

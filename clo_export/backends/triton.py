@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from clo_export.backends.base import ModelInfo, Runner, RunnerGone, TensorSpec
+from clo_export.artifacts import ModelInfo
+from clo_export.backends.base import Runner, RunnerGone, TensorSpec
 from clo_export.errors import CloExportError
 
 SCHEME = "triton://"

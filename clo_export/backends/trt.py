@@ -14,17 +14,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from clo_export.artifacts import rebuild_command
 from clo_export.backends.base import Runner, TensorSpec
-from clo_export.engine.sidecar import EngineSidecar, check_compatible, sidecar_path
+from clo_export.backends.device import device_index
+from clo_export.engine.sidecar import EngineSidecar, check_compatible
 from clo_export.errors import CloExportError
+from clo_export.fileio import sidecar_path
 from clo_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
-_PRECISION_FLAG = {"fp32": "", "fp16": " --fp16", "int8": " --int8"}
 
 
 @dataclass(frozen=True)
@@ -52,26 +54,6 @@ def prepare_input(spec: InputSpec, array: Any) -> np.ndarray:
     return array
 
 
-def rebuild_command(side: Optional[EngineSidecar]) -> str:
-    """The command that makes this engine again, from its sidecar when there is one."""
-    if side is None:
-        return "clo-export trt MODEL.onnx"
-    return f"clo-export trt {side.source_onnx}{_PRECISION_FLAG.get(side.precision, '')}"
-
-
-def device_index(device: Any) -> int:
-    """0, 1, "cuda", "cuda:1" -> the CUDA device index."""
-    if device is None or device == "cuda":
-        return 0
-    if isinstance(device, int):
-        return device
-    text = str(device)
-    tail = text.split(":", 1)[1] if text.startswith("cuda:") else text
-    if not tail.isdigit():
-        raise CloExportError(f"device '{device}' is not a GPU; TensorRT engines run on cuda or cuda:N")
-    return int(tail)
-
-
 def _one_line(error: Exception) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), "no details")
 
@@ -85,10 +67,13 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | os.PathLike, device: Any = 0, require_sidecar: bool = True):
+    def __init__(self, engine_path: str | os.PathLike, device: Union[str, int, None] = 0, require_sidecar: bool = True):
         super().__init__()
         self.path = Path(engine_path)
-        self.device = device_index(device)
+        index = device_index(device)
+        if index is None:
+            raise CloExportError(f"TensorRT engines run on the GPU; drop --device {device} or pass the .onnx for CPU")
+        self.device = index
         self.require_sidecar = require_sidecar
         self.sidecar: Optional[EngineSidecar] = None
         self.warnings: List[str] = []
@@ -118,9 +103,10 @@ class TensorRTRunner(Runner):
         try:
             engine = EngineFromBytes(self.path.read_bytes())()
         except PolygraphyException as e:
+            hint = self.sidecar.rebuild_command() if self.sidecar else rebuild_command()
             built = f" (built with TensorRT {self.sidecar.tensorrt_version} on {self.sidecar.gpu_name})" if self.sidecar else ""
             raise CloExportError(f"TensorRT {trt.__version__} could not load '{self.path.name}'{built}: {_one_line(e)}; "
-                                 f"rebuild it on this device with: {rebuild_command(self.sidecar)}") from None
+                                 f"rebuild it on this device with: {hint}") from None
         runner = TrtRunner(engine)
         try:
             runner.activate()
@@ -160,6 +146,3 @@ class TensorRTRunner(Runner):
                                  "the engine's profile needs a rebuild with --batch-range MIN,OPT,MAX") from None
         # Polygraphy reuses its host buffers between calls: hand out copies
         return {name: np.array(value, copy=True) for name, value in outputs.items()}
-
-
-TrtRunner = TensorRTRunner  # the name backends.base.load_runner looks up first

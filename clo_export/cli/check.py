@@ -31,9 +31,9 @@ def check(
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
 ) -> None:
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
-    from clo_export.backends.base import load_runner
+    from clo_export.backends.select import load_runner
     from clo_export.backends.pytorch import load_reference
-    from clo_export.data.stream import open_source
+    from clo_export.data.sources import open_source
     from clo_export.pipeline import Checker, InferOptions, Pipeline
     from clo_export.validate import check_check_options
 

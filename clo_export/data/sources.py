@@ -1,121 +1,222 @@
-"""Where images come from: a file, a folder (recursive), a glob, a video, or a text file listing paths."""
+"""Frame sources for inference: a video file, an image, a folder or glob of images, a webcam, a stream URL.
+
+Every source yields :class:`Frame` objects (index, timestamp, BGR image, where it came from).
+An unreadable source is a CloExportError before the first frame; a corrupt frame inside a
+video or an unreadable image in a folder is skipped and counted in ``source.skipped``.
+"""
 
 from __future__ import annotations
 
 import glob
 import logging
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from clo_export.data.files import IMAGE_EXTS, VIDEO_EXTS
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+MAX_BAD_READS = 30  # consecutive failed reads before a video (or stream) is taken as ended
+DEFAULT_FPS = 30.0
 
 
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTS
+@dataclass
+class Frame:
+    """One decoded frame: running index, seconds since the start (None for still images), BGR pixels."""
+
+    index: int
+    timestamp: float | None
+    image: np.ndarray
+    path: str  # the file (image sources) or the source string
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return self.image.shape[1], self.image.shape[0]
 
 
-def media_files(source: str | Path) -> list[Path]:
-    """Image and video files named by ``source``, sorted: file, folder, glob or .txt list of paths."""
-    text = str(source)
-    path = Path(text)
-    if any(c in text for c in "*?["):
-        files = [Path(p) for p in glob.glob(text, recursive=True)]
-    elif path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()]
-    elif path.is_file() and path.suffix.lower() == ".txt":
-        base = path.parent
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        files = [p if p.is_absolute() else base / p for p in map(Path, lines)]
-    elif path.is_file():
-        files = [path]
-    else:
-        raise CloExportError(f"source '{source}' does not exist; pass an image, a folder, a glob, a video or a .txt list")
-    media = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
-    if not media:
-        raise CloExportError(f"source '{source}' holds no images or videos ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
-    return media
+class Source:
+    """Base class: iterate for frames; ``kind``, ``fps``, ``size``, ``total`` describe the source."""
 
+    kind = "source"
+    live = False  # webcam/stream: frames arrive in real time and may be dropped
 
-def video_frames(path: Path, limit: int | None = None) -> Iterator[np.ndarray]:
-    """Decoded BGR frames of a video, up to ``limit``."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise CloExportError(f"OpenCV cannot open video '{path}'; check the file or convert it to mp4 (H.264)")
-    try:
+    def __init__(self, spec: str, limit: int | None = None):
+        self.spec = spec
+        self.limit = limit
+        self.skipped = 0  # corrupt frames / unreadable images
+        self.fps: float | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) for videos and streams
+        self.total: int | None = None  # frames expected, when known
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Frame]:
         n = 0
-        while limit is None or n < limit:
-            ok, frame = cap.read()
-            if not ok:
-                break
+        for frame in self.frames():
+            if self.limit is not None and n >= self.limit:
+                return
             n += 1
             yield frame
-    finally:
-        cap.release()
+
+    def expected(self) -> int | None:
+        """Frames this run will see, when known (for a progress bar)."""
+        if self.total is None:
+            return self.limit
+        return self.total if self.limit is None else min(self.total, self.limit)
+
+    def describe(self) -> str:
+        size = f" {self.size[0]}x{self.size[1]}" if self.size else ""
+        fps = f" @ {self.fps:g} fps" if self.fps else ""
+        total = f", {self.total} frames" if self.total is not None else ""
+        return f"{self.kind} {self.spec}{size}{fps}{total}"
 
 
-def read_images(source: str | Path, limit: int | None = None) -> Iterator[np.ndarray]:
-    """BGR uint8 frames from every image and video in ``source``.
+def valid_image(img: np.ndarray | None) -> bool:
+    """A non-empty 3-channel uint8 image."""
+    return img is not None and img.ndim == 3 and img.shape[2] == 3 and img.size > 0 and img.dtype == np.uint8
 
-    Unreadable images are skipped and counted: a warning gives the counts, and a source where
-    nothing at all is readable is an error (never a silent fallback).
-    """
-    n, bad = 0, []
-    try:
-        for path in media_files(source):
-            if limit is not None and n >= limit:
-                return
-            if is_video(path):
-                for frame in video_frames(path, None if limit is None else limit - n):
-                    n += 1
-                    yield frame
-                continue
+
+class VideoSource(Source):
+    """A video file or a live capture (webcam index or stream URL) through cv2.VideoCapture."""
+
+    kind = "video"
+
+    def __init__(self, spec: str, limit: int | None = None, capture: str | int | None = None, live: bool = False):
+        super().__init__(spec, limit)
+        self.capture = spec if capture is None else capture
+        self.live = live
+        self.kind = "video" if not live else ("webcam" if isinstance(capture, int) else "stream")
+        self._cap = self._open()
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else DEFAULT_FPS
+        w, h = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.size = (w, h) if w > 0 and h > 0 else None
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
+        self.total = count if count > 0 else None
+        if not live and self.total is None:
+            self._cap.release()
+            raise CloExportError(f"'{spec}' opens but holds no video frames; check the file or re-encode it as mp4 (H.264)")
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.capture)
+        if not cap.isOpened():
+            cap.release()
+            if self.kind == "webcam":
+                raise CloExportError(f"cannot open webcam {self.capture}; check it is connected and not in use "
+                                     "(ls /dev/video*), or pass a video file")
+            if self.kind == "stream":
+                raise CloExportError(f"cannot open stream '{self.spec}'; check the URL, the network and that "
+                                     "OpenCV was built with FFmpeg")
+            raise CloExportError(f"OpenCV cannot read video '{self.spec}' (corrupt, truncated or an unknown codec); "
+                                 "check the file or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4")
+        return cap
+
+    def frames(self) -> Iterator[Frame]:
+        cap, t0 = self._cap, time.monotonic()
+        position, decoded, failed = 0, 0, 0  # failed: consecutive reads that gave no frame
+        try:
+            while True:
+                ok, img = cap.read()
+                if ok and valid_image(img):
+                    self.skipped += failed
+                    failed = 0
+                    ts = time.monotonic() - t0 if self.live else position / self.fps
+                    yield Frame(position, ts, img, self.spec)
+                    decoded += 1
+                elif (not self.live and self.total is not None and position >= self.total) or failed >= MAX_BAD_READS:
+                    break
+                else:
+                    failed += 1
+                position += 1
+        finally:
+            cap.release()
+        if decoded == 0:
+            raise CloExportError(f"no frame of '{self.spec}' could be decoded; check the file or re-encode it as mp4 (H.264)")
+        missing = (self.total or 0) - decoded - self.skipped
+        if not self.live and missing > 1 and (self.limit is None or decoded < self.limit):
+            # the header promised more frames than the file holds (truncated or corrupt tail)
+            log.warning("%s: decoding stopped at frame %d of %d; %d frames unreadable", self.spec, decoded + self.skipped,
+                        self.total, missing)
+            self.skipped += missing
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageSource(Source):
+    """Still images: one file, a folder (recursive) or a glob; unreadable files are skipped and counted."""
+
+    kind = "images"
+
+    def __init__(self, spec: str, files: list[Path], limit: int | None = None):
+        super().__init__(spec, limit)
+        self.files = files
+        self.total = len(files)
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        for path in self.files:
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                bad.append(path)
+            if not valid_image(img):
+                log.warning("skipping unreadable image %s", path)
+                self.skipped += 1
                 continue
-            n += 1
-            yield img
-        if n == 0:
-            raise CloExportError(f"none of the {len(bad)} file(s) in '{source}' could be read as an image or video "
-                                 f"(e.g. {bad[0].name if bad else '?'}); check the files (jpg, png, bmp, tif, webp, mp4)")
-    finally:
-        if bad and n:
-            log.warning("%s: %d unreadable file(s) skipped (e.g. %s); %d image(s) read", source, len(bad), bad[0].name, n)
-
-
-def frame_count(path: Path) -> int:
-    """Frames in a video as its container reports them (0 when OpenCV cannot open it or does not know)."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 0
-    finally:
-        cap.release()
-
-
-def frames_at(path: Path, indices: list[int] | set[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, BGR frame) for the wanted frame indices, decoded in one sequential pass (no seeking)."""
-    wanted = sorted(set(int(i) for i in indices))
-    if not wanted:
-        return
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise CloExportError(f"OpenCV cannot open video '{path}'; check the file or convert it to mp4 (H.264)")
-    try:
-        k, index = 0, 0
-        while k < len(wanted) and cap.grab():
-            if index == wanted[k]:
-                ok, frame = cap.retrieve()
-                if ok and frame is not None:
-                    yield index, frame
-                k += 1
+            yield Frame(index, None, img, str(path))
             index += 1
-    finally:
-        cap.release()
+        if index == 0:
+            raise CloExportError(f"none of the {len(self.files)} image(s) in '{self.spec}' could be read; "
+                                 "check the files (jpg, png, bmp, tif, webp)")
+
+
+def _image_files(spec: str) -> list[Path] | None:
+    """Image files named by a folder or glob (None when ``spec`` is neither); videos there are left out."""
+    path = Path(spec)
+    if any(c in spec for c in "*?["):
+        found = [Path(p) for p in glob.glob(spec, recursive=True)]
+    elif path.is_dir():
+        found = [p for p in path.rglob("*") if p.is_file()]
+    else:
+        return None
+    videos = [p for p in found if p.suffix.lower() in VIDEO_EXTS]
+    if videos:
+        log.warning("%s: leaving out %d video(s) (%s…); pass each video as its own source", spec, len(videos), videos[0].name)
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTS)
+
+
+def open_source(spec: str | Path | int, limit: int | None = None) -> Source:
+    """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob."""
+    if limit is not None and limit < 1:
+        raise CloExportError(f"--limit {limit} must be at least 1")
+    text = str(spec)
+    if text.isdigit():
+        return VideoSource(text, limit, capture=int(text), live=True)
+    if text.lower().startswith(STREAM_PREFIXES):
+        path_part = text.split("?", 1)[0].lower()
+        if path_part.startswith(("http://", "https://")) and Path(path_part).suffix in IMAGE_EXTS:
+            raise CloExportError(f"'{text}' looks like an image URL; download it first and pass the file")
+        return VideoSource(text, limit, capture=text, live=True)
+    files = _image_files(text)
+    if files is not None:
+        if not files:
+            raise CloExportError(f"'{text}' holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return ImageSource(text, files, limit)
+    path = Path(text)
+    if not path.exists():
+        raise CloExportError(f"source '{text}' does not exist; pass a video, an image, a folder, a glob, "
+                             "a webcam index (0) or a stream URL (rtsp://…)")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTS:
+        return ImageSource(text, [path], limit)
+    if suffix in VIDEO_EXTS:
+        return VideoSource(text, limit)
+    raise CloExportError(f"'{text}' is neither an image ({', '.join(sorted(IMAGE_EXTS))}) nor a video "
+                         f"({', '.join(sorted(VIDEO_EXTS))})")

@@ -1,1 +1,1 @@
-"""TensorRT engines: pure version-gated plans (plan.py), the pre-flight check (preflight.py), the library step over Polygraphy (build.py), sidecars."""
+"""TensorRT engines: pure version-gated plans (plan.py), the pre-flight check (preflight.py), the library step over Polygraphy (build.py), the engine sidecar."""

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from clo_export.artifacts import load_onnx
 from clo_export.engine.plan import BuildPlan, BuildRequest, make_plan, target_version
 from clo_export.engine.preflight import Problem, check_onnx, dla_gpu_nodes
 from clo_export.engine.sidecar import EngineSidecar
-from clo_export.engine.source import OnnxFacts, default_engine_path, load_onnx, make_fp16_onnx, onnx_facts, with_facts
+from clo_export.engine.source import OnnxFacts, default_engine_path, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.errors import CloExportError
 from clo_export.fileio import atomic_path, check_artifact
 from clo_export.lazy import lazy_import
@@ -76,7 +77,7 @@ def dry_run(onnx_path: str | Path, request: BuildRequest = BuildRequest(), targe
             calib: Sequence[str] = ()) -> DryRun:
     """Plan and pre-flight check for TensorRT ``target`` (default: the installed one); needs no TensorRT."""
     path = Path(onnx_path)
-    model = load_onnx(_existing(path))
+    model = load_onnx(_existing(path), load_external_data=False)
     facts = onnx_facts(model, path.name)
     version = target_version(target) if target else _installed_version()
     plan = make_plan(version, with_facts(request, facts, calib))
@@ -96,7 +97,7 @@ def build_engine(
 ) -> EngineBuild:
     """Build ``onnx_path`` for the installed TensorRT as ``request`` asks; write the engine and its sidecar."""
     path = _existing(Path(onnx_path))
-    facts = onnx_facts(load_onnx(path), path.name)
+    facts = onnx_facts(load_onnx(path, load_external_data=False), path.name)
     trt = lazy_import("tensorrt")
     plan = make_plan(str(trt.__version__), with_facts(request, facts, calib))
     out = Path(output) if output else default_engine_path(path, plan.precision)
@@ -106,7 +107,7 @@ def build_engine(
     stage = progress or (lambda _name: None)
     stage("prepare")
     source = _source_onnx(plan, path, facts, calib, num)
-    problems = check_onnx(load_onnx(source), plan)
+    problems = check_onnx(load_onnx(source, load_external_data=False), plan)
     if problems:
         raise PreflightError(plan.version, problems)
     from clo_export.engine.gpu import gpu_identity

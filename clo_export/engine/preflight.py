@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from clo_export.artifacts import opset_of
 from clo_export.engine.plan import BuildPlan, opset_limit
 from clo_export.engine.version import TrtVersion
 
@@ -93,7 +94,7 @@ def _name(node: Any) -> str:
 
 def _opset(model: Any, version: TrtVersion) -> list[Problem]:
     limit = opset_limit(version)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = opset_of(model) or 0
     if opset > limit:
         return [Problem("opset", "model", f"opset {opset} is above {limit}, the newest TensorRT {version} parses; "
                                           f"re-export with clo-export onnx --opset {min(limit, 17)}")]

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from clo_export import __version__
+from clo_export.artifacts import Sidecar, rebuild_command
 from clo_export.engine.version import TrtVersion
 from clo_export.errors import CloExportError
-from clo_export.fileio import write_text_atomic
 
 SCHEMA = 1
-_PRECISION_FLAG = {"fp32": "", "fp16": " --fp16", "int8": " --int8"}
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    """best.engine -> best.engine.json"""
-    return Path(f"{os.fspath(engine_path)}.json")
 
 
 @dataclass(frozen=True)
-class EngineSidecar:
+class EngineSidecar(Sidecar):
     """Build facts recorded beside the engine; the engine file itself stays plain TensorRT bytes."""
 
     tensorrt_version: str
@@ -43,24 +34,15 @@ class EngineSidecar:
     clo_export_version: str = __version__
     schema: int = field(default=SCHEMA)
 
-    def write(self, engine_path: str | os.PathLike) -> Path:
-        """Write `ENGINE.json` atomically and return its path."""
-        path = sidecar_path(engine_path)
-        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
-        return path
+    missing: ClassVar[str] = "so this engine's TensorRT/GPU are unknown"
+    fix: ClassVar[str] = f"rebuild it with: {rebuild_command()}"
 
-    @classmethod
-    def read(cls, engine_path: str | os.PathLike) -> EngineSidecar:
-        """Read the sidecar of `engine_path`; a missing or unreadable one names the rebuild."""
-        path = sidecar_path(engine_path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CloExportError(f"{path} is missing, so this engine's TensorRT/GPU are unknown; rebuild it with: "
-                                 "clo-export trt MODEL.onnx") from None
-        except (OSError, ValueError) as e:
-            raise CloExportError(f"cannot read {path} ({e}); rebuild the engine with: clo-export trt MODEL.onnx") from e
-        return cls.from_dict(data)
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rebuild_command(self) -> str:
+        """The command that builds this engine again (its ONNX and precision)."""
+        return rebuild_command(self.source_onnx, self.precision)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSidecar:
@@ -68,8 +50,7 @@ class EngineSidecar:
         known = {f.name for f in fields(cls)}
         missing = known - set(data) - {"profile", "clo_export_version", "schema"}
         if missing:
-            raise CloExportError(f"engine sidecar lacks {', '.join(sorted(missing))}; rebuild the engine with: "
-                                 "clo-export trt MODEL.onnx")
+            raise CloExportError(f"engine sidecar lacks {', '.join(sorted(missing))}; {cls.fix}")
         kw = {k: _tuples(v) for k, v in data.items() if k in known}
         return cls(**kw)
 
@@ -92,11 +73,10 @@ def check_compatible(
     built_v, run_v = TrtVersion.parse(sidecar.tensorrt_version), TrtVersion.parse(running_trt_version)
     built_cc, run_cc = tuple(sidecar.compute_capability), tuple(compute_capability)
     if built_v != run_v or built_cc != run_cc:
-        flag = _PRECISION_FLAG.get(sidecar.precision, "")
         raise CloExportError(
             f"engine built with TensorRT {sidecar.tensorrt_version} on GPU {sidecar.gpu_name} (sm_{_sm(built_cc)}); "
             f"this is TensorRT {running_trt_version} on GPU {gpu_name} (sm_{_sm(run_cc)}) — rebuild it here with: "
-            f"clo-export trt {sidecar.source_onnx}{flag}"
+            f"{sidecar.rebuild_command()}"
         )
     if sidecar.gpu_name != gpu_name:
         return [f"engine built on {sidecar.gpu_name}, running on {gpu_name} (same sm_{_sm(run_cc)}); "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from clo_export.artifacts import ModelMeta, dims_of, graph_input, input_precision, read_metadata, write_metadata
 from clo_export.engine.plan import BuildRequest
 from clo_export.errors import CloExportError
 
@@ -15,7 +16,7 @@ from clo_export.errors import CloExportError
 class OnnxFacts:
     """What the plan needs to know about the input ONNX."""
 
-    meta: Any  # export.metadata.ModelMeta
+    meta: ModelMeta
     input_name: str
     input_shape: tuple[int, ...]  # -1 for a symbolic dimension
     output_names: tuple[str, ...]
@@ -31,33 +32,18 @@ class OnnxFacts:
         return tuple(self.meta.imgsz) if self.meta.imgsz else tuple(self.input_shape[2:4])
 
 
-def load_onnx(path: str | Path) -> Any:
-    """The ONNX graph without external weights; a one-line error for a file that is not one."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise CloExportError(f"cannot read ONNX '{path}': {str(e).splitlines()[0] if str(e) else e}") from e
-
-
 def onnx_facts(model: Any, name: str = "model") -> OnnxFacts:
     """Metadata, first input, and whether the graph holds Q/DQ nodes or FP16 I/O."""
-    import onnx
-
-    from clo_export.export.metadata import read_metadata
-
     meta = read_metadata(model)
-    initializers = {t.name for t in model.graph.initializer}
-    inp = next((i for i in model.graph.input if i.name not in initializers), None)
+    inp = graph_input(model)
     if inp is None:
         raise CloExportError(f"'{name}' has no graph input; re-export it with clo-export onnx")
-    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim)
+    dims = dims_of(inp)
     if len(dims) == 4 and min(dims[2:]) < 0:
         raise CloExportError(f"'{name}' has a dynamic input height/width (a --dynamic export); engines are built for "
                              "one size: export a fixed-size ONNX (YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W)")
     is_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    is_fp16 = meta.precision == "fp16" or inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    is_fp16 = meta.precision == "fp16" or input_precision(model) == "fp16"
     return OnnxFacts(meta, inp.name, dims, tuple(o.name for o in model.graph.output), is_qdq, is_fp16)
 
 
@@ -82,7 +68,6 @@ def make_fp16_onnx(model: Path, facts: OnnxFacts) -> Path:
     import onnx
 
     from clo_export.export.fp16 import to_fp16
-    from clo_export.export.metadata import write_metadata
     from clo_export.fileio import atomic_path
 
     if facts.meta.nms:

@@ -1,1 +1,1 @@
-"""Graph-level ONNX steps: export, static-shape rewrites, simplify, lint, FP16, in-graph NMS, metadata."""
+"""Graph-level ONNX steps: export, static-shape rewrites, simplify, lint, FP16, in-graph NMS, parity (metadata: clo_export.artifacts)."""

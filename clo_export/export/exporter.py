@@ -17,16 +17,16 @@ import numpy as np
 import onnx
 
 from clo_export import __version__
+from clo_export.artifacts import ModelMeta, OnnxSidecar, opset_of, write_metadata
 from clo_export.compare import Report
 from clo_export.errors import CloExportError
 from clo_export.export.fp16 import to_fp16
 from clo_export.export.lint import check_static, full_check
-from clo_export.export.metadata import ModelMeta, sidecar_path, write_metadata
 from clo_export.export.mode import export_model
 from clo_export.export.nms_graph import append_nms
 from clo_export.export.parity import check_parity
 from clo_export.export.simplify import SIMPLIFIERS, SimplifyResult, simplify
-from clo_export.fileio import atomic_path, write_sidecar
+from clo_export.fileio import atomic_path
 from clo_export.models.checkpoint import LoadedModel
 from clo_export.models.yolo import DetectionModel
 
@@ -113,7 +113,7 @@ def trace(model: DetectionModel, opts: ExportOptions) -> onnx.ModelProto:
             raise CloExportError(f"torch.onnx.export failed at opset {opts.opset}: {str(e).splitlines()[0]}; "
                                  "try the default --opset 17 (rerun with --debug for the trace)") from e
     proto = onnx.load_from_string(buf.getvalue())
-    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    written = opset_of(proto)
     if written != opts.opset:
         raise CloExportError(f"the exporter wrote opset {written}, not the requested {opts.opset}; use --opset {written} or 17")
     return proto
@@ -165,8 +165,6 @@ def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOption
     parity = check_parity(proto.SerializeToString(), reference, parity_inputs, meta) if parity_inputs else None
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
-    side = sidecar_path(out)
-    facts = {**meta.to_dict(), "onnx": out.name, "source": loaded.path.name, "export_seconds": round(seconds, 2),
-             "parity": parity.to_dict() if parity is not None else None}  # a failed Report is falsy
-    write_sidecar(side, facts)
+    side = OnnxSidecar(meta, out.name, loaded.path.name, export_seconds=round(seconds, 2),
+                       parity=parity.to_dict() if parity is not None else None).write(out)  # a failed Report is falsy
     return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity)

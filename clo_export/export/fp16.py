@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from clo_export.artifacts import graph_inputs
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)
@@ -177,11 +178,10 @@ def _rewrite_nodes(src: onnx.GraphProto, keep: frozenset[str], types: dict[str, 
 
 def _add_boundary_casts(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], types: dict[str, int]) -> list[onnx.NodeProto]:
     """Keep float32 graph I/O: cast float inputs to FP16 on entry and float outputs to FP32 on exit."""
-    initializers = {t.name for t in graph.initializer}
     renames: dict[str, str] = {}
     head: list[onnx.NodeProto] = []
-    for inp in graph.input:
-        if inp.name not in initializers and types.get(inp.name) == FLOAT:
+    for inp in graph_inputs(graph):
+        if types.get(inp.name) == FLOAT:
             renames[inp.name] = f"{inp.name}__fp16"
             head.append(helper.make_node("Cast", [inp.name], [renames[inp.name]], name=f"{inp.name}/to_fp16", to=HALF))
     outputs = {o.name for o in graph.output if types.get(o.name) == FLOAT}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import onnx
 
+from clo_export.artifacts import graph_inputs
 from clo_export.errors import CloExportError
 
 #: Ops whose output is a tensor's shape or element count, the roots of shape arithmetic.
@@ -69,11 +70,8 @@ def _lint_reshapes(graph: onnx.GraphProto) -> list[str]:
 
 def _lint_inputs(graph: onnx.GraphProto) -> list[str]:
     """Graph inputs with a missing shape or a non-fixed dim after dim 0."""
-    initializers = {init.name for init in graph.initializer}
     problems = []
-    for inp in graph.input:
-        if inp.name in initializers:  # IR < 4 lists initializers as inputs too
-            continue
+    for inp in graph_inputs(graph):
         tensor_type = inp.type.tensor_type
         if not tensor_type.HasField("shape"):
             problems.append(f"input '{inp.name}' has no shape")

@@ -22,11 +22,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from clo_export.artifacts import opset_of
 from clo_export.errors import CloExportError
+from clo_export.postprocess import NMS_OUTPUTS
 
 PREFIX = "nms/"
 MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum take axes as inputs from 13 on
-OUTPUTS = ("num_dets", "boxes", "scores", "classes")
 
 
 class _Builder:
@@ -65,11 +66,6 @@ def _f32(value: float) -> np.ndarray:
     return np.array(value, dtype=np.float32)
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset version."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def _check_args(model: onnx.ModelProto, conf: float, iou: float, max_det: int) -> onnx.ValueInfoProto:
     """Validate arguments and return the ``output0`` value info."""
     if not 0.0 < conf < 1.0:
@@ -78,10 +74,10 @@ def _check_args(model: onnx.ModelProto, conf: float, iou: float, max_det: int) -
         raise CloExportError(f"NMS iou must be in [0, 1], got {iou}; pass e.g. --iou 0.45")
     if int(max_det) != max_det or max_det < 1:
         raise CloExportError(f"NMS max_det must be a positive integer, got {max_det}; pass e.g. --max-det 300")
-    if _opset(model) < MIN_OPSET:
-        raise CloExportError(f"in-graph NMS needs ONNX opset >= {MIN_OPSET}, model has {_opset(model)}; re-export with --opset 17")
+    if (opset_of(model) or 0) < MIN_OPSET:
+        raise CloExportError(f"in-graph NMS needs ONNX opset >= {MIN_OPSET}, model has {opset_of(model)}; re-export with --opset 17")
     names = [o.name for o in model.graph.output]
-    if any(name in names for name in OUTPUTS):
+    if any(name in names for name in NMS_OUTPUTS):
         raise CloExportError("model already has NMS outputs (num_dets/boxes/scores/classes); append NMS to the raw export only")
     out = next((o for o in model.graph.output if o.name == "output0"), None)
     if out is None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from clo_export.artifacts import ModelMeta
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.backends.pytorch import TorchRunner
 from clo_export.compare import Report
 from clo_export.comparator import Comparator, Comparison, Thresholds
 from clo_export.data.preprocess import preprocess_batch
-from clo_export.data.sources import read_images
-from clo_export.export.metadata import ModelMeta
+from clo_export.data.files import read_images
 
 
 def parity_batches(imgsz: tuple[int, int], batch_sizes: Iterable[int] = (1,), n_random: int = 2,

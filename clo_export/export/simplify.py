@@ -20,6 +20,7 @@ from types import ModuleType
 
 import onnx
 
+from clo_export.artifacts import graph_inputs, opset_of
 from clo_export.errors import CloExportError
 from clo_export.export.lint import lint
 from clo_export.lazy import lazy_import
@@ -47,11 +48,8 @@ def _import(name: str) -> ModuleType:
 
 def _static_input_shapes(model: onnx.ModelProto) -> dict[str, list[int]] | None:
     """Input shapes as ints when every dim of every input is fixed, else None (symbolic batch)."""
-    initializers = {init.name for init in model.graph.initializer}
     shapes: dict[str, list[int]] = {}
-    for inp in model.graph.input:
-        if inp.name in initializers:
-            continue
+    for inp in graph_inputs(model):
         dims = inp.type.tensor_type.shape.dim
         if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             return None
@@ -85,16 +83,11 @@ def _run_onnxslim(module: ModuleType, model: onnx.ModelProto) -> onnx.ModelProto
     return module.slim(model, **kwargs)
 
 
-def _opset(model: onnx.ModelProto) -> int | None:
-    """The default-domain opset version, or None."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
 def _validate(original: onnx.ModelProto, simplified: onnx.ModelProto) -> None:
     """Raise when the simplified model is not a valid drop-in for the original."""
     onnx.checker.check_model(simplified)
-    if _opset(simplified) != _opset(original):
-        raise RuntimeError(f"opset changed from {_opset(original)} to {_opset(simplified)}")
+    if opset_of(simplified) != opset_of(original):
+        raise RuntimeError(f"opset changed from {opset_of(original)} to {opset_of(simplified)}")
     before = [o.name for o in original.graph.output]
     after = [o.name for o in simplified.graph.output]
     if before != after:

@@ -25,11 +25,11 @@ import numpy as np
 from clo_export import __version__
 from clo_export.errors import CloExportError
 from clo_export.fileio import sha256_file
+from clo_export.postprocess import NMS_OUTPUTS, has_nms_outputs
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")
-NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
 _PACKAGE = Path(__file__).resolve().parent.parent  # clo_export/
 # clo_export modules the Python-backend models import: the one preprocessing function, NMS, box scaling
 VENDORED = ("errors.py", "data/preprocess.py", "postprocess.py")
@@ -93,14 +93,10 @@ def _onnx_tensor(value_info) -> C.Tensor:
 
 def onnx_facts(path: Path) -> ModelFacts:
     """Inputs, outputs, batch range and clo-export metadata of an ONNX model."""
-    from clo_export.lazy import lazy_import
+    from clo_export.artifacts import graph_inputs, load_onnx, read_metadata
 
-    onnx = lazy_import("onnx")
-    from clo_export.export.metadata import read_metadata
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [_onnx_tensor(i) for i in model.graph.input if i.name not in inits]
+    model = load_onnx(path, load_external_data=False)
+    inputs = [_onnx_tensor(i) for i in graph_inputs(model)]
     if len(inputs) != 1:
         raise CloExportError(f"'{path.name}' has {len(inputs)} inputs; clo-export triton serves detectors with one image input")
     meta = read_metadata(model)
@@ -138,7 +134,7 @@ def engine_facts(path: Path) -> ModelFacts:
     extra = {"tensorrt_version": side.tensorrt_version, "gpu": side.gpu_name,
              "compute_capability": ".".join(map(str, side.compute_capability))}
     return ModelFacts(path, "engine", inp, outputs, (lo, hi), dict(enumerate(side.names)), tuple(side.imgsz),
-                      side.stride, side.precision, all(n in side.output_names for n in NMS_OUTPUTS), extra)
+                      side.stride, side.precision, has_nms_outputs(side.output_names), extra)
 
 
 def model_facts(path: Path) -> ModelFacts:
