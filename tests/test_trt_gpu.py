@@ -91,16 +91,11 @@ def compare_with_pytorch(engine: Path, small, precision: str, reference_runner=N
     """Accumulated Report of the engine against the PyTorch checkpoint on the small inputs."""
     from clo_export.backends.pytorch import TorchRunner
     from clo_export.backends.trt import TensorRTRunner
-    from clo_export.compare import Report, compare_outputs
+    from clo_export.comparator import Comparator, Comparison
     from clo_export.models.checkpoint import load
 
-    reports = []
     with TensorRTRunner(engine) as test, TorchRunner(load(small.pt).model, "cpu") as ref:
-        for x in small.inputs:
-            want = ref.infer({"images": x})
-            got = test.infer({"images": x})
-            reports.append(compare_outputs(want, {k: v.astype(np.float32) for k, v in got.items()}, precision))
-    return Report.accumulate(reports)
+        return Comparator(ref, Comparison(precision)).report(test, ({"images": x} for x in small.inputs))
 
 
 def test_fp32_and_fp16_engines_match_pytorch(trt_gpu, small):
@@ -120,7 +115,7 @@ def test_int8_qdq_engine_agrees_with_pytorch_as_well_as_onnxruntime(trt_gpu, sma
     """TensorRT's INT8 must be as close to PyTorch as ONNX Runtime's simulation of the same Q/DQ model."""
     from clo_export.backends.onnxrt import OnnxRuntimeRunner
     from clo_export.backends.pytorch import TorchRunner
-    from clo_export.compare import Report, compare_outputs
+    from clo_export.comparator import Comparator, Comparison
     from clo_export.models.checkpoint import load
 
     out = small.root / "small.int8.engine"
@@ -128,11 +123,8 @@ def test_int8_qdq_engine_agrees_with_pytorch_as_well_as_onnxruntime(trt_gpu, sma
     qdq = small.root / "small.int8.onnx"
     assert qdq.is_file()
     trt_report = compare_with_pytorch(out, small, "int8")
-    reports = []
     with OnnxRuntimeRunner(qdq, ["CPUExecutionProvider"]) as ort, TorchRunner(load(small.pt).model, "cpu") as ref:
-        for x in small.inputs:
-            reports.append(compare_outputs(ref.infer({"images": x}), ort.infer({"images": x}), "int8"))
-    ort_f1 = Report.accumulate(reports).detections.f1
+        ort_f1 = Comparator(ref, Comparison("int8")).report(ort, ({"images": x} for x in small.inputs)).detections.f1
     assert trt_report.detections.f1 >= ort_f1 - 0.1, (trt_report.detections, ort_f1)
 
 
