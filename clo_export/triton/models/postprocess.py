@@ -10,16 +10,15 @@ from this model's config parameters.
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the clo_export modules copied beside this file
 
-from clo_export.data.preprocess import LetterboxInfo, scale_boxes  # noqa: E402
-from clo_export.postprocess import detections_from_nms_outputs, nms  # noqa: E402
-
-NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
+from clo_export.data.preprocess import LetterboxInfo  # noqa: E402
+from clo_export.postprocess import NMS_OUTPUTS, Postprocessor  # noqa: E402
 
 
 class TritonPythonModel:
@@ -28,27 +27,18 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.conf = float(p["conf"])
-        self.iou = float(p["iou"])
-        self.max_det = int(p["max_det"])
-        self.agnostic = json.loads(p["agnostic"])
-        self.in_graph_nms = json.loads(p["clo_export.nms"])
+        thresholds = SimpleNamespace(conf=float(p["conf"]), iou=float(p["iou"]), max_det=int(p["max_det"]),
+                                     classes=None, agnostic=json.loads(p["agnostic"]))  # what Postprocessor reads
+        self.post = Postprocessor(thresholds)
+        self.inputs = NMS_OUTPUTS if json.loads(p["clo_export.nms"]) else ("output0",)
         self.imgsz = tuple(json.loads(p["clo_export.imgsz"]))
 
-    def _letterboxed(self, request):
-        if self.in_graph_nms:
-            outs = {k: pb_utils.get_input_tensor_by_name(request, k).as_numpy() for k in NMS_OUTPUTS}
-            dets = detections_from_nms_outputs(outs)
-            return [d[d[:, 4] >= self.conf][: self.max_det] for d in dets]
-        pred = pb_utils.get_input_tensor_by_name(request, "output0").as_numpy()
-        return nms(pred, self.conf, self.iou, agnostic=self.agnostic, max_det=self.max_det)
-
     def _one(self, request):
+        outs = {k: pb_utils.get_input_tensor_by_name(request, k).as_numpy() for k in self.inputs}
         boxes = pb_utils.get_input_tensor_by_name(request, "LETTERBOX").as_numpy()
-        dets = []
-        for d, (ratio, px, py, h, w) in zip(self._letterboxed(request), boxes):
-            info = LetterboxInfo(float(ratio), (int(px), int(py)), (int(h), int(w)), self.imgsz)
-            dets.append(scale_boxes(d, info) if len(d) else d)
+        infos = [LetterboxInfo(float(ratio), (int(px), int(py)), (int(h), int(w)), self.imgsz)
+                 for ratio, px, py, h, w in boxes]
+        dets = self.post(outs, infos)
         most = max([len(d) for d in dets] + [0])
         out = np.zeros((len(dets), most, 6), dtype=np.float32)
         for i, d in enumerate(dets):
