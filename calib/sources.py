@@ -117,7 +117,7 @@ def split_sources(sources: str | Path | Sequence[str | Path], num: int = DEFAULT
     usable, bad = _readable(order, need)
     skipped += bad
     n = len(usable)
-    n_hold = holdout if n >= need else min(holdout, n // 5)
+    n_hold = holdout if n >= need else min(holdout, max(n - num, n // 5))  # short: --num first, a fifth held out at least
     calib, held = sorted(usable[: n - n_hold]), sorted(usable[n - n_hold:])
     names = ", ".join(str(s) for s in sources)
     if n == 0:
