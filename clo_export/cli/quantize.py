@@ -34,7 +34,7 @@ def sensitivity_table(result) -> Table:
                         f"{result.method_scores.get(result.method).drop50_95:.2f})" if result.method_scores else
                         "Sensitivity on the held-out images (mAP@.5:.95 drop vs FP32 dets, points)", title_justify="left")
     for col in ("site", "ops", "conv MACs", "drop, site float", "drop, site alone INT8", "kept float"):
-        table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold")
+        table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold", no_wrap=col == "site")
     rows = sorted(result.sites, key=lambda r: r.float_alone.drop50_95)
     for r in rows:
         alone = "–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"
