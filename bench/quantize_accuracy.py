@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/quantize_accuracy.py [--sets 3] [--eval-scenes 300] 
 
 Every quantizer gets the same FP32 ONNX (the bundled demo model at its image size) and the same
 256 calibration tensors (calibration set 1: scenes from clo_export.demo.shapes with their own
-seed). clo-export's default also uses the 64 held-out images of that calibration source for its
+seed). clo-export's default also uses the 128 held-out images of that calibration source for its
 decisions, as `clo-export quantize` does. Each INT8 model is then scored against labels on data
 no quantizer saw: 300 unseen scenes from the same generator, and the demo video's 300 frames
 (rendered in memory, not through the MP4). Calibration images are PNG, like the scenes scored (JPEG artefacts in calibration only would
@@ -38,7 +38,7 @@ from rich.table import Table
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.calib.macs import int8_conv_share
 from clo_export.calib.quantize import QuantizeOptions, quantize
-from clo_export.calib.sources import CalibrationData, split_sources
+from clo_export.calib.sources import DEFAULT_HOLDOUT, CalibrationData, split_sources
 from clo_export.data.preprocess import preprocess, scale_boxes
 from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE
 from clo_export.demo.shapes import make_dataset, make_video_frames
@@ -47,7 +47,7 @@ from clo_export.postprocess import nms
 
 MODELOPT = "nvidia-modelopt[onnx]==0.47.0"
 TORCH = "torch==2.13.0"  # if ModelOpt pulls torch, the CPU build we pin everywhere
-NUM, HOLDOUT = 256, 64
+NUM, HOLDOUT = 256, DEFAULT_HOLDOUT
 EVAL_SEED, CALIB_SEEDS = 100, (1001, 1002, 1003)
 MODELOPT_SCRIPT = """
 import sys, numpy as np

@@ -13,25 +13,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from clo_export.calib.accuracy import AccuracyReport, HeldOut, Score
+from clo_export.artifacts import PREFIX, ModelMeta, OnnxSidecar, graph_input, load_onnx, opset_of, read_metadata, write_metadata
 from clo_export.calib.cache import CacheKey, CacheLookup, load_ranges, preprocess_params, save_ranges
 from clo_export.calib.calibrate import Progress, calibrate
 from clo_export.calib.graph import GraphIndex, Target, activation_tensors, attention_nodes, find_targets
 from clo_export.calib.macs import int8_conv_share, node_macs
 from clo_export.calib.qdq import insert_qdq
 from clo_export.calib.ranges import METHODS
-from clo_export.calib.sensitivity import MIN_INT8_SHARE, Choice, SiteResult, choose_float, find_sites, measure
+from clo_export.calib.sensitivity import MIN_INT8_SHARE, Choice, Evaluate, SiteResult, choose_float, find_sites, measure
 from clo_export.calib.rules import require_trt_qdq
 from clo_export.calib.sources import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
-from clo_export.artifacts import PREFIX, ModelMeta, OnnxSidecar, graph_input, load_onnx, opset_of, read_metadata, write_metadata
 from clo_export.fileio import atomic_path, sha256_file, write_text_atomic
 from clo_export.validate import check_quantize_outputs
 
@@ -142,9 +144,52 @@ def _ranges(model: onnx.ModelProto, split: CalibSplit, imgsz: tuple[int, int], i
     return {m: {t: lookup.ranges[f"{m}:{t}"] for t in tensors} for m in methods}, lookup
 
 
-def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out: str | Path | None = None,
-             opts: QuantizeOptions = QuantizeOptions(), progress: Progress | None = None) -> QuantizeResult:
-    """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps."""
+@dataclass
+class _Job:
+    """One quantize run's inputs, read and checked once."""
+
+    onnx_path: Path
+    out: Path
+    cache_path: Path
+    model: onnx.ModelProto
+    meta: ModelMeta
+    input_name: str
+    imgsz: tuple[int, int]
+    split: CalibSplit
+    opts: QuantizeOptions
+    sha256: str  # of the FP32 ONNX
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy_path(self) -> Path:
+        return self.out.with_name(self.out.stem + ".accuracy.json")
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[step] = time.perf_counter() - t0
+
+
+@dataclass
+class _Decision:
+    """What the held-out split decided: range method, its ranges, float sites."""
+
+    method: str
+    ranges: dict[str, float]
+    method_scores: dict[str, Score]
+    all_int8: Score | None = None  # held-out score with no site float (when the sites were measured)
+    sites: list[SiteResult] | None = None
+    choice: Choice | None = None
+
+    @property
+    def float_fallback(self) -> list[str]:
+        return self.choice.float_nodes if self.choice is not None else []
+
+
+def _open(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out: str | Path | None,
+          opts: QuantizeOptions) -> _Job:
+    """Check the options, paths and input model; sample the calibration and held-out images."""
     opts.validate()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -152,7 +197,6 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
     out = Path(out) if out else default_output(onnx_path)
     cache_path = Path(opts.cache) if opts.cache else out.with_name(out.stem + ".calib.json")
     check_quantize_outputs(onnx_path, sources, out, cache_path)
-    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     model = load_onnx(onnx_path)
     meta = read_metadata(model)
@@ -160,96 +204,138 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
     input_name = graph_input(model).name
     imgsz = tuple(meta.imgsz)
     split = split_sources(sources, opts.num, opts.holdout, opts.seed, opts.min_images)
-    seconds["scan"] = time.perf_counter() - t0
+    return _Job(onnx_path, out, cache_path, model, meta, input_name, imgsz, split, opts, sha256_file(onnx_path),
+                {"scan": time.perf_counter() - t0})
 
+
+def _choose_method(per_method: dict[str, dict[str, float]], score: Callable[[dict[str, float]], Score],
+                   asked: str) -> _Decision:
+    """Score each method's all-INT8 model on the held-out split and keep the best (only one: no scoring)."""
+    if len(per_method) == 1:
+        return _Decision(asked, per_method[asked], {})
+    scores = {m: score(r) for m, r in per_method.items()}
+    best = min(scores, key=lambda m: scores[m].drop50_95)
+    return _Decision(best, per_method[best], scores)
+
+
+def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: Evaluate) -> None:
+    """Measure the sites and, with a target drop, keep the most sensitive ones float (fills ``decision``)."""
+    opts = job.opts
+    if opts.target_drop is None and not opts.sensitivity:
+        return
+    macs = node_macs(job.model)
+    convs = {n.name for n in job.model.graph.node if n.op_type == "Conv"}
+    conv_total = sum(v for k, v in macs.items() if k in convs)
+    decision.all_int8 = decision.method_scores.get(decision.method) or evaluate(frozenset())
+    decision.sites = measure(find_sites(job.model, targets, macs), conv_total, evaluate, both=opts.sensitivity)
+    if opts.target_drop is not None:
+        decision.choice = choose_float(decision.sites, decision.all_int8, conv_total, evaluate, opts.target_drop, opts.min_int8_share)
+        if not decision.choice.met:
+            log.warning(decision.choice.reason)
+
+
+def _calibration_facts(job: _Job, decision: _Decision, float_nodes: list[str], share: float) -> dict[str, Any]:
+    """What the Q/DQ model's metadata and sidecar say about its calibration."""
+    o = job.opts
+    return {"method": decision.method, "method_asked": o.method, "images": len(job.split.calib),
+            "holdout_images": len(job.split.holdout), "seed": o.seed, "keep_attention_fp": o.keep_attention_fp,
+            "skipped": len(job.split.skipped), "target_drop": o.target_drop, "float_nodes": float_nodes,
+            "int8_conv_mac_share": share, "fp32_onnx": job.onnx_path.name, "fp32_onnx_sha256": job.sha256}
+
+
+def _finish(job: _Job, qmodel: onnx.ModelProto, calibration: dict[str, Any], attn: set[str]) -> bytes:
+    """Check the Q/DQ model (float attention, TensorRT's rules, ONNX checker), stamp its metadata, serialize."""
+    if job.opts.keep_attention_fp:
+        assert_float(qmodel, attn)
+    require_trt_qdq(qmodel)
+    job.meta.precision = "int8"
+    write_metadata(qmodel, job.meta)
+    props = {p.key: p.value for p in qmodel.metadata_props}
+    onnx.helper.set_model_props(qmodel, {**props, CALIBRATION_KEY: json.dumps(calibration)})
+    full_check(qmodel)
+    return qmodel.SerializeToString()
+
+
+def _report_info(job: _Job, decision: _Decision, float_nodes: list[str], share: float) -> dict[str, Any]:
+    """The decisions, as the accuracy report's extra fields."""
+    c, o = decision.choice, job.opts
+    fallback = None if c is None else {"target_drop_points": o.target_drop, "met": c.met, "reason": c.reason,
+                                       "float_sites": c.float_sites, "float_nodes": c.float_nodes, "steps": c.steps}
+    return {"float_nodes": float_nodes, "method": decision.method, "method_asked": o.method,
+            "method_scores": {m: asdict(v) for m, v in decision.method_scores.items()},
+            "keep_attention_fp": o.keep_attention_fp, "fallback": fallback, "int8_conv_mac_share": share,
+            "decided_on": "held-out split of the calibration source"}
+
+
+def _sidecar(job: _Job, calibration: dict[str, Any], float_nodes: list[str], kept: list[Target],
+             attn: list[str], report: AccuracyReport) -> OnnxSidecar:
+    """The sidecar ``OUT.json``: model metadata, calibration, Q/DQ counts and the accuracy summary."""
+    return OnnxSidecar(job.meta, job.out.name, job.onnx_path.name, calibration=calibration, float_nodes=float_nodes,
+                       qdq={"activation_tensors": len(activation_tensors(kept)), "weights": sum(t.weight for t in kept),
+                            "float_attention_nodes": attn},
+                       accuracy={"file": job.accuracy_path.name, "agreement_map50_95": report.score,
+                                 "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50})
+
+
+def _write_outputs(job: _Job, payload: bytes, report: AccuracyReport, decision: _Decision, n_images: int,
+                   side: OnnxSidecar) -> tuple[Path | None, Path]:
+    """Write the model, the accuracy report, the sensitivity table (when asked) and the sidecar, each atomically."""
+    with atomic_path(job.out) as tmp:
+        tmp.write_bytes(payload)
+    write_text_atomic(job.accuracy_path, report.to_json())
+    sensitivity_path = None
+    if decision.sites is not None and job.opts.sensitivity:
+        sensitivity_path = job.out.with_name(job.out.stem + ".sensitivity.json")
+        table = {"method": decision.method, "held_out_images": n_images,
+                 "metric": "mAP@.5:.95 drop vs FP32 detections (points)", "all_int8": asdict(decision.all_int8),
+                 "sites": [r.to_dict() for r in decision.sites]}
+        write_text_atomic(sensitivity_path, json.dumps(table, indent=2) + "\n")
+    return sensitivity_path, side.write(job.out)
+
+
+def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out: str | Path | None = None,
+             opts: QuantizeOptions = QuantizeOptions(), progress: Progress | None = None) -> QuantizeResult:
+    """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps."""
+    job = _open(onnx_path, sources, out, opts)
+    model, split = job.model, job.split
     all_targets = find_targets(model, keep_attention_fp=False)  # calibrate everything: one cache serves both modes
     tensors = activation_tensors(all_targets)
-    key = CacheKey(sha256_file(onnx_path), opts.method, preprocess_params(imgsz, input_name), split.digest())
-    t0 = time.perf_counter()
-    per_method, lookup = _ranges(model, split, imgsz, input_name, tensors, key, cache_path, opts, progress)
-    seconds["calibrate"] = time.perf_counter() - t0
+    key = CacheKey(job.sha256, opts.method, preprocess_params(job.imgsz, job.input_name), split.digest())
+    with job.timed("calibrate"):
+        per_method, lookup = _ranges(model, split, job.imgsz, job.input_name, tensors, key, job.cache_path, opts, progress)
 
-    t0 = time.perf_counter()
     targets = [t for t in all_targets if not (opts.keep_attention_fp and t.attention)]
-    attn = attention_nodes(model)
-    held = HeldOut(str(onnx_path), CalibrationData(split.holdout, imgsz, input_name), opts.conf, opts.iou, meta.nms, opts.threads)
+    attn = attention_nodes(model) if opts.keep_attention_fp else set()
 
     def build(ranges: dict[str, float], float_nodes: frozenset = frozenset()) -> onnx.ModelProto:
         return insert_qdq(model, qdq_targets(targets, float_nodes), ranges)
 
-    method_scores = {m: held.score(build(r).SerializeToString()) for m, r in per_method.items()} if len(per_method) > 1 else {}
-    method = min(method_scores, key=lambda m: method_scores[m].drop50_95) if method_scores else opts.method
-    ranges = per_method[method]
-    seconds["method"] = time.perf_counter() - t0
+    with job.timed("method"):
+        held = HeldOut(str(job.onnx_path), CalibrationData(split.holdout, job.imgsz, job.input_name), opts.conf, opts.iou,
+                       job.meta.nms, opts.threads)
+        decision = _choose_method(per_method, lambda r: held.score(build(r).SerializeToString()), opts.method)
+    evaluate: Evaluate = lambda nodes: held.score(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
+    with job.timed("sensitivity"):
+        _fallback(job, targets, decision, evaluate)
 
-    t0 = time.perf_counter()
-    macs = node_macs(model)
-    conv_total = sum(v for k, v in macs.items() if k in {n.name for n in model.graph.node if n.op_type == "Conv"})
-    sites = choice = None
-    float_fallback: list[str] = []
-    if opts.target_drop is not None or opts.sensitivity:
-        evaluate = lambda nodes: held.score(build(ranges, nodes).SerializeToString())  # noqa: E731
-        base = method_scores.get(method) or evaluate(frozenset())
-        sites = measure(find_sites(model, targets, macs), conv_total, evaluate, both=opts.sensitivity)
-        if opts.target_drop is not None:
-            choice = choose_float(sites, base, conv_total, evaluate, opts.target_drop, opts.min_int8_share)
-            float_fallback = choice.float_nodes
-            if not choice.met:
-                log.warning(choice.reason)
-    seconds["sensitivity"] = time.perf_counter() - t0
+    with job.timed("insert"):
+        fallback = decision.float_fallback
+        qmodel = build(decision.ranges, frozenset(fallback))
+        float_nodes = sorted(attn | set(fallback))
+        share = int8_conv_share(qmodel)
+        calibration = _calibration_facts(job, decision, float_nodes, share)
+        payload = _finish(job, qmodel, calibration, attn)
+    with job.timed("report"):
+        report = held.report(payload, _report_info(job, decision, float_nodes, share))
+    report.info["seconds"] = {k: round(v, 1) for k, v in job.seconds.items()}
 
-    t0 = time.perf_counter()
-    qmodel = build(ranges, frozenset(float_fallback))
-    if opts.keep_attention_fp:
-        assert_float(qmodel, attn)
-    require_trt_qdq(qmodel)
-    float_nodes = sorted((attn if opts.keep_attention_fp else set()) | set(float_fallback))
-    share = int8_conv_share(qmodel)
-    calibration = {"method": method, "method_asked": opts.method, "images": len(split.calib), "holdout_images": len(split.holdout),
-                   "seed": opts.seed, "keep_attention_fp": opts.keep_attention_fp, "skipped": len(split.skipped),
-                   "target_drop": opts.target_drop, "float_nodes": float_nodes, "int8_conv_mac_share": share,
-                   "fp32_onnx": onnx_path.name, "fp32_onnx_sha256": key.model_sha256}
-    meta.precision = "int8"
-    write_metadata(qmodel, meta)
-    onnx.helper.set_model_props(qmodel, {**{p.key: p.value for p in qmodel.metadata_props}, CALIBRATION_KEY: json.dumps(calibration)})
-    full_check(qmodel)
-    payload = qmodel.SerializeToString()
-    seconds["insert"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    info = {"float_nodes": float_nodes, "method": method, "method_asked": opts.method,
-            "method_scores": {m: asdict(v) for m, v in method_scores.items()}, "keep_attention_fp": opts.keep_attention_fp,
-            "fallback": None if choice is None else {"target_drop_points": opts.target_drop, "met": choice.met,
-                                                     "reason": choice.reason, "float_sites": choice.float_sites,
-                                                     "float_nodes": choice.float_nodes, "steps": choice.steps},
-            "int8_conv_mac_share": share, "decided_on": "held-out split of the calibration source"}
-    report = held.report(payload, info)
-    seconds["report"] = time.perf_counter() - t0
-    report.info["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(payload)
-    accuracy_path = out.with_name(out.stem + ".accuracy.json")
-    write_text_atomic(accuracy_path, report.to_json())
-    sensitivity_path = None
-    if sites is not None and opts.sensitivity:
-        sensitivity_path = out.with_name(out.stem + ".sensitivity.json")
-        table = {"method": method, "held_out_images": held.n_images, "metric": "mAP@.5:.95 drop vs FP32 detections (points)",
-                 "all_int8": asdict(method_scores.get(method) or held.score(build(ranges).SerializeToString())),
-                 "sites": [r.to_dict() for r in sites]}
-        write_text_atomic(sensitivity_path, json.dumps(table, indent=2) + "\n")
-    side = OnnxSidecar(meta, out.name, onnx_path.name, calibration=calibration,
-             float_nodes=float_nodes,
-             qdq={"activation_tensors": len(activation_tensors(qdq_targets(targets, float_fallback))),
-                     "weights": sum(t.weight for t in qdq_targets(targets, float_fallback)),
-                     "float_attention_nodes": sorted(attn) if opts.keep_attention_fp else []},
-             accuracy={"file": accuracy_path.name, "agreement_map50_95": report.score,
-                       "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50}).write(out)
-    kept = qdq_targets(targets, float_fallback)
-    return QuantizeResult(out, side, accuracy_path, cache_path, report, split, lookup,
-                          len(activation_tensors(kept)), sum(t.weight for t in kept),
-                          sorted(attn) if opts.keep_attention_fp else [], method, method_scores, sites, choice,
-                          float_nodes, share, sensitivity_path, seconds)
+    kept = qdq_targets(targets, fallback)
+    sidecar = _sidecar(job, calibration, float_nodes, kept, sorted(attn), report)
+    sensitivity_path, side = _write_outputs(job, payload, report, decision, held.n_images, sidecar)
+    return QuantizeResult(job.out, side, job.accuracy_path, job.cache_path, report, split, lookup,
+                          len(activation_tensors(kept)), sum(t.weight for t in kept), sorted(attn), decision.method,
+                          decision.method_scores, decision.sites, decision.choice, float_nodes, share, sensitivity_path,
+                          job.seconds)
 
 
 def qdq_targets(targets: list[Target], float_nodes: Sequence[str]) -> list[Target]:

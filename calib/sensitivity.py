@@ -1,16 +1,19 @@
 """Which quantized sites cost accuracy, measured on the held-out images, and which to keep in float.
 
 A *site* is a group of Q/DQ targets (Conv, MatMul, residual Add) that stay float or go INT8
-together: one YOLOv5 module (``/model.N/...``), except that every output convolution (a Conv
-from which no other quantized node is reachable: the Detect head's ``m.0``, ``m.1``, ``m.2``)
-is a site of its own. Two measurements per site, both as the held-out mAP@.5:.95 drop against
+together: one YOLOv5 module (``/model.N/...``), or one part of a module built from parts (a C3's
+``cv1``, ``cv2``, ``cv3`` and its bottlenecks ``m`` with their residual Adds; SPPF's ``cv1``,
+``cv2``), so that the float budget can be spent on the convolutions that need it; every output
+convolution (a Conv from which no other quantized node is reachable: the Detect head's ``m.0``,
+``m.1``, ``m.2``) is a site of its own. Two measurements per site, both as the held-out mAP@.5:.95 drop against
 FP32's detections (see :mod:`clo_export.calib.accuracy`):
 
 - *float alone*: everything INT8 except this site: how much keeping it float recovers;
 - *INT8 alone*: only this site INT8: how much quantizing it costs by itself.
 
-:func:`choose_float` keeps the sites that recover most in float, one at a time, until the
-drop is within the target, never letting the INT8 share of Conv MACs fall below the floor.
+:func:`choose_float` keeps sites float, the most recovery per MAC first (the float budget is a
+share of MACs: a knapsack, filled greedily), one at a time and each only if it lowers the drop,
+until the drop is within the target, never letting the INT8 share of Conv MACs fall below the floor.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from clo_export.calib.graph import GraphIndex, Target
 log = logging.getLogger(__name__)
 
 MIN_INT8_SHARE = 0.9  # of Conv MACs
-_MODULE = re.compile(r"^/?(model\.\d+)/")
+_SITE = re.compile(r"^/?(model\.\d+)/(?:(cv\d+|m)/)?")  # module, and its part where it has named parts
 
 Evaluate = Callable[[frozenset], Score]  # float node names -> held-out score of that model
 
@@ -99,8 +102,8 @@ def find_sites(model: onnx.ModelProto, targets: Sequence[Target], macs: dict[str
     heads = _output_convs(model, idx, set(quantized))
     groups: dict[str, list[str]] = {}
     for name in quantized:
-        m = _MODULE.match(name)
-        key = name if name in heads or m is None else m.group(1)
+        m = _SITE.match(name)
+        key = name if name in heads or m is None else "/".join(g for g in m.groups() if g)
         groups.setdefault(key, []).append(name)
     sites = []
     for key, nodes in groups.items():
@@ -125,12 +128,24 @@ def measure(sites: Sequence[Site], total_macs: int, evaluate: Evaluate, both: bo
     return out
 
 
+def rank(results: Sequence[SiteResult], base: Score) -> list[SiteResult]:
+    """Candidates for float, the most recovery (float-alone gain in points) per share of Conv MACs first.
+
+    Sites whose float-alone run recovers nothing come last, most recovering first; every site stays a
+    candidate because on the held-out images a small gain is within the noise of the others, and each
+    step is kept only if it lowers the drop of the model built so far.
+    """
+    def key(r: SiteResult) -> tuple[int, float]:
+        gain = base.drop50_95 - r.float_alone.drop50_95
+        return (0, -gain / max(r.mac_share, 1e-3)) if gain > 0 else (1, -gain)
+
+    return sorted((r for r in results if r.float_alone is not None), key=key)
+
+
 def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, evaluate: Evaluate, target: float,
-                 min_share: float = MIN_INT8_SHARE, max_steps: int = 8) -> Choice:
-    """Keep sites float, most recovering first, until the drop is <= ``target`` points (see module docstring)."""
-    # every site is a candidate, most recovering first: on 64 held-out images a site's float-alone gain is
-    # within noise of others, and each step is kept only if it lowers the drop of the model built so far
-    ranked = sorted((r for r in results if r.float_alone is not None), key=lambda r: r.float_alone.drop50_95)
+                 min_share: float = MIN_INT8_SHARE, max_steps: int = 12) -> Choice:
+    """Keep sites float, most recovery per MAC first, until the drop is <= ``target`` points (see module docstring)."""
+    ranked = rank(results, base)
     chosen: list[SiteResult] = []
     best, share = base, sum(r.mac_share for r in results)  # Convs outside every site (float attention) count as float
     steps: list[dict[str, Any]] = []

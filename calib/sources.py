@@ -24,7 +24,7 @@ from clo_export.errors import CloExportError
 log = logging.getLogger(__name__)
 
 DEFAULT_NUM = 256
-DEFAULT_HOLDOUT = 64  # the split that decides method and float sites: 64 keeps the noise of a 0.3-point target low
+DEFAULT_HOLDOUT = 128  # the split that decides method and float sites: 128 halves the noise of 64 at a 0.3-point target
 MIN_IMAGES = 16  # below this the ranges are noise: refuse
 MIN_HOLDOUT = 16  # below this an accuracy report is noise: refuse
 RECOMMENDED = 200  # below this warn (TensorRT and ONNX Runtime guides suggest ~500; 200 is the usual floor)
@@ -117,7 +117,7 @@ def split_sources(sources: str | Path | Sequence[str | Path], num: int = DEFAULT
     usable, bad = _readable(order, need)
     skipped += bad
     n = len(usable)
-    n_hold = holdout if n >= need else min(holdout, n // 5)
+    n_hold = holdout if n >= need else min(holdout, max(n - num, n // 5))  # short: --num first, a fifth held out at least
     calib, held = sorted(usable[: n - n_hold]), sorted(usable[n - n_hold:])
     names = ", ".join(str(s) for s in sources)
     if n == 0:

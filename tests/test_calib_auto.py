@@ -14,10 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from clo_export.calib.graph import GraphIndex, attention_nodes
+from clo_export.calib.accuracy import Score
 from clo_export.calib.macs import int8_conv_share, int8_nodes, node_macs
 from clo_export.calib.quantize import QuantizeOptions, quantize
 from clo_export.calib.ranges import METHODS
 from clo_export.calib.rules import check_qdq
+from clo_export.calib.sensitivity import Site, SiteResult, choose_float, rank
 from clo_export.calib.sources import split_sources
 from tests.test_calib_qdq import small_onnx
 from tests.test_calib_sources import write_images
@@ -55,7 +57,9 @@ def test_sensitivity_table_has_every_site_with_its_mac_share(auto_run):
     _, r = auto_run
     names = [s.site.name for s in r.sites]
     assert {"/model.25/m.0/Conv", "/model.25/m.1/Conv", "/model.25/m.2/Conv"} <= set(names)  # output convs: own sites
-    assert "model.2" in names and any("Add" in s.site.ops for s in r.sites)  # a C3 with its residual Adds is one site
+    assert {"model.2/cv1", "model.2/m", "model.2/cv3"} <= set(names)  # a C3's parts are sites of their own
+    assert "Add" in next(s.site.ops for s in r.sites if s.site.name == "model.2/m")  # bottlenecks with their residual Adds
+    assert "model.0" in names  # a plain Conv module is one site
     shares = [s.mac_share for s in r.sites]
     assert all(0 <= v < 1 for v in shares) and 0.9 < sum(shares) <= 1.0  # the float attention convs make the rest
     assert all(s.float_alone is not None and s.int8_alone is not None for s in r.sites)
@@ -99,3 +103,31 @@ def test_bad_calibration_set_fails_the_default_bar(tmp_path):
     assert bad.exit_code == 1 and "below --min-agreement 0.95" in out and "Traceback" not in out, bad.output
     ok = CliRunner().invoke(make_app(), args + ["--min-agreement", "0"])
     assert ok.exit_code == 0 and (tmp_path / "m.int8.onnx").is_file()
+
+
+def _site(name: str, share: float, drop: float) -> SiteResult:
+    return SiteResult(Site(name, (name,), 0, "1 Conv"), share, Score(0.0, 0.0, 0.0, drop))
+
+
+def test_float_candidates_are_ranked_by_recovery_per_mac():
+    base = Score(0.9, 0.8, 1.0, 2.0)
+    sites = [_site("big", 0.10, 1.0), _site("worse", 0.01, 2.1), _site("head", 0.005, 1.8), _site("flat", 0.01, 2.0)]
+    # gain per MAC share: head 0.2 / 0.005 = 40 before big 1.0 / 0.10 = 10; no gain last, least harmful first
+    assert [r.site.name for r in rank(sites, base)] == ["head", "big", "flat", "worse"]
+
+
+def test_choose_float_keeps_only_improving_steps_within_the_floor():
+    base = Score(0.9, 0.8, 1.0, 2.0)
+    sites = [_site("a", 0.004, 1.0), _site("b", 0.02, 1.5), _site("c", 0.08, 1.9), _site("d", 0.05, 2.05),
+             _site("rest", 0.846, 2.0)]
+    gain = {"a": 1.0, "b": 0.5, "c": 0.1, "d": -0.05, "rest": 0.0}  # additive recovery of each site in this fake model
+
+    def evaluate(nodes: frozenset) -> Score:
+        return Score(0.0, 0.0, 0.0, base.drop50_95 - sum(gain[n] for n in nodes))
+
+    c = choose_float(sites, base, 0, evaluate, target=0.2, min_share=0.9)
+    assert c.float_sites == ["a", "b"] and c.int8_share == pytest.approx(1 - 0.024) and not c.met
+    assert [s["site"] for s in c.steps] == ["a", "b", "c", "rest", "d"]
+    assert "skipped" in c.steps[2] and "skipped" in c.steps[3]  # c and rest would break the 90 % floor
+    assert c.steps[4]["kept"] is False and c.score.drop50_95 == pytest.approx(0.5)  # d makes it worse: not kept
+    assert choose_float(sites, base, 0, evaluate, target=0.6).float_sites == ["a", "b"]  # met after b: stops

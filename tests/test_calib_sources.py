@@ -60,6 +60,9 @@ def test_folder_is_recursive_and_split_is_disjoint_and_seeded(tmp_path):
     assert len(a.calib) == 20 and len(a.holdout) == 5 and a.found == 30
     assert not set(a.calib) & set(a.holdout)
     assert any("sub" in str(i.path) for i in a.calib + a.holdout)
+    short = split_sources(tmp_path, num=20, holdout=15, seed=1, min_holdout=4)  # 30 < 35: --num kept, the rest held out
+    assert (len(short.calib), len(short.holdout)) == (20, 10)
+    assert [len(split_sources(tmp_path, num=n, holdout=15, min_holdout=4).holdout) for n in (28, 40)] == [6, 6]  # a fifth at least
 
 
 def test_glob_and_txt_list(tmp_path):

@@ -49,3 +49,11 @@ def test_errors_are_one_line_and_exit_1(tmp_path):
     assert bad.exit_code == 1 and "does not exist" in bad.output and "Traceback" not in bad.output
     small = runner.invoke(make_app(), ["quantize", str(src), "--calib", str(src.parent / "calib"), "--num", "4"])
     assert small.exit_code == 1 and "--num 4 is too small" in small.output
+
+
+def test_holdout_default_is_the_library_default():
+    import inspect
+
+    from clo_export.calib.sources import DEFAULT_HOLDOUT
+
+    assert inspect.signature(quantize).parameters["holdout"].default == DEFAULT_HOLDOUT

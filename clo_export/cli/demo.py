@@ -59,6 +59,7 @@ def demo(
     """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth."""
     from clo_export.backends.pytorch import TorchRunner
     from clo_export.calib.quantize import QuantizeOptions, quantize
+    from clo_export.calib.sources import DEFAULT_HOLDOUT
     from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.export.parity import parity_batches
@@ -69,7 +70,7 @@ def demo(
     check_demo_options(out, frames, calib, check_every)
     n_frames = frames if frames is not None else (45 if quick else 300)
     n_calib = calib if calib is not None else (24 if quick else 256)
-    holdout = 16 if quick else 64
+    holdout = 16 if quick else DEFAULT_HOLDOUT
     if not BUNDLED_MODEL.is_file():
         raise CloExportError(f"the bundled demo model {BUNDLED_MODEL} is missing; make it with python tools/make_demo_model.py")
     t0 = time.perf_counter()

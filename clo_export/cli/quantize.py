@@ -34,7 +34,7 @@ def sensitivity_table(result) -> Table:
                         f"{result.method_scores.get(result.method).drop50_95:.2f})" if result.method_scores else
                         "Sensitivity on the held-out images (mAP@.5:.95 drop vs FP32 dets, points)", title_justify="left")
     for col in ("site", "ops", "conv MACs", "drop, site float", "drop, site alone INT8", "kept float"):
-        table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold")
+        table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold", no_wrap=col == "site")
     rows = sorted(result.sites, key=lambda r: r.float_alone.drop50_95)
     for r in rows:
         alone = "–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"
@@ -48,7 +48,7 @@ def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX from clo-export onnx.", show_default=False)],
     calib: Annotated[List[str], typer.Option("--calib", help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.", rich_help_panel=CAL, show_default=False)],
     num: Num = 256,
-    holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 64,
+    holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 128,  # calib.sources.DEFAULT_HOLDOUT (not imported: it loads OpenCV)
     seed: Annotated[int, typer.Option(help="Sampling seed.", rich_help_panel=CAL)] = 0,
     method: Annotated[Method, typer.Option(help="Range method; auto tries each on the held-out images (entropy = TensorRT's EntropyCalibrator2).", rich_help_panel=CAL)] = Method.auto,
     target_drop: Annotated[float, typer.Option(help="Keep the most sensitive sites float until the held-out mAP@.5:.95 drop is at most this (points).", rich_help_panel=CAL)] = 0.3,
