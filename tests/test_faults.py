@@ -398,10 +398,16 @@ def cli_path(name: str) -> Path:
     return path
 
 
+def _as_foreground() -> None:
+    """SIGINT handled as in a terminal's foreground job: a suite started in the background (``make test &``,
+    some CI runners) inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
-    """Start a command; its output lines are collected by a thread."""
+    """Start a command as a foreground job would run; its output lines are collected by a thread."""
     proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=_as_foreground)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines
