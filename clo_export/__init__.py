@@ -25,8 +25,6 @@ from clo_export.lazy import lazy_attributes
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from clo_export.artifacts import ModelInfo
     from clo_export.backends.base import Runner
     from clo_export.calib.quantize import QuantizeOptions, QuantizeResult

@@ -42,7 +42,7 @@ from typer.testing import CliRunner
 from clo_export.cli.infer import app as infer_app
 from clo_export.cli.main import app as export_app
 from clo_export.errors import CloExportError
-from tests.test_infer_fixtures import artifacts, make_images, make_video
+from tests.test_infer_fixtures import artifacts, make_video
 
 runner = CliRunner()
 FAULTS = collections.Counter()

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 
-from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner, TensorSpec
 from clo_export.backends.select import load_runner
 from clo_export.data.preprocess import LetterboxInfo
