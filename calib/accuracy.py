@@ -27,7 +27,7 @@ from clo_export.compare import (DetectionAgreement, TensorStats, _match_ious, de
                                 tensor_stats)
 from clo_export.errors import CloExportError
 from clo_export.metrics import evaluate
-from clo_export.postprocess import decoded_output, detections
+from clo_export.postprocess import decoded_output, detections, has_nms_outputs
 
 MAP_CONF = 0.001  # val.py's thresholds for mAP
 MAP_IOU = 0.6
@@ -105,8 +105,8 @@ class HeldOut:
     """The held-out feeds with FP32's outputs and detections computed once; scores candidate INT8 models."""
 
     def __init__(self, fp32_model: str | bytes, data: Iterable[dict[str, np.ndarray]], conf: float = 0.25, iou: float = 0.45,
-                 nms_in_graph: bool = False, threads: int | None = None):
-        self.conf, self.iou, self.nms_in_graph, self.threads = conf, iou, nms_in_graph, threads
+                 threads: int | None = None):
+        self.conf, self.iou, self.threads = conf, iou, threads
         self.feeds = list(data)
         if not self.feeds:
             raise CloExportError("no held-out image could be read for the accuracy report; add images to --calib")
@@ -154,7 +154,7 @@ class HeldOut:
         stats: dict[str, TensorStats] = {}
         for ref, test in zip(self.ref, outs):
             new = {k: tensor_stats(k, ref[k], test[k]) for k in ref if k in test and np.issubdtype(ref[k].dtype, np.floating)}
-            if not self.nms_in_graph:
+            if not has_nms_outputs(ref):
                 new.update(detection_stats(decoded_output(ref), decoded_output(test)))
             for k, s in new.items():
                 stats[k] = stats[k].merge(s) if k in stats else s
@@ -164,9 +164,3 @@ class HeldOut:
         return AccuracyReport(self.n_images, stats, detection_agreement(self.ref_dets, test_dets, 0.5), BoxIoU.of(ious),
                               int8, self.fp32, self.conf, self.iou, dict(info or {}))
 
-
-def accuracy_report(fp32_model: str | bytes, int8_model: str | bytes, data: Iterable[dict[str, np.ndarray]],
-                    conf: float = 0.25, iou: float = 0.45, nms_in_graph: bool = False, threads: int | None = None,
-                    info: dict[str, Any] | None = None) -> AccuracyReport:
-    """Run both models on every feed and compare (see module docstring)."""
-    return HeldOut(fp32_model, data, conf, iou, nms_in_graph, threads).report(int8_model, info)

@@ -312,7 +312,7 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
 
     with job.timed("method"):
         held = HeldOut(str(job.onnx_path), CalibrationData(split.holdout, job.imgsz, job.input_name), opts.conf, opts.iou,
-                       job.meta.nms, opts.threads)
+                       opts.threads)
         decision = _choose_method(per_method, lambda r: held.score(build(r).SerializeToString()), opts.method)
     evaluate: Evaluate = lambda nodes: held.score(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
     with job.timed("sensitivity"):

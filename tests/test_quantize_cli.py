@@ -57,3 +57,18 @@ def test_holdout_default_is_the_library_default():
     from clo_export.calib.sources import DEFAULT_HOLDOUT
 
     assert inspect.signature(quantize).parameters["holdout"].default == DEFAULT_HOLDOUT
+
+
+def test_an_in_graph_nms_model_is_reported_on_its_own_outputs(tmp_path):
+    """The held-out report finds in-graph NMS from the outputs: per-output errors of boxes/scores, no output0 fields."""
+    from clo_export.calib.quantize import QuantizeOptions
+    from clo_export.calib.quantize import quantize as quantize_model
+    from tests.test_infer_fixtures import artifacts, make_video
+
+    art = artifacts()
+    make_video(tmp_path / "calib.mp4", frames=48)
+    result = quantize_model(art.nms_onnx, tmp_path / "calib.mp4", tmp_path / "m_nms.int8.onnx",
+                            QuantizeOptions(num=16, holdout=16, method="minmax", target_drop=None))
+    report = result.report
+    assert sorted(report.tensors) == ["boxes", "scores"]
+    assert report.agreement.n_ref > 0 and report.agreement.f1 > 0.5 and 0 < report.int8.map50_95 <= 1
