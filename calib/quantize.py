@@ -3,9 +3,10 @@ range method and the float sites on the held-out split, insert Q/DQ, check Tenso
 model + sidecar + accuracy report (+ sensitivity table) atomically.
 
 Automatic precision (the default): every range method is tried on the held-out split and the
-best kept (``--method auto``); then the sites whose float-alone run recovers most are kept float
-until the held-out mAP@.5:.95 drop is within ``target_drop`` points, keeping at least 90 % of the
-Conv MACs in INT8. Only the held-out split of the calibration source decides.
+one with the least box error kept (``--method auto``); then the sites whose float-alone run
+recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
+``target_drop`` points, keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of
+the calibration source decides (box error: :mod:`clo_export.calib.accuracy`).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def _choose_method(per_method: dict[str, dict[str, float]], score: Callable[[dic
     if len(per_method) == 1:
         return _Decision(asked, per_method[asked], {})
     scores = {m: score(r) for m, r in per_method.items()}
-    best = min(scores, key=lambda m: scores[m].drop50_95)
+    best = min(scores, key=lambda m: scores[m].box_error)
     return _Decision(best, per_method[best], scores)
 
 
@@ -227,7 +228,7 @@ def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: E
     convs = {n.name for n in job.model.graph.node if n.op_type == "Conv"}
     conv_total = sum(v for k, v in macs.items() if k in convs)
     decision.all_int8 = decision.method_scores.get(decision.method) or evaluate(frozenset())
-    decision.sites = measure(find_sites(job.model, targets, macs), conv_total, evaluate, both=opts.sensitivity)
+    decision.sites = measure(find_sites(job.model, targets, macs), conv_total, evaluate, decision.all_int8, opts.sensitivity)
     if opts.target_drop is not None:
         decision.choice = choose_float(decision.sites, decision.all_int8, conv_total, evaluate, opts.target_drop, opts.min_int8_share)
         if not decision.choice.met:

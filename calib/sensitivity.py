@@ -5,15 +5,20 @@ together: one YOLOv5 module (``/model.N/...``), or one part of a module built fr
 ``cv1``, ``cv2``, ``cv3`` and its bottlenecks ``m`` with their residual Adds; SPPF's ``cv1``,
 ``cv2``), so that the float budget can be spent on the convolutions that need it; every output
 convolution (a Conv from which no other quantized node is reachable: the Detect head's ``m.0``,
-``m.1``, ``m.2``) is a site of its own. Two measurements per site, both as the held-out mAP@.5:.95 drop against
-FP32's detections (see :mod:`clo_export.calib.accuracy`):
+``m.1``, ``m.2``) is a site of its own. Two measurements per site, each a held-out score against FP32's
+detections (see :mod:`clo_export.calib.accuracy`): the mAP@.5:.95 drop and the box error:
 
-- *float alone*: everything INT8 except this site: how much keeping it float recovers;
+- *float alone*: how much keeping this site float recovers. The output convolutions are measured
+  on the all-INT8 model; every other site on the model whose output convolutions are float: their
+  error reaches the boxes directly and, left INT8, it hides what an upstream site recovers;
 - *INT8 alone*: only this site INT8: how much quantizing it costs by itself.
 
-:func:`choose_float` keeps sites float, the most recovery per MAC first (the float budget is a
-share of MACs: a knapsack, filled greedily), one at a time and each only if it lowers the drop,
-until the drop is within the target, never letting the INT8 share of Conv MACs fall below the floor.
+:func:`choose_float` keeps sites float, the most box-error recovery per MAC first (the float
+budget is a share of MACs: a knapsack, filled greedily), one at a time and each only if it cuts the
+box error of the model built so far by at least ``MIN_GAIN``, until the held-out mAP@.5:.95 drop is
+within the target, never letting the INT8 share of Conv MACs fall below the floor. The decisions
+use the box error, not the drop: the drop moves by a few tenths of a point between models with the
+same quantization noise, so choosing by it kept sites that only looked better on these images.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from clo_export.calib.graph import GraphIndex, Target
 log = logging.getLogger(__name__)
 
 MIN_INT8_SHARE = 0.9  # of Conv MACs
+MIN_GAIN = 0.02  # a float site is kept when it cuts the box error by at least 2 % of its value
 _SITE = re.compile(r"^/?(model\.\d+)/(?:(cv\d+|m)/)?")  # module, and its part where it has named parts
 
 Evaluate = Callable[[frozenset], Score]  # float node names -> held-out score of that model
@@ -45,6 +51,7 @@ class Site:
     nodes: tuple[str, ...]
     macs: int  # Conv MACs of its nodes
     ops: str  # e.g. "3 Conv, 1 Add"
+    output: bool = False  # an output convolution (no quantized node after it)
 
 
 @dataclass
@@ -53,9 +60,16 @@ class SiteResult:
     mac_share: float
     float_alone: Score | None = None
     int8_alone: Score | None = None
+    base: Score | None = None  # the model ``float_alone`` is measured against (module docstring)
+
+    @property
+    def gain(self) -> float:
+        """Box error (%) that keeping this site float recovers; 0 when not measured."""
+        return self.base.box_error - self.float_alone.box_error if self.base and self.float_alone else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"site": self.site.name, "nodes": list(self.site.nodes), "ops": self.site.ops, "mac_share": self.mac_share,
+                "output_conv": self.site.output, "measured_on": "all INT8" if self.site.output else "output convs float",
                 "float_alone": asdict(self.float_alone) if self.float_alone else None,
                 "int8_alone": asdict(self.int8_alone) if self.int8_alone else None}
 
@@ -111,47 +125,43 @@ def find_sites(model: onnx.ModelProto, targets: Sequence[Target], macs: dict[str
         for n in nodes:
             kinds[ops[n]] = kinds.get(ops[n], 0) + 1
         desc = ", ".join(f"{v} {k}" for k, v in kinds.items())
-        sites.append(Site(key, tuple(nodes), sum(macs.get(n, 0) for n in nodes if ops[n] == "Conv"), desc))
+        sites.append(Site(key, tuple(nodes), sum(macs.get(n, 0) for n in nodes if ops[n] == "Conv"), desc, key in heads))
     return sites
 
 
-def measure(sites: Sequence[Site], total_macs: int, evaluate: Evaluate, both: bool = False) -> list[SiteResult]:
-    """Float-alone score of every site (and INT8-alone with ``both``)."""
+def measure(sites: Sequence[Site], total_macs: int, evaluate: Evaluate, all_int8: Score, both: bool = False) -> list[SiteResult]:
+    """Float-alone score of every site (output convs on the all-INT8 model, the rest with them float), and INT8-alone
+    with ``both``; in the order of ``sites``."""
     everything = frozenset(n for s in sites for n in s.nodes)
+    under = frozenset(n for s in sites if s.output for n in s.nodes)
+    with_outputs_float = evaluate(under) if under and any(not s.output for s in sites) else all_int8
     out = []
     for s in sites:
-        r = SiteResult(s, s.macs / total_macs if total_macs else 0.0, evaluate(frozenset(s.nodes)))
+        base, floated = (all_int8, frozenset()) if s.output else (with_outputs_float, under)
+        r = SiteResult(s, s.macs / total_macs if total_macs else 0.0, evaluate(floated | frozenset(s.nodes)), base=base)
         if both:
             r.int8_alone = evaluate(everything - frozenset(s.nodes))
-        log.debug("site %s: float alone drop %.2f", s.name, r.float_alone.drop50_95)
+        log.debug("site %s: float alone box error %.3f (from %.3f)", s.name, r.float_alone.box_error, base.box_error)
         out.append(r)
     return out
 
 
-def rank(results: Sequence[SiteResult], base: Score) -> list[SiteResult]:
-    """Candidates for float, the most recovery (float-alone gain in points) per share of Conv MACs first.
-
-    Sites whose float-alone run recovers nothing come last, most recovering first; every site stays a
-    candidate because on the held-out images a small gain is within the noise of the others, and each
-    step is kept only if it lowers the drop of the model built so far.
-    """
-    def key(r: SiteResult) -> tuple[int, float]:
-        gain = base.drop50_95 - r.float_alone.drop50_95
-        return (0, -gain / max(r.mac_share, 1e-3)) if gain > 0 else (1, -gain)
-
-    return sorted((r for r in results if r.float_alone is not None), key=key)
+def rank(results: Sequence[SiteResult]) -> list[SiteResult]:
+    """Candidates for float that recover box error, the output convs first, then the most recovery per share of
+    Conv MACs first (each measured against its own base: see the module docstring)."""
+    found = [r for r in results if r.gain > 0]
+    return sorted(found, key=lambda r: (not r.site.output, -r.gain / max(r.mac_share, 1e-3)))
 
 
 def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, evaluate: Evaluate, target: float,
-                 min_share: float = MIN_INT8_SHARE, max_steps: int = 12) -> Choice:
+                 min_share: float = MIN_INT8_SHARE, max_steps: int = 12, min_gain: float = MIN_GAIN) -> Choice:
     """Keep sites float, most recovery per MAC first, until the drop is <= ``target`` points (see module docstring)."""
-    ranked = rank(results, base)
     chosen: list[SiteResult] = []
     best, share = base, sum(r.mac_share for r in results)  # Convs outside every site (float attention) count as float
     steps: list[dict[str, Any]] = []
     if best.drop50_95 <= target:
         return Choice([], [], best, share, True, f"all INT8 already within {target} points", steps)
-    for r in ranked:
+    for r in rank(results):
         if sum("kept" in s for s in steps) >= max_steps:
             break
         new_share = share - r.mac_share
@@ -160,9 +170,9 @@ def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, ev
             continue
         trial = chosen + [r]
         score = evaluate(frozenset(n for c in trial for n in c.site.nodes))
-        keep = score.drop50_95 < best.drop50_95
-        steps.append({"site": r.site.name, "drop50_95": score.drop50_95, "drop50": score.drop50, "int8_share": new_share,
-                      "kept": keep})
+        keep = score.box_error <= best.box_error * (1 - min_gain)
+        steps.append({"site": r.site.name, "box_error": score.box_error, "drop50_95": score.drop50_95,
+                      "drop50": score.drop50, "int8_share": new_share, "kept": keep})
         if keep:
             chosen, best, share = trial, score, new_share
             if best.drop50_95 <= target:

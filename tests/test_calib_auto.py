@@ -19,7 +19,7 @@ from clo_export.calib.macs import int8_conv_share, int8_nodes, node_macs
 from clo_export.calib.quantize import QuantizeOptions, quantize
 from clo_export.calib.ranges import METHODS
 from clo_export.calib.rules import check_qdq
-from clo_export.calib.sensitivity import Site, SiteResult, choose_float, rank
+from clo_export.calib.sensitivity import Site, SiteResult, choose_float, measure, rank
 from clo_export.calib.sources import split_sources
 from tests.test_calib_qdq import small_onnx
 from tests.test_calib_sources import write_images
@@ -49,7 +49,7 @@ def auto_run(tmp_path_factory):
 def test_method_is_chosen_on_the_held_out_split(auto_run):
     _, r = auto_run
     assert set(r.method_scores) == set(METHODS)
-    assert r.method == min(r.method_scores, key=lambda m: r.method_scores[m].drop50_95)
+    assert r.method == min(r.method_scores, key=lambda m: r.method_scores[m].box_error)
     assert r.report.info["method_asked"] == "auto" and r.report.info["decided_on"].startswith("held-out")
 
 
@@ -70,8 +70,10 @@ def test_sensitivity_table_has_every_site_with_its_mac_share(auto_run):
 def test_fallback_keeps_sites_float_within_the_mac_floor(auto_run):
     root, r = auto_run
     c = r.choice
-    assert c is not None and not c.met  # target 0: cannot be met on random weights with 10 % float
-    assert r.int8_share >= 0.9 and c.score.drop50_95 <= r.method_scores[r.method].drop50_95
+    assert c is not None and c.float_sites and c.met == (c.score.drop50_95 <= 0.0)  # target 0: met only by a lossless model
+    assert r.int8_share >= 0.9 and c.score.box_error < r.method_scores[r.method].box_error
+    kept = [s for s in c.steps if s.get("kept")]
+    assert all(b["box_error"] <= a["box_error"] * 0.98 for a, b in zip(kept, kept[1:]))  # each kept step cut it >= 2 %
     q = onnx.load(r.path)
     assert check_qdq(q) == [] and int8_conv_share(q) == pytest.approx(r.int8_share)
     assert c.int8_share == pytest.approx(r.int8_share)  # the floor counts the float attention convs too
@@ -105,29 +107,51 @@ def test_bad_calibration_set_fails_the_default_bar(tmp_path):
     assert ok.exit_code == 0 and (tmp_path / "m.int8.onnx").is_file()
 
 
-def _site(name: str, share: float, drop: float) -> SiteResult:
-    return SiteResult(Site(name, (name,), 0, "1 Conv"), share, Score(0.0, 0.0, 0.0, drop))
+def _site(name: str, share: float, box_error: float, base: float = 5.0, output: bool = False) -> SiteResult:
+    return SiteResult(Site(name, (name,), 0, "1 Conv", output), share, Score(0.0, 0.0, 0.0, 2.0, box_error),
+                      base=Score(0.0, 0.0, 0.0, 2.0, base))
 
 
-def test_float_candidates_are_ranked_by_recovery_per_mac():
-    base = Score(0.9, 0.8, 1.0, 2.0)
-    sites = [_site("big", 0.10, 1.0), _site("worse", 0.01, 2.1), _site("head", 0.005, 1.8), _site("flat", 0.01, 2.0)]
-    # gain per MAC share: head 0.2 / 0.005 = 40 before big 1.0 / 0.10 = 10; no gain last, least harmful first
-    assert [r.site.name for r in rank(sites, base)] == ["head", "big", "flat", "worse"]
+def test_float_candidates_are_ranked_by_box_error_recovery_per_mac():
+    sites = [_site("big", 0.10, 4.0), _site("worse", 0.01, 5.1), _site("small", 0.005, 4.8), _site("flat", 0.01, 5.0),
+             _site("head", 0.01, 7.0, base=8.0, output=True)]
+    # output convs first; then gain per MAC share: small 0.2 / 0.005 = 40 before big 1.0 / 0.10 = 10; each against its
+    # own base; sites that recover nothing are no candidates
+    assert [r.site.name for r in rank(sites)] == ["head", "small", "big"]
 
 
-def test_choose_float_keeps_only_improving_steps_within_the_floor():
-    base = Score(0.9, 0.8, 1.0, 2.0)
-    sites = [_site("a", 0.004, 1.0), _site("b", 0.02, 1.5), _site("c", 0.08, 1.9), _site("d", 0.05, 2.05),
-             _site("rest", 0.846, 2.0)]
-    gain = {"a": 1.0, "b": 0.5, "c": 0.1, "d": -0.05, "rest": 0.0}  # additive recovery of each site in this fake model
+def test_sites_upstream_are_measured_with_the_output_convs_float():
+    sites = [Site("a", ("a",), 10, "1 Conv"), Site("h1", ("h1",), 1, "1 Conv", True), Site("h2", ("h2",), 1, "1 Conv", True)]
+    err = {"a": 0.5, "h1": 2.0, "h2": 1.0}  # box error each site adds when INT8
+    asked = []
 
     def evaluate(nodes: frozenset) -> Score:
-        return Score(0.0, 0.0, 0.0, base.drop50_95 - sum(gain[n] for n in nodes))
+        asked.append(nodes)
+        return Score(0.0, 0.0, 0.0, 0.0, sum(v for k, v in err.items() if k not in nodes))
+
+    all_int8 = evaluate(frozenset())
+    results = measure(sites, 12, evaluate, all_int8)
+    assert [r.site.name for r in results] == ["a", "h1", "h2"] and results[0].mac_share == pytest.approx(10 / 12)
+    assert results[0].float_alone.box_error == 0.0 and results[0].base.box_error == 0.5  # on {h1, h2} float
+    assert [r.gain for r in results] == [0.5, 2.0, 1.0]
+    assert frozenset({"a", "h1", "h2"}) in asked and frozenset({"h1"}) in asked  # heads alone on the all-INT8 model
+
+
+def test_choose_float_keeps_steps_that_cut_the_box_error_within_the_floor():
+    base = Score(0.9, 0.8, 1.0, 2.0, 5.0)
+    gain = {"a": 1.0, "b": 0.5, "c": 0.4, "e": 0.02, "d": -0.1, "rest": 0.0}  # additive box-error recovery per site
+    share = {"a": 0.004, "b": 0.02, "c": 0.08, "e": 0.01, "d": 0.05, "rest": 0.836}
+    sites = [_site(n, share[n], base.box_error - gain[n]) for n in gain]  # measured against base
+
+    def evaluate(nodes: frozenset) -> Score:
+        g = sum(gain[n] for n in nodes)
+        return Score(0.0, 0.0, 0.0, base.drop50_95 - g / 2, base.box_error - g)
 
     c = choose_float(sites, base, 0, evaluate, target=0.2, min_share=0.9)
     assert c.float_sites == ["a", "b"] and c.int8_share == pytest.approx(1 - 0.024) and not c.met
-    assert [s["site"] for s in c.steps] == ["a", "b", "c", "rest", "d"]
-    assert "skipped" in c.steps[2] and "skipped" in c.steps[3]  # c and rest would break the 90 % floor
-    assert c.steps[4]["kept"] is False and c.score.drop50_95 == pytest.approx(0.5)  # d makes it worse: not kept
-    assert choose_float(sites, base, 0, evaluate, target=0.6).float_sites == ["a", "b"]  # met after b: stops
+    assert [s["site"] for s in c.steps] == ["a", "b", "c", "e"]  # d and rest recover nothing: never tried
+    assert "skipped" in c.steps[2]  # c would break the 90 % floor
+    assert c.steps[3]["kept"] is False  # e cuts the box error by 0.02 of 3.5: under MIN_GAIN (2 %)
+    assert c.score.box_error == pytest.approx(3.5) and c.score.drop50_95 == pytest.approx(1.25)
+    assert choose_float(sites, base, 0, evaluate, target=1.3).float_sites == ["a", "b"]  # drop 1.25 after b: stops
+    assert choose_float(sites, base, 0, evaluate, target=0.2, min_gain=0.0).float_sites == ["a", "b", "e"]

@@ -122,7 +122,26 @@ def test_accuracy_report_on_held_out_images(model_dir):
     saved = json.loads(r.accuracy_path.read_text())
     assert saved["agreement_map50_95"] == pytest.approx(rep.score) and saved["detections_at_deploy"]["n_ref"] == rep.agreement.n_ref
     assert saved["drop_map50_95_points"] == pytest.approx(rep.int8.drop50_95) and saved["box_iou"]["n"] == rep.box_iou.n
+    assert 0 < rep.int8.box_error < 100 and saved["int8_vs_fp32"]["box_error"] == pytest.approx(rep.int8.box_error)
     assert saved["float_nodes"] == sorted(attention_nodes(onnx.load(model_dir / "small.onnx")))
+
+
+def test_box_error_is_one_minus_iou_of_the_same_anchors(model_dir):
+    """FP32 against itself: 0; every box moved right by d pixels: the mean of 1 - (w - d) / (w + d) over FP32's
+    confident anchors (objectness x best class >= conf)."""
+    from clo_export.calib.accuracy import HeldOut
+    from clo_export.calib.sources import CalibrationData, split_sources
+
+    held = HeldOut(str(model_dir / "small.onnx"), CalibrationData(split_sources(model_dir / "calib", 16, 4, 0).holdout, IMGSZ))
+    assert held.box_error(held.ref) == 0.0 and held.score(str(model_dir / "small.onnx")).box_error == 0.0
+    d = 2.0
+    moved = [{k: v.copy() for k, v in out.items()} for out in held.ref]
+    for out in moved:
+        out["output0"][..., 0] += d
+    rows = np.concatenate([out["output0"].reshape(-1, out["output0"].shape[-1]) for out in held.ref])
+    w = rows[rows[:, 4] * rows[:, 5:].max(1) >= held.conf, 2]
+    assert len(w) > 10 and (w > d).all()
+    assert held.box_error(moved) == pytest.approx(100 * np.mean(1 - (w - d) / (w + d)), rel=1e-4)
 
 
 def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplog, monkeypatch):

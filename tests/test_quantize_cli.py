@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -72,3 +73,21 @@ def test_an_in_graph_nms_model_is_reported_on_its_own_outputs(tmp_path):
     report = result.report
     assert sorted(report.tensors) == ["boxes", "scores"]
     assert report.agreement.n_ref > 0 and report.agreement.f1 > 0.5 and 0 < report.int8.map50_95 <= 1
+    assert 0 <= report.int8.box_error < 100
+
+
+def test_box_error_of_an_in_graph_nms_model_counts_a_lost_box_as_iou_0(tmp_path):
+    """In-graph NMS: no anchors to pair, so the deployment detections are matched; a missing FP32 box counts 1 - 0."""
+    from clo_export.calib.accuracy import HeldOut
+    from clo_export.calib.sources import CalibrationData, split_sources
+    from tests.test_infer_fixtures import IMGSZ, artifacts, make_video
+
+    art = artifacts()
+    make_video(tmp_path / "calib.mp4", frames=24)
+    held = HeldOut(str(art.nms_onnx), CalibrationData(split_sources(tmp_path / "calib.mp4", 16, 8, 0).holdout, (IMGSZ, IMGSZ)))
+    assert held.in_graph_nms and held.box_error(held.ref) == 0.0
+    n_ref = sum(len(d) for d in held.ref_dets)
+    first = next(i for i, d in enumerate(held.ref_dets) if len(d))
+    lost = [{k: v.copy() for k, v in out.items()} for out in held.ref]
+    lost[first]["num_dets"][0] -= 1  # the last (lowest-score) box of that image is gone
+    assert n_ref > 3 and held.box_error(lost) == pytest.approx(100 / n_ref)

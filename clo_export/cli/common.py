@@ -224,6 +224,7 @@ def accuracy_table(report) -> Table:
     i, f = report.int8, report.fp32
     table.add_row("mAP@.5:.95 vs FP32 dets (conf 0.001)", f"INT8 {i.map50_95:.4f}", f"FP32 {f.map50_95:.4f}", f"drop {i.drop50_95:.2f} pts")
     table.add_row("mAP@.5 vs FP32 dets (conf 0.001)", f"INT8 {i.map50:.4f}", f"FP32 {f.map50:.4f}", f"drop {i.drop50:.2f} pts")
+    table.add_row("box error (1 - IoU, same anchors)", f"INT8 {i.box_error:.2f} %", "", "")
     b = report.box_iou
     table.add_row("box IoU of matched pairs", f"mean {b.mean:.3f}", f"p10 {b.p10:.3f}", f"<0.9: {100 * b.below_090:.1f} %")
     d = report.agreement

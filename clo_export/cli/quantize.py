@@ -28,18 +28,20 @@ class Method(str, Enum):
 
 
 def sensitivity_table(result) -> Table:
-    """Per site: share of conv MACs, held-out drop with it alone float / alone INT8; float sites marked."""
+    """Per site: share of conv MACs, held-out box error and drop with it alone float / alone INT8; float sites marked."""
     chosen = set(result.choice.float_sites) if result.choice else set()
-    table = Table(title="Sensitivity on the held-out images (mAP@.5:.95 drop vs FP32 dets, points; all INT8: "
-                        f"{result.method_scores.get(result.method).drop50_95:.2f})" if result.method_scores else
-                        "Sensitivity on the held-out images (mAP@.5:.95 drop vs FP32 dets, points)", title_justify="left")
-    for col in ("site", "ops", "conv MACs", "drop, site float", "drop, site alone INT8", "kept float"):
+    base = result.method_scores.get(result.method)
+    title = ("Sensitivity on the held-out images (box error: mean 1 - IoU vs FP32's boxes, %; drop: mAP@.5:.95 vs FP32 dets, "
+             "points; sites other than the output convs measured with those float")
+    table = Table(title=title + (f"; all INT8: box error {base.box_error:.2f} %, drop {base.drop50_95:.2f})" if base else ")"),
+                  title_justify="left")
+    for col in ("site", "ops", "conv MACs", "box error, site float", "recovers", "drop, site float", "drop, site alone INT8",
+                "kept float"):
         table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold", no_wrap=col == "site")
-    rows = sorted(result.sites, key=lambda r: r.float_alone.drop50_95)
-    for r in rows:
+    for r in sorted(result.sites, key=lambda r: (not r.site.output, -r.gain)):
         alone = "–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"
-        table.add_row(r.site.name, r.site.ops, f"{100 * r.mac_share:.1f} %", f"{r.float_alone.drop50_95:.2f}", alone,
-                      "yes" if r.site.name in chosen else "")
+        table.add_row(r.site.name, r.site.ops, f"{100 * r.mac_share:.1f} %", f"{r.float_alone.box_error:.2f} %",
+                      f"{r.gain:+.2f}", f"{r.float_alone.drop50_95:.2f}", alone, "yes" if r.site.name in chosen else "")
     return table
 
 
@@ -84,9 +86,9 @@ def quantize(
     source = f"{len(s.calib)} calibration + {len(s.holdout)} held-out images of {s.found} found"
     skipped = f", {len(s.skipped)} unreadable skipped" if s.skipped else ""
     ranges = "ranges from cache" if result.cache.status == "hit" else f"calibrated in {result.seconds['calibrate']:.1f} s"
-    tried = ", ".join(f"{m} {v.drop50_95:.2f}" for m, v in result.method_scores.items())
+    tried = ", ".join(f"{m} {v.box_error:.2f} %" for m, v in result.method_scores.items())
     console.print(f"quantized {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {source}{skipped}; {ranges}; "
-                  f"method {result.method}" + (f" (held-out drop: {tried})" if tried else "")
+                  f"method {result.method}" + (f" (held-out box error: {tried})" if tried else "")
                   + f"; Q/DQ on {result.n_qdq_tensors} activations and {result.n_weights} weights; "
                   f"{len(result.attention_fp)} attention nodes kept float; TensorRT Q/DQ rules: ok")
     if result.sites is not None and (sensitivity or result.choice and result.choice.float_sites):
