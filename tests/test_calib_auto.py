@@ -67,6 +67,25 @@ def test_sensitivity_table_has_every_site_with_its_mac_share(auto_run):
     assert [s["site"] for s in saved["sites"]] == names and saved["held_out_images"] == 6
 
 
+def test_sensitivity_table_prints_every_site_with_what_it_was_measured_on(auto_run):
+    from rich.console import Console
+
+    from clo_export.cli.quantize import sensitivity_table
+
+    _, r = auto_run
+    console = Console(record=True, width=160)
+    console.print(sensitivity_table(r))
+    text = console.export_text()
+    out = " ".join(text.split())
+    assert "INT8 alone: drop with only the site INT8" in out and all(s.site.name in out for s in r.sites)
+    table = json.loads(r.sensitivity_path.read_text())
+    heads = [s for s in table["sites"] if s["output_conv"]]
+    assert len(heads) == 3 and all(s["measured_on"] == "all INT8" for s in heads)
+    assert all(s["measured_on"] == "output convs float" and s["int8_alone"] for s in table["sites"] if not s["output_conv"])
+    kept = [line for line in text.splitlines() if line.rstrip(" │").endswith("yes")]
+    assert len(kept) == len(r.choice.float_sites)
+
+
 def test_fallback_keeps_sites_float_within_the_mac_floor(auto_run):
     root, r = auto_run
     c = r.choice

@@ -28,20 +28,21 @@ class Method(str, Enum):
 
 
 def sensitivity_table(result) -> Table:
-    """Per site: share of conv MACs, held-out box error and drop with it alone float / alone INT8; float sites marked."""
+    """Per site: share of conv MACs, held-out box error and drop with it float (and alone INT8, when measured)."""
     chosen = set(result.choice.float_sites) if result.choice else set()
     base = result.method_scores.get(result.method)
-    title = ("Sensitivity on the held-out images (box error: mean 1 - IoU vs FP32's boxes, %; drop: mAP@.5:.95 vs FP32 dets, "
-             "points; sites other than the output convs measured with those float")
-    table = Table(title=title + (f"; all INT8: box error {base.box_error:.2f} %, drop {base.drop50_95:.2f})" if base else ")"),
-                  title_justify="left")
-    for col in ("site", "ops", "conv MACs", "box error, site float", "recovers", "drop, site float", "drop, site alone INT8",
-                "kept float"):
+    both = any(r.int8_alone is not None for r in result.sites)
+    title = ("Sensitivity on the held-out images. box err: mean 1 - IoU vs FP32's boxes (%) with the site float, gain: "
+             "what that recovers (sites after the output convs are measured with those float); drop: mAP@.5:.95 vs FP32 "
+             "dets (points)" + ("; INT8 alone: drop with only the site INT8" if both else "") + (f"; all INT8: box err {base.box_error:.2f}, drop {base.drop50_95:.2f}" if base else ""))
+    table = Table(title=title, title_justify="left")
+    columns = ["site", "ops", "MACs", "box err", "gain", "drop"] + (["INT8 alone"] if both else []) + ["float"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold", no_wrap=col == "site")
     for r in sorted(result.sites, key=lambda r: (not r.site.output, -r.gain)):
-        alone = "–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"
-        table.add_row(r.site.name, r.site.ops, f"{100 * r.mac_share:.1f} %", f"{r.float_alone.box_error:.2f} %",
-                      f"{r.gain:+.2f}", f"{r.float_alone.drop50_95:.2f}", alone, "yes" if r.site.name in chosen else "")
+        alone = ["–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"] if both else []
+        table.add_row(r.site.name, r.site.ops, f"{100 * r.mac_share:.1f} %", f"{r.float_alone.box_error:.2f}", f"{r.gain:+.2f}",
+                      f"{r.float_alone.drop50_95:.2f}", *alone, "yes" if r.site.name in chosen else "")
     return table
 
 
