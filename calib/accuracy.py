@@ -189,7 +189,6 @@ class HeldOut:
                               int8, self.fp32, self.conf, self.iou, dict(info or {}))
 
 
-
 def _confident(decoded: np.ndarray, conf: float) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Index of the anchors whose confidence (objectness x best class) is at least ``conf``, and their xyxy boxes."""
     score = decoded[..., 4] * decoded[..., 5:].max(-1)

@@ -34,7 +34,11 @@ def sensitivity_table(result) -> Table:
     both = any(r.int8_alone is not None for r in result.sites)
     title = ("Sensitivity on the held-out images. box err: mean 1 - IoU vs FP32's boxes (%) with the site float, gain: "
              "what that recovers (sites after the output convs are measured with those float); drop: mAP@.5:.95 vs FP32 "
-             "dets (points)" + ("; INT8 alone: drop with only the site INT8" if both else "") + (f"; all INT8: box err {base.box_error:.2f}, drop {base.drop50_95:.2f}" if base else ""))
+             "dets (points)")
+    if both:
+        title += "; INT8 alone: drop with only the site INT8"
+    if base:
+        title += f"; all INT8: box err {base.box_error:.2f}, drop {base.drop50_95:.2f}"
     table = Table(title=title, title_justify="left")
     columns = ["site", "ops", "MACs", "box err", "gain", "drop"] + (["INT8 alone"] if both else []) + ["float"]
     for col in columns:
