@@ -35,7 +35,7 @@ from clo_export.compare import (DetectionAgreement, TensorStats, _match_ious, de
                                 tensor_stats)
 from clo_export.errors import CloExportError
 from clo_export.metrics import evaluate
-from clo_export.postprocess import decoded_output, detections, has_nms_outputs, xywh2xyxy
+from clo_export.postprocess import decoded_output, detections, has_nms_outputs, paired_iou, xywh2xyxy
 
 MAP_CONF = 0.001  # val.py's thresholds for mAP
 MAP_IOU = 0.6
@@ -156,7 +156,7 @@ class HeldOut:
             matched = [_match_ious(r, t, 0.5) for r, t in zip(self.ref_dets, test)]
             errors = [1 - np.asarray(m + [0.0] * (len(r) - len(m))) for r, m in zip(self.ref_dets, matched)]
         else:
-            errors = [1 - _paired_iou(boxes, xywh2xyxy(decoded_output(out)[index][:, :4]))
+            errors = [1 - paired_iou(boxes, xywh2xyxy(decoded_output(out)[index][:, :4]))
                       for out, (index, boxes) in zip(outs, self.anchors)]
         e = np.concatenate(errors) if errors else np.zeros(0)
         return 100 * float(e.mean()) if e.size else 0.0
@@ -195,11 +195,3 @@ def _confident(decoded: np.ndarray, conf: float) -> tuple[tuple[np.ndarray, ...]
     index = np.nonzero(score >= conf)
     return index, xywh2xyxy(decoded[index][:, :4])
 
-
-def _paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of row i of ``a`` with row i of ``b`` (xyxy boxes)."""
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = w * h
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return inter / np.maximum(union, 1e-9)

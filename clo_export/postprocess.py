@@ -32,17 +32,21 @@ def xywh2xyxy(x: np.ndarray) -> np.ndarray:
     return y
 
 
+def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes ``a[..., :4]`` and ``b[..., :4]``, broadcast against each other, in float64; 0 where the
+    union is empty (row i with row i for two (n, 4) arrays)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    w = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(min=0)
+    h = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(min=0)
+    inter = w * h
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU (n, m) of xyxy boxes `a` (n, 4) and `b` (m, 4) in float64; 0 where the union is empty."""
-    a = np.asarray(a, dtype=np.float64)[:, :4]
-    b = np.asarray(b, dtype=np.float64)[:, :4]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    w = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(min=0)
-    h = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(min=0)
-    inter = w * h
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return paired_iou(np.asarray(a)[:, None, :4], np.asarray(b)[None, :, :4])
 
 
 def _overlapping_pairs(x1: np.ndarray, x2: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray] | None:
