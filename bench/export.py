@@ -25,7 +25,7 @@ from clo_export.export.mode import export_model
 from clo_export.export.simplify import simplify
 from clo_export.models.checkpoint import load, save_yolov5
 from clo_export.models.yolo import DetectionModel
-from clo_export.plugins import load_plugins
+from clo_export.blocks import load_plugins
 
 
 def median_ms(fn, runs: int) -> float:

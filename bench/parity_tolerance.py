@@ -44,7 +44,7 @@ from clo_export.demo.shapes import make_dataset, make_video_frames  # noqa: E402
 from clo_export.export.exporter import ExportOptions, export_onnx  # noqa: E402
 from clo_export.models.checkpoint import LoadedModel, load  # noqa: E402
 from clo_export.models.yolo import DEFAULT_CFG, DetectionModel  # noqa: E402
-from clo_export.plugins import load_plugins  # noqa: E402
+from clo_export.blocks import load_plugins  # noqa: E402
 from tests.conftest import randomize  # noqa: E402
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clo_export.backends.select import load_runner, load_runners  # noqa: E402
 from clo_export.data.preprocess import preprocess, preprocess_batch  # noqa: E402
 from clo_export.data.sinks import JsonlSink, VideoSink  # noqa: E402
-from clo_export.data.sources import open_source  # noqa: E402
+from clo_export.data.readers import open_source  # noqa: E402
 from clo_export.pipeline import InferOptions, Pipeline  # noqa: E402
 from clo_export.postprocess import nms  # noqa: E402
 from tests.untrained import follow_the_image  # noqa: E402
@@ -71,7 +71,7 @@ def make_model(out: Path) -> Path:
     from clo_export.fileio import sha256_file
     from clo_export.models.checkpoint import LoadedModel, save_yolov5
     from clo_export.models.yolo import DEFAULT_CFG, DetectionModel
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
 
     load_plugins()
     torch.manual_seed(0)

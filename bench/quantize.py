@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
-from clo_export.calib.quantize import QuantizeOptions, quantize
+from clo_export.quantization.quantize import QuantizeOptions, quantize
 from clo_export.export.exporter import ExportOptions, export_onnx
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     from clo_export.models.checkpoint import load, save_yolov5
     from clo_export.models.yolo import DetectionModel
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
 
     load_plugins()
     console = Console(width=120)

@@ -36,9 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
-from clo_export.calib.macs import int8_conv_share
-from clo_export.calib.quantize import QuantizeOptions, quantize
-from clo_export.calib.sources import DEFAULT_HOLDOUT, CalibrationData, split_sources
+from clo_export.quantization.macs import int8_conv_share
+from clo_export.quantization.quantize import QuantizeOptions, quantize
+from clo_export.quantization.calibset import DEFAULT_HOLDOUT, CalibrationData, split_sources
 from clo_export.data.preprocess import preprocess, scale_boxes
 from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE
 from clo_export.demo.shapes import make_dataset, make_video_frames
@@ -105,7 +105,7 @@ def main() -> None:
     console = Console(width=140)
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
 
     load_plugins()
     work = args.work or Path(tempfile.mkdtemp(prefix="clo-qbench-"))

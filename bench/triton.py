@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clo_export.backends.select import load_runner, load_runners  # noqa: E402
 from clo_export.backends.streams import usable_cores  # noqa: E402
 from clo_export.data.preprocess import preprocess  # noqa: E402
-from clo_export.data.sources import open_source  # noqa: E402
+from clo_export.data.readers import open_source  # noqa: E402
 from clo_export.demo.run import BUNDLED_MODEL, write_demo_video  # noqa: E402
 from clo_export.pipeline import InferOptions, Pipeline  # noqa: E402
 from clo_export.postprocess import Postprocessor  # noqa: E402

@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from clo_export.artifacts import ModelInfo
     from clo_export.backends.base import Runner
-    from clo_export.calib.quantize import QuantizeOptions, QuantizeResult
+    from clo_export.quantization.quantize import QuantizeOptions, QuantizeResult
     from clo_export.engine.build import EngineBuild
     from clo_export.engine.plan import BuildRequest
     from clo_export.export.exporter import ExportOptions, ExportResult
@@ -40,8 +40,8 @@ __getattr__ = lazy_attributes(__name__, {
     "LoadedModel": "clo_export.models.checkpoint",
     "ExportOptions": "clo_export.export.exporter",
     "ExportResult": "clo_export.export.exporter",
-    "QuantizeOptions": "clo_export.calib.quantize",
-    "QuantizeResult": "clo_export.calib.quantize",
+    "QuantizeOptions": "clo_export.quantization.quantize",
+    "QuantizeResult": "clo_export.quantization.quantize",
     "BuildRequest": "clo_export.engine.plan",
     "EngineBuild": "clo_export.engine.build",
     "ModelInfo": "clo_export.artifacts",
@@ -91,7 +91,7 @@ def quantize(onnx: PathLike, images: Union[PathLike, Sequence[PathLike]], out: O
 
     Method and float fallback are chosen on a held-out split; the result carries its mAP report.
     """
-    from clo_export.calib.quantize import QuantizeOptions, quantize as run
+    from clo_export.quantization.quantize import QuantizeOptions, quantize as run
 
     return run(onnx, images, out, options or QuantizeOptions())
 

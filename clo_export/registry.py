@@ -1,6 +1,6 @@
 """Registry of the blocks a model YAML can name, and of the classes checkpoints may pickle.
 
-Plugins (built-in ones in ``clo_export.plugins``, user files passed with ``--plugin`` and
+Plugins (built-in ones in ``clo_export.blocks``, user files passed with ``--plugin`` and
 packages exposing the ``clo_export.plugins`` entry point) call :func:`register_block` and
 :func:`register_class`. Nothing here imports torch, so ``--help`` stays fast.
 """

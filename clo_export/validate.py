@@ -60,7 +60,7 @@ def local_inputs(spec: Union[str, Path]) -> list:
 
 def check_quantize_options(model: Path, calib: list, num: int, holdout: int, seed: int) -> None:
     """``clo-export quantize``: counts and inputs, before anything is read."""
-    from clo_export.calib.sources import MIN_HOLDOUT
+    from clo_export.quantization.calibset import MIN_HOLDOUT
 
     existing_file("MODEL", model, "export one with clo-export onnx")
     at_least("--holdout", holdout, MIN_HOLDOUT, "an INT8 accuracy report on fewer held-out images is noise")
@@ -115,7 +115,7 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
 
 def check_demo_options(out: Path, frames: Optional[int], calib: Optional[int], check_every: int) -> None:
     """``clo-export demo``: 0 or negative counts are errors, never the defaults."""
-    from clo_export.calib.sources import MIN_IMAGES
+    from clo_export.quantization.calibset import MIN_IMAGES
 
     at_least("--frames", frames, 1)
     at_least("--calib", calib, MIN_IMAGES, "calibration ranges from fewer images are noise")

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="session")
 def plugins_loaded() -> None:
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
 
     load_plugins()
 

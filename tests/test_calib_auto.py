@@ -13,14 +13,14 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from clo_export.calib.graph import GraphIndex, attention_nodes
-from clo_export.calib.accuracy import Score
-from clo_export.calib.macs import int8_conv_share, int8_nodes, node_macs
-from clo_export.calib.quantize import QuantizeOptions, quantize
-from clo_export.calib.ranges import METHODS
-from clo_export.calib.rules import check_qdq
-from clo_export.calib.sensitivity import Site, SiteResult, choose_float, measure, rank
-from clo_export.calib.sources import split_sources
+from clo_export.quantization.graph import GraphIndex, attention_nodes
+from clo_export.quantization.accuracy import Score
+from clo_export.quantization.macs import int8_conv_share, int8_nodes, node_macs
+from clo_export.quantization.quantize import QuantizeOptions, quantize
+from clo_export.quantization.ranges import METHODS
+from clo_export.quantization.rules import check_qdq
+from clo_export.quantization.sensitivity import Site, SiteResult, choose_float, measure, rank
+from clo_export.quantization.calibset import split_sources
 from tests.test_calib_qdq import small_onnx
 from tests.test_calib_sources import write_images
 from tests.test_quantize_cli import make_app

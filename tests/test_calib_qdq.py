@@ -17,9 +17,9 @@ import onnx
 import pytest
 
 from clo_export.artifacts import read_metadata
-from clo_export.calib.graph import attention_nodes, find_targets
-from clo_export.calib.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
-from clo_export.calib.rules import check_qdq
+from clo_export.quantization.graph import attention_nodes, find_targets
+from clo_export.quantization.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
+from clo_export.quantization.rules import check_qdq
 from clo_export.errors import CloExportError
 from tests.test_calib_sources import write_images
 
@@ -35,7 +35,7 @@ def small_onnx() -> Path:
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load, save_yolov5
     from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
     from tests.conftest import randomize
 
     load_plugins()
@@ -129,8 +129,8 @@ def test_accuracy_report_on_held_out_images(model_dir):
 def test_box_error_is_one_minus_iou_of_the_same_anchors(model_dir):
     """FP32 against itself: 0; every box moved right by d pixels: the mean of 1 - (w - d) / (w + d) over FP32's
     confident anchors (objectness x best class >= conf)."""
-    from clo_export.calib.accuracy import HeldOut
-    from clo_export.calib.sources import CalibrationData, split_sources
+    from clo_export.quantization.accuracy import HeldOut
+    from clo_export.quantization.calibset import CalibrationData, split_sources
 
     held = HeldOut(str(model_dir / "small.onnx"), CalibrationData(split_sources(model_dir / "calib", 16, 4, 0).holdout, IMGSZ))
     assert held.box_error(held.ref) == 0.0 and held.score(str(model_dir / "small.onnx")).box_error == 0.0
@@ -145,7 +145,7 @@ def test_box_error_is_one_minus_iou_of_the_same_anchors(model_dir):
 
 
 def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplog, monkeypatch):
-    import clo_export.calib.quantize as qmod
+    import clo_export.quantization.quantize as qmod
 
     first = quantize(model_dir / "small.onnx", model_dir / "calib", opts=OPTS)
     assert first.cache_path.is_file()
@@ -163,8 +163,8 @@ def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplo
 def test_bad_inputs_are_refused(model_dir):
     model = onnx.load(model_dir / "small.onnx")
     targets = find_targets(model)
-    from clo_export.calib.graph import activation_tensors
-    from clo_export.calib.qdq import insert_qdq
+    from clo_export.quantization.graph import activation_tensors
+    from clo_export.quantization.qdq import insert_qdq
 
     onnx.save(insert_qdq(model, targets, {t: 1.0 for t in activation_tensors(targets)}), model_dir / "q.onnx")
     with pytest.raises(CloExportError, match="already holds Q/DQ"):

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from clo_export.calib.cache import CacheKey, load_ranges, preprocess_params, save_ranges
-from clo_export.calib.ranges import AbsHistogram, RangeCollector, amax_from
+from clo_export.quantization.cache import CacheKey, load_ranges, preprocess_params, save_ranges
+from clo_export.quantization.ranges import AbsHistogram, RangeCollector, amax_from
 from clo_export.errors import CloExportError
 
 

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from clo_export.calib.graph import activation_tensors, find_targets
-from clo_export.calib.qdq import insert_qdq, quantize_weight
-from clo_export.calib.rules import check_qdq, require_trt_qdq
+from clo_export.quantization.graph import activation_tensors, find_targets
+from clo_export.quantization.qdq import insert_qdq, quantize_weight
+from clo_export.quantization.rules import check_qdq, require_trt_qdq
 from clo_export.errors import CloExportError
 
 RNG = np.random.default_rng(0)

@@ -14,8 +14,8 @@ import types
 import numpy as np
 import pytest
 
-from clo_export.calib.sources import CalibrationData, Item
-from clo_export.calib.trt_calibrator import make_calibrator, read_cache, save_cache
+from clo_export.quantization.calibset import CalibrationData, Item
+from clo_export.quantization.trt_calibrator import make_calibrator, read_cache, save_cache
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
 from tests.test_calib_sources import write_images

@@ -758,7 +758,7 @@ def test_counts_unreadable_files_and_warns(ws, caplog):
 def test_a_video_that_cannot_be_finalized_is_not_reported(tmp_path):
     """VideoSink.close() checks the file plays; a broken one raises and is removed (never 'wrote …')."""
     from clo_export.data.sinks import VideoSink, video_problem
-    from clo_export.data.sources import Frame
+    from clo_export.data.readers import Frame
 
     sink = VideoSink(tmp_path / "v.mp4", 12.0, (64, 48))
     img = np.zeros((48, 64, 3), np.uint8)

@@ -15,11 +15,11 @@ import pytest
 
 from clo_export.artifacts import load_onnx, read_metadata
 from clo_export.backends.select import load_runner
-from clo_export.calib.graph import attention_nodes, find_targets
-from clo_export.calib.quantize import check_input
+from clo_export.quantization.graph import attention_nodes, find_targets
+from clo_export.quantization.quantize import check_input
 from clo_export.engine.build import dry_run
 from clo_export.engine.plan import BuildRequest
-from clo_export.engine.source import onnx_facts
+from clo_export.engine.onnx_facts import onnx_facts
 from clo_export.data.preprocess import preprocess_batch
 from clo_export.demo.run import BUNDLED_MODEL
 from clo_export.demo.shapes import make_video_frames

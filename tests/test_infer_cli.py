@@ -106,7 +106,7 @@ def test_unreadable_video_and_save_for_images_are_clear_errors(art, tmp_path):
 
 
 def test_ctrl_c_exits_130_with_complete_outputs(art, tmp_path, monkeypatch):
-    import clo_export.data.sources as sources
+    import clo_export.data.readers as sources
 
     real = sources.open_source
     monkeypatch.setattr(sources, "open_source", lambda spec, limit=None: _interrupting(real(spec, limit)))

@@ -73,7 +73,7 @@ def detector(seed: int = 0):
     import torch
 
     from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
 
     load_plugins()
     cfg = load_cfg(DEFAULT_CFG)

@@ -12,7 +12,7 @@ from clo_export.backends.base import Runner, TensorSpec
 from clo_export.backends.select import load_runner
 from clo_export.data.preprocess import LetterboxInfo
 from clo_export.data.sinks import JsonlSink, VideoSink
-from clo_export.data.sources import open_source
+from clo_export.data.readers import open_source
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline, StageTimer
 from clo_export.postprocess import Postprocessor

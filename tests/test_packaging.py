@@ -1,4 +1,4 @@
-"""A regular (non-editable) install maps plugins/ and calib/ to clo_export.plugins / clo_export.calib."""
+"""A regular (non-editable) install carries every subpackage of clo_export/ (no folder is mapped in from outside)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ def test_wheel_install_has_the_subpackages_and_config(tmp_path):
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
         check=True, capture_output=True, text=True, cwd=tmp_path,
     )
-    assert (target / "clo_export" / "plugins" / "cloformer.py").is_file()
-    assert (target / "clo_export" / "calib" / "__init__.py").is_file()
+    assert (target / "clo_export" / "blocks" / "cloformer.py").is_file()
+    assert (target / "clo_export" / "quantization" / "calibset.py").is_file()
     assert (target / "clo_export" / "cfg" / "yolov5n-cloformer.yaml").is_file()
     code = (
-        "import clo_export.plugins.cloformer, clo_export.calib, clo_export.models.yolo as y; "
+        "import clo_export.blocks.cloformer, clo_export.quantization, clo_export.models.yolo as y; "
         "print(y.__file__); print(y.DEFAULT_CFG.is_file())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-import clo_export.plugins
+import clo_export.blocks
 from clo_export.errors import CloExportError
 from clo_export.models.checkpoint import load, save_yolov5
 from clo_export.models.yolo import DetectionModel
-from clo_export.plugins import load_plugin_file, load_plugins
+from clo_export.blocks import load_plugin_file, load_plugins
 from clo_export.registry import REGISTRY, register_block
 
 SE_BLOCK = '''
@@ -41,11 +41,11 @@ class SEBlock(nn.Module):
 
 def forget(path) -> None:
     """Undo a plugin's registration, as if this were a fresh process."""
-    import clo_export.plugins
+    import clo_export.blocks
 
     REGISTRY.blocks.pop("SEBlock", None)
     REGISTRY.classes.pop("SEBlock", None)
-    clo_export.plugins._loaded.discard(str(path.resolve()))
+    clo_export.blocks._loaded.discard(str(path.resolve()))
 
 
 @pytest.fixture()
@@ -98,7 +98,7 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
-        from clo_export.plugins import load_plugins
+        from clo_export.blocks import load_plugins
         from clo_export.registry import REGISTRY
         load_plugins()
         print("SEBlock" in REGISTRY.blocks)
@@ -150,13 +150,13 @@ def test_a_plugin_replacing_a_builtin_block_is_named_in_a_warning(registry_snaps
         with caplog.at_level(logging.WARNING, logger="clo_export"):
             load_plugin_file(path)
     finally:
-        clo_export.plugins._loaded.discard(str(path.resolve()))
+        clo_export.blocks._loaded.discard(str(path.resolve()))
     warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     replaced = REGISTRY.blocks["Conv"]
     assert replaced.cls is not builtin and replaced.source == "user"
     assert "block 'Conv'" in warnings[0] and "override=True" in warnings[0]
-    assert f"{replaced.cls.__module__}.Conv (user)" in warnings[0] and "clo_export.plugins.yolov5.Conv (builtin)" in warnings[0]
+    assert f"{replaced.cls.__module__}.Conv (user)" in warnings[0] and "clo_export.blocks.yolov5.Conv (builtin)" in warnings[0]
 
 
 def test_override_true_replaces_a_block_without_a_warning(registry_snapshot, caplog):

@@ -55,15 +55,15 @@ def test_errors_are_one_line_and_exit_1(tmp_path):
 def test_holdout_default_is_the_library_default():
     import inspect
 
-    from clo_export.calib.sources import DEFAULT_HOLDOUT
+    from clo_export.quantization.calibset import DEFAULT_HOLDOUT
 
     assert inspect.signature(quantize).parameters["holdout"].default == DEFAULT_HOLDOUT
 
 
 def test_an_in_graph_nms_model_is_reported_on_its_own_outputs(tmp_path):
     """The held-out report finds in-graph NMS from the outputs: per-output errors of boxes/scores, no output0 fields."""
-    from clo_export.calib.quantize import QuantizeOptions
-    from clo_export.calib.quantize import quantize as quantize_model
+    from clo_export.quantization.quantize import QuantizeOptions
+    from clo_export.quantization.quantize import quantize as quantize_model
     from tests.test_infer_fixtures import artifacts, make_video
 
     art = artifacts()
@@ -78,8 +78,8 @@ def test_an_in_graph_nms_model_is_reported_on_its_own_outputs(tmp_path):
 
 def test_box_error_of_an_in_graph_nms_model_counts_a_lost_box_as_iou_0(tmp_path):
     """In-graph NMS: no anchors to pair, so the deployment detections are matched; a missing FP32 box counts 1 - 0."""
-    from clo_export.calib.accuracy import HeldOut
-    from clo_export.calib.sources import CalibrationData, split_sources
+    from clo_export.quantization.accuracy import HeldOut
+    from clo_export.quantization.calibset import CalibrationData, split_sources
     from tests.test_infer_fixtures import IMGSZ, artifacts, make_video
 
     art = artifacts()

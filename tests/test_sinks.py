@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink, draw_detections
-from clo_export.data.sources import Frame, ImageSource, VideoSource, open_source
+from clo_export.data.readers import Frame, ImageSource, VideoSource, open_source
 from clo_export.errors import CloExportError
 from tests.test_infer_fixtures import make_images, make_video
 

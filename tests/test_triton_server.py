@@ -23,7 +23,7 @@ from clo_export.backends.select import load_runners
 from clo_export.cli.infer import app as infer_app
 from clo_export.cli.main import app
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
-from clo_export.data.sources import open_source
+from clo_export.data.readers import open_source
 from clo_export.demo.run import BUNDLED_MODEL, write_demo_video
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline

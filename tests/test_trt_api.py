@@ -6,7 +6,7 @@ wheels by tools/trt_api_names.py (nothing is downloaded here). 8.6.1 stands in f
 bindings wheel is on PyPI) and 11.4.0 for 11.4.1 (the DLA release).
 
 Static walk with `ast` over the modules that touch TensorRT (engine/build.py, backends/trt.py,
-calib/trt_calibrator.py): an attribute chain rooted at a name that holds a TensorRT object
+quantization/trt_calibrator.py): an attribute chain rooted at a name that holds a TensorRT object
 (`trt`, `layer`, `network`, `config`) is a TensorRT name. Names inside a function
 `_when_<field>[__suffix]` belong to that plan field, and every call of such a function must sit in
 `if` statements that test `plan.<field>`; those tests are evaluated against each plan. Names
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import clo_export.backends.trt as runner_mod
-import clo_export.calib.trt_calibrator as calib_mod
+import clo_export.quantization.trt_calibrator as calib_mod
 import clo_export.engine.build as build_mod
 from clo_export.engine.plan import TARGETS, BuildPlan, BuildRequest, make_plan
 from clo_export.engine.version import TrtVersion

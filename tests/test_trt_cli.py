@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from clo_export.artifacts import ModelMeta, load_onnx, write_metadata
 from clo_export.cli import trt as cli
-from clo_export.engine.source import default_engine_path, onnx_facts
+from clo_export.engine.onnx_facts import default_engine_path, onnx_facts
 from clo_export.errors import CloExportError
 
 runner = CliRunner()

@@ -152,7 +152,7 @@ def test_dry_run_needs_no_tensorrt_and_names_targets(monkeypatch):
 
 
 def test_keep_float_becomes_layer_precisions_in_the_dry_run(tmp_path):
-    from clo_export.engine.source import read_keep_float
+    from clo_export.engine.onnx_facts import read_keep_float
 
     report = tmp_path / "m.int8.json"
     report.write_text(json.dumps({"float_nodes": ["/model.24/m.0/Conv", "/model.9/MatMul"]}))

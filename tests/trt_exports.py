@@ -29,9 +29,9 @@ class Exports:
 def exports() -> Exports:
     import onnx
 
-    from clo_export.calib.quantize import QuantizeOptions, quantize
+    from clo_export.quantization.quantize import QuantizeOptions, quantize
     from clo_export.artifacts import load_onnx
-    from clo_export.engine.source import make_fp16_onnx, onnx_facts
+    from clo_export.engine.onnx_facts import make_fp16_onnx, onnx_facts
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
     from tests.test_calib_sources import write_images

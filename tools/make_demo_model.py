@@ -44,7 +44,7 @@ from yolo_loss import ComputeLoss, ModelEMA, scaled_hyp  # noqa: E402
 from clo_export.data.preprocess import preprocess  # noqa: E402
 from clo_export.demo.shapes import NAMES, make_dataset, render_scene  # noqa: E402
 from clo_export.metrics import evaluate  # noqa: E402
-from clo_export.plugins import load_plugins  # noqa: E402
+from clo_export.blocks import load_plugins  # noqa: E402
 from clo_export.postprocess import nms  # noqa: E402
 
 RECT_P = 0.3  # share of training scenes rendered non-square and letterboxed

@@ -33,7 +33,7 @@ def check(
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
     from clo_export.backends.select import load_runner
     from clo_export.backends.pytorch import load_reference
-    from clo_export.data.sources import open_source
+    from clo_export.data.readers import open_source
     from clo_export.pipeline import Checker, InferOptions, Pipeline
     from clo_export.validate import check_check_options
 

@@ -58,8 +58,8 @@ def demo(
 ) -> None:
     """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth."""
     from clo_export.backends.pytorch import TorchRunner
-    from clo_export.calib.quantize import QuantizeOptions, quantize
-    from clo_export.calib.sources import DEFAULT_HOLDOUT
+    from clo_export.quantization.quantize import QuantizeOptions, quantize
+    from clo_export.quantization.calibset import DEFAULT_HOLDOUT
     from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.export.parity import parity_batches

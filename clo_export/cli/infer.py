@@ -134,7 +134,7 @@ def infer(
 
     lazy_import("cv2")  # JetPack's OpenCV may be hidden from a venv: one line with the fix, not a traceback
     from clo_export.backends.select import load_runners
-    from clo_export.data.sources import open_source
+    from clo_export.data.readers import open_source
     from clo_export.pipeline import InferOptions
 
     from clo_export.validate import check_infer_options

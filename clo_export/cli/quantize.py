@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typing_extensions import Annotated
 
-from clo_export.calib.accuracy import DEFAULT_MIN_AGREEMENT
+from clo_export.quantization.accuracy import DEFAULT_MIN_AGREEMENT
 from clo_export.cli.common import CAL, Conf, Iou, Num, accuracy_table, output_option, console, guarded
 from clo_export.errors import CloExportError
 
@@ -55,7 +55,7 @@ def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX from clo-export onnx.", show_default=False)],
     calib: Annotated[List[str], typer.Option("--calib", help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.", rich_help_panel=CAL, show_default=False)],
     num: Num = 256,
-    holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 128,  # calib.sources.DEFAULT_HOLDOUT (not imported: it loads OpenCV)
+    holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 128,  # quantization.calibset.DEFAULT_HOLDOUT (not imported: it loads OpenCV)
     seed: Annotated[int, typer.Option(help="Sampling seed.", rich_help_panel=CAL)] = 0,
     method: Annotated[Method, typer.Option(help="Range method; auto tries each on the held-out images (entropy = TensorRT's EntropyCalibrator2).", rich_help_panel=CAL)] = Method.auto,
     target_drop: Annotated[float, typer.Option(help="Keep the most sensitive sites float until the held-out mAP@.5:.95 drop is at most this (points).", rich_help_panel=CAL)] = 0.3,
@@ -70,8 +70,8 @@ def quantize(
     iou: Iou = 0.45,
 ) -> None:
     """Quantize an FP32 ONNX to explicit INT8 (Q/DQ) for TensorRT and report its agreement with FP32."""
-    from clo_export.calib.quantize import QuantizeOptions
-    from clo_export.calib.quantize import quantize as run_quantize
+    from clo_export.quantization.quantize import QuantizeOptions
+    from clo_export.quantization.quantize import quantize as run_quantize
     from clo_export.validate import check_quantize_options
 
     check_quantize_options(model, calib, num, holdout, seed)

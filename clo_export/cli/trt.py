@@ -186,7 +186,7 @@ def trt(
     if target is not None and not dry_run:
         raise CloExportError("--target is for --dry-run; a real build uses the installed TensorRT")
     from clo_export.engine import build
-    from clo_export.engine.source import read_keep_float
+    from clo_export.engine.onnx_facts import read_keep_float
 
     request = make_request(flags, read_keep_float(keep_float) if keep_float is not None else ())
     if dry_run:

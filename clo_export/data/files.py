@@ -1,5 +1,5 @@
 """Image and video files for calibration and parity checks: list them (a file, a folder (recursive), a glob,
-a video, or a text file listing paths), read the images, sample video frames. clo-infer's inputs are data/sources.py."""
+a video, or a text file listing paths), read the images, sample video frames. clo-infer's inputs are data/readers.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clo_export.data.sources import Frame
+from clo_export.data.readers import Frame
 from clo_export.errors import CloExportError
 from clo_export.fileio import make_dirs, remove_dirs, write_bytes_atomic, write_error
 

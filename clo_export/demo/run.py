@@ -17,7 +17,7 @@ import numpy as np
 
 from clo_export.backends.select import load_runners
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
-from clo_export.data.sources import Frame, open_source
+from clo_export.data.readers import Frame, open_source
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
 from clo_export.fileio import write_text_atomic
 from clo_export.metrics import evaluate

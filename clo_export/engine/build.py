@@ -27,7 +27,7 @@ from clo_export.artifacts import load_onnx
 from clo_export.engine.plan import BuildPlan, BuildRequest, make_plan, target_version
 from clo_export.engine.preflight import Problem, check_onnx, dla_gpu_nodes
 from clo_export.engine.sidecar import EngineSidecar
-from clo_export.engine.source import OnnxFacts, default_engine_path, make_fp16_onnx, onnx_facts, with_facts
+from clo_export.engine.onnx_facts import OnnxFacts, default_engine_path, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.errors import CloExportError
 from clo_export.fileio import atomic_path, check_artifact
 from clo_export.lazy import lazy_import
@@ -123,7 +123,7 @@ def build_engine(
     with atomic_path(out) as tmp:
         tmp.write_bytes(bytes(data))
     if calibrator is not None:
-        from clo_export.calib.trt_calibrator import save_cache
+        from clo_export.quantization.trt_calibrator import save_cache
 
         save_cache(calibrator, cache)
     sidecar = _sidecar(str(trt.__version__), gpu_name, capability, plan, facts, path, seconds)
@@ -161,7 +161,7 @@ def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[
         if sys.version_info < (3, 10):
             raise CloExportError("quantizing to Q/DQ is an export step and needs Python >= 3.10; run clo-export quantize "
                                  f"{path.name} --calib DIR on the workstation and pass the .int8.onnx here")
-        from clo_export.calib.quantize import QuantizeOptions, quantize
+        from clo_export.quantization.quantize import QuantizeOptions, quantize
 
         result = quantize(path, list(calib), None, QuantizeOptions(num=num))
         log.info("quantized %s: INT8-vs-FP32 detection F1 %.4f on %d held-out images (details: clo-export quantize)",
@@ -176,8 +176,8 @@ def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[
 
 def _calibrator(plan: BuildPlan, facts: OnnxFacts, calib: Sequence[str], num: int, out: Path) -> tuple[Any, Path]:
     """Polygraphy's calibrator over our calibration feeds (or only a cache file), and the cache path."""
-    from clo_export.calib.sources import CalibrationData, split_sources
-    from clo_export.calib.trt_calibrator import make_calibrator
+    from clo_export.quantization.calibset import CalibrationData, split_sources
+    from clo_export.quantization.trt_calibrator import make_calibrator
 
     method = "minmax" if plan.calibrator_class == "IInt8MinMaxCalibrator" else "entropy"
     if len(calib) == 1 and Path(calib[0]).suffix.lower() in CALIB_CACHE_SUFFIXES:

@@ -27,7 +27,7 @@ from clo_export.errors import CloExportError
 from clo_export.fileio import atomic_path, sha256_file
 from clo_export.models.safe_pickle import SafePickleModule
 from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
-from clo_export.plugins import load_plugins
+from clo_export.blocks import load_plugins
 from clo_export.registry import REGISTRY
 
 log = logging.getLogger(__name__)

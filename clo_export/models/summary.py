@@ -71,7 +71,7 @@ def summarize(model: DetectionModel, imgsz: tuple[int, int] = (640, 640)) -> Mod
 def build_or_load(weights: Path | None, cfg: Path | None, plugins: tuple[Path, ...]) -> tuple[DetectionModel, str]:
     """A checkpoint's model, or an untrained one from ``cfg``, with a title saying which."""
     from clo_export.models.checkpoint import load
-    from clo_export.plugins import load_plugins
+    from clo_export.blocks import load_plugins
 
     if weights is not None:
         loaded = load(weights, cfg, plugins)

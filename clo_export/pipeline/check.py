@@ -14,7 +14,7 @@ from clo_export.backends.base import Runner
 from clo_export.compare import Report
 from clo_export.comparator import Compared, Comparator, Comparison, Feed, Outputs, Thresholds
 from clo_export.data.preprocess import LetterboxInfo, scale_boxes
-from clo_export.data.sources import Frame
+from clo_export.data.readers import Frame
 
 if TYPE_CHECKING:
     from clo_export.pipeline.core import InferOptions

@@ -15,7 +15,7 @@ from clo_export.backends.base import Runner, RunnerGone
 from clo_export.compare import Report
 from clo_export.data.preprocess import LetterboxInfo, preprocess
 from clo_export.data.sinks import Sink
-from clo_export.data.sources import Frame, Source
+from clo_export.data.readers import Frame, Source
 from clo_export.errors import CloExportError
 from clo_export.pipeline.check import Checker
 from clo_export.pipeline.schedule import Control, Scheduler

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from clo_export.data.sinks import Sink, draw_detections, sink_outputs
-from clo_export.data.sources import Frame
+from clo_export.data.readers import Frame
 
 
 class SinkSet:

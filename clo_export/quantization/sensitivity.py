@@ -6,7 +6,7 @@ together: one YOLOv5 module (``/model.N/...``), or one part of a module built fr
 ``cv2``), so that the float budget can be spent on the convolutions that need it; every output
 convolution (a Conv from which no other quantized node is reachable: the Detect head's ``m.0``,
 ``m.1``, ``m.2``) is a site of its own. Two measurements per site, each a held-out score against FP32's
-detections (see :mod:`clo_export.calib.accuracy`): the mAP@.5:.95 drop and the box error:
+detections (see :mod:`clo_export.quantization.accuracy`): the mAP@.5:.95 drop and the box error:
 
 - *float alone*: how much keeping this site float recovers. The output convolutions are measured
   on the all-INT8 model; every other site on the model whose output convolutions are float: their
@@ -31,8 +31,8 @@ from typing import Any
 
 import onnx
 
-from clo_export.calib.accuracy import Score
-from clo_export.calib.graph import GraphIndex, Target
+from clo_export.quantization.accuracy import Score
+from clo_export.quantization.graph import GraphIndex, Target
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import math
 
 import onnx
 
-from clo_export.calib.graph import GraphIndex
+from clo_export.quantization.graph import GraphIndex
 
 
 def _dims(shape: tuple | None) -> list[int] | None:

@@ -6,7 +6,7 @@ Automatic precision (the default): every range method is tried on the held-out s
 one with the least box error kept (``--method auto``); then the sites whose float-alone run
 recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
 ``target_drop`` points, keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of
-the calibration source decides (box error: :mod:`clo_export.calib.accuracy`).
+the calibration source decides (box error: :mod:`clo_export.quantization.accuracy`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from typing import Any
 
 import onnx
 
-from clo_export.calib.accuracy import AccuracyReport, HeldOut, Score
+from clo_export.quantization.accuracy import AccuracyReport, HeldOut, Score
 from clo_export.artifacts import PREFIX, ModelMeta, OnnxSidecar, graph_input, load_onnx, opset_of, read_metadata, write_metadata
-from clo_export.calib.cache import CacheKey, CacheLookup, load_ranges, preprocess_params, save_ranges
-from clo_export.calib.calibrate import Progress, calibrate
-from clo_export.calib.graph import GraphIndex, Target, activation_tensors, attention_nodes, find_targets
-from clo_export.calib.macs import int8_conv_share, node_macs
-from clo_export.calib.qdq import insert_qdq
-from clo_export.calib.ranges import METHODS
-from clo_export.calib.sensitivity import MIN_INT8_SHARE, Choice, Evaluate, SiteResult, choose_float, find_sites, measure
-from clo_export.calib.rules import require_trt_qdq
-from clo_export.calib.sources import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
+from clo_export.quantization.cache import CacheKey, CacheLookup, load_ranges, preprocess_params, save_ranges
+from clo_export.quantization.calibrate import Progress, calibrate
+from clo_export.quantization.graph import GraphIndex, Target, activation_tensors, attention_nodes, find_targets
+from clo_export.quantization.macs import int8_conv_share, node_macs
+from clo_export.quantization.qdq import insert_qdq
+from clo_export.quantization.ranges import METHODS
+from clo_export.quantization.sensitivity import MIN_INT8_SHARE, Choice, Evaluate, SiteResult, choose_float, find_sites, measure
+from clo_export.quantization.rules import require_trt_qdq
+from clo_export.quantization.calibset import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
 from clo_export.fileio import atomic_path, sha256_file, write_text_atomic

@@ -1,7 +1,7 @@
 """Blocks a model YAML can name, and the loader for user plugins.
 
-Built-in plugins: :mod:`clo_export.plugins.yolov5` (YOLOv5 v7.0 core blocks) and
-:mod:`clo_export.plugins.cloformer` (CloFormer's EfficientAttention). User plugins are Python
+Built-in plugins: :mod:`clo_export.blocks.yolov5` (YOLOv5 v7.0 core blocks) and
+:mod:`clo_export.blocks.cloformer` (CloFormer's EfficientAttention). User plugins are Python
 files passed with ``--plugin`` or modules exposed under the ``clo_export.plugins`` entry point;
 they call :func:`clo_export.registry.register_block` / :func:`register_class`.
 """
@@ -21,7 +21,7 @@ from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("clo_export.plugins.yolov5", "clo_export.plugins.cloformer")
+BUILTIN = ("clo_export.blocks.yolov5", "clo_export.blocks.cloformer")
 ENTRY_POINT_GROUP = "clo_export.plugins"
 _loaded: set[str] = set()
 

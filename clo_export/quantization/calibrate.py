@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from clo_export.calib.ranges import RangeCollector
+from clo_export.quantization.ranges import RangeCollector
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)

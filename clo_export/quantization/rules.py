@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from clo_export.artifacts import opset_of
-from clo_export.calib.graph import GraphIndex
+from clo_export.quantization.graph import GraphIndex
 from clo_export.errors import CloExportError
 
 MIN_OPSET = 13

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from clo_export.calib.graph import GraphIndex, Target
+from clo_export.quantization.graph import GraphIndex, Target
 from clo_export.errors import CloExportError
 
 QMAX = 127

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clo_export.calib.sources import CalibrationData, Item, read_items, split_sources
+from clo_export.quantization.calibset import CalibrationData, Item, read_items, split_sources
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
 

@@ -1,1 +1,0 @@
-"""Calibration data, explicit INT8 (Q/DQ) quantization and TensorRT calibrators (installed as clo_export.calib)."""
