@@ -22,7 +22,7 @@ from clo_export.quantization.rules import check_qdq
 from clo_export.quantization.sensitivity import Site, SiteResult, choose_float, measure, rank
 from clo_export.quantization.calibset import split_sources
 from tests.test_calib_qdq import small_onnx
-from tests.test_calib_sources import write_images
+from tests.test_calibset import write_images
 from tests.test_quantize_cli import make_app
 
 

@@ -21,7 +21,7 @@ from clo_export.quantization.graph import attention_nodes, find_targets
 from clo_export.quantization.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
 from clo_export.quantization.rules import check_qdq
 from clo_export.errors import CloExportError
-from tests.test_calib_sources import write_images
+from tests.test_calibset import write_images
 
 IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away
 OPTS = QuantizeOptions(method="minmax", num=16, holdout=4, target_drop=None)  # automatic precision: tests/test_calib_auto.py

@@ -34,7 +34,7 @@ def exports() -> Exports:
     from clo_export.engine.onnx_facts import make_fp16_onnx, onnx_facts
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
-    from tests.test_calib_sources import write_images
+    from tests.test_calibset import write_images
 
     art = artifacts()
     root = art.root / "trt"
