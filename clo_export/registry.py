@@ -79,7 +79,7 @@ class Registry:
             known = ", ".join(sorted(self.blocks))
             raise CloExportError(
                 f"{where}unknown module '{name}'; known: {known}. "
-                "Register your block with --plugin my_block.py (see README, 'Your own blocks')"
+                "Register your block with --plugin my_block.py (see docs/models.md, 'Your own blocks')"
             ) from None
 
     def block_for(self, module: Any) -> Block | None:
