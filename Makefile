@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: test demo install triton-env clean
+.PHONY: test test-quick demo install triton-env clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ triton-env: $(TRITON_STAMP)
 
 test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q
+
+# The quick tier: no venv or wheel installs, no servers, no signals, no full-size or whole-chain runs.
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not install and not server and not signals and not gpu"
 
 demo: $(STAMP)
 	$(VENV)/bin/clo-export demo --out demo-out

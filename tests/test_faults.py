@@ -409,8 +409,17 @@ def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"}, preexec_fn=_as_foreground)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    proc.reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    proc.reader.start()
     return proc, lines
+
+
+def finish(proc: subprocess.Popen, lines: list[str]) -> tuple[int, str]:
+    """Exit code and the whole output: waits for the process and for its reader to reach end of file (no sleep)."""
+    code = proc.wait(60)
+    proc.reader.join(30)
+    assert not proc.reader.is_alive(), "the command's output never closed"
+    return code, "".join(lines)
 
 
 def wait_for(cond, timeout: float = 120.0) -> None:
@@ -420,6 +429,7 @@ def wait_for(cond, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
     make_video(ws / "long.mp4", frames=300)
@@ -428,9 +438,8 @@ def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
                          "--json", "out.jsonl"], ws)
     wait_for(lambda: any(".part" in p.name and p.stat().st_size > 20_000 for p in ws.iterdir()))  # frames are flowing
     proc.send_signal(sig)
-    assert proc.wait(60) == 130, "".join(lines)
-    time.sleep(0.1)
-    out = "".join(lines)
+    code, out = finish(proc, lines)
+    assert code == 130, out
     assert "Traceback" not in out and "outputs closed and complete" in out
     cap = cv2.VideoCapture(str(ws / "out.mp4"))
     frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -444,16 +453,15 @@ def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
     FAULTS["signal"] += 1
 
 
+@pytest.mark.signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_export_leaves_nothing(ws, sig):
     before = snapshot(ws)
     proc, lines = start([str(cli_path("clo-export")), "onnx", "m.pt", "--imgsz", "384", "-o", "sig.onnx"], ws)
-    wait_for(lambda: any("loaded m.pt" in line for line in lines))
-    time.sleep(0.2)
+    wait_for(lambda: any("loaded m.pt" in line for line in lines))  # handlers are in place before the model loads
     proc.send_signal(sig)
-    assert proc.wait(60) == 130, "".join(lines)
-    time.sleep(0.1)
-    out = "".join(lines)
+    code, out = finish(proc, lines)
+    assert code == 130, out
     assert "Traceback" not in out and len(error_lines(out)) == 1 and "interrupted" in error_lines(out)[0]
     assert snapshot(ws) == before
     FAULTS["signal"] += 1

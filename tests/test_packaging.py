@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.install
 def test_wheel_install_has_the_subpackages_and_config(tmp_path):
     target = tmp_path / "site"
     subprocess.run(

@@ -32,6 +32,8 @@ TEST_EXTRAS = ("onnxruntime", "opencv-python-headless")  # CPU stand-ins for the
 REQUIRED = os.environ.get("CLO_EXPORT_REQUIRE_PYTHONS", "") not in ("", "0")
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "demo-out", ".pytest_cache")
 
+pytestmark = [pytest.mark.install, pytest.mark.slow]
+
 
 def interpreter(minor: str) -> Path | None:
     """The newest /root/.pyenv/versions/<minor>.N/bin/python<minor>, if any."""

@@ -36,6 +36,8 @@ N_FRAMES = 60
 CLIENTS = 4
 DEADLINE_S = 60.0  # every request loop is bounded in count and in time
 
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
