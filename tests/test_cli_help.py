@@ -89,3 +89,29 @@ def test_verbose_before_or_after_trt(argv, tmp_path):
     assert is_verbose()
     setup()  # back to the default level for the tests that follow
     assert not is_verbose() and logging.getLogger("clo_export").level == logging.INFO
+
+
+def _command(name: str):
+    """The click command behind ``clo-export NAME`` or ``clo-infer``."""
+    import typer.main
+
+    if name == "clo-infer":
+        return typer.main.get_command(infer_app)
+    return typer.main.get_command(app).commands[name]
+
+
+@pytest.mark.parametrize("name", [*COMMANDS, "clo-infer"])
+def test_help_ends_with_examples_whose_options_exist(name):
+    from clo_export.cli.examples import EXAMPLES
+
+    target, argv = (infer_app, ["--help"]) if name == "clo-infer" else (app, [name, "--help"])
+    text = help_text(target, argv)
+    assert 2 <= len(EXAMPLES[name]) <= 4
+    tail = text[text.index("Examples:"):]
+    known = {opt for p in _command(name).params for opt in (*p.opts, *p.secondary_opts)}
+    prefix = ["clo-infer"] if name == "clo-infer" else ["clo-export", name]
+    for line, what in EXAMPLES[name]:
+        assert line in tail and what in tail and "[" not in line + what
+        words = line.split()
+        assert words[:len(prefix)] == prefix
+        assert {w for w in words if w.startswith("-")} <= known, line

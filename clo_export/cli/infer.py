@@ -14,6 +14,7 @@ from typing_extensions import Annotated
 
 from clo_export.cli.common import (MODEL, OUT, POST, AgnosticNms, Command, Conf, Debug, Device, Iou, MaxDet, Verbose,
                                    Version, comparison_table, console, err_console, guarded, setup)
+from clo_export.cli.examples import epilog
 from clo_export.errors import CloExportError
 
 CHECK = "Check against PyTorch"
@@ -95,7 +96,7 @@ def stats_table(result, backend: str):
     return table
 
 
-@app.command(cls=Command, no_args_is_help=True)
+@app.command(cls=Command, no_args_is_help=True, epilog=epilog("clo-infer"))
 @guarded
 def infer(
     source: Annotated[str, typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0) or stream URL (rtsp://…).", show_default=False)],

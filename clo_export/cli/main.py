@@ -8,6 +8,7 @@ import typer
 
 from clo_export.cli import trt
 from clo_export.cli.common import Command, Debug, Group, Verbose, Version, err_console, setup
+from clo_export.cli.examples import epilog
 
 # Export (torch) needs Python >= 3.10; the runtime (`trt`, and clo-infer) runs on 3.8 (JetPack 5).
 EXPORT_PYTHON = (3, 10)
@@ -53,16 +54,16 @@ def needs_newer_python(name: str):
     return command
 
 
-app.command("trt", cls=Command, no_args_is_help=True)(trt.trt)
+app.command("trt", cls=Command, no_args_is_help=True, epilog=epilog("trt"))(trt.trt)
 if sys.version_info >= EXPORT_PYTHON:
     from clo_export.cli import check, demo, info, onnx, quantize, triton
 
-    app.command("onnx", cls=Command, no_args_is_help=True)(onnx.onnx)
-    app.command("quantize", cls=Command, no_args_is_help=True)(quantize.quantize)
-    app.command("check", cls=Command, no_args_is_help=True)(check.check)
-    app.command("info", cls=Command, no_args_is_help=True)(info.info)
-    app.command("demo", cls=Command)(demo.demo)
-    app.command("triton", cls=Command, no_args_is_help=True)(triton.triton)
+    app.command("onnx", cls=Command, no_args_is_help=True, epilog=epilog("onnx"))(onnx.onnx)
+    app.command("quantize", cls=Command, no_args_is_help=True, epilog=epilog("quantize"))(quantize.quantize)
+    app.command("check", cls=Command, no_args_is_help=True, epilog=epilog("check"))(check.check)
+    app.command("info", cls=Command, no_args_is_help=True, epilog=epilog("info"))(info.info)
+    app.command("demo", cls=Command, epilog=epilog("demo"))(demo.demo)
+    app.command("triton", cls=Command, no_args_is_help=True, epilog=epilog("triton"))(triton.triton)
 else:
     for _name in EXPORT_COMMANDS:
         app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
