@@ -144,3 +144,16 @@ def test_export_on_python_3_8_is_one_line(envs):
     out = run([str(env["venv"] / "bin" / "clo-export"), "onnx", "best.pt", "--imgsz", "640"], env=env["env"])
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 1 and len(lines) == 1 and "needs Python >= 3.10" in lines[0], out.stderr
+
+
+@pytest.mark.parametrize("minor", PYTHONS)
+def test_global_options_before_the_command_and_their_help(envs, minor):
+    """Typer reads Annotated options from evaluated annotations only below 3.10: --version and -v must still work there."""
+    bin_dir, env = envs[minor]["venv"] / "bin", envs[minor]["env"]
+    version = run([str(bin_dir / "clo-export"), "--version"], env=env)
+    assert version.returncode == 0 and version.stdout.strip().startswith("clo-export "), version.stdout + version.stderr
+    verbose = run([str(bin_dir / "clo-export"), "-v", "trt", str(exports().fp32), "--fp16", "--dry-run", "--target", "8.5"],
+                  env=env)
+    assert verbose.returncode == 0, verbose.stdout + verbose.stderr
+    helptext = run([str(bin_dir / "clo-export"), "--help"], env={**env, "COLUMNS": "200"}).stdout
+    assert "Show tracebacks" in helptext and "--no-debug" not in helptext

@@ -147,6 +147,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def evaluated(fn: F) -> F:
+    """``fn`` with its annotations evaluated: Typer reads Annotated options only from evaluated ones (Python < 3.10)."""
+    from typing_extensions import get_type_hints
+
+    fn.__annotations__ = get_type_hints(fn, include_extras=True)
+    return fn
+
+
 def guarded(fn: F) -> F:
     """Turn CloExportError (and OS errors, memory errors, Ctrl-C/SIGTERM) into one red line (a traceback only with --debug).
 

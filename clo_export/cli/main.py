@@ -7,7 +7,7 @@ import sys
 import typer
 
 from clo_export.cli import trt
-from clo_export.cli.common import Command, Debug, Group, Verbose, Version, err_console, setup
+from clo_export.cli.common import Command, Debug, Group, Verbose, Version, err_console, evaluated, setup
 from clo_export.cli.examples import epilog
 
 # Export (torch) needs Python >= 3.10; the runtime (`trt`, and clo-infer) runs on 3.8 (JetPack 5).
@@ -25,6 +25,7 @@ app = typer.Typer(
 
 
 @app.callback()
+@evaluated
 def main(
     debug: Debug = False,
     verbose: Verbose = False,
