@@ -12,7 +12,13 @@ STAMP := $(VENV)/.installed
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: test demo install triton-env clean
+# Debian/Ubuntu packages the live-source tests need: a real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py,
+# GStreamer's gst-rtsp-server run by the system python3). Run as root, or: make system-deps APT="sudo apt-get".
+APT ?= apt-get
+SYSTEM_DEPS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav
+
+.PHONY: test demo install triton-env system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +40,10 @@ triton-env: $(TRITON_STAMP)
 
 test: $(STAMP) $(TRITON_STAMP)
 	$(PY) -m pytest -q
+
+system-deps:
+	$(APT) update
+	DEBIAN_FRONTEND=noninteractive $(APT) install -y --no-install-recommends $(SYSTEM_DEPS)
 
 demo: $(STAMP)
 	$(VENV)/bin/clo-export demo --out demo-out
