@@ -127,21 +127,30 @@ def no_leftovers(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if ".part" in p.name]
 
 
-@pytest.mark.parametrize("reconnect", [3.0, 0.0], ids=["retried-then-given-up", "reconnect-0"])
+@pytest.mark.parametrize("how, reconnect", [("kill", 3.0), ("kill", 0.0), ("stall", 0.0)],
+                         ids=["killed-retried-then-given-up", "killed-reconnect-0", "stalled-reconnect-0"])
 @pytest.mark.slow
 @pytest.mark.server
-def test_a_camera_that_never_returns_ends_the_run_with_exit_1_and_one_line(art, camera, tmp_path, reconnect):
+def test_a_camera_that_never_returns_ends_the_run_with_exit_1_and_one_line(art, camera, tmp_path, how, reconnect):
+    from clo_export.data.live import READ_TIMEOUT
+
     proc, lines = infer([camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", reconnect], tmp_path)
     wait_for_frames(tmp_path, proc)
-    camera.kill()
-    rc, out, took = finish(proc, lines, reconnect + 15)
+    if how == "kill":
+        camera.kill()  # the connection closes
+        seen = 0.0
+    else:
+        camera.proc.send_signal(signal.SIGSTOP)  # the connection stays, nothing arrives: FFmpeg's read timeout
+        seen = 2 * READ_TIMEOUT
+    rc, out, took = finish(proc, lines, reconnect + seen + 15)
     assert rc == 1, out
     assert "Traceback" not in out and "wrote" in out  # the outputs so far are kept and named
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"stream '{camera.url}' lost after" in errors[0], out
     assert ("retried for 3 s" if reconnect else "not retried (--reconnect 0)") in errors[0]
     assert "until the live source was lost" in " ".join(out.split()) and "finished" not in out
-    assert reconnect <= took < reconnect + 6  # retried as long as asked, then no longer
+    assert ("the stream ended" if how == "kill" else "no frame for") in errors[0]
+    assert reconnect <= took < reconnect + seen + 6  # noticed, retried as long as asked, then no longer
     assert len(records(tmp_path / "out.jsonl")) >= 5
     no_leftovers(tmp_path)
 

@@ -19,7 +19,7 @@ from clo_export.errors import CloExportError
 
 DEFAULT_RECONNECT = 60.0  # seconds a lost live stream is retried before the run gives it up (0: not retried)
 OPEN_TIMEOUT = 10.0  # seconds one attempt to open a stream may take (FFmpeg backend)
-READ_TIMEOUT = 5.0  # no packet for this long and FFmpeg gives the read up: the stream is taken as lost
+READ_TIMEOUT = 2.5  # no packet for this long and FFmpeg gives a read up (a stall is seen after about two of them)
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0  # seconds between reconnect attempts: 0.5, 1, 2, 4, 5, 5, …
 
 
@@ -94,11 +94,11 @@ class Reconnector:
         self.offline += gap
         return gap
 
-    def reopen(self, why: str, started: float, frames: int) -> Optional[cv2.VideoCapture]:
-        """A new capture after a loss (``why``), retried with backoff; None when stopped; StreamLost when given up."""
-        now = time.monotonic()
+    def reopen(self, why: str, started: float, frames: int, last_frame: float) -> Optional[cv2.VideoCapture]:
+        """A new capture after a loss (``why``; the last frame came at ``last_frame``), retried with backoff until
+        ``seconds`` after that frame; None when stopped; StreamLost when given up."""
         if self._down_since is None:
-            self._down_since = now
+            self._down_since = last_frame
         deadline = self._down_since + self.seconds
         delay, last = BACKOFF_FIRST, why
         while True:

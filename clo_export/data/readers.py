@@ -169,27 +169,31 @@ class VideoSource(Source):
         """
         assert self._reconnect is not None
         t0, index, bad = self._opened, 0, 0  # bad: frames in a row that decoded to no image
+        last = t0  # when the last frame came
         try:
             while not self.stop.is_set():
                 t_read = time.monotonic()
                 ok, img = self._cap.read()
                 if ok and valid_image(img):
+                    last = time.monotonic()
                     gap = self._reconnect.resumed()
                     if gap is not None:
                         self.reconnects, self.offline = self._reconnect.reconnects, self._reconnect.offline
                         log.warning("%s: frames resumed after %.1f s", self.spec, gap)
                     bad = 0
-                    yield Frame(index, time.monotonic() - t0, img, self.spec)
+                    yield Frame(index, last - t0, img, self.spec)
                     index += 1
                     continue
                 if ok and bad < MAX_BAD_READS:
                     self.skipped, bad = self.skipped + 1, bad + 1
                     continue
-                why = ("no frame for %g s" % READ_TIMEOUT if time.monotonic() - t_read >= 0.9 * READ_TIMEOUT
+                now = time.monotonic()
+                why = (f"no frame for {now - last:.1f} s" if now - t_read >= 0.9 * READ_TIMEOUT
                        else f"{MAX_BAD_READS} unreadable frames in a row" if ok else "the stream ended")
-                log.warning("%s: %s; reconnecting for up to %g s", self.spec, why, self._reconnect.seconds)
+                if self._reconnect.seconds > 0:
+                    log.warning("%s: %s; retrying until %g s after its last frame", self.spec, why, self._reconnect.seconds)
                 self._cap.release()
-                cap = self._reconnect.reopen(why, t0, index)
+                cap = self._reconnect.reopen(why, t0, index, last)
                 if cap is None:
                     return
                 self._cap, bad = cap, 0
