@@ -229,3 +229,52 @@ def test_opening_a_stream_that_hangs_is_time_limited_and_interruptible(art, sile
 def test_reconnect_must_be_finite_seconds(art, value):
     res = CliRunner().invoke(app, [str(art.video), "-m", str(art.onnx), "--reconnect", value])
     assert res.exit_code == 1 and f"--reconnect {float(value)} must be a number of seconds >= 0" in res.output
+
+
+@pytest.fixture
+def hanging_up_server():
+    """A TCP port on 127.0.0.1 that hangs up on every connection (a camera host whose camera is gone): URL, the
+    seconds (monotonic) at which connections came."""
+    came: list[float] = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        s.settimeout(0.1)
+
+        def serve() -> None:
+            while s.fileno() != -1:
+                try:
+                    conn, _ = s.accept()
+                except (socket.timeout, OSError):
+                    continue
+                came.append(time.monotonic())
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield f"rtsp://127.0.0.1:{s.getsockname()[1]}/cam", came
+
+
+@pytest.mark.server
+def test_a_lost_stream_is_retried_with_backoff_until_the_reconnect_time(hanging_up_server):
+    from clo_export.data.live import Reconnector, StreamLost
+
+    url, came = hanging_up_server
+    lost_at = time.monotonic()
+    with pytest.raises(StreamLost, match=r"lost after 2\.0 s \(7 frames received\): the stream ended; retried for 4 s"):
+        Reconnector(url, url, 4.0, threading.Event()).reopen("the stream ended", lost_at - 2, 7, lost_at)
+    given_up = time.monotonic() - lost_at
+    # 0.5 s, doubling (then capped by the time left: one last try at the end)
+    assert [t - lost_at for t in came] == pytest.approx([0.5, 1.5, 3.5, 4.0], abs=0.3)
+    assert 4 <= given_up < 4.6
+
+
+@pytest.mark.server
+def test_stop_ends_the_wait_for_a_lost_stream_at_once(hanging_up_server):
+    from clo_export.data.live import Reconnector
+
+    url, _ = hanging_up_server
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    assert Reconnector(url, url, 60.0, stop).reopen("the stream ended", t0, 0, t0) is None
+    assert time.monotonic() - t0 < 1.5

@@ -28,8 +28,10 @@ class StreamLost(CloExportError):
 
 
 def _open(capture: Union[str, int], timeout: float) -> cv2.VideoCapture:
-    """cv2.VideoCapture for a webcam index or a stream URL (FFmpeg with open/read time limits)."""
-    if isinstance(capture, int):
+    """cv2.VideoCapture for a webcam index or a stream URL (FFmpeg with open/read time limits where OpenCV has it)."""
+    registry = getattr(cv2, "videoio_registry", None)
+    ffmpeg = registry is not None and registry.hasBackend(cv2.CAP_FFMPEG) and hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC")
+    if isinstance(capture, int) or not ffmpeg:  # a webcam, or an OpenCV without FFmpeg: the backend's own limits
         return cv2.VideoCapture(capture)
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines would break the one-line report
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout * 1000),
