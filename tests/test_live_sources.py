@@ -163,16 +163,18 @@ def test_a_camera_that_returns_resumes_the_run_and_is_counted(art, camera, tmp_p
                         tmp_path)
     wait_for_frames(tmp_path, proc)
     camera.kill()
+    killed = time.monotonic()
     time.sleep(3)
     assert proc.poll() is None  # still waiting for the camera
     camera.start()
+    away = time.monotonic() - killed
     rc, out, _ = finish(proc, lines, 25)
     assert rc == 0, out
     assert "1 reconnect(s) of the live source" in out and "error" not in out
     recs = records(tmp_path / "out.jsonl")
     assert recs[-1]["frame"] == limit - 1  # --limit counts the frames received (live frames may be dropped to keep up)
     gaps = [b["timestamp"] - a["timestamp"] for a, b in zip(recs, recs[1:])]
-    assert max(gaps) >= 3  # the outage shows in the timestamps (seconds since the run started)
+    assert 3 <= max(gaps) < away + 5  # the outage shows in the timestamps; frames again within 5 s of the return
     assert sorted(gaps)[-2] < 1  # and only there
     no_leftovers(tmp_path)
 

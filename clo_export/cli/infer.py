@@ -118,7 +118,7 @@ def infer(
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
     batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
-    reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 5 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
+    reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
     check: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,

@@ -20,7 +20,8 @@ from clo_export.errors import CloExportError
 DEFAULT_RECONNECT = 60.0  # seconds a lost live stream is retried before the run gives it up (0: not retried)
 OPEN_TIMEOUT = 10.0  # seconds one attempt to open a stream may take (FFmpeg backend)
 READ_TIMEOUT = 2.5  # no packet for this long and FFmpeg gives a read up (a stall is seen after about two of them)
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0  # seconds between reconnect attempts: 0.5, 1, 2, 4, 5, 5, …
+# seconds between reconnect attempts: 0.5, 1, 2, 2, …; a camera that is back is seen within BACKOFF_MAX + ~2 s (open)
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 2.0
 
 
 class StreamLost(CloExportError):
