@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from clo_export.cli.infer import app
 from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
+from tests.test_sinks import read_video
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi; the project's venv has none
 CAMERA = Path(__file__).with_name("rtsp_camera.py")
@@ -134,7 +135,8 @@ def no_leftovers(folder: Path) -> None:
 def test_a_camera_that_never_returns_ends_the_run_with_exit_1_and_one_line(art, camera, tmp_path, how, reconnect):
     from clo_export.data.live import READ_TIMEOUT
 
-    proc, lines = infer([camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", reconnect], tmp_path)
+    proc, lines = infer([camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--save", "out.mp4",
+                         "--reconnect", reconnect], tmp_path)
     wait_for_frames(tmp_path, proc)
     if how == "kill":
         camera.kill()  # the connection closes
@@ -151,7 +153,8 @@ def test_a_camera_that_never_returns_ends_the_run_with_exit_1_and_one_line(art, 
     assert "until the live source was lost" in " ".join(out.split()) and "finished" not in out
     assert ("the stream ended" if how == "kill" else "no frame for") in errors[0]
     assert reconnect <= took < reconnect + seen + 6  # noticed, retried as long as asked, then no longer
-    assert len(records(tmp_path / "out.jsonl")) >= 5
+    recs = records(tmp_path / "out.jsonl")
+    assert len(recs) >= 5 and read_video(tmp_path / "out.mp4") == (len(recs), 15.0, (320, 240))  # closed, playable
     no_leftovers(tmp_path)
 
 
