@@ -12,7 +12,13 @@ STAMP := $(VENV)/.installed
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: test test-quick demo install triton-env clean
+# Debian/Ubuntu packages the live-source tests need: a real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py,
+# GStreamer's gst-rtsp-server run by the system python3). Run as root, or: make system-deps APT="sudo apt-get".
+APT ?= apt-get
+SYSTEM_DEPS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav
+
+.PHONY: test test-quick demo install triton-env system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +44,10 @@ test: $(STAMP) $(TRITON_STAMP)
 # The quick tier: no venv or wheel installs, no servers, no signals, no full-size or whole-chain runs.
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not install and not server and not signals and not gpu"
+
+system-deps:
+	$(APT) update
+	DEBIAN_FRONTEND=noninteractive $(APT) install -y --no-install-recommends $(SYSTEM_DEPS)
 
 demo: $(STAMP)
 	$(VENV)/bin/clo-export demo --out demo-out

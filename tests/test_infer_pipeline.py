@@ -33,6 +33,9 @@ class InterruptingSource:
                 raise KeyboardInterrupt
             yield frame
 
+    def __getattr__(self, name):  # stop flag, reconnect counts: the wrapped source's
+        return getattr(self.source, name)
+
 
 class FixedBatchRunner(Runner):
     """An ONNX Runtime model presented as a fixed batch-4 model, run row by row (tests padding)."""

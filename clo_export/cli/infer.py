@@ -6,6 +6,7 @@ torch (a Jetson runtime install has none).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -88,7 +89,8 @@ def stats_table(result, backend: str):
 
     table = Table(title=f"{result.frames} frames in {result.seconds:.2f} s: {result.fps:.1f} FPS end-to-end "
                         f"({backend}, batch {result.batch}"
-                        + (f", {result.streams} streams" if result.streams > 1 else "") + ")", title_justify="left")
+                        + (f", {result.streams} streams" if result.streams > 1 else "") + ")"
+                        + (" until the live source was lost" if result.lost else ""), title_justify="left")
     for col in ("stage", "mean ms", "p50 ms", "p95 ms"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in result.stages.values():
@@ -117,6 +119,7 @@ def infer(
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
     batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
+    reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
     check: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
@@ -152,8 +155,10 @@ def infer(
     runners, info = load_runners(model, device, [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
                                  size, threads, 1 if sequential else workers)
     opts = InferOptions(conf, iou, max_det, parse_classes(classes, info.names), agnostic_nms, batch, check_every)
+    if reconnect is not None:
+        opts = replace(opts, reconnect=reconnect)
     opts.validate()
-    src = open_source(source, limit)
+    src = open_source(source, limit, opts.reconnect)
     reference = None
     if check is not None:
         from clo_export.backends.pytorch import load_reference
@@ -211,7 +216,9 @@ def _report(result, info, check: Path | None) -> None:
     """Print the stats, outputs and check outcome; raise for a failed check, exit 130 when interrupted."""
     console.print(stats_table(result, info.backend))
     console.print(f"{result.detections} detections" + (f", {result.skipped} unreadable frame(s) skipped" if result.skipped else "")
-                  + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else ""))
+                  + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else "")
+                  + (f", {result.reconnects} reconnect(s) of the live source ({result.offline:.1f} s without frames)"
+                     if result.reconnects else ""))
     for path in result.outputs:
         console.print(f"wrote {path}")
     if check is not None:
@@ -223,6 +230,8 @@ def _report(result, info, check: Path | None) -> None:
             if not rep:
                 raise CloExportError(f"live check failed on {result.checked_frames} frame(s): " + "; ".join(rep.failures))
             console.print("[green]check: within tolerance[/]")
+    if result.lost:
+        raise CloExportError(result.lost)
     if result.gone:
         err_console.print(f"{result.gone}: stopped after {result.frames} frames; outputs closed and complete", highlight=False)
         raise typer.Exit(1)

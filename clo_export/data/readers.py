@@ -2,13 +2,16 @@
 
 Every source yields :class:`Frame` objects (index, timestamp, BGR image, where it came from).
 An unreadable source is a CloExportError before the first frame; a corrupt frame inside a
-video or an unreadable image in a folder is skipped and counted in ``source.skipped``.
+video or an unreadable image in a folder is skipped and counted in ``source.skipped``. A file ends
+at its last frame; a live source (webcam, stream URL) that stops is reconnected or, given up, raises
+:class:`~clo_export.data.live.StreamLost` (see :mod:`clo_export.data.live`).
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,12 +21,13 @@ import cv2
 import numpy as np
 
 from clo_export.data.files import IMAGE_EXTS, VIDEO_EXTS
+from clo_export.data.live import DEFAULT_RECONNECT, READ_TIMEOUT, Reconnector, open_capture
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)
 
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-MAX_BAD_READS = 30  # consecutive failed reads before a video (or stream) is taken as ended
+MAX_BAD_READS = 30  # consecutive failed reads before a video is taken as ended (a stream as lost)
 DEFAULT_FPS = 30.0
 
 
@@ -55,6 +59,9 @@ class Source:
         self.fps: float | None = None
         self.size: tuple[int, int] | None = None  # (width, height) for videos and streams
         self.total: int | None = None  # frames expected, when known
+        self.stop = threading.Event()  # set by the reader's owner: stop waiting for a live source and end
+        self.reconnects = 0  # live sources: times frames resumed after the stream was lost
+        self.offline = 0.0  # live sources: seconds without frames between those losses and the frames resuming
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -90,12 +97,15 @@ class VideoSource(Source):
 
     kind = "video"
 
-    def __init__(self, spec: str, limit: int | None = None, capture: str | int | None = None, live: bool = False):
+    def __init__(self, spec: str, limit: int | None = None, capture: str | int | None = None, live: bool = False,
+                 reconnect: float = DEFAULT_RECONNECT):
         super().__init__(spec, limit)
         self.capture = spec if capture is None else capture
         self.live = live
         self.kind = "video" if not live else ("webcam" if isinstance(capture, int) else "stream")
+        self._reconnect = Reconnector(spec, self.capture, reconnect, self.stop) if live else None
         self._cap = self._open()
+        self._opened = time.monotonic()  # live timestamps count from here
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else DEFAULT_FPS
         w, h = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -107,9 +117,10 @@ class VideoSource(Source):
             raise CloExportError(f"'{spec}' opens but holds no video frames; check the file or re-encode it as mp4 (H.264)")
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(self.capture)
-        if not cap.isOpened():
-            cap.release()
+        cap = open_capture(self.capture, stop=self.stop) if self.live else cv2.VideoCapture(self.capture)
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
             if self.kind == "webcam":
                 raise CloExportError(f"cannot open webcam {self.capture}; check it is connected and not in use "
                                      "(ls /dev/video*), or pass a video file")
@@ -121,7 +132,10 @@ class VideoSource(Source):
         return cap
 
     def frames(self) -> Iterator[Frame]:
-        cap, t0 = self._cap, time.monotonic()
+        if self.live:
+            yield from self._live_frames()
+            return
+        cap = self._cap
         position, decoded, failed = 0, 0, 0  # failed: consecutive reads that gave no frame
         try:
             while True:
@@ -129,10 +143,9 @@ class VideoSource(Source):
                 if ok and valid_image(img):
                     self.skipped += failed
                     failed = 0
-                    ts = time.monotonic() - t0 if self.live else position / self.fps
-                    yield Frame(position, ts, img, self.spec)
+                    yield Frame(position, position / self.fps, img, self.spec)
                     decoded += 1
-                elif (not self.live and self.total is not None and position >= self.total) or failed >= MAX_BAD_READS:
+                elif (self.total is not None and position >= self.total) or failed >= MAX_BAD_READS:
                     break
                 else:
                     failed += 1
@@ -142,11 +155,50 @@ class VideoSource(Source):
         if decoded == 0:
             raise CloExportError(f"no frame of '{self.spec}' could be decoded; check the file or re-encode it as mp4 (H.264)")
         missing = (self.total or 0) - decoded - self.skipped
-        if not self.live and missing > 1 and (self.limit is None or decoded < self.limit):
+        if missing > 1 and (self.limit is None or decoded < self.limit):
             # the header promised more frames than the file holds (truncated or corrupt tail)
             log.warning("%s: decoding stopped at frame %d of %d; %d frames unreadable", self.spec, decoded + self.skipped,
                         self.total, missing)
             self.skipped += missing
+
+    def _live_frames(self) -> Iterator[Frame]:
+        """Frames as they arrive, stamped in seconds since the source was opened (monotonic, so a gap shows).
+
+        A lost stream is reopened by the reconnect rule until it delivers again, is given up (StreamLost) or
+        ``stop`` is set.
+        """
+        assert self._reconnect is not None
+        t0, index, bad = self._opened, 0, 0  # bad: frames in a row that decoded to no image
+        last = t0  # when the last frame came
+        try:
+            while not self.stop.is_set():
+                t_read = time.monotonic()
+                ok, img = self._cap.read()
+                if ok and valid_image(img):
+                    last = time.monotonic()
+                    gap = self._reconnect.resumed()
+                    if gap is not None:
+                        self.reconnects, self.offline = self._reconnect.reconnects, self._reconnect.offline
+                        log.warning("%s: frames resumed after %.1f s", self.spec, gap)
+                    bad = 0
+                    yield Frame(index, last - t0, img, self.spec)
+                    index += 1
+                    continue
+                if ok and bad < MAX_BAD_READS:
+                    self.skipped, bad = self.skipped + 1, bad + 1
+                    continue
+                now = time.monotonic()
+                why = (f"no frame for {now - last:.1f} s" if now - t_read >= 0.9 * READ_TIMEOUT
+                       else f"{MAX_BAD_READS} unreadable frames in a row" if ok else "the stream ended")
+                if self._reconnect.seconds > 0:
+                    log.warning("%s: %s; retrying until %g s after its last frame", self.spec, why, self._reconnect.seconds)
+                self._cap.release()
+                cap = self._reconnect.reopen(why, t0, index, last)
+                if cap is None:
+                    return
+                self._cap, bad = cap, 0
+        finally:
+            self._cap.release()
 
     def close(self) -> None:
         self._cap.release()
@@ -192,18 +244,21 @@ def _image_files(spec: str) -> list[Path] | None:
     return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTS)
 
 
-def open_source(spec: str | Path | int, limit: int | None = None) -> Source:
-    """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob."""
+def open_source(spec: str | Path | int, limit: int | None = None, reconnect: float = DEFAULT_RECONNECT) -> Source:
+    """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob.
+
+    ``reconnect``: seconds a live source that stops is retried before it is given up (0: not retried).
+    """
     if limit is not None and limit < 1:
         raise CloExportError(f"--limit {limit} must be at least 1")
     text = str(spec)
     if text.isdigit():
-        return VideoSource(text, limit, capture=int(text), live=True)
+        return VideoSource(text, limit, capture=int(text), live=True, reconnect=reconnect)
     if text.lower().startswith(STREAM_PREFIXES):
         path_part = text.split("?", 1)[0].lower()
         if path_part.startswith(("http://", "https://")) and Path(path_part).suffix in IMAGE_EXTS:
             raise CloExportError(f"'{text}' looks like an image URL; download it first and pass the file")
-        return VideoSource(text, limit, capture=text, live=True)
+        return VideoSource(text, limit, capture=text, live=True, reconnect=reconnect)
     files = _image_files(text)
     if files is not None:
         if not files:

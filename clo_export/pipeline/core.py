@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner, RunnerGone
 from clo_export.compare import Report
+from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
 from clo_export.data.preprocess import LetterboxInfo, preprocess
 from clo_export.data.sinks import Sink
 from clo_export.data.readers import Frame, Source
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InferOptions:
-    """Postprocessing thresholds and how frames are batched and checked."""
+    """Postprocessing thresholds, how frames are batched and checked, and how long a lost live stream is retried."""
 
     conf: float = 0.25
     iou: float = 0.45
@@ -38,9 +40,13 @@ class InferOptions:
     batch: int = 1
     check_every: int = 1
     queue_size: int = 4
+    reconnect: float = DEFAULT_RECONNECT  # seconds a lost live stream is retried before the run gives it up (0: never)
 
     def validate(self) -> None:
         """Refuse bad values before any work starts."""
+        if not (math.isfinite(self.reconnect) and self.reconnect >= 0):
+            raise CloExportError(f"--reconnect {self.reconnect} must be a number of seconds >= 0 "
+                                 "(0: give a lost live stream up at once)")
         if not (0 <= self.conf <= 1 and 0 <= self.iou <= 1):
             raise CloExportError(f"--conf {self.conf} and --iou {self.iou} must lie in [0, 1]")
         if self.max_det < 1 or self.batch < 1 or self.check_every < 1 or self.queue_size < 1:
@@ -64,6 +70,9 @@ class RunResult:
     batch: int = 1
     streams: int = 1
     gone: str | None = None  # why the runner's server stopped answering (the run ended there)
+    lost: str | None = None  # why the live source was given up (the run ended there)
+    reconnects: int = 0  # times a lost live source came back
+    offline: float = 0.0  # seconds the live source delivered no frames before coming back
 
     @property
     def fps(self) -> float:
@@ -99,8 +108,9 @@ class Pipeline:
         self.on_frame = on_frame  # (frames written, detections in this frame), from the writer thread
         self.post = Postprocessor(opts)
         self.timers = {name: StageTimer(name) for name in STAGES}
-        self.control = Control()
+        self.control = Control(source.stop)
         self.gone: str | None = None
+        self.lost: str | None = None
         self.frames = self.detections = self.dropped = self.checked = 0
         self.batch, self.streams, self.input_name, self._pad = 1, 1, "", None
 
@@ -123,7 +133,7 @@ class Pipeline:
             seconds=time.perf_counter() - t0, stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
-            gone=self.gone,
+            gone=self.gone, lost=self.lost, reconnects=self.source.reconnects, offline=self.source.offline,
         )
 
     def _configure_batch(self) -> None:
@@ -143,7 +153,8 @@ class Pipeline:
 
     # ---- stage bodies (shared by both modes)
     def _batches(self) -> Iterator[_Batch]:
-        """Preprocessed batches of frames from the source; a KeyboardInterrupt inside the source stops the run."""
+        """Preprocessed batches of frames from the source; a KeyboardInterrupt inside the source stops the run, a live
+        source given up ends it (``lost``) with the frames read so far finished and written."""
         it = iter(self.source)
         batch = _Batch([], [], [])
         while not self.control.stop.is_set():
@@ -151,6 +162,9 @@ class Pipeline:
                 with self.timers["decode"].timed():
                     frame = next(it)
             except StopIteration:
+                break
+            except StreamLost as e:
+                self.lost = str(e)
                 break
             except KeyboardInterrupt:
                 self.request_stop()

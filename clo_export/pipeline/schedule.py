@@ -24,10 +24,10 @@ _END = object()
 
 
 class Control:
-    """Stop, hurry and abort, shared by every stage."""
+    """Stop, hurry and abort, shared by every stage (``stop`` may be the source's, so a live source stops waiting)."""
 
-    def __init__(self) -> None:
-        self.stop = threading.Event()  # stop reading; finish what is in flight
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self.stop = stop if stop is not None else threading.Event()  # stop reading; finish what is in flight
         self.hurry = threading.Event()  # a second stop: drop what is queued too
         self.abort = threading.Event()  # a stage failed: every stage ends now
         self.interrupted = False
