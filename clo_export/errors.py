@@ -13,7 +13,8 @@ class CloExportError(Exception):
 MEMORY_SIGNS = ("out of memory", "can't allocate", "insufficient memory", "failed to allocate", "bad allocation",
                 "unable to allocate", "bad_alloc")
 _SIZE = re.compile(r"(\d+(?:\.\d*)?\s*[KMGTP]i?B)\b|(\d{4,})\s*bytes|buffer of size\s*(\d+)", re.IGNORECASE)
-_SIGNS = (("Allocator", "PyTorch"), ("CUDA out of memory", "PyTorch"), ("OpenCV", "OpenCV"), ("ONNXRuntime", "ONNX Runtime"))
+_SIGNS = (("Allocator", "PyTorch"), ("CUDA out of memory", "PyTorch"), ("OpenCV", "OpenCV"),
+          ("ONNXRuntime", "ONNX Runtime"))
 _LIBRARIES = (("torch", "PyTorch"), ("cv2", "OpenCV"), ("onnxruntime", "ONNX Runtime"), ("numpy", "NumPy"))
 
 

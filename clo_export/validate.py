@@ -60,7 +60,7 @@ def is_remote(text: str) -> bool:
 
 
 def existing_sources(option: str, specs: Iterable[Union[str, Path]], hint: str) -> None:
-    """Refuse a local source (file, folder or glob) that names nothing, or a FIFO/socket/device; URLs and webcams pass."""
+    """Refuse a local source (file, folder, glob) that names nothing or is a FIFO/socket/device; URLs, webcams pass."""
     import glob
 
     from clo_export.data.files import is_pattern, path_kind, refuse_special

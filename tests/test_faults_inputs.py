@@ -15,7 +15,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -28,7 +27,8 @@ from onnx import TensorProto, helper
 
 from clo_export.data.files import MAX_PIXELS, image_size
 from clo_export.errors import memory_error_text
-from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for, ws  # noqa: F401 (ws: fixture)
+from tests.test_faults import ws  # noqa: F401 (fixture)
+from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for
 
 QUICK = 20.0  # seconds a refused input may take, interpreter start-up included (a blocked open never returns)
 
@@ -193,7 +193,8 @@ BOMBS = [
      bomb_in("bomb.png", "imgs")),
     (export, ["check", "m.onnx", "-w", "m.pt", "--source", "bomb.png"], "over the 100 MP limit", bomb_in("bomb.png")),
     (export, ["quantize", "m.onnx", "--calib", "imgs"], "over the 100 MP limit", bomb_in("bomb.png", "imgs")),
-    (export, ["onnx", "m.pt", "--imgsz", "128", "--source", "imgs"], "over the 100 MP limit", bomb_in("bomb.png", "imgs")),
+    (export, ["onnx", "m.pt", "--imgsz", "128", "--source", "imgs"], "over the 100 MP limit",
+     bomb_in("bomb.png", "imgs")),
     (infer, ["big.jpg", "-m", "m.onnx"], "60000x50000", lambda ws: jpeg_claiming(ws / "big.jpg", 60000, 50000)),
     (infer, ["imgs", "-m", "m.onnx", "--max-pixels", "1000"], "over the 0.001 MP limit", None),
     (infer, ["imgs", "-m", "m.onnx", "--max-pixels", "0"], "--max-pixels 0", None),
@@ -222,10 +223,11 @@ def test_the_limit_can_be_raised_and_set_by_environment(ws, monkeypatch):
     result = infer("imgs/img0.jpg", "-m", "m.onnx", "-q", "--json", "o.jsonl", "--max-pixels", str(w * h))
     assert result.exit_code == 0, result.output
     monkeypatch.setenv("CLO_EXPORT_MAX_PIXELS", "many")
-    refused(infer("imgs/img0.jpg", "-m", "m.onnx"), snapshot(ws), ws, "CLO_EXPORT_MAX_PIXELS='many'", kind="pixel limit")
+    refused(infer("imgs/img0.jpg", "-m", "m.onnx"), snapshot(ws), ws, "CLO_EXPORT_MAX_PIXELS='many'",
+            kind="pixel limit")
 
 
-# ---------------------------------------------------------------------------------------------- paths read as what they are
+# ---------------------------------------------------------------------------------------------- paths as they are
 
 
 def test_an_existing_folder_named_like_a_webcam_is_a_folder(ws):
@@ -273,7 +275,8 @@ def _raised(fn) -> BaseException:
 def ort_allocation_failure() -> None:
     import onnxruntime as ort
 
-    node = helper.make_node("ConstantOfShape", ["s"], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    node = helper.make_node("ConstantOfShape", ["s"], ["y"], value=value)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -308,19 +311,21 @@ def test_an_out_of_memory_decode_is_one_line(ws, bomb):
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
-    proc = subprocess.run([str(cli_path("clo-infer")), "bomb.png", "-m", "m.onnx", "-q", "--max-pixels", "500000000",
-                           "--workers", "1", "--threads", "1"], cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=300, preexec_fn=limit, env={**os.environ, "COLUMNS": "200"})
+    args = [str(cli_path("clo-infer")), "bomb.png", "-m", "m.onnx", "-q", "--max-pixels", "500000000", "--workers", "1",
+            "--threads", "1"]
+    proc = subprocess.run(args, cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+                          preexec_fn=limit, env={**os.environ, "COLUMNS": "200"})
     refused(Ran(proc, 0), before, ws, "out of memory:", kind="memory")
 
 
-# ---------------------------------------------------------------------------------------------- foreign ONNX, odd values
+# ---------------------------------------------------------------------------------------------- odd models, values
 
 
 def foreign_onnx(path: Path, inputs: list, out_shape: list, names: str = "{0: 'a', 1: 'b', 2: 'c'}") -> None:
     """A small ONNX carrying YOLOv5 metadata (stride, names) but not fed or shaped like a YOLOv5 detector."""
     first = inputs[0][0]
-    nodes = [helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("c", TensorProto.INT64, [len(out_shape)], out_shape))]
+    shape = helper.make_tensor("c", TensorProto.INT64, [len(out_shape)], out_shape)
+    nodes = [helper.make_node("Constant", [], ["shape"], value=shape)]
     if len(inputs) > 1:
         nodes.append(helper.make_node("Add", [inputs[0][0], inputs[1][0]], ["sum"]))
         first = "sum"
@@ -335,19 +340,29 @@ def foreign_onnx(path: Path, inputs: list, out_shape: list, names: str = "{0: 'a
     onnx.save(model, str(path))
 
 
-NHWC = lambda ws: foreign_onnx(ws / "f.onnx", [("images", [1, 128, 128, 3])], [1, -1, 8])  # noqa: E731
-TWO = lambda ws: foreign_onnx(ws / "f.onnx", [("images", [1, 3, 128, 128]), ("other", [1, 3, 128, 128])], [1, -1, 8])  # noqa: E731
-CLASSIFIER = lambda ws: foreign_onnx(ws / "f.onnx", [("images", [1, 3, 224, 224])], [1, -1],  # noqa: E731
-                                     str({i: f"c{i}" for i in range(80)}))
+def nhwc_model(ws: Path) -> None:
+    foreign_onnx(ws / "f.onnx", [("images", [1, 128, 128, 3])], [1, -1, 8])
+
+
+def two_inputs(ws: Path) -> None:
+    foreign_onnx(ws / "f.onnx", [("images", [1, 3, 128, 128]), ("other", [1, 3, 128, 128])], [1, -1, 8])
+
+
+def classifier(ws: Path) -> None:
+    """A 224x224 classifier (1 x 1002 scores) carrying YOLOv5 metadata for 80 classes."""
+    foreign_onnx(ws / "f.onnx", [("images", [1, 3, 224, 224])], [1, -1], str({i: f"c{i}" for i in range(80)}))
+
+
 LAYOUT = "one input of layout 1x3xHxW (NCHW"
 
 ODD = [
-    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "(channels last, NHWC)", NHWC),
-    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], LAYOUT, NHWC),
-    (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], LAYOUT, NHWC),
-    (infer, ["v.mp4", "-m", "f.onnx", "--save", "o.mp4"], "takes 2 inputs ('images' 1x3x128x128", TWO),
-    (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], "takes 2 inputs", TWO),
-    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "no output of shape (batch, anchors, 5 + classes)", CLASSIFIER),
+    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "(channels last, NHWC)", nhwc_model),
+    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], LAYOUT, nhwc_model),
+    (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], LAYOUT, nhwc_model),
+    (infer, ["v.mp4", "-m", "f.onnx", "--save", "o.mp4"], "takes 2 inputs ('images' 1x3x128x128", two_inputs),
+    (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], "takes 2 inputs", two_inputs),
+    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "no output of shape (batch, anchors, 5 + classes)",
+     classifier),
     (infer, ["v.mp4", "-m", "m.onnx", "--classes", "²"], "--classes '²' is neither a class id", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--classes", "١"], "--classes '١' is neither a class id", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--classes", ","], "names no class", None),
@@ -384,8 +399,8 @@ def test_a_supported_target_still_passes(ws):
 def test_printing_never_fails_on_an_ascii_terminal(ws):
     before = snapshot(ws)
     env = {"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}
-    ran = run_bounded([str(cli_path("clo-infer")), "v.mp4", "-m", "m.onnx", "-q", "--limit", "2", "--json", "ünï.jsonl"],
-                      ws, env)
+    args = [str(cli_path("clo-infer")), "v.mp4", "-m", "m.onnx", "-q", "--limit", "2", "--json", "ünï.jsonl"]
+    ran = run_bounded(args, ws, env)
     assert ran.exit_code == 0 and "Traceback" not in ran.output, ran.output
     assert "wrote \\xfcn\\xef.jsonl" in ran.output
     assert len((ws / "ünï.jsonl").read_text().splitlines()) == 2

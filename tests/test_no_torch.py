@@ -55,13 +55,15 @@ EXPORT = MISSING.replace('sys.argv = ["clo-infer", *sys.argv[1:]]', 'sys.argv = 
     "from clo_export.cli.infer import app", "from clo_export.cli.main import app")
 
 
-@pytest.mark.parametrize("args", [["onnx", "{pt}", "--imgsz", "128", "-o", "x.onnx"], ["info", "{pt}"], ["demo", "--out", "d"],
+@pytest.mark.parametrize("args", [["onnx", "{pt}", "--imgsz", "128", "-o", "x.onnx"], ["info", "{pt}"],
+                                  ["demo", "--out", "d"],
                                   ["check", "{onnx}", "-w", "{pt}", "--source", "{video}", "--json", "r.json"]],
                          ids=["onnx", "info", "demo", "check"])
 def test_export_commands_without_torch_answer_in_one_line(art, tmp_path, args):
-    """The torch-less runtime install: every export command says what to install, like check does, and writes nothing."""
+    """The torch-less runtime install: every export command says what to install, as check does, and writes nothing."""
     args = [a.format(pt=art.pt, onnx=art.onnx, video=art.video, images=art.images) for a in args]
-    out = subprocess.run([sys.executable, "-c", EXPORT, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-c", EXPORT, *args], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr and len(errors) == 1, out.stderr

@@ -49,14 +49,14 @@ def check_detector_inputs(specs: list[TensorSpec], where: str) -> None:
     layout = "one input of layout 1x3xHxW (NCHW, RGB, 0-1) float32 or float16"
     found = ", ".join(f"'{s.name}' {_shape_text(s)}" for s in specs)
     if len(specs) != 1:
-        raise CloExportError(f"{where} takes {len(specs)} inputs ({found}); clo-export runs YOLOv5 detectors with {layout}: "
-                             "export the detector with clo-export onnx or YOLOv5's export.py")
+        raise CloExportError(f"{where} takes {len(specs)} inputs ({found}); clo-export runs YOLOv5 detectors with "
+                             f"{layout}: export the detector with clo-export onnx or YOLOv5's export.py")
     spec = specs[0]
     channels_last = len(spec.shape) == 4 and spec.shape[3] == 3 and spec.shape[1] not in (3, None)
     if len(spec.shape) != 4 or spec.shape[1] not in (3, None) or spec.dtype not in (np.float32, np.float16):
-        raise CloExportError(f"{where} takes {found}{' (channels last, NHWC)' if channels_last else ''}; clo-export runs "
-                             f"YOLOv5 detectors with {layout}: export it with channels first (clo-export onnx or "
-                             "YOLOv5's export.py)")
+        nhwc = " (channels last, NHWC)" if channels_last else ""
+        raise CloExportError(f"{where} takes {found}{nhwc}; clo-export runs YOLOv5 detectors with {layout}: export it "
+                             "with channels first (clo-export onnx or YOLOv5's export.py)")
 
 
 class OnnxRuntimeRunner(Runner):

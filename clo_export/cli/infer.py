@@ -144,8 +144,8 @@ def infer(
     from clo_export.validate import check_infer_options
 
     check_infer_options(source, model, check, save, save_dir, json_path, limit=limit, threads=threads, workers=workers,
-                        infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou, check_f1=check_f1,
-                        max_pixels=max_pixels)
+                        infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou,
+                        check_f1=check_f1, max_pixels=max_pixels)
     size = None
     if imgsz is not None:
         from clo_export.imgsz import parse_imgsz

@@ -55,7 +55,7 @@ def refuse_special(what: str, path: str | Path, hint: str = LIVE_HINT) -> None:
 
 
 def is_pattern(text: str) -> bool:
-    """A glob pattern: has * ? or [ and is not itself an existing path (an existing 'shot[1].jpg' is taken literally)."""
+    """A glob pattern: has * ? or [ and is no existing path (an existing 'shot[1].jpg' is taken literally)."""
     return any(c in text for c in "*?[") and not os.path.lexists(text)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clo_export.data.files import IMAGE_EXTS, VIDEO_EXTS, check_pixels, is_pattern, path_kind, read_image, refuse_special
+from clo_export.data.files import (IMAGE_EXTS, VIDEO_EXTS, check_pixels, is_pattern, path_kind, read_image,
+                                   refuse_special)
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)

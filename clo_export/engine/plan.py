@@ -74,8 +74,8 @@ def target_version(target: str) -> TrtVersion:
     """A --target name (8.5, 8.6, 10.3, 10.x, 11.x) or an explicit version like 10.7.0."""
     if target in TARGETS:
         return TARGETS[target]
-    refuse = CloExportError(f"unknown --target {target!r}: clo-export supports TensorRT 8.5, 8.6, 10.x and 11.x; use one "
-                            f"of {', '.join(TARGETS)} or a version in those series like 10.7.0")
+    refuse = CloExportError(f"unknown --target {target!r}: clo-export supports TensorRT 8.5, 8.6, 10.x and 11.x; "
+                            f"use one of {', '.join(TARGETS)} or a version in those series like 10.7.0")
     if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", target):
         raise refuse
     version = TrtVersion.parse(target)
