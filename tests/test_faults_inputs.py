@@ -115,6 +115,26 @@ def test_a_fifo_where_a_file_is_expected_is_refused_at_once(ws, cmd, args, match
     refused(ran, before, ws, match, kind="FIFO")
 
 
+def test_sockets_and_devices_are_refused_by_kind(ws):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(ws / "s.mp4"))
+    try:
+        os.symlink("/dev/zero", ws / "z.jpg")  # an endless "image"
+        (ws / "list.txt").write_text("imgs/img0.jpg\nz.jpg\n")
+        before = snapshot(ws)
+        refused(infer("s.mp4", "-m", "m.onnx"), before, ws, "SOURCE 's.mp4' is a socket", kind="FIFO")
+        refused(infer("/dev/null", "-m", "m.onnx"), before, ws, "SOURCE '/dev/null' is a character device", kind="FIFO")
+        refused(export("check", "m.onnx", "-w", "m.pt", "--source", "/dev/zero"), before, ws, "is a character device",
+                kind="FIFO")
+        refused(export("quantize", "m.onnx", "--calib", "list.txt"), before, ws, "file 'z.jpg' is a character device",
+                kind="FIFO")
+        refused(infer("z.jpg", "-m", "m.onnx"), before, ws, "SOURCE 'z.jpg' is a character device", kind="FIFO")
+    finally:
+        sock.close()
+
+
 def test_a_fifo_inside_a_folder_is_left_out_and_the_images_are_read(ws):
     os.mkfifo(ws / "imgs" / "f.jpg")
     ran = run_bounded([str(cli_path("clo-infer")), "imgs", "-m", "m.onnx", "-q", "--json", "o.jsonl"], ws)
