@@ -135,6 +135,12 @@ def test_sockets_and_devices_are_refused_by_kind(ws):
         sock.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_a_video_device_path_is_answered_with_the_webcam_index(ws):
+    os.mknod(ws / "video3", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a copy of /dev/null named like /dev/video3
+    refused(infer("video3", "-m", "m.onnx"), snapshot(ws), ws, "a camera is opened by its index: pass 3", kind="FIFO")
+
+
 def test_a_fifo_inside_a_folder_is_left_out_and_the_images_are_read(ws):
     os.mkfifo(ws / "imgs" / "f.jpg")
     ran = run_bounded([str(cli_path("clo-infer")), "imgs", "-m", "m.onnx", "-q", "--json", "o.jsonl"], ws)

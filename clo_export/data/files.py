@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import stat
 import struct
 from collections.abc import Iterator
@@ -51,6 +52,9 @@ def refuse_special(what: str, path: str | Path, hint: str = LIVE_HINT) -> None:
     """Refuse a FIFO, socket or device where a file is expected: reading one blocks or never ends."""
     kind = path_kind(path)
     if kind not in ("file", "folder", "missing"):
+        camera = re.search(r"(?:^|/)video(\d+)$", str(path)) if hint == LIVE_HINT else None
+        if camera is not None and kind == SPECIAL_KINDS[stat.S_IFCHR]:
+            hint = f"a camera is opened by its index: pass {camera.group(1)}"
         raise CloExportError(f"{what} '{path}' is {kind}, not a regular file; {hint}")
 
 
