@@ -15,7 +15,15 @@ INSTALL_HINTS = {
     "onnxslim": "pip install onnxslim",
     "tensorrt": "pip install tensorrt  (on Jetson it comes with JetPack: a venv with --system-site-packages)",
     "cv2": "pip install opencv-python-headless  (on Jetson JetPack's OpenCV: a venv with --system-site-packages)",
+    "onnx": "pip install onnx",
 }
+
+
+def missing_dependency(name: str, e: ImportError) -> CloExportError:
+    """The one-line error for an optional dependency that cannot be imported, with the command that installs it."""
+    top = name.split(".")[0]
+    hint = INSTALL_HINTS.get(top, f"pip install {top}")
+    return CloExportError(f"{name} is needed for this step but cannot be imported ({e}); install it: {hint}")
 
 
 def lazy_import(name: str) -> ModuleType:
@@ -23,9 +31,7 @@ def lazy_import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        top = name.split(".")[0]
-        hint = INSTALL_HINTS.get(top, f"pip install {top}")
-        raise CloExportError(f"{name} is needed for this step but cannot be imported ({e}); install it: {hint}") from e
+        raise missing_dependency(name, e) from e
 
 
 def lazy_attributes(package: str, where: dict[str, str]) -> Callable[[str], Any]:

@@ -7,6 +7,8 @@ from typing import Iterable, Optional, Union
 
 from clo_export.errors import CloExportError
 
+THREADS_PER_CORE = 4  # --threads/--workers beyond 4x the cores only add memory and start-up time
+
 
 def at_least(option: str, value: Optional[int], minimum: int, why: str = "") -> None:
     """Refuse ``value`` below ``minimum`` (None means the option was not given and is fine)."""
@@ -20,40 +22,71 @@ def in_range(option: str, value: Optional[float], low: float, high: float) -> No
         raise CloExportError(f"{option} {value} must lie in [{low:g}, {high:g}]")
 
 
+def at_most(option: str, value: Optional[int], maximum: int, why: str = "") -> None:
+    """Refuse ``value`` above ``maximum`` (None is fine)."""
+    if value is not None and value > maximum:
+        raise CloExportError(f"{option} {value} must be at most {maximum}{'; ' + why if why else ''}")
+
+
+def bounded_threads(option: str, value: Optional[int]) -> None:
+    """Threads or sessions: at least 1 and at most :data:`THREADS_PER_CORE` x the usable cores."""
+    from clo_export.backends.streams import usable_cores
+
+    cores = usable_cores()
+    at_least(option, value, 1)
+    at_most(option, value, THREADS_PER_CORE * cores, f"this machine has {cores} usable core(s); more only costs memory")
+
+
 def existing_file(option: str, path: Optional[Union[str, Path]], hint: str) -> None:
-    """Refuse a path that is not an existing file (None is fine)."""
+    """Refuse a path that is not an existing regular file (None is fine)."""
+    from clo_export.data.files import path_kind, refuse_special
+
     if path is None:
         return
     p = Path(path)
-    if not p.exists():
+    kind = path_kind(p)
+    if kind == "missing":
         raise CloExportError(f"{option} '{p}' does not exist; {hint}")
-    if not p.is_file():
+    if kind == "folder":
         raise CloExportError(f"{option} '{p}' is a folder, not a file; {hint}")
+    refuse_special(option, p, hint)
+
+
+def is_remote(text: str) -> bool:
+    """A webcam index or a URL: nothing on this machine's disk (an existing path '2024' is a path)."""
+    from clo_export.data.files import path_kind
+
+    return "://" in text or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
 
 
 def existing_sources(option: str, specs: Iterable[Union[str, Path]], hint: str) -> None:
-    """Refuse a local source (file, folder or glob) that names nothing; URLs and webcam indices pass."""
+    """Refuse a local source (file, folder, glob) that names nothing or is a FIFO/socket/device; URLs, webcams pass."""
     import glob
+
+    from clo_export.data.files import is_pattern, path_kind, refuse_special
 
     for spec in specs:
         text = str(spec)
-        if text.isdigit() or "://" in text:
+        if is_remote(text):
             continue
-        if any(c in text for c in "*?["):
+        if is_pattern(text):
             if not glob.glob(text, recursive=True):
                 raise CloExportError(f"{option} '{text}' matches no file; {hint}")
-        elif not Path(text).exists():
+        elif path_kind(text) == "missing":
             raise CloExportError(f"{option} '{text}' does not exist; {hint}")
+        refuse_special(option, text)
 
 
 def local_inputs(spec: Union[str, Path]) -> list:
     """The files and folders a source spec names on this machine, for the output clash check."""
     import glob
 
+    from clo_export.data.files import is_pattern
+
     text = str(spec)
-    if text.isdigit() or "://" in text:
+    if is_remote(text):
         return []
-    if any(c in text for c in "*?["):
+    if is_pattern(text):
         return [Path(p) for p in glob.glob(text, recursive=True)]
     return [Path(text)]
 
@@ -101,8 +134,10 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
     """``clo-infer``: every number, the model and source, and each output against each input."""
     from clo_export.fileio import check_outputs
 
-    for name in ("limit", "threads", "workers", "infer_batch", "max_det", "check_every"):
+    for name in ("limit", "infer_batch", "max_det", "check_every", "max_pixels"):
         at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
+    for name in ("threads", "workers"):
+        bounded_threads("--" + name, values.get(name))  # type: ignore[arg-type]
     for name in ("conf", "iou", "check_f1"):
         in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)
     local_model = None if str(model).startswith("triton://") else Path(model)  # a Triton server's model is no file

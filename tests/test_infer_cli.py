@@ -109,7 +109,7 @@ def test_ctrl_c_exits_130_with_complete_outputs(art, tmp_path, monkeypatch):
     import clo_export.data.readers as sources
 
     real = sources.open_source
-    monkeypatch.setattr(sources, "open_source", lambda spec, *args: _interrupting(real(spec, *args)))
+    monkeypatch.setattr(sources, "open_source", lambda spec, *args, **kw: _interrupting(real(spec, *args, **kw)))
     res = invoke(art.video, "-m", art.onnx, "--save", tmp_path / "o.mp4", "--json", tmp_path / "d.jsonl", "-q")
     assert res.exit_code == 130 and "interrupted after 5 frames" in res.output
     assert read_video(tmp_path / "o.mp4")[0] == 5 and len(records(tmp_path / "d.jsonl")) == 5

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
 from tests.test_sinks import read_video
 
@@ -45,3 +47,25 @@ def test_a_pt_model_without_torch_says_how_to_install_it(art, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "error:" in out.stderr and "torch" in out.stderr and "Traceback" not in out.stderr
+
+
+MISSING = BLOCKER.replace('raise ImportError(f"import of {name} blocked: this is a runtime-only install")',
+                          'raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # as pip leaves it')
+EXPORT = MISSING.replace('sys.argv = ["clo-infer", *sys.argv[1:]]', 'sys.argv = ["clo-export", *sys.argv[1:]]').replace(
+    "from clo_export.cli.infer import app", "from clo_export.cli.main import app")
+
+
+@pytest.mark.parametrize("args", [["onnx", "{pt}", "--imgsz", "128", "-o", "x.onnx"], ["info", "{pt}"],
+                                  ["demo", "--out", "d"],
+                                  ["check", "{onnx}", "-w", "{pt}", "--source", "{video}", "--json", "r.json"]],
+                         ids=["onnx", "info", "demo", "check"])
+def test_export_commands_without_torch_answer_in_one_line(art, tmp_path, args):
+    """The torch-less runtime install: every export command says what to install, as check does, and writes nothing."""
+    args = [a.format(pt=art.pt, onnx=art.onnx, video=art.video, images=art.images) for a in args]
+    out = subprocess.run([sys.executable, "-c", EXPORT, *args], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and len(errors) == 1, out.stderr
+    assert "torch is needed for this step" in errors[0] and "pip install torch" in errors[0]
+    assert list(tmp_path.iterdir()) == []

@@ -40,6 +40,25 @@ def providers_for_device(device: str | None) -> list[str] | None:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def _shape_text(spec: TensorSpec) -> str:
+    return "x".join("?" if d is None else str(d) for d in spec.shape) + f" {spec.dtype}"
+
+
+def check_detector_inputs(specs: list[TensorSpec], where: str) -> None:
+    """Refuse a model that is not fed like a YOLOv5 detector: one float input of layout Nx3xHxW (NCHW)."""
+    layout = "one input of layout 1x3xHxW (NCHW, RGB, 0-1) float32 or float16"
+    found = ", ".join(f"'{s.name}' {_shape_text(s)}" for s in specs)
+    if len(specs) != 1:
+        raise CloExportError(f"{where} takes {len(specs)} inputs ({found}); clo-export runs YOLOv5 detectors with "
+                             f"{layout}: export the detector with clo-export onnx or YOLOv5's export.py")
+    spec = specs[0]
+    channels_last = len(spec.shape) == 4 and spec.shape[3] == 3 and spec.shape[1] not in (3, None)
+    if len(spec.shape) != 4 or spec.shape[1] not in (3, None) or spec.dtype not in (np.float32, np.float16):
+        nhwc = " (channels last, NHWC)" if channels_last else ""
+        raise CloExportError(f"{where} takes {found}{nhwc}; clo-export runs YOLOv5 detectors with {layout}: export it "
+                             "with channels first (clo-export onnx or YOLOv5's export.py)")
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX model (path or serialized bytes) in an ONNX Runtime session."""
 
@@ -71,6 +90,7 @@ class OnnxRuntimeRunner(Runner):
         log.debug("onnxruntime providers: %s", self.session.get_providers())
         self._inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
                                    np.dtype(ORT_TYPES.get(i.type, np.float32))) for i in self.session.get_inputs()]
+        check_detector_inputs(self._inputs, "the model" if isinstance(self.model, bytes) else f"'{self.model}'")
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def runs_on_cpu(self) -> bool:

@@ -39,6 +39,9 @@ def parse_url(url: str) -> Tuple[str, str]:
     m = _URL.match(url)
     if not m:
         raise CloExportError(f"'{url}' is not a Triton model address; use triton://host:port/name (gRPC port, default {DEFAULT_PORT})")
+    if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
+        raise CloExportError(f"'{url}': port {m.group('port')} is out of range; TCP ports are 1 to 65535 "
+                             f"(Triton's gRPC port is {DEFAULT_PORT} unless the server was started with another)")
     return f"{m.group('host')}:{m.group('port') or DEFAULT_PORT}", m.group("model")
 
 

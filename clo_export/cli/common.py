@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typing_extensions import Annotated
 
-from clo_export.errors import CloExportError
+from clo_export.errors import CloExportError, memory_error_text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -109,8 +110,26 @@ class Command(TyperCommand):
         return pieces
 
 
+def safe_streams() -> None:
+    """Printing never fails: a character the terminal's encoding lacks (LANG=C, a path in UTF-8) is written escaped."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and (getattr(stream, "errors", "") or "") == "strict":
+            reconfigure(errors="backslashreplace")
+
+
+def check_cwd() -> None:
+    """A deleted working folder is one line at the start, not a bare ENOENT (or a native library's abort) later."""
+    try:
+        os.getcwd()
+    except OSError:
+        raise CloExportError("the working folder no longer exists (deleted or unmounted); cd to an existing folder "
+                             "and run the command again") from None
+
+
 def setup(debug: bool = False, verbose: bool = False, keep: bool = False) -> None:
     """Route library logs to stderr through rich; remember --debug and --verbose (``keep``: added to the app-level flags)."""
+    safe_streams()
     _state["debug"] = debug or (keep and _state["debug"]) or env_debug()
     _state["verbose"] = verbose or (keep and _state["verbose"])
     verbose = _state["verbose"]
@@ -123,22 +142,26 @@ def setup(debug: bool = False, verbose: bool = False, keep: bool = False) -> Non
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM behaves like Ctrl-C: the same clean-up runs (temporary files removed, videos closed)."""
+    """SIGTERM and SIGHUP behave like Ctrl-C: the same clean-up runs (temporary files removed, videos closed)."""
     raise KeyboardInterrupt
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Route SIGTERM to KeyboardInterrupt while a command runs (main thread only)."""
+    """Route SIGTERM and SIGHUP (a closed terminal) to KeyboardInterrupt while a command runs (main thread only)."""
     try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = {sig: signal.signal(sig, _terminate) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -176,6 +199,7 @@ def guarded(fn: F) -> F:
             setup(kwargs.pop("debug", False), kwargs.pop("verbose", False), keep=True)
         try:
             with sigterm_as_interrupt():
+                check_cwd()
                 return fn(*args, **kwargs)
         except CloExportError as e:
             if _state["debug"]:
@@ -188,14 +212,21 @@ def guarded(fn: F) -> F:
 
             where = f"'{e.filename}': " if e.filename else ""
             raise fail(escape(f"{where}{os_error_text(e)}")) from None
-        except MemoryError:
-            if _state["debug"]:
+        except ImportError as e:
+            from clo_export.lazy import INSTALL_HINTS, missing_dependency
+
+            if _state["debug"] or (e.name or "").split(".")[0] not in INSTALL_HINTS:
                 raise
-            raise fail("out of memory; use a smaller --imgsz or batch, or a machine with more memory") from None
+            raise fail(escape(str(missing_dependency(e.name or "", e)))) from None
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
             raise fail("interrupted; no partial output was left", 130) from None
+        except Exception as e:  # MemoryError, torch's/cv2's/ONNX Runtime's allocation failures: one line with the size
+            text = memory_error_text(e)
+            if _state["debug"] or text is None:
+                raise
+            raise fail(escape(text)) from None
 
     wrapper.__annotations__ = {**hints, **{n: globals_[n] for n in injected}}
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

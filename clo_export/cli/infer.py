@@ -39,13 +39,16 @@ def parse_classes(values: list[str] | None, names: dict[int, str]) -> tuple[int,
     for token in (t.strip() for v in values for t in v.split(",")):
         if not token:
             continue
-        if token.isdigit():
+        if token.isascii() and token.isdecimal():  # not '²': str.isdigit accepts superscripts int() refuses
             out.append(int(token))
         elif token.lower() in by_name:
             out.append(by_name[token.lower()])
         else:
             raise CloExportError(f"--classes '{token}' is neither a class id nor one of the model's names "
                                  f"({', '.join(list(names.values())[:10])}{'…' if len(names) > 10 else ''})")
+    if not out:
+        raise CloExportError(f"--classes {' '.join(values)!r} names no class (it would drop every detection); "
+                             "pass ids or names such as --classes 0,2 or --classes person")
     bad = [c for c in out if c not in names]
     if bad:
         raise CloExportError(f"--classes {bad} out of range: the model has classes 0…{len(names) - 1}")
@@ -120,6 +123,7 @@ def infer(
     batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
     reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Largest image to decode, in pixels, checked from its header (default 100000000 = 100 MP; also CLO_EXPORT_MAX_PIXELS).", rich_help_panel=RUN, show_default=False)] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
     check: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
@@ -144,7 +148,8 @@ def infer(
     from clo_export.validate import check_infer_options
 
     check_infer_options(source, model, check, save, save_dir, json_path, limit=limit, threads=threads, workers=workers,
-                        infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou, check_f1=check_f1)
+                        infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou,
+                        check_f1=check_f1, max_pixels=max_pixels)
     size = None
     if imgsz is not None:
         from clo_export.imgsz import parse_imgsz
@@ -158,7 +163,7 @@ def infer(
     if reconnect is not None:
         opts = replace(opts, reconnect=reconnect)
     opts.validate()
-    src = open_source(source, limit, opts.reconnect)
+    src = open_source(source, limit, opts.reconnect, max_pixels=max_pixels)
     reference = None
     if check is not None:
         from clo_export.backends.pytorch import load_reference

@@ -70,6 +70,9 @@ def validate_flags(model: Path, *, fp16: bool = False, int8: bool = False, calib
                    batch_range: str | None = None, strongly_typed: bool = False, keep_float: Path | None = None) -> Flags:
     """Refuse impossible flag combinations before any file is read or TensorRT imported."""
     if not model.is_file():
+        from clo_export.data.files import refuse_special
+
+        refuse_special("model", model, "pass the .onnx clo-export onnx wrote")  # a FIFO or device: named, never opened
         raise CloExportError(f"model '{model}' does not exist; export one with: clo-export onnx best.pt")
     if model.suffix.lower() != ".onnx":
         raise CloExportError(f"'{model.name}' is not an ONNX file; clo-export trt builds from the .onnx that "

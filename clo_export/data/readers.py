@@ -20,7 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clo_export.data.files import IMAGE_EXTS, VIDEO_EXTS
+from clo_export.data.files import (IMAGE_EXTS, VIDEO_EXTS, check_pixels, is_pattern, path_kind, read_image,
+                                   refuse_special)
 from clo_export.data.live import DEFAULT_RECONNECT, READ_TIMEOUT, Reconnector, open_capture
 from clo_export.errors import CloExportError
 
@@ -209,15 +210,19 @@ class ImageSource(Source):
 
     kind = "images"
 
-    def __init__(self, spec: str, files: list[Path], limit: int | None = None):
+    def __init__(self, spec: str, files: list[Path], limit: int | None = None, max_pixels: int | None = None):
         super().__init__(spec, limit)
         self.files = files
         self.total = len(files)
+        self.max_pixels = max_pixels
+        for path in files[:limit]:  # before any work: no image is a FIFO or a decompression bomb
+            refuse_special("image", path)
+            check_pixels(path, max_pixels)
 
     def frames(self) -> Iterator[Frame]:
         index = 0
         for path in self.files:
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            img = read_image(path, self.max_pixels)
             if not valid_image(img):
                 log.warning("skipping unreadable image %s", path)
                 self.skipped += 1
@@ -232,7 +237,7 @@ class ImageSource(Source):
 def _image_files(spec: str) -> list[Path] | None:
     """Image files named by a folder or glob (None when ``spec`` is neither); videos there are left out."""
     path = Path(spec)
-    if any(c in spec for c in "*?["):
+    if is_pattern(spec):
         found = [Path(p) for p in glob.glob(spec, recursive=True)]
     elif path.is_dir():
         found = [p for p in path.rglob("*") if p.is_file()]
@@ -244,15 +249,24 @@ def _image_files(spec: str) -> list[Path] | None:
     return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTS)
 
 
-def open_source(spec: str | Path | int, limit: int | None = None, reconnect: float = DEFAULT_RECONNECT) -> Source:
+def is_webcam(text: str) -> bool:
+    """A webcam index: ASCII digits that do not name an existing path (a folder '2024' is a folder)."""
+    return text.isascii() and text.isdecimal() and path_kind(text) == "missing"
+
+
+def open_source(spec: str | Path | int, limit: int | None = None, reconnect: float = DEFAULT_RECONNECT,
+                max_pixels: int | None = None) -> Source:
     """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob.
 
     ``reconnect``: seconds a live source that stops is retried before it is given up (0: not retried).
+    An existing path wins over a webcam index (a folder named 2024) and over a glob ('shot[1].jpg');
+    a FIFO, socket or device is refused (reading one blocks): a live stream is a URL or a webcam index.
     """
     if limit is not None and limit < 1:
         raise CloExportError(f"--limit {limit} must be at least 1")
     text = str(spec)
-    if text.isdigit():
+    refuse_special("source", text)
+    if is_webcam(text):
         return VideoSource(text, limit, capture=int(text), live=True, reconnect=reconnect)
     if text.lower().startswith(STREAM_PREFIXES):
         path_part = text.split("?", 1)[0].lower()
@@ -263,14 +277,14 @@ def open_source(spec: str | Path | int, limit: int | None = None, reconnect: flo
     if files is not None:
         if not files:
             raise CloExportError(f"'{text}' holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-        return ImageSource(text, files, limit)
+        return ImageSource(text, files, limit, max_pixels)
     path = Path(text)
     if not path.exists():
         raise CloExportError(f"source '{text}' does not exist; pass a video, an image, a folder, a glob, "
                              "a webcam index (0) or a stream URL (rtsp://…)")
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTS:
-        return ImageSource(text, [path], limit)
+        return ImageSource(text, [path], limit, max_pixels)
     if suffix in VIDEO_EXTS:
         return VideoSource(text, limit)
     raise CloExportError(f"'{text}' is neither an image ({', '.join(sorted(IMAGE_EXTS))}) nor a video "

@@ -18,6 +18,8 @@ plan through Polygraphy's loaders; `TARGETS` names the versions `clo-export trt 
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +60,8 @@ TARGETS: dict[str, TrtVersion] = {
     "11.x": _V(11, 4, 1),  # JetPack 7; DLA on AGX Orin from 11.4.1
 }
 
+SUPPORTED_SERIES = ((_V(8, 5, 0), _V(8, 7, 0)), (_V(10, 0, 0), _V(12, 0, 0)))  # TensorRT 9 was never a general release
+
 CALIBRATOR_CLASSES: dict[str, str] = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 
 
@@ -70,9 +74,14 @@ def target_version(target: str) -> TrtVersion:
     """A --target name (8.5, 8.6, 10.3, 10.x, 11.x) or an explicit version like 10.7.0."""
     if target in TARGETS:
         return TARGETS[target]
-    if target.endswith(".x") or not target[:1].isdigit():
-        raise CloExportError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)} or a version like 10.7.0")
-    return TrtVersion.parse(target)
+    refuse = CloExportError(f"unknown --target {target!r}: clo-export supports TensorRT 8.5, 8.6, 10.x and 11.x; "
+                            f"use one of {', '.join(TARGETS)} or a version in those series like 10.7.0")
+    if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", target):
+        raise refuse
+    version = TrtVersion.parse(target)
+    if not any(since <= version < until for since, until in SUPPORTED_SERIES):
+        raise refuse
+    return version
 
 
 def has(version: TrtVersion, feature: str) -> bool:
@@ -224,7 +233,7 @@ def check_request(r: BuildRequest) -> None:
         raise CloExportError(f"--calibrator {r.calibrator} only applies to --int8; add --int8 or drop --calibrator")
     if r.batch_range is not None:
         check_batch_range(r.batch_range)
-    if r.workspace_gb is not None and r.workspace_gb <= 0:
+    if r.workspace_gb is not None and not (math.isfinite(r.workspace_gb) and r.workspace_gb > 0):
         raise CloExportError(f"--workspace {r.workspace_gb} must be a positive number of GiB")
     if r.dla_core is not None and r.dla_core < 0:
         raise CloExportError(f"--dla-core {r.dla_core} must be 0 or 1 (the Orin DLA cores)")

@@ -14,11 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from clo_export.data.preprocess import preprocess_batch
-from clo_export.data.files import frame_count, frames_at, is_video, media_files
+from clo_export.data.files import frame_count, frames_at, is_video, media_files, read_image
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def _readable(items: Sequence[Item], want: int) -> tuple[list[Item], list[str]]:
         if len(ok) >= want:
             break
         if item.frame is None:
-            good = cv2.imread(str(item.path), cv2.IMREAD_COLOR) is not None
+            good = read_image(item.path) is not None  # a decompression bomb is refused from its header
         else:
             good = item.frame in decoded[item.path]
         (ok.append(item) if good else bad.append(str(item)))
@@ -150,7 +149,7 @@ def read_items(items: Iterable[Item], skipped: list[str] | None = None) -> Itera
     cache: dict[Path, dict[int, np.ndarray]] = {}
     for item in items:
         if item.frame is None:
-            img = cv2.imread(str(item.path), cv2.IMREAD_COLOR)
+            img = read_image(item.path)
         else:
             if item.path not in cache:
                 wanted = {i.frame for i in items if i.path == item.path and i.frame is not None}

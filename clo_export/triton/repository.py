@@ -170,7 +170,7 @@ def resolve_platform(facts: ModelFacts, platform: str | None) -> str:
 def check_options(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> None:
     """Refuse combinations Triton or the model cannot serve, each with how to fix it."""
     s = opts.serving
-    name = opts.name or default_name(facts.path)
+    name = default_name(facts.path) if opts.name is None else opts.name  # --name '' is refused, not the default
     if not _NAME.match(name):
         raise CloExportError(f"--name '{name}' is not a Triton model name; use letters, digits, '_', '-' and '.'")
     if s.max_batch < 1 or s.instances < 1:
@@ -188,7 +188,7 @@ def check_options(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     if s.queue_delay_us < 0:
         raise CloExportError(f"--queue-delay-us {s.queue_delay_us} must be 0 or more")
     if opts.version < 1:
-        raise CloExportError(f"--version {opts.version} must be 1 or more (Triton's version folders start at 1)")
+        raise CloExportError(f"--model-version {opts.version} must be 1 or more (Triton's version folders start at 1)")
     if not (0 <= opts.conf <= 1 and 0 <= opts.iou <= 1) or opts.max_det < 1:
         raise CloExportError(f"--conf {opts.conf} and --iou {opts.iou} must lie in [0, 1] and --max-det at least 1")
     lo, hi = facts.batch_range
