@@ -380,8 +380,8 @@ def check_contract(artifact: ModelInfo, checkpoint: ModelInfo) -> None:
     """
     a, c = Path(artifact.path).name, Path(checkpoint.path).name
     if len(artifact.names) != len(checkpoint.names):
-        raise CloExportError(f"number of classes differs: {a} has {len(artifact.names)}, {c} has {len(checkpoint.names)}; "
-                             "check against the checkpoint the model was exported from")
+        raise CloExportError(f"number of classes differs: {a} has {len(artifact.names)}, {c} has "
+                             f"{len(checkpoint.names)}; check against the checkpoint the model was exported from")
     wrong = [k for k in sorted(checkpoint.names) if artifact.names.get(k) != checkpoint.names[k]]
     if wrong:
         k = wrong[0]

@@ -60,7 +60,7 @@ def resolve_imgsz(name: str, trained: tuple[int, int] | None, requested: tuple[i
 
 def runner_imgsz(model: str | Path, requested: tuple[int, int] | None,
                  checkpoint: tuple[int, int]) -> tuple[int, int] | None:
-    """The size to run ``model`` at beside its checkpoint: ``requested``; an ONNX that fixes none runs at ``checkpoint``."""
+    """The size to run ``model`` at beside its checkpoint: ``requested``; an ONNX fixing none runs at ``checkpoint``."""
     if requested is not None or Path(model).suffix.lower() != ".onnx":
         return requested
     from clo_export.artifacts import read_metadata

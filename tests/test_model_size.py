@@ -106,7 +106,8 @@ def test_info_summarises_at_the_training_size(small_ckpt):
 
 def test_an_explicit_other_size_is_exported_with_one_warning(small_ckpt, tmp_path):
     out = tmp_path / "m.onnx"
-    res = cli.invoke(app, ["onnx", str(small_ckpt), "--imgsz", "128", "-o", str(out), "--no-check", "--simplifier", "none"])
+    res = cli.invoke(app, ["onnx", str(small_ckpt), "--imgsz", "128", "-o", str(out), "--no-check",
+                           "--simplifier", "none"])
     assert res.exit_code == 0, res.output
     assert input_dims(out) == [1, 3, 128, 128]
     assert res.output.count("WARNING") == 1
@@ -122,8 +123,8 @@ def info(path="m.onnx", names=("circle", "square", "star"), stride=32, imgsz=(12
 
 @pytest.mark.parametrize("artifact,message", [
     (info(names=("circle", "square")), "number of classes differs: m.onnx has 2, best.pt has 3"),
-    (info(names=("circle", "star", "square")), "class names differ: class 1 is 'star' in m.onnx but 'square' in best.pt "
-                                               "(2 of 3 names differ)"),
+    (info(names=("circle", "star", "square")),
+     "class names differ: class 1 is 'star' in m.onnx but 'square' in best.pt (2 of 3 names differ)"),
     (info(stride=64), "stride differs: m.onnx has 64, best.pt has 32"),
     (info(imgsz=(256, 256)), "input size differs: m.onnx takes 256x256, best.pt runs at 128x128"),
 ])

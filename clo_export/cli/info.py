@@ -29,7 +29,8 @@ def info(
 
     if weights is None and cfg is None:
         raise CloExportError("give a checkpoint or --cfg model.yaml to summarise")
-    model, title, size = build_or_load(weights, cfg, tuple(plugin or ()), parse_imgsz(imgsz) if imgsz is not None else None)
+    requested = parse_imgsz(imgsz) if imgsz is not None else None
+    model, title, size = build_or_load(weights, cfg, tuple(plugin or ()), requested)
     if fuse:
         model = model.fuse()
     check_memory(model, size, 1, factor=1)  # the summary runs a forward pass at that size

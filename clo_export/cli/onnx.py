@@ -41,8 +41,8 @@ def onnx(
     from clo_export.validate import existing_file, existing_sources, local_inputs
     from clo_export.models.checkpoint import load
 
-    opts = ExportOptions(parse_imgsz(imgsz) if imgsz is not None else None, batch, dynamic_batch, opset, half, simplifier,
-                         nms, conf, iou, max_det)
+    requested = parse_imgsz(imgsz) if imgsz is not None else None
+    opts = ExportOptions(requested, batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
     opts.validate()
     existing_file("WEIGHTS", weights, "pass the path to your best.pt")
     existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
