@@ -5,7 +5,7 @@ The Python API, one call per ``clo-export`` step (README, "Python API")::
     import clo_export
 
     model = clo_export.load("best.pt")
-    onnx = clo_export.export_onnx(model, options=clo_export.ExportOptions(imgsz=(640, 640)))
+    onnx = clo_export.export_onnx(model)  # at the checkpoint's training size
     int8 = clo_export.quantize(onnx.path, "calib_images/")
     engine = clo_export.build_engine(int8.path, clo_export.BuildRequest(precision="int8"))
     runner, info = clo_export.load_runner(engine.engine_path)
@@ -69,17 +69,21 @@ def export_onnx(model: Union[LoadedModel, PathLike], out: Optional[PathLike] = N
                 source: Optional[PathLike] = None) -> ExportResult:
     """``clo-export onnx``: a static-shape ONNX (``out``, default beside the checkpoint) and its sidecar JSON.
 
-    ``model`` is a :func:`load` result or a checkpoint path. With ``check`` the ONNX is run in ONNX
-    Runtime beside PyTorch on seeded random batches (plus frames from ``source``): ``result.parity``
-    is the Report, falsy when outside tolerance (the file is still written, to inspect it).
+    ``model`` is a :func:`load` result or a checkpoint path. The input size is ``options.imgsz``,
+    else the size the checkpoint was trained at (640 when it records none); the log says which.
+    With ``check`` the ONNX is run in ONNX Runtime beside PyTorch on seeded random batches (plus
+    frames from ``source``): ``result.parity`` is the Report, falsy when outside tolerance (the file
+    is still written, to inspect it).
     """
     from clo_export.export.exporter import ExportOptions, export_onnx as export
     from clo_export.export.parity import parity_batches
+    from clo_export.imgsz import check_memory
 
     loaded = model if not isinstance(model, (str, os.PathLike)) else load(model)
-    opts = options or ExportOptions()
+    opts = (options or ExportOptions()).for_model(loaded)
     opts.validate()
     loaded.model.check_imgsz(opts.imgsz)
+    check_memory(loaded.model, opts.imgsz, opts.batch)  # before the parity frames of that size are made
     sizes = (opts.batch, 3) if opts.dynamic_batch and opts.batch != 3 else (opts.batch,)
     inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
     return export(loaded, Path(out) if out else None, opts, inputs)

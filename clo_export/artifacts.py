@@ -9,7 +9,8 @@
 * typed sidecars (:class:`Sidecar`): ``<artifact>.json`` beside every artifact (``best.onnx.json``,
   ``best.engine.json``), one reader and one writer (:func:`clo_export.fileio.write_sidecar`: the
   marker key ``clo_export_version``, never over a file clo-export did not write);
-* :class:`ModelInfo`, what inference needs to know about a model;
+* :class:`ModelInfo`, what inference needs to know about a model, and :func:`check_contract`, which refuses
+  an artifact whose classes, stride or input size are not its checkpoint's;
 * the command that rebuilds an engine.
 
 This module sits low: it imports no backend, no exporter and no torch, and onnx only when asked to.
@@ -368,3 +369,29 @@ class ModelInfo:
     def class_name(self, cls: int) -> str:
         """The class name, or the id as text for an unnamed class."""
         return self.names.get(int(cls), str(int(cls)))
+
+
+def check_contract(artifact: ModelInfo, checkpoint: ModelInfo) -> None:
+    """Refuse an artifact that is not its checkpoint's model: number of classes, class names, stride, input size.
+
+    The input size is also the letterbox target; the rest of the letterbox (114 padding, centred,
+    scale-up) is clo-export's one preprocessing function, recorded nowhere per model. Raises
+    CloExportError in one line naming the first field that differs and both values.
+    """
+    a, c = Path(artifact.path).name, Path(checkpoint.path).name
+    if len(artifact.names) != len(checkpoint.names):
+        raise CloExportError(f"number of classes differs: {a} has {len(artifact.names)}, {c} has "
+                             f"{len(checkpoint.names)}; check against the checkpoint the model was exported from")
+    wrong = [k for k in sorted(checkpoint.names) if artifact.names.get(k) != checkpoint.names[k]]
+    if wrong:
+        k = wrong[0]
+        raise CloExportError(f"class names differ: class {k} is {artifact.names.get(k)!r} in {a} but "
+                             f"{checkpoint.names[k]!r} in {c} ({len(wrong)} of {len(checkpoint.names)} names differ); "
+                             "check against the checkpoint the model was exported from")
+    if int(artifact.stride) != int(checkpoint.stride):
+        raise CloExportError(f"stride differs: {a} has {artifact.stride}, {c} has {checkpoint.stride}; "
+                             "check against the checkpoint the model was exported from")
+    if tuple(artifact.imgsz) != tuple(checkpoint.imgsz):
+        (h, w), (ch, cw) = artifact.imgsz, checkpoint.imgsz
+        raise CloExportError(f"input size differs: {a} takes {h}x{w}, {c} runs at {ch}x{cw} (its training size, or "
+                             f"--imgsz); re-export at {ch},{cw}, or pass --imgsz {h},{w} if {h}x{w} was meant")

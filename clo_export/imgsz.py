@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from clo_export.errors import CloExportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMGSZ = (640, 640)  # YOLOv5's training default: the size of a checkpoint that records none
 
 
 def parse_imgsz(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -20,6 +27,45 @@ def parse_imgsz(text: str | int | tuple[int, int] | list[int]) -> tuple[int, int
     if len(vals) not in (1, 2) or min(vals) <= 0:
         raise CloExportError(f"--imgsz '{text}' is not a size; use one number (640) or height,width (480,640)")
     return (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
+
+
+def size_text(imgsz: tuple[int, int]) -> str:
+    """(256, 320) -> '256x320' (height x width)."""
+    return f"{imgsz[0]}x{imgsz[1]}"
+
+
+def resolve_imgsz(name: str, trained: tuple[int, int] | None, requested: tuple[int, int] | None) -> tuple[int, int]:
+    """The size to run checkpoint ``name`` at: ``requested``, else its training size, else 640; logs which and why.
+
+    A requested size other than the training size is allowed, with one warning naming both: the
+    model sees objects at another scale than it learnt, and its detections change.
+    """
+    if requested is not None:
+        size = (int(requested[0]), int(requested[1]))
+        if trained is None:
+            log.info("imgsz %s: as requested (%s records no training size)", size_text(size), name)
+        elif tuple(trained) != size:
+            log.warning("imgsz %s as requested, but %s was trained at %s: its detections differ at another size",
+                        size_text(size), name, size_text(trained))
+        else:
+            log.info("imgsz %s: the checkpoint's training size", size_text(size))
+        return size
+    if trained is not None:
+        log.info("imgsz %s: the checkpoint's training size", size_text(trained))
+        return (int(trained[0]), int(trained[1]))
+    log.info("imgsz %s: %s records no training size; YOLOv5's default (pass --imgsz H,W with the size it was "
+             "trained at)", size_text(DEFAULT_IMGSZ), name)
+    return DEFAULT_IMGSZ
+
+
+def runner_imgsz(model: str | Path, requested: tuple[int, int] | None,
+                 checkpoint: tuple[int, int]) -> tuple[int, int] | None:
+    """The size to run ``model`` at beside its checkpoint: ``requested``; an ONNX fixing none runs at ``checkpoint``."""
+    if requested is not None or Path(model).suffix.lower() != ".onnx":
+        return requested
+    from clo_export.artifacts import read_metadata
+
+    return checkpoint if read_metadata(model).imgsz is None else None
 
 
 def model_imgsz(model_name: str, known: tuple[int, int] | None, requested: tuple[int, int] | None) -> tuple[int, int]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner, TensorSpec
 from clo_export.backends.device import device_index
 from clo_export.errors import CloExportError
+
+if TYPE_CHECKING:
+    from clo_export.models.checkpoint import LoadedModel
 
 
 def resolve_device(device: str | None) -> str:
@@ -61,15 +66,22 @@ class TorchRunner(Runner):
         return {self.output_name: y.float().cpu().numpy()}
 
 
-def load_reference(weights: Path, names: dict[int, str]) -> TorchRunner:
-    """A checkpoint as an (inactive) CPU TorchRunner for checks; its classes must match the model's ``names``."""
+def load_checkpoint(weights: Path, imgsz: tuple[int, int] | None = None) -> tuple[LoadedModel, ModelInfo]:
+    """A checkpoint and its ModelInfo at ``imgsz``, else at its training size (:func:`resolve_imgsz` logs which)."""
     from clo_export.lazy import lazy_import
 
-    lazy_import("torch")
+    lazy_import("torch")  # a runtime-only install gets the install hint, not an ImportError
+    from clo_export.imgsz import check_memory, resolve_imgsz
     from clo_export.models.checkpoint import load
 
     loaded = load(weights)
-    if len(loaded.names) != len(names):
-        raise CloExportError(f"{weights.name} has {len(loaded.names)} classes but the model has {len(names)}; "
-                             "check against the checkpoint the model was exported from")
-    return TorchRunner(loaded.model, "cpu")
+    size = resolve_imgsz(Path(weights).name, loaded.imgsz_hint, imgsz)
+    loaded.model.check_imgsz(size)
+    check_memory(loaded.model, size, 1, factor=2)  # an --imgsz that cannot fit: refused before a frame is allocated
+    return loaded, ModelInfo(str(weights), "pytorch", dict(loaded.names), size, loaded.model.max_stride, "fp32")
+
+
+def load_reference(weights: Path, imgsz: tuple[int, int] | None = None) -> tuple[TorchRunner, ModelInfo]:
+    """A checkpoint as an (inactive) CPU TorchRunner for checks, and its ModelInfo (the contract to check against)."""
+    loaded, info = load_checkpoint(weights, imgsz)
+    return TorchRunner(loaded.model, "cpu"), info

@@ -76,18 +76,9 @@ def load_runners(path: str | os.PathLike, device: Optional[str] = None, provider
 
 
 def _load_torch(path: Path, device: Optional[str], imgsz: Optional[Tuple[int, int]]) -> Tuple[Runner, ModelInfo]:
-    from clo_export.lazy import lazy_import
+    from clo_export.backends.pytorch import TorchRunner, load_checkpoint
 
-    lazy_import("torch")  # a runtime-only install gets the install hint, not an ImportError
-    from clo_export.backends.pytorch import TorchRunner
-    from clo_export.imgsz import check_memory
-    from clo_export.models.checkpoint import load
-
-    loaded = load(path)
-    size = tuple(imgsz or loaded.imgsz_hint or (640, 640))
-    loaded.model.check_imgsz(size)
-    check_memory(loaded.model, size, 1, factor=2)  # an --imgsz that cannot fit: refused before a frame is allocated
-    info = ModelInfo(str(path), "pytorch", dict(loaded.names), size, loaded.model.max_stride, "fp32")
+    loaded, info = load_checkpoint(path, imgsz)
     return TorchRunner(loaded.model, device, fuse=True), info
 
 

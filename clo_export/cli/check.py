@@ -25,15 +25,17 @@ def check(
     iou: Iou = 0.45,
     min_f1: Annotated[Optional[float], typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=POST)] = None,
     device: Device = None,
-    imgsz: Annotated[Optional[str], typer.Option(help="Input size, only for a model without a fixed one (YOLOv5 --dynamic ONNX).")] = None,
+    imgsz: Annotated[Optional[str], typer.Option(help="Size to check at when it is not the checkpoint's training size (the model must take it).", show_default=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
 ) -> None:
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
+    from clo_export.artifacts import check_contract
     from clo_export.backends.select import load_runner
     from clo_export.backends.pytorch import load_reference
     from clo_export.data.readers import open_source
+    from clo_export.imgsz import parse_imgsz, runner_imgsz
     from clo_export.pipeline import Checker, InferOptions, Pipeline
     from clo_export.validate import check_check_options
 
@@ -41,11 +43,11 @@ def check(
     opts.validate()
     out = json_out or model.with_name(model.name + ".check.json")
     check_check_options(model, weights, source, limit, frames, min_f1, out, json_out is not None, report)
-    from clo_export.imgsz import parse_imgsz
-
-    runner, info = load_runner(model, device, imgsz=parse_imgsz(imgsz) if imgsz is not None else None)
+    requested = parse_imgsz(imgsz) if imgsz is not None else None
+    reference, trained = load_reference(weights, requested)  # at its training size unless --imgsz
+    runner, info = load_runner(model, device, imgsz=runner_imgsz(model, requested, trained.imgsz))
+    check_contract(info, trained)  # classes, stride and size before any frame is run
     src = open_source(source, limit)
-    reference = load_reference(weights, info.names)
     with runner, reference:
         checker = Checker(reference, info, opts, min_f1=min_f1, keep_worst=frames if report else 0)
         with console.status(f"comparing {info.backend} with PyTorch on {src.describe()}…"):

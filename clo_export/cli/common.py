@@ -41,7 +41,7 @@ MODEL = "Model"
 Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict.", show_default=False)]
 Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel=MODEL)]
 Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", metavar="<path>", help="Python file registering extra blocks (repeatable).", rich_help_panel=MODEL)]
-ImgSz = Annotated[str, typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style).")]
+ImgSz = Annotated[Optional[str], typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style) [default: the checkpoint's training size; 640 when it records none].", show_default=False)]
 Conf = Annotated[float, typer.Option("--conf", help="Score threshold.", rich_help_panel=POST)]
 Iou = Annotated[float, typer.Option("--iou", help="NMS IoU threshold.", rich_help_panel=POST)]
 MaxDet = Annotated[int, typer.Option("--max-det", help="Detections kept per image.", rich_help_panel=POST)]

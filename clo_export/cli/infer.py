@@ -166,9 +166,11 @@ def infer(
     src = open_source(source, limit, opts.reconnect, max_pixels=max_pixels)
     reference = None
     if check is not None:
+        from clo_export.artifacts import check_contract
         from clo_export.backends.pytorch import load_reference
 
-        reference = load_reference(check, info.names)
+        reference, trained = load_reference(check, size)
+        check_contract(info, trained)
     sinks = make_sinks(src, save, save_dir, json_path, show, info.names)
     if not sinks:
         err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)

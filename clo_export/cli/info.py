@@ -19,7 +19,7 @@ def info(
     weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint (best.pt); omit to summarise --cfg untrained.", show_default=False)] = None,
     cfg: Cfg = None,
     plugin: Plugins = None,
-    imgsz: ImgSz = "640",
+    imgsz: ImgSz = None,
     fuse: Annotated[bool, typer.Option("--fuse", help="Fold BatchNorm into convolutions first.")] = False,
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="List every layer.")] = True,
 ) -> None:
@@ -29,11 +29,11 @@ def info(
 
     if weights is None and cfg is None:
         raise CloExportError("give a checkpoint or --cfg model.yaml to summarise")
-    size = parse_imgsz(imgsz)
-    model, title = build_or_load(weights, cfg, tuple(plugin or ()))
+    requested = parse_imgsz(imgsz) if imgsz is not None else None
+    model, title, size = build_or_load(weights, cfg, tuple(plugin or ()), requested)
     if fuse:
         model = model.fuse()
-    check_memory(model, size, 1, factor=1)  # the summary runs a forward pass at --imgsz
+    check_memory(model, size, 1, factor=1)  # the summary runs a forward pass at that size
     s = summarize(model, size)
     if layers:
         table = Table(title=title, title_justify="left")

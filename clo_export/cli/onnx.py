@@ -19,7 +19,7 @@ def onnx(
     weights: Weights,
     cfg: Cfg = None,
     plugin: Plugins = None,
-    imgsz: ImgSz = "640",
+    imgsz: ImgSz = None,
     batch: Annotated[int, typer.Option("--export-batch", "--batch", help="Batch size of the exported input (the example batch with --dynamic-batch).")] = 1,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Symbolic batch dimension; H and W stay fixed.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 for TensorRT 8.5/8.6; above 20 uses the dynamo exporter).")] = 17,
@@ -34,30 +34,28 @@ def onnx(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT)] = True,
 ) -> None:
     """Export a checkpoint to static-shape ONNX and check it against PyTorch."""
-    from clo_export.export.exporter import ExportOptions, default_output, export_onnx
-    from clo_export.export.parity import parity_batches
+    from clo_export import export_onnx
+    from clo_export.export.exporter import ExportOptions, default_output
     from clo_export.fileio import check_artifact
-    from clo_export.imgsz import check_memory, parse_imgsz
+    from clo_export.imgsz import parse_imgsz
     from clo_export.validate import existing_file, existing_sources, local_inputs
     from clo_export.models.checkpoint import load
 
-    opts = ExportOptions(parse_imgsz(imgsz), batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
+    requested = parse_imgsz(imgsz) if imgsz is not None else None
+    opts = ExportOptions(requested, batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
     opts.validate()
     existing_file("WEIGHTS", weights, "pass the path to your best.pt")
     existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
     output = output or default_output(weights, opts)
     check_artifact({"WEIGHTS": weights, "--cfg": cfg, "--plugin": plugin or [], "--source": local_inputs(source) if source else None}, output)
     loaded = load(weights, cfg, tuple(plugin or ()))
-    loaded.model.check_imgsz(opts.imgsz)
-    check_memory(loaded.model, opts.imgsz, batch)  # before the parity frames of that size are made
-    sizes = (batch, 3) if dynamic_batch and batch != 3 else (batch,)
-    inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
     with console.status("exporting…"):
-        result = export_onnx(loaded, output, opts, inputs)
+        result = export_onnx(loaded, output, opts, check=check, source=source)
+    h, w = result.meta.imgsz
     s = result.simplify
     console.print(
         f"exported {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {opts.opset}, {opts.precision}, "
-        f"input images {'batch' if dynamic_batch else batch}x3x{opts.imgsz[0]}x{opts.imgsz[1]}) in {result.seconds:.1f} s; "
+        f"input images {'batch' if dynamic_batch else batch}x3x{h}x{w}) in {result.seconds:.1f} s; "
         f"{s.used}: {s.nodes_before} -> {s.nodes_after} nodes{f' ({s.note})' if s.note else ''}; sidecar {result.sidecar.name}"
     )
     if result.parity is None:

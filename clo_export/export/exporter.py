@@ -10,7 +10,7 @@ import io
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from clo_export.export.nms_graph import append_nms
 from clo_export.export.parity import check_parity
 from clo_export.export.simplify import SIMPLIFIERS, SimplifyResult, simplify
 from clo_export.fileio import atomic_path
+from clo_export.imgsz import resolve_imgsz
 from clo_export.models.checkpoint import LoadedModel
 from clo_export.models.yolo import DetectionModel
 
@@ -40,7 +41,7 @@ MIN_OPSET = 13  # per-channel Q/DQ and Split-with-input need 13
 class ExportOptions:
     """Everything ``clo-export onnx`` can be asked for."""
 
-    imgsz: tuple[int, int] = (640, 640)
+    imgsz: tuple[int, int] | None = None  # (H, W); None: the checkpoint's training size (see `for_model`)
     batch: int = 1
     dynamic_batch: bool = False
     opset: int = 17
@@ -54,6 +55,10 @@ class ExportOptions:
     @property
     def precision(self) -> str:
         return "fp16" if self.half else "fp32"
+
+    def for_model(self, loaded: LoadedModel) -> ExportOptions:
+        """These options with the size decided: ``imgsz``, else the checkpoint's training size, else 640 (logged)."""
+        return replace(self, imgsz=resolve_imgsz(loaded.path.name, loaded.imgsz_hint, self.imgsz))
 
     def validate(self) -> None:
         """Refuse bad combinations before any work starts."""
@@ -134,6 +139,7 @@ def model_meta(loaded: LoadedModel, opts: ExportOptions) -> ModelMeta:
 
 def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, ModelMeta, DetectionModel, SimplifyResult]:
     """The checked ONNX graph, its metadata and the export-mode PyTorch reference (nothing written)."""
+    opts = opts if opts.imgsz is not None else opts.for_model(loaded)
     opts.validate()
     reference = export_model(loaded.model, opts.imgsz, opts.batch, opts.dynamic_batch)
     proto = trace(reference, opts)

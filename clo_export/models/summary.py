@@ -51,7 +51,7 @@ def gflops(model: DetectionModel, imgsz: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def summarize(model: DetectionModel, imgsz: tuple[int, int] = (640, 640)) -> ModelSummary:
+def summarize(model: DetectionModel, imgsz: tuple[int, int]) -> ModelSummary:
     """Per-layer rows and totals."""
     rows = model.yaml["backbone"] + model.yaml["head"]
     layers = [
@@ -68,14 +68,20 @@ def summarize(model: DetectionModel, imgsz: tuple[int, int] = (640, 640)) -> Mod
     )
 
 
-def build_or_load(weights: Path | None, cfg: Path | None, plugins: tuple[Path, ...]) -> tuple[DetectionModel, str]:
-    """A checkpoint's model, or an untrained one from ``cfg``, with a title saying which."""
+def build_or_load(weights: Path | None, cfg: Path | None, plugins: tuple[Path, ...],
+                  imgsz: tuple[int, int] | None = None) -> tuple[DetectionModel, str, tuple[int, int]]:
+    """A checkpoint's model, or an untrained one from ``cfg``, with a title saying which and the size to summarise at.
+
+    The size is ``imgsz``, else the checkpoint's training size, else 640 (:func:`resolve_imgsz` logs which).
+    """
+    from clo_export.imgsz import resolve_imgsz
     from clo_export.models.checkpoint import load
     from clo_export.blocks import load_plugins
 
     if weights is not None:
         loaded = load(weights, cfg, plugins)
-        return loaded.model, loaded.describe()
+        return loaded.model, loaded.describe(), resolve_imgsz(Path(weights).name, loaded.imgsz_hint, imgsz)
     load_plugins(plugins)
     model = DetectionModel(cfg or DEFAULT_CFG).eval()
-    return model, f"{Path(cfg or DEFAULT_CFG).name} (untrained)"
+    title = f"{Path(cfg or DEFAULT_CFG).name} (untrained)"
+    return model, title, resolve_imgsz(title, None, imgsz)
