@@ -99,7 +99,8 @@ class Comparison:
         test_dets = detections(test, t.conf, t.iou, t.max_det)
         agreement = detection_agreement(ref_dets, test_dets)
         tensors = {k: v for k, v in test.items() if k not in NMS_OUTPUTS} if has_nms_outputs(test) else test
-        report = compare_tensors(ref, tensors, self.precision, self.tolerance) if tensors else Report(self.precision, self.tolerance)
+        report = (compare_tensors(ref, tensors, self.precision, self.tolerance) if tensors
+                  else Report(self.precision, self.tolerance))
         report = replace(report, detections=agreement, nonfinite=nonfinite_outputs(ref, test))
         return Compared(report, ref_dets, test_dets)
 

@@ -384,7 +384,8 @@ class Report:
             detections=DetectionAgreement(**data["detections"]) if data["detections"] is not None else None,
             missing=tuple(data["missing"]),
             n_inputs=data["n_inputs"],
-            nonfinite={side: {k: tuple(v) for k, v in names.items()} for side, names in data.get("nonfinite", {}).items()},
+            nonfinite={side: {k: tuple(v) for k, v in names.items()}
+                       for side, names in data.get("nonfinite", {}).items()},
         )
 
     @classmethod
@@ -406,7 +407,7 @@ def detection_stats(ref: np.ndarray, test: np.ndarray, tolerance: Tolerance | No
 def compare_tensors(
     ref: dict[str, np.ndarray], test: dict[str, np.ndarray], precision: str = "fp32", tolerance: Tolerance | None = None
 ) -> Report:
-    """Per-tensor statistics of one input's outputs (`output0` per field) and their NaN/Inf; detections are left to the caller."""
+    """Per-tensor statistics and NaN/Inf counts of one input's outputs (`output0` per field); no detections."""
     if precision not in TOLERANCES:
         raise CloExportError(f"unknown precision '{precision}'; choose one of {', '.join(TOLERANCES)}")
     tolerance = tolerance or TOLERANCES[precision]

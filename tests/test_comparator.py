@@ -68,7 +68,8 @@ def planted(nms_onnx, out, factor: float = 1.0001):
     proto.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "plant_factor"))
     index = list(proto.graph.node).index(producer) + 1
     proto.graph.node.insert(index, helper.make_node("Identity", ["output0_planted"], ["output0"], name="plant_id"))
-    proto.graph.node.insert(index, helper.make_node("Mul", ["output0_pre", "plant_factor"], ["output0_planted"], name="plant"))
+    plant = helper.make_node("Mul", ["output0_pre", "plant_factor"], ["output0_planted"], name="plant")
+    proto.graph.node.insert(index, plant)
     onnx.save(proto, str(out))
     return out
 

@@ -1,4 +1,4 @@
-"""Parity is never passed on nothing: NaN fails every check in one line, no boxes is inconclusive, samples have boxes."""
+"""Parity is never passed on nothing: NaN fails each check in one line, no boxes is inconclusive, samples have boxes."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def test_a_model_that_detects_nothing_is_inconclusive_not_passed(art, tmp_path):
     blind = altered(art, tmp_path / "blind.pt", no_objects)
     res = invoke(app, "onnx", blind, "--imgsz", IMGSZ, "-o", tmp_path / "blind.onnx", "--source", art.images)
     assert res.exit_code == 1 and "0 ref boxes" in res.output
-    assert error_line(res.output).startswith("error: parity inconclusive: the reference found no detections on any of 5 input(s)")
+    line = error_line(res.output)
+    assert line.startswith("error: parity inconclusive: the reference found no detections on any of 5 input(s)")
     res = invoke(app, "check", tmp_path / "blind.onnx", "-w", blind, "-s", art.images, "--json", tmp_path / "r.json")
     assert res.exit_code == 1 and error_line(res.output).startswith("error: check inconclusive: the reference found no")
     import json

@@ -215,5 +215,6 @@ def without_nms(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(inits)
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("output0", TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT, None))
+    elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    graph.output.append(helper.make_tensor_value_info("output0", elem, None))
     return result

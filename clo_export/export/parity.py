@@ -16,7 +16,7 @@ from clo_export.comparator import Comparator, Comparison, Thresholds, raw_head_r
 from clo_export.data.preprocess import preprocess_batch
 from clo_export.data.files import read_images
 
-SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "assets" / "frames"  # demo scenes (tools/make_sample_frames.py)
+SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "assets" / "frames"  # tools/make_sample_frames.py
 
 
 def parity_batches(imgsz: tuple[int, int], batch_sizes: Iterable[int] = (1,), n_random: int = 2,

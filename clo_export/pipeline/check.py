@@ -46,7 +46,8 @@ class Checker:
     def __init__(self, reference: Runner, info: ModelInfo, opts: InferOptions, min_f1: float | None = None,
                  keep_worst: int = 0):
         thresholds = Thresholds(opts.conf, opts.iou, opts.max_det).for_model(info)
-        raw = raw_head_runner(info.path) if info.nms and info.path.endswith(".onnx") and Path(info.path).is_file() else None
+        own_onnx = info.nms and info.path.endswith(".onnx") and Path(info.path).is_file()
+        raw = raw_head_runner(info.path) if own_onnx else None
         self.comparator = Comparator(reference, Comparison(info.precision, thresholds, min_f1),
                                      raw.activate() if raw is not None else None)
         self.reports: list[Report] = []
