@@ -71,9 +71,9 @@ def export_onnx(model: Union[LoadedModel, PathLike], out: Optional[PathLike] = N
 
     ``model`` is a :func:`load` result or a checkpoint path. The input size is ``options.imgsz``,
     else the size the checkpoint was trained at (640 when it records none); the log says which.
-    With ``check`` the ONNX is run in ONNX Runtime beside PyTorch on seeded random batches (plus
-    frames from ``source``): ``result.parity`` is the Report, falsy when outside tolerance (the file
-    is still written, to inspect it).
+    With ``check`` the ONNX is run in ONNX Runtime beside PyTorch on seeded random batches plus real
+    frames (``source``'s, else the bundled samples): ``result.parity`` is the Report, truthy only when
+    its verdict is passed (not when failed or inconclusive; the file is still written, to inspect it).
     """
     from clo_export.export.exporter import ExportOptions, export_onnx as export
     from clo_export.export.parity import parity_batches

@@ -5,10 +5,14 @@ dicts (parity batches, calibration and held-out data, pipeline frames). Each run
 under its own input name (:func:`feed_for`), so no caller names a tensor. :class:`Comparison` is the
 rule that turns one feed's pair of outputs into a :class:`~clo_export.compare.Report`:
 
-- a test model with in-graph NMS is judged on its detections only, against the reference's NMS at
-  the thresholds the graph was built for (its per-tensor outputs are padded, fixed-size);
 - a raw test model gets per-field tensor statistics and detection agreement at the deployment
-  thresholds.
+  thresholds;
+- a test model with in-graph NMS is judged on its detections against the reference's NMS at the
+  thresholds the graph was built for (its padded, fixed-size outputs are no tensors to compare), and
+  on its raw head: the pre-NMS ``output0`` of the same graph cut before the NMS tail, where the
+  Comparator is given that cut (``raw``);
+- any NaN or Inf in any output of either side fails; a reference with no detection on any input
+  makes the Report inconclusive (:class:`~clo_export.compare.Report`).
 
 :class:`Comparator` runs the reference on each feed and judges the test's outputs for it: those of a
 test runner it runs itself (export parity) or ones already computed (the pipeline's live check).
@@ -23,9 +27,9 @@ from typing import Dict, Optional
 import numpy as np
 
 from clo_export.backends.base import Runner
-from clo_export.compare import TOLERANCES, Report, Tolerance, compare_tensors, detection_agreement
+from clo_export.compare import TOLERANCES, Report, Tolerance, compare_tensors, detection_agreement, nonfinite_outputs
 from clo_export.errors import CloExportError
-from clo_export.postprocess import detections, has_nms_outputs
+from clo_export.postprocess import NMS_OUTPUTS, detections, has_nms_outputs
 
 Feed = Dict[str, np.ndarray]  # one input batch: {input name: array}
 Outputs = Dict[str, np.ndarray]
@@ -94,22 +98,30 @@ class Comparison:
         ref_dets = detections(ref, t.conf, t.iou, t.max_det)
         test_dets = detections(test, t.conf, t.iou, t.max_det)
         agreement = detection_agreement(ref_dets, test_dets)
-        if has_nms_outputs(test):
-            report = Report(self.precision, self.tolerance, detections=agreement)
-        else:
-            report = replace(compare_tensors(ref, test, self.precision, self.tolerance), detections=agreement)
+        tensors = {k: v for k, v in test.items() if k not in NMS_OUTPUTS} if has_nms_outputs(test) else test
+        report = (compare_tensors(ref, tensors, self.precision, self.tolerance) if tensors
+                  else Report(self.precision, self.tolerance))
+        report = replace(report, detections=agreement, nonfinite=nonfinite_outputs(ref, test))
         return Compared(report, ref_dets, test_dets)
 
 
 class Comparator:
-    """Runs ``reference`` on each feed and judges a test model's outputs for the same feed with ``comparison``."""
+    """Runs ``reference`` on each feed and judges a test model's outputs for the same feed with ``comparison``.
 
-    def __init__(self, reference: Runner, comparison: Comparison):
+    ``raw``, for a test model with in-graph NMS, is the same graph without its NMS tail
+    (:func:`clo_export.export.nms_graph.without_nms`): its pre-NMS ``output0`` joins the test's
+    outputs so the head's tensors are compared, not only the detections.
+    """
+
+    def __init__(self, reference: Runner, comparison: Comparison, raw: Optional[Runner] = None):
         self.reference = reference
         self.comparison = comparison
+        self.raw = raw
 
     def compare(self, feed: Feed, test: Outputs) -> Compared:
-        """Judge ``test``, a test model's outputs for ``feed``."""
+        """Judge ``test``, a test model's outputs for ``feed`` (with the raw head's, where ``raw`` is given)."""
+        if self.raw is not None:
+            test = {**self.raw.infer(feed_for(self.raw, feed)), **test}
         return self.comparison(self.reference.infer(feed_for(self.reference, feed)), test)
 
     def run(self, test: Runner, feeds: Iterable[Feed]) -> Iterator[Compared]:
@@ -120,3 +132,18 @@ class Comparator:
     def report(self, test: Runner, feeds: Iterable[Feed]) -> Report:
         """The accumulated Report of :meth:`run`."""
         return Report.accumulate(c.report for c in self.run(test, feeds))
+
+
+def raw_head_runner(model) -> Optional[Runner]:
+    """An ONNX Runtime (CPU) runner on ``model`` (ONNX path or bytes) cut before its in-graph NMS; None without one."""
+    from pathlib import Path
+
+    import onnx
+
+    from clo_export.backends.onnxrt import OnnxRuntimeRunner
+    from clo_export.export.nms_graph import has_nms_tail, without_nms
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(Path(model)))
+    if not has_nms_tail(proto):
+        return None
+    return OnnxRuntimeRunner(without_nms(proto).SerializeToString(), providers=["CPUExecutionProvider"])

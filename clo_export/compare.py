@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from enum import Enum
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -210,9 +211,59 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+SIDES = ("reference", "test")
+NonFinite = Dict[str, Dict[str, Tuple[int, int]]]  # side -> output name -> (NaN count, Inf count)
+
+
+def count_nonfinite(outputs: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """(NaN count, Inf count) of each floating output that has any (Polygraphy's ``--validate``)."""
+    out = {}
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.complexfloating):
+            n_nan, n_inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+            if n_nan or n_inf:
+                out[name] = (n_nan, n_inf)
+    return out
+
+
+def nonfinite_outputs(ref: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> NonFinite:
+    """Per side, the outputs holding NaN or Inf (empty when every value is finite)."""
+    counts = {side: count_nonfinite(outputs) for side, outputs in zip(SIDES, (ref, test))}
+    return {side: c for side, c in counts.items() if c}
+
+
+def _merge_nonfinite(a: NonFinite, b: NonFinite) -> NonFinite:
+    """Counts of two inputs' NaN/Inf summed per side and output."""
+    out = {side: dict(names) for side, names in a.items()}
+    for side, names in b.items():
+        for name, (n_nan, n_inf) in names.items():
+            old = out.setdefault(side, {}).get(name, (0, 0))
+            out[side][name] = (old[0] + n_nan, old[1] + n_inf)
+    return out
+
+
+def _count_text(n_nan: int, n_inf: int) -> str:
+    """'3 NaN', '2 Inf' or '3 NaN and 2 Inf'."""
+    return " and ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "Inf")) if n)
+
+
+class Verdict(str, Enum):
+    """A comparison's outcome: only ``passed`` proves parity; ``inconclusive`` compared too little to tell."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    INCONCLUSIVE = "inconclusive"
+
+
 @dataclass(frozen=True)
 class Report:
-    """Outcome of comparing test outputs with reference outputs; truthy iff within tolerance."""
+    """Outcome of comparing test outputs with reference outputs; truthy iff the verdict is ``passed``.
+
+    Failed: a limit is broken, an output is missing, or any output of either side holds NaN/Inf.
+    Inconclusive (not failed, not passed): nothing was compared, or the reference found no detection
+    on any input, so detection agreement (F1 1 on two empty sets) would prove nothing.
+    """
 
     precision: str
     tolerance: Tolerance
@@ -220,12 +271,17 @@ class Report:
     detections: DetectionAgreement | None = None
     missing: tuple[str, ...] = ()
     n_inputs: int = 1
+    nonfinite: NonFinite = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
         """Human-readable reasons the comparison is out of tolerance (empty when it passes)."""
-        out = [f"output '{name}' is missing from the test outputs" for name in self.missing]
+        out = [f"{side} output '{name}' has {_count_text(*counts)} values"
+               for side, names in self.nonfinite.items() for name, counts in names.items()]
+        out += [f"output '{name}' is missing from the test outputs" for name in self.missing]
         for stats in self.tensors.values():
+            if self.nonfinite and not np.isfinite(stats.max_abs):
+                continue  # a difference with NaN/Inf in it: the values above already say why
             why = self.tolerance.violation(stats)
             if why is not None:
                 out.append(f"{why} for {self.precision}")
@@ -238,9 +294,34 @@ class Report:
             )
         return out
 
+    @property
+    def inconclusive(self) -> list[str]:
+        """Why the comparison proves nothing though no limit is broken (empty when it compared enough)."""
+        det = self.detections
+        if not self.tensors and det is None:
+            return [f"nothing was compared on {self.n_inputs} input(s)"]
+        if det is not None and det.n_ref == 0:
+            return [f"the reference found no detections on any of {self.n_inputs} input(s), so detections were not "
+                    "compared; compare on frames showing objects the model detects"]
+        return []
+
+    @property
+    def verdict(self) -> Verdict:
+        """Failed when a check fails, else inconclusive when too little was compared, else passed."""
+        if self.failures:
+            return Verdict.FAILED
+        return Verdict.INCONCLUSIVE if self.inconclusive else Verdict.PASSED
+
+    def describe(self) -> str:
+        """The verdict and why, in one line: 'passed: within tolerance', 'failed: …', 'inconclusive: …'."""
+        verdict = self.verdict
+        if verdict is Verdict.PASSED:
+            return "passed: within tolerance"
+        return f"{verdict.value}: " + "; ".join(self.failures if verdict is Verdict.FAILED else self.inconclusive)
+
     def __bool__(self) -> bool:
-        """True when every check is within tolerance."""
-        return not self.failures
+        """True only when the verdict is passed (failed and inconclusive are falsy)."""
+        return self.verdict is Verdict.PASSED
 
     def merge(self, other: Report) -> Report:
         """Accumulate another input's report: worst max_abs, mean of means, lowest cosine, pooled detections."""
@@ -258,6 +339,7 @@ class Report:
             detections=dets[0].merge(dets[1]) if len(dets) == 2 else (dets[0] if dets else None),
             missing=tuple(dict.fromkeys(self.missing + other.missing)),
             n_inputs=self.n_inputs + other.n_inputs,
+            nonfinite=_merge_nonfinite(self.nonfinite, other.nonfinite),
         )
 
     @staticmethod
@@ -273,7 +355,7 @@ class Report:
         return total
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (also lists `passed` and `failures` for readers of the JSON)."""
+        """Plain-data form (also `verdict`, `passed`, `failures` and `inconclusive` for readers of the JSON)."""
         return {
             "precision": self.precision,
             "tolerance": asdict(self.tolerance),
@@ -281,8 +363,11 @@ class Report:
             "detections": asdict(self.detections) if self.detections is not None else None,
             "missing": list(self.missing),
             "n_inputs": self.n_inputs,
+            "nonfinite": {side: {k: list(v) for k, v in names.items()} for side, names in self.nonfinite.items()},
+            "verdict": self.verdict.value,
             "passed": bool(self),
             "failures": self.failures,
+            "inconclusive": self.inconclusive,
         }
 
     def to_json(self, indent: int = 2) -> str:
@@ -291,7 +376,7 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
-        """Rebuild a Report from `to_dict()` output; `passed`/`failures` are recomputed."""
+        """Rebuild a Report from `to_dict()` output; the verdict and its reasons are recomputed."""
         return cls(
             precision=data["precision"],
             tolerance=Tolerance(**data["tolerance"]),
@@ -299,6 +384,8 @@ class Report:
             detections=DetectionAgreement(**data["detections"]) if data["detections"] is not None else None,
             missing=tuple(data["missing"]),
             n_inputs=data["n_inputs"],
+            nonfinite={side: {k: tuple(v) for k, v in names.items()}
+                       for side, names in data.get("nonfinite", {}).items()},
         )
 
     @classmethod
@@ -320,7 +407,7 @@ def detection_stats(ref: np.ndarray, test: np.ndarray, tolerance: Tolerance | No
 def compare_tensors(
     ref: dict[str, np.ndarray], test: dict[str, np.ndarray], precision: str = "fp32", tolerance: Tolerance | None = None
 ) -> Report:
-    """Per-tensor statistics of one input's outputs (`output0` per field); detections are left to the caller."""
+    """Per-tensor statistics and NaN/Inf counts of one input's outputs (`output0` per field); no detections."""
     if precision not in TOLERANCES:
         raise CloExportError(f"unknown precision '{precision}'; choose one of {', '.join(TOLERANCES)}")
     tolerance = tolerance or TOLERANCES[precision]
@@ -337,6 +424,7 @@ def compare_tensors(
         tolerance=tolerance,
         tensors=tensors,
         missing=tuple(name for name in ref if name not in test),
+        nonfinite=nonfinite_outputs(ref, test),
     )
 
 

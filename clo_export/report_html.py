@@ -64,8 +64,8 @@ def _numbers(report: Report) -> str:
 def render_html(report: Report, frames: Sequence[CheckedFrame], names: dict[int, str], title: str,
                 facts: dict[str, str] | None = None) -> str:
     """The page as a string."""
-    verdict = ("<p class=pass>PASS: within tolerance</p>" if report else
-               "<p class=fail>FAIL: " + "; ".join(html.escape(f) for f in report.failures) + "</p>")
+    word, _, why = report.describe().partition(": ")
+    verdict = f"<p class={'pass' if report else 'fail'}>{word.upper()}: {html.escape(why)}</p>"
     fact_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in (facts or {}).items())
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{CSS}</style>"
              f"</head><body><h1>{html.escape(title)}</h1>{verdict}",

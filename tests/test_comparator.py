@@ -53,3 +53,55 @@ def test_a_feed_that_does_not_fit_the_model_is_refused_with_its_names(art):
 def test_outputs_without_a_decoded_tensor_are_refused() -> None:
     with pytest.raises(CloExportError, match=r"no output of shape \(batch, anchors, 5 \+ classes\) among feat \(1, 8\)"):
         decoded_output({"feat": np.zeros((1, 8), np.float32)})
+
+
+def planted(nms_onnx, out, factor: float = 1.0001):
+    """The NMS model with output0 scaled by ``factor`` before its NMS tail: scores move 1e-4, detections do not."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(nms_onnx))
+    for node in proto.graph.node:
+        node.input[:] = ["output0_planted" if i == "output0" else i for i in node.input]
+    producer = next(n for n in proto.graph.node if "output0" in n.output)
+    producer.output[:] = ["output0_pre" if o == "output0" else o for o in producer.output]
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "plant_factor"))
+    index = list(proto.graph.node).index(producer) + 1
+    proto.graph.node.insert(index, helper.make_node("Identity", ["output0_planted"], ["output0"], name="plant_id"))
+    plant = helper.make_node("Mul", ["output0_pre", "plant_factor"], ["output0_planted"], name="plant")
+    proto.graph.node.insert(index, plant)
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_the_raw_head_of_an_nms_model_is_the_raw_export(art):
+    import onnx
+
+    from clo_export.comparator import raw_head_runner
+    from clo_export.export.nms_graph import has_nms_tail, without_nms
+
+    raw = raw_head_runner(art.nms_onnx)
+    assert raw_head_runner(art.onnx) is None and not has_nms_tail(without_nms(onnx.load(str(art.nms_onnx))))
+    runner, _ = load_runner(art.onnx, "cpu")
+    with raw, runner:
+        for x in frames(2):
+            cut, plain = raw.infer({"images": x}), runner.infer({"images": x})
+            assert set(cut) == {"output0"} and np.array_equal(cut["output0"], plain["output0"])
+    with pytest.raises(CloExportError, match="no in-graph NMS tail"):
+        without_nms(onnx.load(str(art.onnx)))
+
+
+def test_raw_pre_nms_compare_catches_what_detections_alone_miss(art, tmp_path):
+    from clo_export.comparator import raw_head_runner
+    from clo_export.compare import Verdict
+
+    model = planted(art.nms_onnx, tmp_path / "planted.onnx")
+    runner, info = load_runner(model, "cpu")
+    feeds = [{"images": x} for x in frames(2)]
+    comparison = Comparison("fp32", Thresholds().for_model(info))
+    with runner, TorchRunner(load(art.pt).model, "cpu") as reference, raw_head_runner(model) as raw:
+        detections_only = Comparator(reference, comparison).report(runner, feeds)
+        assert detections_only and detections_only.detections.f1 == 1.0 and detections_only.detections.n_ref > 0
+        both = Comparator(reference, comparison, raw).report(runner, feeds)
+    assert both.verdict is Verdict.FAILED and both.detections.f1 == 1.0
+    assert [f.split(":")[0] for f in both.failures] == ["output0.objectness", "output0.classes"]

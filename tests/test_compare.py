@@ -11,6 +11,7 @@ from clo_export.compare import (
     TOLERANCES,
     DetectionAgreement,
     Report,
+    Verdict,
     compare_outputs,
     detection_agreement,
     tensor_stats,
@@ -91,8 +92,57 @@ def test_nan_fails() -> None:
     ref = outputs()
     test = {k: v.copy() for k, v in ref.items()}
     test["output0"][0, 50, 0] = np.nan
-    failure = compare_outputs(ref, test).failures[0]
-    assert failure.startswith("output0.boxes: ") and "max |diff| nan" in failure
+    report = compare_outputs(ref, test)
+    assert report.verdict is Verdict.FAILED and report.failures == ["test output 'output0' has 1 NaN values"]
+    assert report.tensors["output0.boxes"].max_abs != report.tensors["output0.boxes"].max_abs  # the NaN diff is kept
+
+
+@pytest.mark.parametrize("side", ["reference", "test"])
+def test_nan_or_inf_on_either_side_fails_naming_the_output_and_the_side(side: str) -> None:
+    ref, test = outputs(), outputs()
+    bad = ref if side == "reference" else test
+    bad["feat"][0, 0, 0, :2] = [np.inf, -np.inf]
+    bad["feat"][0, 1, 0, 0] = np.nan
+    report = compare_outputs(ref, test)
+    assert not report and report.verdict is Verdict.FAILED
+    assert report.failures == [f"{side} output 'feat' has 1 NaN and 2 Inf values"]
+    assert report.describe() == f"failed: {side} output 'feat' has 1 NaN and 2 Inf values"
+    total = Report.accumulate([report, report])  # counts pool over inputs and survive JSON
+    assert total.nonfinite == {side: {"feat": (2, 4)}}
+    back = Report.from_json(total.to_json())  # (NaN stats never compare equal: compare what JSON readers see)
+    assert (back.nonfinite, back.failures) == (total.nonfinite, total.failures)
+    assert json.loads(total.to_json())["verdict"] == "failed"
+
+
+def test_nan_in_an_output_the_other_side_lacks_still_fails() -> None:
+    ref = outputs()
+    test = {**ref, "extra": np.array([np.nan], np.float32), "count": np.array([3], np.int32)}
+    assert compare_outputs(ref, test).failures == ["test output 'extra' has 1 NaN values"]
+
+
+def test_no_reference_detections_is_inconclusive_never_passed() -> None:
+    ref = outputs()
+    ref["output0"][..., 4] = 0.0  # nothing scores above conf
+    report = compare_outputs(ref, {k: v.copy() for k, v in ref.items()})
+    assert report.failures == [] and report.detections.f1 == 1.0  # agreement on two empty sets...
+    assert not report and report.verdict is Verdict.INCONCLUSIVE  # ...proves nothing
+    assert report.describe().startswith("inconclusive: the reference found no detections on any of 1 input(s)")
+    data = json.loads(report.to_json())
+    assert (data["verdict"], data["passed"], data["failures"]) == ("inconclusive", False, [])
+    assert data["inconclusive"] == report.inconclusive
+    assert Report.from_json(report.to_json()).verdict is Verdict.INCONCLUSIVE
+    other = compare_outputs(outputs(1), {k: v.copy() for k, v in outputs(1).items()})
+    assert Report.accumulate([report, other])  # boxes on any input make the pooled comparison conclusive
+
+
+def test_test_boxes_without_reference_boxes_fail_and_nothing_compared_is_inconclusive() -> None:
+    ref = outputs()
+    ref["output0"][..., 4] = 0.0
+    report = compare_outputs(ref, outputs())
+    assert report.verdict is Verdict.FAILED and report.failures[-1].startswith("detections: F1 0.0000")
+    empty = Report("fp32", TOLERANCES["fp32"], n_inputs=3)
+    assert empty.verdict is Verdict.INCONCLUSIVE
+    assert empty.describe() == "inconclusive: nothing was compared on 3 input(s)"
 
 
 def test_missing_output_and_bad_arguments() -> None:

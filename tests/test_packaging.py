@@ -22,6 +22,7 @@ def test_wheel_install_has_the_subpackages_and_config(tmp_path):
     assert (target / "clo_export" / "blocks" / "cloformer.py").is_file()
     assert (target / "clo_export" / "quantization" / "calibset.py").is_file()
     assert (target / "clo_export" / "cfg" / "yolov5n-cloformer.yaml").is_file()
+    assert len(list((target / "clo_export" / "assets" / "frames").glob("sample_*.jpg"))) == 6  # parity's sample frames
     code = (
         "import clo_export.blocks.cloformer, clo_export.quantization, clo_export.models.yolo as y; "
         "print(y.__file__); print(y.DEFAULT_CFG.is_file())"

@@ -73,5 +73,5 @@ def check(
     if result.skipped:
         console.print(f"[yellow]{result.skipped} unreadable frame(s)/image(s) skipped[/]")
     if not rep:
-        raise CloExportError(f"{model.name} disagrees with PyTorch: " + "; ".join(rep.failures))
+        raise CloExportError(f"check {rep.describe()} ({model.name} vs {weights.name})")
     console.print("[green]check: within tolerance[/]")

@@ -35,9 +35,8 @@ def target_lines(rows, parity=None) -> list[tuple[str, bool]]:
     by = {r.name: r for r in rows}
     out = []
     if parity is not None:
-        why = "; ".join(parity.failures)
         out.append((f"FP32 ONNX parity with PyTorch on {parity.n_inputs} inputs within the measured tolerance"
-                    + (f" ({why})" if why else ""), bool(parity)))
+                    + ("" if parity else f" ({parity.describe()})"), bool(parity)))
     if "onnx-fp32" in by:
         out.append((f"FP32 ONNX detection F1 vs PyTorch {by['onnx-fp32'].agreement_f1:.4f} >= 0.999",
                     (by["onnx-fp32"].agreement_f1 or 0) >= 0.999))

@@ -230,12 +230,15 @@ def _report(result, info, check: Path | None) -> None:
         console.print(f"wrote {path}")
     if check is not None:
         rep = result.check
+        if rep is None and not (result.gone or result.interrupted):
+            raise CloExportError("live check inconclusive: no frame was compared (none read, or every check skipped to "
+                                 "keep up with a live source); check a file source or lower the load")
         if rep is None:
-            console.print("check: no frame was compared (fewer frames than --check-every?)")
+            console.print("check: no frame was compared")
         else:
             console.print(comparison_table(rep, f"{Path(info.path).name} ({info.backend}) vs {check.name} (PyTorch), live"))
             if not rep:
-                raise CloExportError(f"live check failed on {result.checked_frames} frame(s): " + "; ".join(rep.failures))
+                raise CloExportError(f"live check on {result.checked_frames} frame(s) {rep.describe()}")
             console.print("[green]check: within tolerance[/]")
     if result.lost:
         raise CloExportError(result.lost)

@@ -30,7 +30,7 @@ def onnx(
     iou: Iou = 0.45,
     max_det: MaxDet = 300,
     output: OnnxOutput = None,
-    source: Annotated[Optional[Path], typer.Option(help="Images/video to add real frames to the parity check.", rich_help_panel=OUT)] = None,
+    source: Annotated[Optional[Path], typer.Option(help="Images/video for the parity check (default: the bundled sample frames).", show_default=False, rich_help_panel=OUT)] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT)] = True,
 ) -> None:
     """Export a checkpoint to static-shape ONNX and check it against PyTorch."""
@@ -62,9 +62,6 @@ def onnx(
         console.print("parity check skipped (--no-check)")
         return
     console.print(comparison_table(result.parity, "ONNX Runtime vs PyTorch"))
-    d = result.parity.detections
-    if d is not None and d.n_ref == 0 and d.n_test == 0:
-        console.print("note: no detections on these inputs; add --source images/ to compare detections on real frames")
     if not result.parity:
-        raise CloExportError("ONNX output differs from PyTorch beyond tolerance: " + "; ".join(result.parity.failures))
+        raise CloExportError(f"parity {result.parity.describe()}")
     console.print("[green]parity: within tolerance[/]")

@@ -189,3 +189,32 @@ def _with_nms_outputs(model: onnx.ModelProto, b: _Builder, batch: int | str, max
         ]
     )
     return result
+
+
+def has_nms_tail(model: onnx.ModelProto) -> bool:
+    """True when ``model`` carries the NMS tail :func:`append_nms` writes."""
+    return any(node.name.startswith(PREFIX) for node in model.graph.node)
+
+
+def without_nms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The raw head of an in-graph NMS model: the same graph cut before its ``nms/`` tail, output ``output0``.
+
+    Parity compares this pre-NMS tensor with the reference's (detections alone pass a model whose
+    scores are all NaN: NMS keeps nothing on either side). ``output0`` keeps the network's precision.
+    """
+    if not has_nms_tail(model):
+        raise CloExportError("the model has no in-graph NMS tail (nms/ nodes) to cut; compare it as it is")
+    fp16 = any(node.name == f"{PREFIX}to_fp32" for node in model.graph.node)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    keep = [node for node in graph.node if not node.name.startswith(PREFIX)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [init for init in graph.initializer if not init.name.startswith(PREFIX)]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    del graph.output[:]
+    elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    graph.output.append(helper.make_tensor_value_info("output0", elem, None))
+    return result

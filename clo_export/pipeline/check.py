@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner
 from clo_export.compare import Report
-from clo_export.comparator import Compared, Comparator, Comparison, Feed, Outputs, Thresholds
+from clo_export.comparator import Compared, Comparator, Comparison, Feed, Outputs, Thresholds, raw_head_runner
 from clo_export.data.preprocess import LetterboxInfo, scale_boxes
 from clo_export.data.readers import Frame
 
@@ -37,14 +38,18 @@ class Checker:
     """Compares the model's outputs for chosen frames with a PyTorch reference's (:mod:`clo_export.comparator`).
 
     Detections are compared at the deployment thresholds, or at the graph's own for a model with
-    in-graph NMS. ``keep_worst`` frames with the lowest detection F1 (then largest difference) are
-    kept with their images for the HTML report.
+    in-graph NMS; an ONNX with in-graph NMS also has its raw head (the graph cut before NMS, run by
+    ONNX Runtime on the CPU) compared tensor by tensor. ``keep_worst`` frames with the lowest
+    detection F1 (then largest difference) are kept with their images for the HTML report.
     """
 
     def __init__(self, reference: Runner, info: ModelInfo, opts: InferOptions, min_f1: float | None = None,
                  keep_worst: int = 0):
         thresholds = Thresholds(opts.conf, opts.iou, opts.max_det).for_model(info)
-        self.comparator = Comparator(reference, Comparison(info.precision, thresholds, min_f1))
+        own_onnx = info.nms and info.path.endswith(".onnx") and Path(info.path).is_file()
+        raw = raw_head_runner(info.path) if own_onnx else None
+        self.comparator = Comparator(reference, Comparison(info.precision, thresholds, min_f1),
+                                     raw.activate() if raw is not None else None)
         self.reports: list[Report] = []
         self.keep_worst = keep_worst
         self._worst: list[tuple] = []
