@@ -27,6 +27,7 @@ from clo_export.data.readers import Frame
 from clo_export.data.sinks import draw_detections
 from clo_export.errors import CloExportError
 from tests.test_infer_fixtures import NAMES, art, make_video  # noqa: F401 (fixture)
+from tests.test_live_sources import camera  # noqa: F401 (fixture: a real RTSP camera on 127.0.0.1)
 
 NAME_MAP = dict(enumerate(NAMES))
 SIZE = (640, 480)
@@ -275,6 +276,47 @@ def test_viewers_are_bounded_rate_limited_and_ended_with_the_run(art):
         r.close()
     assert refused(port)
     assert not [t for t in threading.enumerate() if t.name.startswith("clo-liveview")]
+
+
+def wait_for_stats(port: int, ready, timeout: float) -> dict:
+    """Stream 0's stats once ``ready(stats)`` holds (polled every 0.1 s, bounded)."""
+    t0 = time.monotonic()
+    while True:
+        stats = json.loads(get(port, "/stats.json")[2])["streams"][0]
+        if ready(stats):
+            return stats
+        assert time.monotonic() - t0 < timeout, stats
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_live_camera_shows_its_outage_and_reconnect_on_the_page(art, camera, tmp_path):
+    port = free_port()
+    proc, lines = start_infer([camera.url, "-m", art.onnx, "--serve", port, "--reconnect", 20, "--limit", 80, "-q"])
+    try:
+        wait_for_server(port, proc, lines)
+        before = wait_for_stats(port, lambda s: s["frames"] >= 10, 20)
+        assert before["reconnects"] == 0 and isinstance(before["dropped"], int) and before["dropped"] >= 0
+        camera.kill()
+        time.sleep(3)
+        away = wait_for_stats(port, lambda s: s["fps"] == 0, 5)  # no frame in the last 2 s; still serving
+        assert proc.poll() is None and away["running"] and away["reconnects"] == 0
+        camera.start()
+        back = wait_for_stats(port, lambda s: s["reconnects"] == 1 and s["frames"] > away["frames"], 20)
+        assert back["fps"] > 0
+        stream = open_stream(port)
+        headers, data = read_part(stream)
+        stream.close()
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (240, 320, 3) and int(headers["x-frame-index"]) > away["frames"]
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, "".join(lines)
+    assert "1 reconnect(s) of the live source" in "".join(lines) and refused(port)
 
 
 # ---- a real browser
