@@ -319,24 +319,84 @@ def test_a_live_camera_shows_its_outage_and_reconnect_on_the_page(art, camera, t
     assert "1 reconnect(s) of the live source" in "".join(lines) and refused(port)
 
 
+class Publisher:
+    """A thread writing the test video's frames, with one box, to every sink of a view at ~50 FPS until stopped."""
+
+    dets = np.array([[20, 20, 200, 150, 0.9, 1]], np.float32)
+
+    def __init__(self, video: Path, sinks: list):
+        cap = cv2.VideoCapture(str(video))
+        self.frames = [cap.read()[1] for _ in range(24)]
+        cap.release()
+        self.sinks, self.stop = sinks, threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.wait(0.02):
+            for k, sink in enumerate(self.sinks):
+                sink.write(Frame(i, None, self.frames[(i + 5 * k) % 24], f"cam{k}"), self.dets, None)
+            i += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sink in self.sinks:
+            sink.close()
+
+
+def test_beyond_four_streams_the_page_reloads_snapshots(art):
+    """Browsers open 6 connections per host: with 6 streams the page shows /stream/I.jpg snapshots, not MJPEG."""
+    view = LiveView("127.0.0.1", 0, [f"cam{k}" for k in range(6)], NAME_MAP)
+    port = view.port
+    pub = Publisher(art.video, [view.sink(k) for k in range(6)])
+    try:
+        page = get(port, "/")[2].decode()
+        assert all(f'src="/stream/{k}.jpg"' in page for k in range(6)) and ".mjpg" not in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream/5.jpg", timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+            index, data = int(r.headers["X-Frame-Index"]), r.read()
+        assert_annotated(data, pub.frames[(index + 25) % 24], Publisher.dets)
+        assert get(port, "/stream/6.jpg")[0] == 404
+        assert [s["viewers"] for s in json.loads(get(port, "/stats.json")[2])["streams"]] == [0] * 6
+    finally:
+        pub.close()
+    assert refused(port)
+
+
 # ---- a real browser
-@pytest.mark.slow
-@pytest.mark.server
-def test_headless_chromium_shows_the_stream_with_boxes(art, longer_video, tmp_path):
+def chromium() -> str:
+    """Debian's chromium; a skip (a failure under CLO_EXPORT_REQUIRE_BROWSER=1) without it."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         if os.environ.get("CLO_EXPORT_REQUIRE_BROWSER") == "1":
             pytest.fail("CLO_EXPORT_REQUIRE_BROWSER=1 but chromium is not installed (make system-deps)")
         pytest.skip("chromium is not installed (make system-deps); the page is still tested with urllib")
+    return browser
+
+
+def screenshot(browser: str, url: str, png: Path) -> np.ndarray:
+    """A 1280x800 screenshot of ``url`` by headless Chromium, 3 s after it started loading."""
+    shown = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={png}",
+                            "--window-size=1280,800", "--timeout=3000", f"--user-data-dir={png.parent / 'profile'}",
+                            url], capture_output=True, text=True, timeout=45)
+    assert shown.returncode == 0 and png.is_file(), shown.stderr[-2000:]
+    img = cv2.imread(str(png))
+    assert img.shape == (800, 1280, 3)
+    return img
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_headless_chromium_shows_the_stream_with_boxes(art, longer_video, tmp_path):
+    browser = chromium()
     port = free_port()
     proc, lines = start_infer([longer_video, "-m", art.onnx, "--serve", str(port), "--workers", "1", "--threads",
                                "1", "-q"])
-    shot = tmp_path / "page.png"
     try:
         wait_for_server(port, proc, lines)
-        shown = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                                "--window-size=1280,800", "--timeout=3000", f"--user-data-dir={tmp_path / 'profile'}",
-                                f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=45)
+        png = screenshot(browser, f"http://127.0.0.1:{port}/", tmp_path / "page.png")
         running = proc.poll() is None
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the run ends, and the server with it
         proc.wait(30)
@@ -344,10 +404,7 @@ def test_headless_chromium_shows_the_stream_with_boxes(art, longer_video, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert shown.returncode == 0 and shot.is_file(), shown.stderr[-2000:]
     assert running, "the run ended before the screenshot; the page would show its last frame only"
-    png = cv2.imread(str(shot))
-    assert png.shape == (800, 1280, 3)
     assert png.std() > 20  # not blank
     # the stream image: below the header and caption, many colours (the video's blocks) and the boxes' colours
     image = png[120:760, 20:1260]
@@ -356,3 +413,25 @@ def test_headless_chromium_shows_the_stream_with_boxes(art, longer_video, tmp_pa
     near = np.min(np.abs(image[:, :, None, :].astype(int) - palette[None, None]).sum(axis=3), axis=2) < 30
     assert near.sum() > 2000  # box outlines and label fills in the classes' colours
     assert proc.returncode in (0, 130) and refused(port), "".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_headless_chromium_shows_six_streams_as_snapshots(art, tmp_path):
+    browser = chromium()
+    view = LiveView("127.0.0.1", 0, [f"cam{k}" for k in range(6)], NAME_MAP)
+    pub = Publisher(art.video, [view.sink(k) for k in range(6)])
+    try:
+        png = screenshot(browser, f"http://127.0.0.1:{view.port}/", tmp_path / "six.png")
+        served = [s["frames"] for s in json.loads(get(view.port, "/stats.json")[2])["streams"]]
+    finally:
+        pub.close()
+    assert min(served) > 0
+    # a 3 x 2 grid: every cell shows its stream (many colours), with the class-1 box colour in it
+    h, w = 800 // 2, 1280 // 3
+    box = np.array([151, 157, 255])  # FF9D97 in BGR
+    for row in range(2):
+        for col in range(3):
+            cell = png[row * h + 60: (row + 1) * h - 10, col * w + 10: (col + 1) * w - 10]
+            assert len(np.unique(cell.reshape(-1, 3) // 32, axis=0)) > 15, (row, col)
+            assert (np.abs(cell.astype(int) - box).sum(axis=2) < 40).sum() > 200, (row, col)

@@ -4,6 +4,8 @@ Standard library only. :class:`LiveView` binds where told and serves on a daemon
 
 - ``/``: the page, one cell per stream (``<img src="/stream/I.mjpg">``) with its stats, refreshed every second;
 - ``/stream/I.mjpg``: stream I's newest annotated frames, ``multipart/x-mixed-replace`` JPEG parts;
+- ``/stream/I.jpg``: stream I's newest annotated frame (the page reloads these instead of MJPEG beyond
+  ``MJPEG_STREAMS`` streams: browsers open only 6 connections per host);
 - ``/stats.json``: ``{"running": …, "streams": [{"stream": I, "fps": …, "frames": …, …}, …]}``.
 
 A stream's frames reach the view through its :class:`LiveSink`: ``write()`` only keeps a reference to the newest
@@ -41,6 +43,8 @@ JPEG_QUALITY = 80
 FPS_WINDOW = 2.0  # seconds the FPS is measured over
 SOCKET_TIMEOUT = 10.0  # a client that stops reading is dropped after this long
 BOUNDARY = "clo-frame"
+MJPEG_STREAMS = 4  # streams a page shows as MJPEG; more are shown as reloaded snapshots (6 connections per host)
+SNAPSHOT_INTEREST = 2.0  # seconds a stream keeps publishing after a snapshot request
 
 
 def parse_serve(text: str) -> Tuple[str, int]:
@@ -158,6 +162,7 @@ class StreamView:
         self.cond = threading.Condition()
         self.encode_lock = threading.Lock()
         self.viewers = 0
+        self.wanted_until = 0.0  # a snapshot was asked for: publish until then
         self.pending: Optional[tuple] = None  # (seq, image, dets, drawn, frame index)
         self.seq = 0  # frames published
         self.published_at = 0.0
@@ -176,7 +181,7 @@ class StreamView:
         self.frames += 1
         self.last_index, self.detections, self.size = frame.index, len(dets), frame.size
         self.times.append(now)
-        if not self.viewers or now - self.published_at < self.min_interval:
+        if (not self.viewers and now > self.wanted_until) or now - self.published_at < self.min_interval:
             return
         self.published_at = now
         with self.cond:
@@ -206,6 +211,15 @@ class StreamView:
                     return None
                 self.jpeg = (seq, index, data.tobytes())
             return self.jpeg
+
+    def snapshot(self, timeout: float) -> Optional[Tuple[int, int, bytes]]:
+        """The newest frame's JPEG; after a pause of the snapshots, waits for a fresh frame (None when none came)."""
+        with self.cond:
+            now = time.monotonic()
+            fresh = now <= self.wanted_until and self.seq > 0
+            self.wanted_until = now + SNAPSHOT_INTEREST
+            after = self.seq - 1 if fresh else self.seq
+        return self.next_jpeg(after, timeout)
 
     def stats(self) -> dict:
         """What the page shows: FPS over the last seconds, frames, drops and reconnects (live sources), detections."""
@@ -283,9 +297,10 @@ class LiveView:
 
     def page(self) -> bytes:
         """The grid page: each stream's MJPEG and its stats line (updated from /stats.json every second)."""
+        kind = "mjpg" if len(self.streams) <= MJPEG_STREAMS else "jpg"  # snapshots: reloaded by the script
         cells = "\n".join(
             f'<figure><figcaption><b>#{s.index}</b> {html.escape(s.label)}<br><span id="s{s.index}">waiting for frames'
-            f'</span></figcaption><img src="/stream/{s.index}.mjpg" alt="stream {s.index}"></figure>'
+            f'</span></figcaption><img class="{kind}" src="/stream/{s.index}.{kind}" alt="stream {s.index}"></figure>'
             for s in self.streams)
         return PAGE.substitute(title=html.escape(self.title), cells=cells).encode("utf-8")
 
@@ -340,9 +355,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         pass  # the run's own output stays clean
 
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
+    def _send(self, code: int, body: bytes, ctype: str, frame: Optional[int] = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
+        if frame is not None:
+            self.send_header("X-Frame-Index", str(frame))
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -355,9 +372,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, view.page(), "text/html; charset=utf-8")
         elif path == "/stats.json":
             self._send(200, json.dumps(view.stats()).encode(), "application/json")
-        elif path.startswith("/stream/") and path.endswith(".mjpg") and path[8:-5].isdecimal() \
-                and int(path[8:-5]) < len(view.streams):
-            self._stream(view.streams[int(path[8:-5])])
+        elif path.startswith("/stream/") and path.endswith((".mjpg", ".jpg")):
+            name, _, kind = path[8:].partition(".")
+            if not (name.isascii() and name.isdecimal() and int(name) < len(view.streams)):
+                self._send(404, f"no stream {name}: streams 0-{len(view.streams) - 1}\n".encode(), "text/plain")
+            elif kind == "mjpg":
+                self._stream(view.streams[int(name)])
+            else:
+                got = view.streams[int(name)].snapshot(SOCKET_TIMEOUT / 2)
+                if got is None:
+                    self._send(503, b"no frame yet; try again\n", "text/plain")
+                else:
+                    self._send(200, got[2], "image/jpeg", got[1])
         else:
             self._send(404, b"not found: try / or /stats.json or /stream/0.mjpg\n", "text/plain")
 
@@ -407,6 +433,7 @@ figcaption{padding:6px 10px;font:13px ui-monospace,monospace;line-height:1.5}
 $cells
 </main>
 <script>
+var ended = false;
 function line(s) {
   var parts = [s.fps.toFixed(1) + " FPS", s.frames + " frames", s.detections + " detections in the last frame"];
   if (s.dropped !== null) parts.push(s.dropped + " dropped");
@@ -418,10 +445,16 @@ function poll() {
   fetch("/stats.json", {cache: "no-store"}).then(function (r) { return r.json(); }).then(function (j) {
     j.streams.forEach(function (s) { document.getElementById("s" + s.stream).textContent = line(s); });
     document.getElementById("elapsed").textContent = j.seconds.toFixed(0) + " s";
-    if (!j.running) { document.getElementById("state").textContent = "run ended"; return; }
+    if (!j.running) { ended = true; document.getElementById("state").textContent = "run ended"; return; }
     setTimeout(poll, 1000);
-  }).catch(function () { document.getElementById("state").textContent = "run ended (server stopped)"; });
+  }).catch(function () { ended = true; document.getElementById("state").textContent = "run ended (server stopped)"; });
 }
 poll();
+Array.prototype.forEach.call(document.querySelectorAll("img.jpg"), function (img) {
+  var base = img.getAttribute("src");
+  function again() { if (!ended) setTimeout(function () { img.src = base + "?t=" + Date.now(); }, 100); }
+  img.onload = again;
+  img.onerror = function () { setTimeout(again, 900); };
+});
 </script></body></html>
 """)
