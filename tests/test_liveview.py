@@ -250,6 +250,7 @@ def test_viewers_are_bounded_rate_limited_and_ended_with_the_run(art):
     assert get(port, "/stream/0.mjpg")[0] == 503  # a third viewer of stream 0
     assert get(port, "/stream/2.mjpg")[0] == 404
     other = open_stream(port, 1)  # stream 1 has its own room
+    idle = socket.create_connection(("127.0.0.1", port))  # connected, never asks for anything
     got: list = []
     reader = threading.Thread(target=lambda: got.extend(iter(lambda: read_part(viewers[0]), None)))
     reader.start()
@@ -261,8 +262,10 @@ def test_viewers_are_bounded_rate_limited_and_ended_with_the_run(art):
         time.sleep(0.005)
     stats = json.loads(get(port, "/stats.json")[2])["streams"]
     assert stats[0]["fps"] > 50 and stats[0]["viewers"] == 2 and stats[1]["frames"] == 0
+    t_close = time.monotonic()
     for s in sinks:
         s.close()
+    closing = time.monotonic() - t_close
     reader.join(10)
     assert not reader.is_alive(), "the viewer's stream did not end with the run"
     assert 5 <= len(got) <= 10 * 1.5 + 2, len(got)  # at most max_fps parts a second
@@ -272,8 +275,11 @@ def test_viewers_are_bounded_rate_limited_and_ended_with_the_run(art):
     t0 = time.monotonic()
     while read_part(viewers[1]) is not None:  # the other viewer's stream ends too
         assert time.monotonic() - t0 < 10
+    assert idle.recv(1) == b""  # cut by the server's end, not left waiting for its request
     for r in (*viewers, other):
         r.close()
+    idle.close()
+    assert closing < 3, closing  # an idle or slow client does not hold up the end of the run
     assert refused(port)
     assert not [t for t in threading.enumerate() if t.name.startswith("clo-liveview")]
 

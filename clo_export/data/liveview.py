@@ -18,6 +18,7 @@ streams end (clients read EOF), the port is released and no thread is left.
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import socket
@@ -76,11 +77,11 @@ def bind_error(host: str, port: int, e: OSError) -> CloExportError:
     if isinstance(e, socket.gaierror):
         return CloExportError(f"{where}: '{host}' is not a known host ({e.strerror}); use an address of this machine "
                               "such as 127.0.0.1 or 0.0.0.0")
-    if e.errno == 98 or "in use" in str(e).lower():  # EADDRINUSE
+    if e.errno == errno.EADDRINUSE:
         return CloExportError(f"{where}: port {port} is in use; choose another port or stop the program holding it")
-    if e.errno == 13:  # EACCES
+    if e.errno == errno.EACCES:
         return CloExportError(f"{where}: permission denied (ports below 1024 need root); choose a port in 1024-65535")
-    if e.errno == 99:  # EADDRNOTAVAIL
+    if e.errno == errno.EADDRNOTAVAIL:
         return CloExportError(f"{where}: {host} is not an address of this machine; use 127.0.0.1 or 0.0.0.0")
     return CloExportError(f"{where}: cannot listen ({e.strerror or e}); choose another host or port")
 
@@ -127,20 +128,23 @@ class _Server(ThreadingHTTPServer):
             with self.lock:
                 self.active.pop(threading.current_thread(), None)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, end every connection and join every thread."""
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop accepting, let the connections finish (their streams have ended), cut the rest, join every thread."""
         with self.lock:
             self.closing = True
             clients = list(self.active.items())
         self.shutdown()
         self.server_close()
-        for _, sock in clients:  # a thread blocked sending to a slow client returns now
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        deadline = time.monotonic() + grace
         for t, _ in clients:
-            t.join(timeout)
+            t.join(max(deadline - time.monotonic(), 0))
+        for t, sock in clients:  # a thread blocked sending to a client that stopped reading returns now
+            if t.is_alive():
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                t.join(SOCKET_TIMEOUT)
 
 
 def _refuse(request: socket.socket) -> None:
@@ -325,10 +329,10 @@ class LiveSink(Sink):
             self.view.sink_closed(self.stream.index)
 
 
-def serve_sink(serve: str, source: Source, names: dict, title: str = "clo-infer") -> LiveSink:
+def serve_sink(serve: str, source: Source, names: dict) -> LiveSink:
     """``--serve`` for one source: a LiveView with one stream, serving now, and that stream's sink."""
     host, port = parse_serve(serve)
-    return LiveView(host, port, [source.spec], names, title).sink(0, source)
+    return LiveView(host, port, [source.spec], names).sink(0, source)
 
 
 def check_serve(serve: str) -> Tuple[str, int]:
