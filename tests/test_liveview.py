@@ -419,6 +419,7 @@ def test_headless_chromium_shows_the_stream_with_boxes(art, longer_video, tmp_pa
     near = np.min(np.abs(image[:, :, None, :].astype(int) - palette[None, None]).sum(axis=3), axis=2) < 30
     assert near.sum() > 2000  # box outlines and label fills in the classes' colours
     assert proc.returncode in (0, 130) and refused(port), "".join(lines)
+    assert "not written" not in "".join(lines)  # --serve alone is an output
 
 
 @pytest.mark.slow

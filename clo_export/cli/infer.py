@@ -124,7 +124,7 @@ def infer(
     save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
-    serve: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Serve a live view page (annotated frames and stats) at http://HOST:PORT/ while the run goes on; PORT or :PORT binds 127.0.0.1, 0.0.0.0:PORT every interface.", rich_help_panel=OUT, show_default=False)] = None,
+    serve: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Serve a live view page (annotated frames, per-stream stats) at http://HOST:PORT/ until the run ends; PORT or :PORT binds 127.0.0.1, 0.0.0.0:PORT every interface.", rich_help_panel=OUT, show_default=False)] = None,
     batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
     reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
