@@ -130,6 +130,8 @@ def assert_annotated(jpeg: bytes, raw: np.ndarray, dets: np.ndarray) -> None:
     err_jpeg = np.abs(again[boxes].astype(int) - drawn[boxes]).mean()
     err_drawn = np.abs(img[boxes].astype(int) - drawn[boxes]).mean()
     err_raw = np.abs(img[boxes].astype(int) - raw[boxes]).mean()
+    # measured on 640x480 frames with 10 boxes: err_jpeg 14-16, err_raw 77-86; three boxes drawn 1 px off (--json
+    # rounds coordinates, which may cross an integer) raise err_drawn by < 2.5
     assert err_drawn < 1.5 * err_jpeg + 1 and err_raw > 2 * err_drawn, (err_drawn, err_jpeg, err_raw)
 
 
