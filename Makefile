@@ -13,10 +13,11 @@ TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
 # Debian/Ubuntu packages the live-source tests need: a real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py,
-# GStreamer's gst-rtsp-server run by the system python3). Run as root, or: make system-deps APT="sudo apt-get".
+# GStreamer's gst-rtsp-server run by the system python3), and headless Chromium for the --serve page test.
+# Run as root, or: make system-deps APT="sudo apt-get".
 APT ?= apt-get
 SYSTEM_DEPS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium
 
 .PHONY: test test-quick demo install triton-env system-deps clean
 

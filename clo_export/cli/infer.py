@@ -55,8 +55,10 @@ def parse_classes(values: list[str] | None, names: dict[int, str]) -> tuple[int,
     return tuple(out)
 
 
-def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool, names: dict[int, str]):
+def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool,
+               names: dict[int, str], serve: str | None = None):
     """The sinks asked for, checked against the source kind before any frame is read."""
+    from clo_export.data.liveview import serve_sink
     from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink
 
     if save is not None and save_dir is not None:
@@ -79,6 +81,8 @@ def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path
             sinks.append(VideoSink(save, source.fps, source.size))
         if json_path is not None:
             sinks.append(JsonlSink(json_path, names))
+        if serve is not None:
+            sinks.append(serve_sink(serve, source, names))
     except BaseException:
         for s in sinks:
             s.abort()
@@ -120,6 +124,7 @@ def infer(
     save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
+    serve: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Serve a live view page (annotated frames, per-stream stats) at http://HOST:PORT/ until the run ends; PORT or :PORT binds 127.0.0.1, 0.0.0.0:PORT every interface.", rich_help_panel=OUT, show_default=False)] = None,
     batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
     reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
@@ -150,6 +155,10 @@ def infer(
     check_infer_options(source, model, check, save, save_dir, json_path, limit=limit, threads=threads, workers=workers,
                         infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou,
                         check_f1=check_f1, max_pixels=max_pixels)
+    if serve is not None:
+        from clo_export.data.liveview import check_serve
+
+        check_serve(serve)  # a bad address or a port in use: one line before the model loads
     size = None
     if imgsz is not None:
         from clo_export.imgsz import parse_imgsz
@@ -171,7 +180,9 @@ def infer(
 
         reference, trained = load_reference(check, size)
         check_contract(info, trained)
-    sinks = make_sinks(src, save, save_dir, json_path, show, info.names)
+    sinks = make_sinks(src, save, save_dir, json_path, show, info.names, serve)
+    for url in (s.url for s in sinks if hasattr(s, "url")):
+        err_console.print(f"live view: {url} (until the run ends)", highlight=False)
     if not sinks:
         err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)
     result = _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet)
