@@ -43,7 +43,7 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
         ("clo-infer video.mp4 --model best.onnx --save out.mp4 --json dets.jsonl", "annotated video and detections"),
         ("clo-infer frames/ --model best.engine --save-dir annotated/", "a folder of images"),
         ("clo-infer rtsp://cam/1 --model best.onnx --check best.pt", "a stream, checked against PyTorch"),
-        ("clo-infer 0 --model triton://127.0.0.1:8001/best --show", "a webcam through a Triton server"),
+        ("clo-infer rtsp://cam/1 --model best.engine --serve 0.0.0.0:8080", "headless: watch it in a browser"),
     ],
 }
 
