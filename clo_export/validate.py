@@ -110,7 +110,8 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
     existing_file("--check", check, "pass the best.pt the model was exported from")
     existing_sources("SOURCE", [source], "pass a video, an image, a folder, a glob, a webcam index or a stream URL")
     check_outputs({"--model": local_model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
-    check_outputs({"SOURCE": local_inputs(source)}, {}, {"--save-dir": save_dir})  # annotated files take the source's names
+    check_outputs({"SOURCE": local_inputs(source)}, {"--save": save, "--json": json_path},  # annotated files take the
+                  {"--save-dir": save_dir})  # source's names, and no other output may be one of them
 
 
 def check_demo_options(out: Path, frames: Optional[int], calib: Optional[int], check_every: int) -> None:

@@ -64,6 +64,7 @@ class RunResult:
     batch: int = 1
     streams: int = 1
     gone: str | None = None  # why the runner's server stopped answering (the run ended there)
+    non_finite: int = 0  # detections dropped because a box or score was NaN/Infinity
 
     @property
     def fps(self) -> float:
@@ -123,7 +124,7 @@ class Pipeline:
             seconds=time.perf_counter() - t0, stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
-            gone=self.gone,
+            gone=self.gone, non_finite=self.sinks.non_finite,
         )
 
     def _configure_batch(self) -> None:
@@ -192,6 +193,7 @@ class Pipeline:
         return list(zip(batch.frames, dets))
 
     def _write(self, frame: Frame, dets: np.ndarray) -> None:
+        dets = self.sinks.keep_finite(frame, dets)
         with self.timers["encode"].timed():
             if self.sinks.write(frame, dets):
                 self.request_stop()
