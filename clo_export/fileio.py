@@ -78,14 +78,14 @@ def _name_max(folder: Path) -> int:
 
 
 def check_name_length(label: str, path: PathLike, extra: int = 0) -> None:
-    """Refuse, before any work, a path with a component the filesystem cannot hold (``extra``: bytes added to the last)."""
+    """Refuse, before any work, a path with a name the filesystem cannot hold (``extra``: bytes added to the last)."""
     path = Path(path)
     limit = _name_max(path.parent)
     for i, part in enumerate(path.parts):
         size = len(os.fsencode(part)) + (extra if i == len(path.parts) - 1 else 0)
         if size > limit:
-            raise CloExportError(f"{label} '{path}': the name '{part[:40]}…' is {size} bytes, more than the filesystem's "
-                                 f"{limit}; choose a shorter name")
+            raise CloExportError(f"{label} '{path}': the name '{part[:40]}…' is {size} bytes, more than the "
+                                 f"filesystem's {limit}; choose a shorter name")
 
 
 def _part_stem(name: str) -> str:
@@ -124,7 +124,8 @@ def remove_stale_parts(path: PathLike) -> list:
     removed = []
     for p in entries:
         m = _PART.match(p.name)
-        ours = m and (m["stem"] == _part_stem(path.name) or (m["stem"] == _part_stem(path.stem) and p.suffix == path.suffix))
+        ours = m and (m["stem"] == _part_stem(path.name)
+                      or (m["stem"] == _part_stem(path.stem) and p.suffix == path.suffix))
         if ours and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])) and p.is_file():
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -153,7 +154,8 @@ def output_target(label: str, path: PathLike) -> Tuple[str, Path]:
         return "stream", path
     kind = "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else \
         "a block device" if stat.S_ISBLK(mode) else "not a regular file"
-    raise CloExportError(f"{label} '{path}' is {kind}; give a file name (or a character device or pipe such as /dev/null)")
+    raise CloExportError(f"{label} '{path}' is {kind}; give a file name (or a character device or pipe such as "
+                         "/dev/null)")
 
 
 def is_stream(path: PathLike) -> bool:
@@ -422,7 +424,7 @@ def check_artifact(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None
                    extra: Mapping[str, Optional[PathLike]] = {}) -> None:  # noqa: B006 (read only)
     """The pre-work check of a command writing ``out`` and its sidecar (plus ``extra`` outputs)."""
     if is_stream(out):  # a device or pipe gets the artifact only: no sidecars beside it
-        check_outputs(inputs, {"-o": out})
+        check_outputs(inputs, {"-o": out, **extra})
         return
     side = sidecar_path(out)
     check_outputs(inputs, {"-o": out, "sidecar": side, **extra})

@@ -17,8 +17,8 @@ import numpy as np
 
 from clo_export.data.readers import Frame
 from clo_export.errors import CloExportError
-from clo_export.fileio import (IMAGE_SUFFIXES, json_text, make_dirs, output_target, part_name, remove_dirs, remove_stale_parts,
-                               write_bytes_atomic, write_error)
+from clo_export.fileio import (IMAGE_SUFFIXES, json_text, make_dirs, output_target, part_name, remove_dirs,
+                               remove_stale_parts, write_bytes_atomic, write_error)
 
 FULL_BYTES = 1 << 20  # a target with less free space than this is full: stop before writing a broken file
 
@@ -199,7 +199,7 @@ class VideoSink(Sink):
 
 
 def _unique(rel: Path, used: set) -> Path:
-    """``rel``, or ``rel`` with ``~2``, ``~3``… before the suffix when a name (ignoring case) is taken; marks it used."""
+    """``rel``, or ``rel`` with ``~2``, ``~3``… before the suffix when the name (any case) is taken; marks it used."""
     name, n = rel, 2
     while str(name).lower() in used:
         name, n = rel.with_name(f"{rel.stem}~{n}{rel.suffix}"), n + 1

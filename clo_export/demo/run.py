@@ -7,7 +7,6 @@ Export, quantization, inference and scoring are the functions behind ``clo-expor
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from clo_export.backends.select import load_runners
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.readers import Frame, open_source
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
-from clo_export.fileio import write_text_atomic
+from clo_export.fileio import json_text, write_text_atomic
 from clo_export.metrics import evaluate
 from clo_export.pipeline import Checker, InferOptions, Pipeline
 
@@ -59,7 +58,7 @@ def write_demo_video(path: Path, n_frames: int) -> list[np.ndarray]:
         sink.abort()
         raise
     sink.close()
-    write_text_atomic(path.with_suffix(".gt.json"), json.dumps([g.tolist() for g in gt]))
+    write_text_atomic(path.with_suffix(".gt.json"), json_text([g.tolist() for g in gt]))
     return gt
 
 

@@ -24,14 +24,15 @@ class SinkSet:
         self.non_finite = 0  # detections dropped because a box or score was NaN/Infinity
 
     def keep_finite(self, frame: Frame, dets: np.ndarray) -> np.ndarray:
-        """``dets`` without rows holding NaN/Infinity (counted; the first one is warned about): outputs stay strict JSON."""
+        """``dets`` without rows holding NaN/Infinity (counted, the first warned about): outputs stay strict JSON."""
         dets = np.asarray(dets)
         ok = np.isfinite(dets.reshape(len(dets), -1)).all(axis=1) if len(dets) else np.ones(0, bool)
         if ok.all():
             return dets
         if not self.non_finite:
             log.warning("frame %d of %s: the model gave a detection with NaN/Infinity in its box or score; such "
-                        "detections are dropped and counted (the model or its export is broken)", frame.index, frame.path)
+                        "detections are dropped and counted (the model or its export is broken)", frame.index,
+                        frame.path)
         self.non_finite += int((~ok).sum())
         return dets[ok]
 
