@@ -123,22 +123,26 @@ def setup(debug: bool = False, verbose: bool = False, keep: bool = False) -> Non
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM behaves like Ctrl-C: the same clean-up runs (temporary files removed, videos closed)."""
+    """SIGTERM and SIGHUP behave like Ctrl-C: the same clean-up runs (temporary files removed, videos closed)."""
     raise KeyboardInterrupt
+
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))  # no SIGHUP on Windows
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Route SIGTERM to KeyboardInterrupt while a command runs (main thread only)."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
+    """Route SIGTERM and SIGHUP (a closed terminal or ssh session) to KeyboardInterrupt while a command runs."""
+    try:  # a signal already ignored (SIGHUP under nohup) stays ignored
+        previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -7,6 +7,11 @@ Export, quantization, inference and scoring are the functions behind ``clo-expor
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from clo_export import __version__
 from clo_export.backends.select import load_runners
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.readers import Frame, open_source
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
-from clo_export.fileio import json_text, write_text_atomic
+from clo_export.errors import CloExportError
+from clo_export.fileio import SIDECAR_MARKER, json_text, make_dirs, remove_dirs, write_text_atomic
 from clo_export.metrics import evaluate
 from clo_export.pipeline import Checker, InferOptions, Pipeline
 
@@ -26,6 +33,9 @@ BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-shapes
 VIDEO_SIZE = (480, 640)  # (h, w)
 VIDEO_SEED, CALIB_SEED = 4, 7  # video seed 4 shows all five classes
 EVAL = InferOptions(conf=0.001, iou=0.6, max_det=300)  # val-style thresholds for mAP
+MANIFEST = ".clo-export-demo.json"  # in --out: the files demos wrote there
+# the names a demo writes: demo.mp4, demo.gt.json, demo-shapes.*, pytorch.*, onnx-*.*, trt-*.*, summary.json, calib/
+DEMO_NAMES = re.compile(r"^(demo[.-][^/]*|pytorch\.[^/]*|onnx-[^/]*|trt-[^/]*|summary\.json|calib/.*)$")
 
 
 @dataclass(frozen=True)
@@ -94,3 +104,65 @@ def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out:
     f1 = result.check.detections.f1 if result.check is not None and result.check.detections is not None else None
     return ArtifactRow(name, info.backend, info.precision or "fp32", scores.map50, scores.map50_95, coco.map50,
                        coco.map50_95, f1, result.fps, video_out, jsonl_out)
+
+
+def _tree(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``out`` (relative, '/'-separated) with its (inode, mtime): what 'unchanged' means."""
+    files = {}
+    for dirpath, _, names in os.walk(out):
+        for n in names:
+            p = Path(dirpath) / n
+            with contextlib.suppress(OSError):
+                st = p.lstat()
+                files[p.relative_to(out).as_posix()] = (st.st_ino, st.st_mtime_ns)
+    return files
+
+
+def demo_manifest(out: Path) -> set[str]:
+    """The files earlier demos wrote in ``out``."""
+    try:
+        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = data.get("files") if isinstance(data, dict) and SIDECAR_MARKER in data else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def check_demo_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a ``--out`` folder holding files no demo wrote (``overwrite``: allowed, but never at a demo's own names)."""
+    if not out.is_dir():
+        return
+    ours = demo_manifest(out) | {MANIFEST}
+    theirs = sorted(f for f in _tree(out) if f not in ours)
+    clash = [f for f in theirs if DEMO_NAMES.match(f)]
+    if clash or (theirs and not overwrite):
+        shown = clash or theirs
+        more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+        fix = ("move them away or choose another --out" if clash else
+               "choose an empty or new --out folder, or pass --overwrite to write beside them (they are kept)")
+        raise CloExportError(f"--out '{out}' holds {', '.join(shown[:3])}{more}, not written by a demo, "
+                             f"{'where the demo writes' if clash else ''}; {fix}".replace(", ;", ";"))
+
+
+@contextlib.contextmanager
+def demo_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Check ``out`` (:func:`check_demo_folder`), make it, and on any failure or interrupt remove every file the run
+    wrote or changed there (and the folders it made); on success record its files in the manifest."""
+    check_demo_folder(out, overwrite)
+    created = make_dirs(out)
+    before = _tree(out)
+    folders = {d for d, _, _ in os.walk(out)}
+    try:
+        yield out
+    except BaseException:
+        for rel, ident in _tree(out).items():
+            if before.get(rel) != ident:
+                with contextlib.suppress(OSError):
+                    (out / rel).unlink()
+        for d in sorted({d for d, _, _ in os.walk(out)} - folders, reverse=True):  # deepest first: folders it made
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        remove_dirs(created)
+        raise
+    files = demo_manifest(out) | {rel for rel, ident in _tree(out).items() if before.get(rel) != ident}
+    write_text_atomic(out / MANIFEST, json_text({SIDECAR_MARKER: __version__, "files": sorted(files - {MANIFEST})}))
