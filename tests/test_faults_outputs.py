@@ -60,7 +60,7 @@ def assert_one_error(result, before: dict[str, str], root: Path, match: str, kin
 
 
 def assert_ok(result) -> None:
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, (result.output, repr(result.exception))
     assert "Traceback" not in result.output and not error_lines(result.output)
 
 
