@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -104,7 +105,11 @@ def part_name(path: PathLike, suffix: str = "") -> Path:
 _PART = re.compile(r"^\.(?P<stem>.*)\.part(?P<pid>\d+)(?:\.[^.]*)?$")
 
 
+_PARTS_SEEN: dict = {}  # folder -> temporary names found there the first time this process wrote into it
+
+
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (its temporary files may still be written)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,21 +120,25 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_parts(path: PathLike) -> list:
-    """Remove the temporary files of ``path`` left by processes that no longer run (a SIGKILLed write); the removed."""
+    """Remove the temporary files (or staging folders) of ``path`` left by processes that no longer run (a SIGKILLed
+    write); the paths removed."""
     path = Path(path)
-    try:
-        entries = list(path.parent.iterdir()) if path.parent.is_dir() else []
-    except OSError:
-        return []
+    folder = os.path.abspath(path.parent)
+    if folder not in _PARTS_SEEN:  # one look per folder and process: a folder of 10 000 images is listed once
+        try:
+            _PARTS_SEEN[folder] = [e.name for e in os.scandir(folder) if _PART.match(e.name)]
+        except OSError:
+            return []
     removed = []
-    for p in entries:
+    for p in [path.parent / n for n in _PARTS_SEEN[folder]]:
         m = _PART.match(p.name)
         ours = m and (m["stem"] == _part_stem(path.name)
                       or (m["stem"] == _part_stem(path.stem) and p.suffix == path.suffix))
-        if ours and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])) and p.is_file():
+        if ours and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
             with contextlib.suppress(OSError):
-                p.unlink()
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
                 removed.append(p)
+                _PARTS_SEEN[folder].remove(p.name)
     if removed:
         log.warning("removed %d temporary file(s) of %s left by a stopped process: %s", len(removed), path,
                     ", ".join(p.name for p in removed))
@@ -407,6 +416,7 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
     for label, folder in dirs:
         if folder.exists() and not folder.is_dir():
             raise CloExportError(f"{label} '{folder}' is a file, not a folder; choose a folder path")
+        check_name_length(label, folder)
         for out_label, out in outs:
             if out.suffix.lower() in FOLDER_FILE_SUFFIXES and _inside(out.parent, folder):
                 raise CloExportError(f"{out_label} '{out}' lies in {label} '{folder}' under a name annotated files can "

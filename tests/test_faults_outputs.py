@@ -25,12 +25,13 @@ import onnx
 import pytest
 
 from clo_export.fileio import json_text, remove_stale_parts
-from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for, ws  # noqa: F401 (ws: fixture)
+from tests.test_faults import ws  # noqa: F401 (the fixture: a folder of real inputs)
+from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for
 from tests.test_infer_fixtures import make_video
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: file hash, link target, 'dir', or the kind and numbers of a special file (never read)."""
+    """Every entry under ``root``: file hash, link target, 'dir', or the kind and numbers of a special file (unread)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -167,9 +168,11 @@ def a_block_device(ws: Path) -> None:
 
 
 @pytest.mark.parametrize("make, what", [(a_socket, "a socket"), (a_block_device, "a block device"),
-                                        (lambda ws: (ws / "sock").mkdir(), "folder")], ids=["socket", "block", "folder"])
+                                        (lambda ws: (ws / "sock").mkdir(), "folder")],
+                         ids=["socket", "block", "folder"])
 @pytest.mark.parametrize("cli, args", [(infer, ["imgs", "-m", "m.onnx", "--json", "sock"]),
-                                       (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "sock"])], ids=["infer", "onnx"])
+                                       (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "sock"])],
+                         ids=["infer", "onnx"])
 def test_other_special_targets_are_refused(ws, make, what, cli, args):
     make(ws)
     before = snapshot(ws)
@@ -350,12 +353,25 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next(ws):
     FAULTS["stale part"] += 1
 
 
+def test_a_staging_folder_of_a_killed_triton_run_is_removed_by_the_next(ws):
+    stale = ws / "repo" / f".det.part{dead_pid()}.k3j4h5ab"
+    (stale / "det_model" / "1").mkdir(parents=True)
+    (stale / "det_model" / "1" / "model.onnx").write_bytes(b"half")
+    assert_ok(export("triton", "m.onnx", "-o", "repo", "--name", "det"))
+    assert not stale.exists() and not list((ws / "repo").glob(".*part*"))
+    FAULTS["stale part"] += 1
+
+
 def test_a_name_too_long_is_refused_before_any_work_or_folder(ws):
     before = snapshot(ws)
     assert_one_error(infer("imgs", "-m", "m.onnx", "--json", "new/" + "n" * 300 + ".jsonl"), before, ws,
                      "shorter name", "name too long")
     assert_one_error(export("onnx", "m.pt", "--imgsz", "128", "-o", "new/" + "n" * 248 + ".onnx"), before, ws,
                      "shorter name", "name too long")  # the sidecar's name (+ .json) is what does not fit
+    assert_one_error(infer("imgs", "-m", "m.onnx", "--save-dir", "new/" + "n" * 300), before, ws, "shorter name",
+                     "name too long")
+    assert_one_error(export("demo", "--quick", "--out", "new/" + "n" * 300), before, ws, "shorter name",
+                     "name too long")
 
 
 def test_a_long_name_that_fits_is_written(ws):

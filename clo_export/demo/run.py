@@ -25,7 +25,7 @@ from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.readers import Frame, open_source
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
 from clo_export.errors import CloExportError
-from clo_export.fileio import SIDECAR_MARKER, json_text, make_dirs, remove_dirs, write_text_atomic
+from clo_export.fileio import SIDECAR_MARKER, check_name_length, json_text, make_dirs, remove_dirs, write_text_atomic
 from clo_export.metrics import evaluate
 from clo_export.pipeline import Checker, InferOptions, Pipeline
 
@@ -129,7 +129,7 @@ def demo_manifest(out: Path) -> set[str]:
 
 
 def check_demo_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a ``--out`` folder holding files no demo wrote (``overwrite``: allowed, but never at a demo's own names)."""
+    """Refuse a ``--out`` folder holding files no demo wrote (``overwrite``: allowed, never at a demo's own names)."""
     if not out.is_dir():
         return
     ours = demo_manifest(out) | {MANIFEST}
@@ -148,6 +148,7 @@ def check_demo_folder(out: Path, overwrite: bool) -> None:
 def demo_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Check ``out`` (:func:`check_demo_folder`), make it, and on any failure or interrupt remove every file the run
     wrote or changed there (and the folders it made); on success record its files in the manifest."""
+    check_name_length("--out", out)
     check_demo_folder(out, overwrite)
     created = make_dirs(out)
     before = _tree(out)

@@ -277,7 +277,8 @@ def _sidecar(job: _Job, calibration: dict[str, Any], float_nodes: list[str], kep
     return OnnxSidecar(job.meta, job.out.name, job.onnx_path.name, calibration=calibration, float_nodes=float_nodes,
                        qdq={"activation_tensors": len(activation_tensors(kept)), "weights": sum(t.weight for t in kept),
                             "float_attention_nodes": attn},
-                       accuracy={"file": job.accuracy_path and job.accuracy_path.name, "agreement_map50_95": report.score,
+                       accuracy={"file": job.accuracy_path and job.accuracy_path.name,
+                                 "agreement_map50_95": report.score,
                                  "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50})
 
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
-from clo_export.fileio import SIDECAR_MARKER, check_name_length, json_text, sha256_file, write_text_atomic
+from clo_export.fileio import (SIDECAR_MARKER, check_name_length, json_text, part_name, remove_stale_parts, sha256_file,
+                               write_text_atomic)
 from clo_export.postprocess import NMS_OUTPUTS, has_nms_outputs
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
@@ -432,7 +433,8 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
     check_options(facts, platform, opts)
     configs = build_configs(facts, platform, opts)
     name = opts.name or default_name(model)
-    check_name_length("--name", out / name, len(".XXXXXXXX.part") + 1)  # the longest name made of it: the staging folder
+    check_name_length("-o", out)
+    check_name_length("--name", out / name, len("..part1234567.XXXXXXXX"))  # its longest use: the staging folder
     targets = {m: out / m for m in configs}
     existing = [m for m, p in targets.items() if p.exists()]
     if existing and not opts.overwrite:
@@ -448,7 +450,8 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
     ours = read_manifest(out)
     version = str(opts.version)
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{name}.", suffix=".part", dir=out) as tmp:
+        remove_stale_parts(out / name)  # a staging folder of a killed run
+        with tempfile.TemporaryDirectory(prefix=part_name(out / name).name + ".", dir=out) as tmp:
             stage = Path(tmp)
             _stage(stage, model, name, version, platform, configs, repository_readme(name, out, platform, facts, opts))
             _check_replace(out, stage, list(configs), ours)
