@@ -69,6 +69,7 @@ _PART_STEM = 120  # bytes of the final name kept in a temporary name, so that it
 
 
 def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the filesystem of ``folder`` (or its nearest existing parent) takes."""
     for p in (folder, *folder.parents):
         if p.exists():
             try:
@@ -103,8 +104,6 @@ def part_name(path: PathLike, suffix: str = "") -> Path:
 
 
 _PART = re.compile(r"^\.(?P<stem>.*)\.part(?P<pid>\d+)(?:\.[^.]*)?$")
-
-
 _PARTS_SEEN: dict = {}  # folder -> temporary names found there the first time this process wrote into it
 
 
