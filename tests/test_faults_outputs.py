@@ -92,11 +92,12 @@ def test_json_to_a_null_device_keeps_the_device_and_writes_nothing_beside_it(ws)
     FAULTS["device target"] += 1
 
 
-def test_a_full_device_is_one_line_and_stays_a_device(ws):
+@pytest.mark.parametrize("cli, args", [(infer, ["imgs", "-m", "m.onnx", "-q", "--json", "full"]),
+                                       (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "full"])], ids=["infer", "onnx"])
+def test_a_full_device_is_one_line_and_stays_a_device(ws, cli, args):
     device(ws / "full", 7)
     before = snapshot(ws)
-    assert_one_error(infer("imgs", "-m", "m.onnx", "-q", "--json", "full"), before, ws, "No space left on device",
-                     "device target")
+    assert_one_error(cli(*args), before, ws, "No space left on device", "device target")
 
 
 def test_onnx_export_to_a_device_drops_no_sidecar(ws):
