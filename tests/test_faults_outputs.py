@@ -207,6 +207,19 @@ def test_triton_overwrite_replaces_only_what_it_wrote(ws):
     FAULTS["triton overwrite"] += 1
 
 
+def test_triton_overwrite_removes_its_own_earlier_files_only(ws):
+    assert_ok(export("triton", "m.onnx", "-o", "repo", "--name", "det"))
+    (ws / "repo" / "NOTES.txt").write_text("mine\n")
+    assert_ok(export("triton", "m.onnx", "-o", "repo", "--name", "det", "--model-version", "2", "--overwrite"))
+    repo = ws / "repo"
+    assert not (repo / "det_model" / "1").exists() and (repo / "det_model" / "2" / "model.onnx").is_file()
+    assert (repo / "NOTES.txt").read_text() == "mine\n"
+    manifest = json.loads((repo / ".clo-export-manifest.json").read_text())["files"]
+    assert "det_model/2/model.onnx" in manifest and not [f for f in manifest if f.startswith("det_model/1/")]
+    assert all((repo / f).exists() for f in manifest) and "NOTES.txt" not in manifest
+    FAULTS["triton overwrite"] += 1
+
+
 def test_triton_overwrite_never_replaces_a_file_it_did_not_write(ws):
     (ws / "repo" / "det_model").mkdir(parents=True)
     (ws / "repo" / "det_model" / "config.pbtxt").write_text('name: "det_model"\nplatform: "onnxruntime_onnx"\n')

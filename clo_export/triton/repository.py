@@ -28,8 +28,8 @@ import numpy as np
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
-from clo_export.fileio import (SIDECAR_MARKER, check_name_length, json_text, part_name, remove_stale_parts, sha256_file,
-                               write_text_atomic)
+from clo_export.fileio import (SIDECAR_MARKER, check_name_length, json_text, make_dirs, part_name, remove_dirs,
+                               remove_stale_parts, sha256_file, write_text_atomic)
 from clo_export.postprocess import NMS_OUTPUTS, has_nms_outputs
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
@@ -445,8 +445,7 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
         if targets[m].resolve() in resolved.parents:
             raise CloExportError(f"'{model}' lies inside {targets[m]}, which --overwrite would replace; copy the model "
                                  "elsewhere first")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(out)
     ours = read_manifest(out)
     version = str(opts.version)
     try:
@@ -462,11 +461,10 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
                 (stage / extra).replace(dest)
                 extras[extra] = dest
             written |= {p.relative_to(out).as_posix() for p in extras.values()}
-            write_text_atomic(out / MANIFEST, json_text({SIDECAR_MARKER: __version__, "files": sorted(ours | written)},
-                                                        indent=1))
+            files = sorted(f for f in ours | written if os.path.lexists(out / f))  # removed ones are no longer ours
+            write_text_atomic(out / MANIFEST, json_text({SIDECAR_MARKER: __version__, "files": files}, indent=1))
     except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        remove_dirs(created)  # the folders it made, if still empty
         raise
     return Repository(out, name, targets, platform, facts, extras["README.md"], kept)
 
