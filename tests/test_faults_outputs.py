@@ -25,7 +25,7 @@ import onnx
 import pytest
 
 from clo_export.fileio import json_text, remove_stale_parts
-from tests.test_faults import ws  # noqa: F401 (the fixture: a folder of real inputs)
+from tests.test_faults import tally, ws  # noqa: F401 (fixtures: the tally printed with -s, a folder of real inputs)
 from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for
 from tests.test_infer_fixtures import make_video
 

@@ -118,13 +118,21 @@ def _tree(out: Path) -> dict[str, tuple[int, int]]:
     return files
 
 
-def demo_manifest(out: Path) -> set[str]:
-    """The files earlier demos wrote in ``out``."""
+def _json(path: Path) -> dict:
+    """The JSON object in ``path``; empty when it is missing, unreadable or not an object."""
     try:
-        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
-    files = data.get("files") if isinstance(data, dict) and SIDECAR_MARKER in data else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def demo_manifest(out: Path) -> set[str]:
+    """The files earlier demos wrote in ``out`` (a finished demo from before the manifest: every file at its names)."""
+    manifest = _json(out / MANIFEST)
+    files = manifest.get("files") if SIDECAR_MARKER in manifest else None
+    if files is None and {"rows", "targets"} <= set(_json(out / "summary.json")):
+        return {f for f in _tree(out) if DEMO_NAMES.match(f)}
     return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
 
 
@@ -135,13 +143,17 @@ def check_demo_folder(out: Path, overwrite: bool) -> None:
     ours = demo_manifest(out) | {MANIFEST}
     theirs = sorted(f for f in _tree(out) if f not in ours)
     clash = [f for f in theirs if DEMO_NAMES.match(f)]
-    if clash or (theirs and not overwrite):
-        shown = clash or theirs
-        more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
-        fix = ("move them away or choose another --out" if clash else
-               "choose an empty or new --out folder, or pass --overwrite to write beside them (they are kept)")
-        raise CloExportError(f"--out '{out}' holds {', '.join(shown[:3])}{more}, not written by a demo, "
-                             f"{'where the demo writes' if clash else ''}; {fix}".replace(", ;", ";"))
+    if clash:
+        raise CloExportError(f"--out '{out}' holds {_listed(clash)}, not written by a demo, at the demo's own names; "
+                             "move them away or choose another --out")
+    if theirs and not overwrite:
+        raise CloExportError(f"--out '{out}' holds {_listed(theirs)}, not written by a demo; choose an empty or new "
+                             "--out folder, or pass --overwrite to write beside them (they are kept)")
+
+
+def _listed(names: list[str]) -> str:
+    """The first three names, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 @contextlib.contextmanager
