@@ -195,7 +195,8 @@ def test_triton_overwrite_replaces_only_what_it_wrote(ws):
     (ws / "repo" / "det_model" / "1" / "model.plan").write_bytes(b"my plan")
     user = {k: v for k, v in snapshot(ws).items() if "NOTES" in k or "/2" in k or "plan" in k or k == "repo/README.md"}
     before = snapshot(ws)
-    assert_one_error(export("triton", "m.onnx", "-o", "repo", "--name", "det"), before, ws, "--overwrite", "triton")
+    assert_one_error(export("triton", "m.onnx", "-o", "repo", "--name", "det"), before, ws, "--overwrite",
+                     "triton overwrite")
     again = export("triton", "m.onnx", "-o", "repo", "--name", "det", "--overwrite")
     assert_ok(again)
     after = snapshot(ws)
