@@ -23,11 +23,11 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, TypeVar
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
-from clo_export.fileio import PathLike, sidecar_path, write_sidecar
+from clo_export.fileio import PathLike, is_stream, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:
     import onnx
@@ -293,9 +293,9 @@ class Sidecar:
     def from_dict(cls: type[S], data: dict[str, Any]) -> S:
         raise NotImplementedError
 
-    def write(self, artifact: PathLike) -> Path:
-        """Write ``ARTIFACT.json`` atomically and return its path."""
-        return write_sidecar(sidecar_path(artifact), self.to_dict())
+    def write(self, artifact: PathLike) -> Optional[Path]:
+        """Write ``ARTIFACT.json`` atomically and return its path (None: the artifact went to a device or pipe)."""
+        return None if is_stream(artifact) else write_sidecar(sidecar_path(artifact), self.to_dict())
 
     @classmethod
     def read(cls: type[S], artifact: PathLike) -> S:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from clo_export.errors import CloExportError
+from clo_export.fileio import json_text
 from clo_export.postprocess import box_iou, nms
 
 DETECTION_OUTPUT = "output0"  # YOLOv5's export name for the decoded (bs, N, 5 + nc) tensor
@@ -371,8 +372,8 @@ class Report:
         }
 
     def to_json(self, indent: int = 2) -> str:
-        """JSON text of `to_dict()`."""
-        return json.dumps(self.to_dict(), indent=indent)
+        """Strict JSON text of `to_dict()` (a non-finite value is null and named under ``non_finite``)."""
+        return json_text(self.to_dict(), indent=indent).rstrip("\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:

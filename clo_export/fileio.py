@@ -9,7 +9,14 @@ Guarantees every command relies on:
 * :func:`check_outputs` refuses, before any work, an output that is one of the command's inputs:
   by resolved path and by file identity (device, inode), so hard and symbolic links count;
 * a sidecar (``<artifact>.json``: ``best.onnx.json``, ``best.engine.json``) carries the marker key
-  ``clo_export_version``; :func:`write_sidecar` never replaces a file without it.
+  ``clo_export_version``; :func:`write_sidecar` never replaces a file without it;
+* :func:`output_target` decides by kind: a character device or FIFO (``/dev/null``, a pipe) is written
+  directly, in order, with no temporary file and no sidecars; a symbolic link is kept and the file it
+  points to is replaced atomically; anything else that is not a regular file is refused;
+* JSON is strict (:func:`json_text`): NaN/Infinity become ``null`` and the object names them under
+  ``non_finite``; the text never holds a bare ``NaN``;
+* a ``.part`` file left by a killed process (its PID is in the name) is removed by the next write
+  to the same target.
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
+import math
 import os
+import re
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -27,8 +39,13 @@ from typing import Any, Optional, Tuple, Union
 from clo_export import __version__
 from clo_export.errors import CloExportError
 
+log = logging.getLogger(__name__)
+
 PathLike = Union[str, "os.PathLike[str]"]
 SIDECAR_MARKER = "clo_export_version"  # a JSON object with this key was written by clo-export
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # annotated images keep these
+# names an output folder's own files can take (annotated images, videos): another output there could be replaced
+FOLDER_FILE_SUFFIXES = IMAGE_SUFFIXES + (".mp4", ".avi", ".mkv", ".mov")
 
 
 def os_error_text(e: OSError) -> str:
@@ -45,6 +62,117 @@ def os_error_text(e: OSError) -> str:
 def write_error(path: PathLike, e: OSError) -> CloExportError:
     """The one-line error for a failed write of ``path``."""
     return CloExportError(f"cannot write '{path}': {os_error_text(e)}")
+
+
+NAME_MAX = 255  # bytes in one file name on the usual Linux filesystems (os.pathconf says so where it can)
+_PART_STEM = 120  # bytes of the final name kept in a temporary name, so that it is never longer than NAME_MAX
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the filesystem of ``folder`` (or its nearest existing parent) takes."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            try:
+                return int(os.pathconf(p, "PC_NAME_MAX"))
+            except (OSError, ValueError, AttributeError):
+                return NAME_MAX
+    return NAME_MAX
+
+
+def check_name_length(label: str, path: PathLike, extra: int = 0) -> None:
+    """Refuse, before any work, a path with a name the filesystem cannot hold (``extra``: bytes added to the last)."""
+    path = Path(path)
+    limit = _name_max(path.parent)
+    for i, part in enumerate(path.parts):
+        size = len(os.fsencode(part)) + (extra if i == len(path.parts) - 1 else 0)
+        if size > limit:
+            raise CloExportError(f"{label} '{path}': the name '{part[:40]}…' is {size} bytes, more than the "
+                                 f"filesystem's {limit}; choose a shorter name")
+
+
+def _part_stem(name: str) -> str:
+    """The final name as kept in a temporary name (cut so the temporary name always fits)."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= _PART_STEM else os.fsdecode(raw[:_PART_STEM])
+
+
+def part_name(path: PathLike, suffix: str = "") -> Path:
+    """``.NAME.partPID<suffix>`` beside ``path``: hidden, names this process, keeps ``suffix`` (OpenCV picks the
+    container from it); :func:`remove_stale_parts` removes it once this process is gone."""
+    path = Path(path)
+    return path.with_name(f".{_part_stem(path.stem if suffix else path.name)}.part{os.getpid()}{suffix}")
+
+
+_PART = re.compile(r"^\.(?P<stem>.*)\.part(?P<pid>\d+)(?:\.[^.]*)?$")
+_PARTS_SEEN: dict = {}  # folder -> temporary names found there the first time this process wrote into it
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (its temporary files may still be written)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_parts(path: PathLike) -> list:
+    """Remove the temporary files (or staging folders) of ``path`` left by processes that no longer run (a SIGKILLed
+    write); the paths removed."""
+    path = Path(path)
+    folder = os.path.abspath(path.parent)
+    if folder not in _PARTS_SEEN:  # one look per folder and process: a folder of 10 000 images is listed once
+        try:
+            _PARTS_SEEN[folder] = [e.name for e in os.scandir(folder) if _PART.match(e.name)]
+        except OSError:
+            return []
+    removed = []
+    for p in [path.parent / n for n in _PARTS_SEEN[folder]]:
+        m = _PART.match(p.name)
+        ours = m and (m["stem"] == _part_stem(path.name)
+                      or (m["stem"] == _part_stem(path.stem) and p.suffix == path.suffix))
+        if ours and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed.append(p)
+                _PARTS_SEEN[folder].remove(p.name)
+    if removed:
+        log.warning("removed %d temporary file(s) of %s left by a stopped process: %s", len(removed), path,
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
+def output_target(label: str, path: PathLike) -> Tuple[str, Path]:
+    """What writing ``path`` means: ('stream', path) for a character device or FIFO (written directly, in order),
+    ('file', real path) for a regular or new file (a link is followed: its target is replaced, the link kept);
+    anything else (a folder, a socket, a block device) is refused in one line."""
+    path = Path(path)
+    real = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return "file", real
+    except OSError as e:
+        raise CloExportError(f"{label} '{path}': {os_error_text(e)}") from e
+    if stat.S_ISREG(mode):
+        return "file", real
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "stream", path
+    kind = "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+        "a block device" if stat.S_ISBLK(mode) else "not a regular file"
+    raise CloExportError(f"{label} '{path}' is {kind}; give a file name (or a character device or pipe such as "
+                         "/dev/null)")
+
+
+def is_stream(path: PathLike) -> bool:
+    """Whether ``path`` is a character device or FIFO (no temporary file, no rename, no sidecars beside it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 def _cleanup_part(tmp: Path) -> None:
@@ -78,10 +206,19 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise CloExportError(f"cannot write '{path}': it is a folder; choose a file name")
+    kind, real = output_target("output", path)
+    if kind == "stream":
+        try:
+            yield path
+        except OSError as e:
+            raise write_error(path, e) from e
+        return
+    path = real
+    remove_stale_parts(path)
     created: list = []
     try:
         created = make_dirs(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_part_stem(path.name)}.part{os.getpid()}.", dir=path.parent)
     except OSError as e:
         remove_dirs(created)
         raise write_error(path, e) from e
@@ -159,8 +296,32 @@ def write_sidecar(path: PathLike, facts: Mapping[str, Any], named_by_user: bool 
     if not named_by_user:
         check_sidecar(path)
     payload = {SIDECAR_MARKER: __version__, **facts}
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path, json_text(payload, indent=2))
     return Path(path)
+
+
+def _finite(value: Any, where: str, bad: dict) -> Any:
+    """``value`` with every NaN/Infinity replaced by None (recorded in ``bad`` under its dotted path)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        bad[where] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(value)]
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _finite(value.tolist(), where, bad)
+    return value
+
+
+def json_text(obj: Any, indent: Optional[int] = None) -> str:
+    """Strict JSON of ``obj`` plus a newline (the one writer of reports and sidecars): a non-finite number becomes
+    ``null`` and a top-level object lists it under ``non_finite`` ({dotted path: 'nan' | 'inf' | '-inf'})."""
+    bad: dict = {}
+    clean = _finite(obj, "", bad)
+    if bad and isinstance(clean, dict):
+        clean["non_finite"] = {**(clean.get("non_finite") or {}), **bad}
+    return json.dumps(clean, indent=indent, allow_nan=False) + "\n"
 
 
 def _identity(path: Path) -> Optional[Tuple[int, int]]:
@@ -191,10 +352,15 @@ def _inside(child: Path, folder: Path) -> bool:
 
 
 def check_output_path(label: str, path: PathLike) -> None:
-    """Refuse an output whose path cannot be a file: a folder there, or a file where a parent folder should be."""
+    """Refuse an output whose path cannot be a file: a folder, socket or block device there, a name too long, or a
+    file where a parent folder should be."""
     path = Path(path)
     if path.is_dir():
         raise CloExportError(f"{label} '{path}' is a folder; give a file name")
+    kind, path = output_target(label, path)
+    if kind == "stream":
+        return
+    check_name_length(label, path)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -249,6 +415,11 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
     for label, folder in dirs:
         if folder.exists() and not folder.is_dir():
             raise CloExportError(f"{label} '{folder}' is a file, not a folder; choose a folder path")
+        check_name_length(label, folder)
+        for out_label, out in outs:
+            if out.suffix.lower() in FOLDER_FILE_SUFFIXES and _inside(out.parent, folder):
+                raise CloExportError(f"{out_label} '{out}' lies in {label} '{folder}' under a name annotated files can "
+                                     f"take; one output of a run would replace another: put {out_label} elsewhere")
         for in_label, inp in ins:
             if inp.is_dir() and _inside(folder, inp):
                 raise CloExportError(f"{label} '{folder}' lies inside the input {in_label} '{inp}'; annotated files would "
@@ -261,6 +432,9 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
 def check_artifact(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]], out: PathLike,
                    extra: Mapping[str, Optional[PathLike]] = {}) -> None:  # noqa: B006 (read only)
     """The pre-work check of a command writing ``out`` and its sidecar (plus ``extra`` outputs)."""
+    if is_stream(out):  # a device or pipe gets the artifact only: no sidecars beside it
+        check_outputs(inputs, {"-o": out, **extra})
+        return
     side = sidecar_path(out)
     check_outputs(inputs, {"-o": out, "sidecar": side, **extra})
     check_sidecar(side)

@@ -109,7 +109,8 @@ def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None
     inputs = {"MODEL": model, "--calib": [p for s in specs for p in local_inputs(s)]}
     check_artifact(inputs, out, {"--cache": cache, "report": out.with_name(out.stem + ".accuracy.json"),
                                  "--sensitivity": out.with_name(out.stem + ".sensitivity.json")})
-    check_sidecar(cache)
+    if cache is not None:  # none beside a device or pipe
+        check_sidecar(cache)
 
 
 def check_check_options(model: Path, weights: Path, source: str, limit: int, frames: int, min_f1: Optional[float],
@@ -145,7 +146,8 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
     existing_file("--check", check, "pass the best.pt the model was exported from")
     existing_sources("SOURCE", [source], "pass a video, an image, a folder, a glob, a webcam index or a stream URL")
     check_outputs({"--model": local_model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
-    check_outputs({"SOURCE": local_inputs(source)}, {}, {"--save-dir": save_dir})  # annotated files take the source's names
+    check_outputs({"SOURCE": local_inputs(source)}, {"--save": save, "--json": json_path},  # annotated files take the
+                  {"--save-dir": save_dir})  # source's names, and no other output may be one of them
 
 
 def check_demo_options(out: Path, frames: Optional[int], calib: Optional[int], check_every: int) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink, draw_detections
+from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink, annotated_names, draw_detections
 from clo_export.data.readers import Frame, ImageSource, VideoSource, open_source
 from clo_export.errors import CloExportError
 from tests.test_infer_fixtures import make_images, make_video
@@ -144,3 +145,19 @@ def test_folder_and_glob_sources_skip_unreadable_images(tmp_path):
     assert len(got) == 3 and src.skipped == 1 and all(f.timestamp is None for f in got)
     assert len(list(open_source(str(tmp_path / "imgs" / "*.png")))) == 1
     assert len(list(open_source(tmp_path / "imgs", limit=2))) == 2
+
+
+def test_annotated_names_keep_folders_and_are_unique_and_stable(tmp_path):
+    files = [tmp_path / "in" / rel for rel in ("a/x.jpg", "a/x_2.jpg", "b/x.jpg", "b/X.JPG", "a/x.jpg", "c/y.gif")]
+    names = annotated_names(files, set())
+    assert {k: v.as_posix() for k, v in names.items()} == {
+        str(files[0]): "a/x.jpg", str(files[1]): "a/x_2.jpg", str(files[2]): "b/x.jpg", str(files[3]): "b/X~2.JPG",
+        str(files[5]): "c/y.jpg"}  # the same file twice is one output; a suffix OpenCV cannot write becomes .jpg
+    assert annotated_names(list(files), set()) == names
+
+
+def test_json_lines_to_a_device_are_written_directly(tmp_path):
+    sink = JsonlSink("/dev/null", {0: "a"})
+    sink.write(Frame(0, None, np.zeros((4, 4, 3), np.uint8), "x.jpg"), DETS, None)
+    sink.close()
+    assert sink.outputs == [Path("/dev/null")] and not list(Path("/dev").glob(".null.part*"))

@@ -146,22 +146,22 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))  # no SIGHUP on Windows
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Route SIGTERM and SIGHUP (a closed terminal) to KeyboardInterrupt while a command runs (main thread only)."""
-    try:
-        previous = {sig: signal.signal(sig, _terminate) for sig in STOP_SIGNALS}
+    """Route SIGTERM and SIGHUP (a closed terminal or ssh session) to KeyboardInterrupt while a command runs."""
+    try:  # a signal already ignored (SIGHUP under nohup) stays ignored
+        previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

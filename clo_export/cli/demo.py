@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -54,16 +53,11 @@ def demo(
     frames: Annotated[Optional[int], typer.Option(help="Demo video length in frames at 30 fps (default 300, --quick 45).")] = None,
     calib: Annotated[Optional[int], typer.Option(help="Calibration images (default 256, --quick 24).")] = None,
     check_every: Annotated[int, typer.Option(help="Compare every K-th frame with PyTorch.")] = 5,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Use a --out folder that holds other files (they are kept; a demo's own files are replaced).")] = False,
 ) -> None:
     """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth."""
-    from clo_export.backends.pytorch import TorchRunner
-    from clo_export.quantization.quantize import QuantizeOptions, quantize
     from clo_export.quantization.calibset import DEFAULT_HOLDOUT
-    from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
-    from clo_export.export.exporter import ExportOptions, export_onnx
-    from clo_export.export.parity import parity_batches
-    from clo_export.fileio import write_text_atomic
-    from clo_export.models.checkpoint import load
+    from clo_export.demo.run import BUNDLED_MODEL, demo_folder
     from clo_export.validate import check_demo_options
 
     check_demo_options(out, frames, calib, check_every)
@@ -72,8 +66,21 @@ def demo(
     holdout = 16 if quick else DEFAULT_HOLDOUT
     if not BUNDLED_MODEL.is_file():
         raise CloExportError(f"the bundled demo model {BUNDLED_MODEL} is missing; make it with python tools/make_demo_model.py")
+    with demo_folder(out, overwrite):  # an interrupted or failed demo removes what it wrote
+        _chain(out, n_frames, n_calib, holdout, check_every)
+
+
+def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: int) -> None:
+    """The demo's five steps, writing into ``out``."""
+    from clo_export.backends.pytorch import TorchRunner
+    from clo_export.quantization.quantize import QuantizeOptions, quantize
+    from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.export.parity import parity_batches
+    from clo_export.fileio import json_text, write_text_atomic
+    from clo_export.models.checkpoint import load
+
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     loaded = load(BUNDLED_MODEL)
     imgsz = loaded.imgsz_hint or (256, 256)
 
@@ -113,7 +120,7 @@ def demo(
     facts = {"imgsz": list(imgsz), "frames": n_frames, "calibration_images": n_calib, "seconds": round(time.perf_counter() - t0, 1),
              "rows": [{**r.__dict__, "video": r.video.name, "jsonl": r.jsonl.name} for r in rows],
              "targets": [{"target": t, "met": ok} for t, ok in targets]}
-    write_text_atomic(out / "summary.json", json.dumps(facts, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json_text(facts, indent=2))
     console.print(f"demo finished in {facts['seconds']:.0f} s; summary.json, annotated videos and JSONL in {out}/")
 
 

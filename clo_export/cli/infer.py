@@ -71,7 +71,7 @@ def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path
             if save is not None:
                 raise CloExportError("--save writes a video, but the source is images; use --save-dir DIR for annotated images")
             if save_dir is not None:
-                sinks.append(ImageDirSink(save_dir))
+                sinks.append(ImageDirSink(save_dir, source.files))
         elif save is not None or save_dir is not None:
             if save is None:
                 stem = Path(source.spec).stem if source.kind == "video" else f"{source.kind}{source.spec if source.spec.isdigit() else ''}"
@@ -236,7 +236,8 @@ def _report(result, info, check: Path | None) -> None:
     console.print(f"{result.detections} detections" + (f", {result.skipped} unreadable frame(s) skipped" if result.skipped else "")
                   + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else "")
                   + (f", {result.reconnects} reconnect(s) of the live source ({result.offline:.1f} s without frames)"
-                     if result.reconnects else ""))
+                     if result.reconnects else "")
+                  + (f", {result.non_finite} detection(s) with NaN/Infinity dropped" if result.non_finite else ""))
     for path in result.outputs:
         console.print(f"wrote {path}")
     if check is not None:

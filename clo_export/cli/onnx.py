@@ -56,7 +56,8 @@ def onnx(
     console.print(
         f"exported {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {opts.opset}, {opts.precision}, "
         f"input images {'batch' if dynamic_batch else batch}x3x{h}x{w}) in {result.seconds:.1f} s; "
-        f"{s.used}: {s.nodes_before} -> {s.nodes_after} nodes{f' ({s.note})' if s.note else ''}; sidecar {result.sidecar.name}"
+        f"{s.used}: {s.nodes_before} -> {s.nodes_after} nodes{f' ({s.note})' if s.note else ''}"
+        + (f"; sidecar {result.sidecar.name}" if result.sidecar else "")
     )
     if result.parity is None:
         console.print("parity check skipped (--no-check)")

@@ -106,8 +106,9 @@ def quantize(
         console.print(f"float fallback off (--all-int8); {100 * result.int8_share:.1f} % of conv MACs INT8")
     console.print(accuracy_table(result.report))
     extra = f", sensitivity {result.sensitivity_path.name}" if result.sensitivity_path else ""
-    console.print(f"report {result.accuracy_path.name} (float_nodes for clo-export trt --keep-float), sidecar "
-                  f"{result.sidecar.name}, cache {result.cache_path.name}{extra}; {sum(result.seconds.values()):.0f} s")
+    if result.accuracy_path is not None:
+        console.print(f"report {result.accuracy_path.name} (float_nodes for clo-export trt --keep-float), sidecar "
+                      f"{result.sidecar.name}, cache {result.cache_path.name}{extra}; {sum(result.seconds.values()):.0f} s")
     if result.report.score < min_agreement:
         raise CloExportError(f"INT8 keeps {result.report.score:.4f} of FP32's mAP@.5:.95 (against FP32's detections) on the held-out images "
                              f"(drop {result.report.int8.drop50_95:.2f} points), below --min-agreement {min_agreement}; "

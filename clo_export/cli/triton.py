@@ -60,7 +60,7 @@ def triton(
     iou: Iou = 0.45,
     max_det: MaxDet = 300,
     agnostic_nms: AgnosticNms = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace models of the same names already in the repository.", rich_help_panel=OUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace models of the same names already in the repository (only the files clo-export wrote; others are kept).", rich_help_panel=OUT)] = False,
 ) -> None:
     """Write a Triton model repository: the detector, pre/postprocessing on the Python backend and an ensemble."""
     from clo_export.triton.config import Serving
@@ -78,5 +78,7 @@ def triton(
     for m, path in repo.models.items():
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and "clo_export" not in p.parts)
         console.print(f"  {m}/  {', '.join(files)}", highlight=False)
-    console.print(f"start a server and query it: see {repo.root / 'README.md'}; "
+    if repo.kept:
+        console.print(f"kept (not written by clo-export): {', '.join(repo.kept)}", highlight=False, markup=False)
+    console.print(f"start a server and query it: see {repo.readme}; "
                   f"clo-infer VIDEO --model triton://localhost:8001/{repo.name}", highlight=False)

@@ -190,6 +190,7 @@ def trt(
         raise CloExportError("--target is for --dry-run; a real build uses the installed TensorRT")
     from clo_export.engine import build
     from clo_export.engine.onnx_facts import read_keep_float
+    from clo_export.fileio import is_stream
 
     request = make_request(flags, read_keep_float(keep_float) if keep_float is not None else ())
     if dry_run:
@@ -213,7 +214,7 @@ def trt(
             + "x".join("N" if d < 0 else str(d) for d in side.input_shape)),
             ("engine size", f"{done.engine_bytes / 1e6:.1f} MB"), ("build time", f"{done.build_seconds:.1f} s"),
             ("TensorRT", side.tensorrt_version), ("GPU", f"{side.gpu_name} (sm_{''.join(map(str, side.compute_capability))})"),
-            ("sidecar", f"{done.engine_path.name}.json")]
+            *([] if is_stream(done.engine_path) else [("sidecar", f"{done.engine_path.name}.json")])]
     if done.calibration_cache is not None:
         rows.append(("calibration cache", str(done.calibration_cache)))
     console.print(summary_table("TensorRT engine", rows))

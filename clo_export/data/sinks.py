@@ -2,12 +2,12 @@
 
 Files are written under a temporary name beside the target and renamed by ``close()``, so a
 finished (or Ctrl-C'd) run leaves complete files and a crashed one leaves none. ``abort()``
-removes the temporary file instead.
+removes the temporary file instead. A JSON Lines target that is a character device or pipe
+(``/dev/stdout``, a FIFO) is written directly, line by line; a link is kept and its file replaced.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +17,8 @@ import numpy as np
 
 from clo_export.data.readers import Frame
 from clo_export.errors import CloExportError
-from clo_export.fileio import make_dirs, remove_dirs, write_bytes_atomic, write_error
+from clo_export.fileio import (IMAGE_SUFFIXES, json_text, make_dirs, output_target, part_name, remove_dirs,
+                               remove_stale_parts, write_bytes_atomic, write_error)
 
 FULL_BYTES = 1 << 20  # a target with less free space than this is full: stop before writing a broken file
 
@@ -54,8 +55,9 @@ def draw_detections(img: np.ndarray, dets: np.ndarray, names: dict[int, str], co
 
 
 def temp_name(path: Path) -> Path:
-    """A hidden temporary name beside ``path`` that keeps its suffix (OpenCV picks the container from it)."""
-    return path.with_name(f".{path.stem}.part{os.getpid()}{path.suffix}")
+    """A hidden temporary name beside ``path`` that keeps its suffix; stale ones of stopped runs are removed first."""
+    remove_stale_parts(path)
+    return part_name(path, path.suffix)
 
 
 def make_folder(path: Path, label: str) -> list:
@@ -126,6 +128,10 @@ class VideoSink(Sink):
             raise CloExportError(f"--save {self.path} must end in .mp4 (or .avi/.mkv/.mov)")
         if self.path.is_dir():
             raise CloExportError(f"--save '{self.path}' is a folder; give a file name such as out.mp4")
+        kind, self.path = output_target("--save", self.path)
+        if kind == "stream":
+            raise CloExportError(f"--save '{path}' is a device or pipe, but a video file is finished by rewriting its "
+                                 "start; give a file name such as out.mp4")
         self.created = make_folder(self.path.parent, "--save folder")
         quiet_opencv()
         self.tmp = temp_name(self.path)
@@ -192,24 +198,50 @@ class VideoSink(Sink):
         self.outputs = []
 
 
+def _unique(rel: Path, used: set) -> Path:
+    """``rel``, or ``rel`` with ``~2``, ``~3``… before the suffix when the name (any case) is taken; marks it used."""
+    name, n = rel, 2
+    while str(name).lower() in used:
+        name, n = rel.with_name(f"{rel.stem}~{n}{rel.suffix}"), n + 1
+    used.add(str(name).lower())
+    return name
+
+
+def annotated_names(files: list[Path], used: set) -> dict[str, Path]:
+    """Each image's name in ``--save-dir``: its path relative to the images' common folder (so ``a/x.jpg`` and
+    ``b/x.jpg`` stay apart), unique and the same on every run of the same list."""
+    if not files:
+        return {}
+    real = [Path(os.path.abspath(f)) for f in files]
+    root = Path(os.path.commonpath([str(p.parent) for p in real]))
+    names: dict[str, Path] = {}
+    for f, r in zip(files, real):
+        rel = r.relative_to(root)
+        if str(f) not in names:
+            names[str(f)] = _unique(rel if rel.suffix.lower() in IMAGE_SUFFIXES else rel.with_suffix(".jpg"), used)
+    return names
+
+
 class ImageDirSink(Sink):
-    """One annotated image per input image, same file name, in ``directory`` (each written atomically)."""
+    """One annotated image per input image in ``directory``, under its path relative to the images' common folder
+    (``files``: the source's list; without it, the file name), each written atomically."""
 
     needs_annotation = True
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, files: list[Path] | None = None):
         self.dir = Path(directory)
         self.created = make_folder(self.dir, "--save-dir")
         self.outputs = []
-        self._used: set[str] = set()
+        self.used: set[str] = set()
+        self.names = annotated_names(list(files or []), self.used)
 
     def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
-        src = Path(frame.path)
-        name = src.name if src.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp") \
-            else f"frame_{frame.index:06d}.jpg"
-        if name in self._used:  # same name from two folders
-            name = f"{Path(name).stem}_{frame.index}{Path(name).suffix}"
-        self._used.add(name)
+        name = self.names.get(frame.path)
+        if name is None:
+            src = Path(frame.path)
+            name = _unique(Path(src.name if src.suffix.lower() in IMAGE_SUFFIXES else f"frame_{frame.index:06d}.jpg"),
+                           self.used)
+            self.names[frame.path] = name
         out = self.dir / name
         ok, data = cv2.imencode(out.suffix.lower(), frame.image if annotated is None else annotated)
         if not ok:
@@ -236,11 +268,13 @@ class JsonlSink(Sink):
         self.path = Path(path)
         if self.path.is_dir():
             raise CloExportError(f"--json '{self.path}' is a folder; give a file name such as out.jsonl")
-        self.created = make_folder(self.path.parent, "--json folder")
-        self.tmp = temp_name(self.path)
+        kind, self.path = output_target("--json", self.path)
+        self.stream = kind == "stream"  # a device or pipe: written directly, nothing to rename or remove
+        self.created = [] if self.stream else make_folder(self.path.parent, "--json folder")
+        self.tmp = self.path if self.stream else temp_name(self.path)
         self.names = names
         try:
-            self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed by close/abort)
+            self.file = open(self.tmp, "w", encoding="utf-8", buffering=1 if self.stream else -1)  # noqa: SIM115
         except OSError as e:
             remove_dirs(self.created)
             raise write_error(self.path, e) from e
@@ -251,7 +285,7 @@ class JsonlSink(Sink):
                   "source": frame.path, "width": frame.size[0], "height": frame.size[1],
                   "detections": detection_records(dets, self.names)}
         try:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json_text(record))
         except OSError as e:
             self.abort()
             raise write_error(self.path, e) from e
@@ -261,10 +295,12 @@ class JsonlSink(Sink):
             return
         try:
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if not self.stream:
+                os.fsync(self.file.fileno())
             self.file.close()
             self.file = None
-            os.replace(self.tmp, self.path)
+            if not self.stream:
+                os.replace(self.tmp, self.path)
         except OSError as e:
             self.abort()
             raise write_error(self.path, e) from e
@@ -276,7 +312,8 @@ class JsonlSink(Sink):
             except OSError:  # the buffered tail cannot be flushed (full disk): the file is discarded anyway
                 pass
             self.file = None
-        self.tmp.unlink(missing_ok=True)
+        if not self.stream:
+            self.tmp.unlink(missing_ok=True)
         remove_dirs(self.created)
         self.outputs = []
 

@@ -7,7 +7,11 @@ Export, quantization, inference and scoring are the functions behind ``clo-expor
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from clo_export import __version__
 from clo_export.backends.select import load_runners
 from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.readers import Frame, open_source
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
-from clo_export.fileio import write_text_atomic
+from clo_export.errors import CloExportError
+from clo_export.fileio import SIDECAR_MARKER, check_name_length, json_text, make_dirs, remove_dirs, write_text_atomic
 from clo_export.metrics import evaluate
 from clo_export.pipeline import Checker, InferOptions, Pipeline
 
@@ -27,6 +33,9 @@ BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-shapes
 VIDEO_SIZE = (480, 640)  # (h, w)
 VIDEO_SEED, CALIB_SEED = 4, 7  # video seed 4 shows all five classes
 EVAL = InferOptions(conf=0.001, iou=0.6, max_det=300)  # val-style thresholds for mAP
+MANIFEST = ".clo-export-demo.json"  # in --out: the files demos wrote there
+# the names a demo writes: demo.mp4, demo.gt.json, demo-shapes.*, pytorch.*, onnx-*.*, trt-*.*, summary.json, calib/
+DEMO_NAMES = re.compile(r"^(demo[.-][^/]*|pytorch\.[^/]*|onnx-[^/]*|trt-[^/]*|summary\.json|calib/.*)$")
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ def write_demo_video(path: Path, n_frames: int) -> list[np.ndarray]:
         sink.abort()
         raise
     sink.close()
-    write_text_atomic(path.with_suffix(".gt.json"), json.dumps([g.tolist() for g in gt]))
+    write_text_atomic(path.with_suffix(".gt.json"), json_text([g.tolist() for g in gt]))
     return gt
 
 
@@ -95,3 +104,78 @@ def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out:
     f1 = result.check.detections.f1 if result.check is not None and result.check.detections is not None else None
     return ArtifactRow(name, info.backend, info.precision or "fp32", scores.map50, scores.map50_95, coco.map50,
                        coco.map50_95, f1, result.fps, video_out, jsonl_out)
+
+
+def _tree(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``out`` (relative, '/'-separated) with its (inode, mtime): what 'unchanged' means."""
+    files = {}
+    for dirpath, _, names in os.walk(out):
+        for n in names:
+            p = Path(dirpath) / n
+            with contextlib.suppress(OSError):
+                st = p.lstat()
+                files[p.relative_to(out).as_posix()] = (st.st_ino, st.st_mtime_ns)
+    return files
+
+
+def _json(path: Path) -> dict:
+    """The JSON object in ``path``; empty when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def demo_manifest(out: Path) -> set[str]:
+    """The files earlier demos wrote in ``out`` (a finished demo from before the manifest: every file at its names)."""
+    manifest = _json(out / MANIFEST)
+    files = manifest.get("files") if SIDECAR_MARKER in manifest else None
+    if files is None and {"rows", "targets"} <= set(_json(out / "summary.json")):
+        return {f for f in _tree(out) if DEMO_NAMES.match(f)}
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def check_demo_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a ``--out`` folder holding files no demo wrote (``overwrite``: allowed, never at a demo's own names)."""
+    if not out.is_dir():
+        return
+    ours = demo_manifest(out) | {MANIFEST}
+    theirs = sorted(f for f in _tree(out) if f not in ours)
+    clash = [f for f in theirs if DEMO_NAMES.match(f)]
+    if clash:
+        raise CloExportError(f"--out '{out}' holds {_listed(clash)}, not written by a demo, at the demo's own names; "
+                             "move them away or choose another --out")
+    if theirs and not overwrite:
+        raise CloExportError(f"--out '{out}' holds {_listed(theirs)}, not written by a demo; choose an empty or new "
+                             "--out folder, or pass --overwrite to write beside them (they are kept)")
+
+
+def _listed(names: list[str]) -> str:
+    """The first three names, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+@contextlib.contextmanager
+def demo_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Check ``out`` (:func:`check_demo_folder`), make it, and on any failure or interrupt remove every file the run
+    wrote or changed there (and the folders it made); on success record its files in the manifest."""
+    check_name_length("--out", out)
+    check_demo_folder(out, overwrite)
+    created = make_dirs(out)
+    before = _tree(out)
+    folders = {d for d, _, _ in os.walk(out)}
+    try:
+        yield out
+    except BaseException:
+        for rel, ident in _tree(out).items():
+            if before.get(rel) != ident:
+                with contextlib.suppress(OSError):
+                    (out / rel).unlink()
+        for d in sorted({d for d, _, _ in os.walk(out)} - folders, reverse=True):  # deepest first: folders it made
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        remove_dirs(created)
+        raise
+    files = demo_manifest(out) | {rel for rel, ident in _tree(out).items() if before.get(rel) != ident}
+    write_text_atomic(out / MANIFEST, json_text({SIDECAR_MARKER: __version__, "files": sorted(files - {MANIFEST})}))

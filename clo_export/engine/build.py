@@ -117,18 +117,18 @@ def build_engine(
     stage("build")
     quiet_polygraphy(verbose)
     start = time.perf_counter()
-    data = _engine_bytes(trt, plan, source, calibrator)
+    data = bytes(_engine_bytes(trt, plan, source, calibrator))
     seconds = time.perf_counter() - start
     stage("write")
     with atomic_path(out) as tmp:
-        tmp.write_bytes(bytes(data))
+        tmp.write_bytes(data)
     if calibrator is not None:
         from clo_export.quantization.trt_calibrator import save_cache
 
         save_cache(calibrator, cache)
     sidecar = _sidecar(str(trt.__version__), gpu_name, capability, plan, facts, path, seconds)
     sidecar.write(out)
-    return EngineBuild(out, sidecar, plan, source, out.stat().st_size, seconds, cache)
+    return EngineBuild(out, sidecar, plan, source, len(data), seconds, cache)  # out may be a device: no stat
 
 
 def quiet_polygraphy(verbose: bool = False) -> None:

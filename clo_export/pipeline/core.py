@@ -73,6 +73,7 @@ class RunResult:
     lost: str | None = None  # why the live source was given up (the run ended there)
     reconnects: int = 0  # times a lost live source came back
     offline: float = 0.0  # seconds the live source delivered no frames before coming back
+    non_finite: int = 0  # detections dropped because a box or score was NaN/Infinity
 
     @property
     def fps(self) -> float:
@@ -134,6 +135,7 @@ class Pipeline:
             interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
             gone=self.gone, lost=self.lost, reconnects=self.source.reconnects, offline=self.source.offline,
+            non_finite=self.sinks.non_finite,
         )
 
     def _configure_batch(self) -> None:
@@ -206,6 +208,7 @@ class Pipeline:
         return list(zip(batch.frames, dets))
 
     def _write(self, frame: Frame, dets: np.ndarray) -> None:
+        dets = self.sinks.keep_finite(frame, dets)
         with self.timers["encode"].timed():
             if self.sinks.write(frame, dets):
                 self.request_stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from clo_export.data.sinks import Sink, draw_detections, sink_outputs
 from clo_export.data.readers import Frame
+
+log = logging.getLogger(__name__)
 
 
 class SinkSet:
@@ -18,6 +21,20 @@ class SinkSet:
         self.sinks = list(sinks)
         self.names = names
         self.annotate = any(s.needs_annotation for s in self.sinks)
+        self.non_finite = 0  # detections dropped because a box or score was NaN/Infinity
+
+    def keep_finite(self, frame: Frame, dets: np.ndarray) -> np.ndarray:
+        """``dets`` without rows holding NaN/Infinity (counted, the first warned about): outputs stay strict JSON."""
+        dets = np.asarray(dets)
+        ok = np.isfinite(dets.reshape(len(dets), -1)).all(axis=1) if len(dets) else np.ones(0, bool)
+        if ok.all():
+            return dets
+        if not self.non_finite:
+            log.warning("frame %d of %s: the model gave a detection with NaN/Infinity in its box or score; such "
+                        "detections are dropped and counted (the model or its export is broken)", frame.index,
+                        frame.path)
+        self.non_finite += int((~ok).sum())
+        return dets[ok]
 
     def write(self, frame: Frame, dets: np.ndarray) -> bool:
         """Write one frame's detections (drawn once if a sink shows them); True when the user closed a sink."""

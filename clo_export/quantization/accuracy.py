@@ -23,7 +23,6 @@ precision/recall/F1 at the deployment thresholds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from clo_export.comparator import run_feeds
 from clo_export.compare import (DetectionAgreement, TensorStats, _match_ious, detection_agreement, detection_stats,
                                 tensor_stats)
 from clo_export.errors import CloExportError
+from clo_export.fileio import json_text
 from clo_export.metrics import evaluate
 from clo_export.postprocess import decoded_output, detections, has_nms_outputs, paired_iou, xywh2xyxy
 
@@ -107,7 +107,8 @@ class AccuracyReport:
                 "tensors": {k: {**asdict(s), "shape": list(s.shape)} for k, s in self.tensors.items()}, **self.info}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        """Strict JSON text of ``to_dict()`` (a non-finite value is null and named under ``non_finite``)."""
+        return json_text(self.to_dict(), indent=2)
 
 
 class HeldOut:

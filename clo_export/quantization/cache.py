@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clo_export.fileio import write_text_atomic
+from clo_export.fileio import json_text, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,4 +81,4 @@ def save_ranges(path: str | os.PathLike, key: CacheKey, ranges: dict[str, float]
     """Write the ranges and their key atomically."""
     payload = {"format": FORMAT, "key": asdict(key), "n_images": n_images,
                "ranges": {k: float(v) for k, v in ranges.items()}}
-    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(path, json_text(payload, indent=1))

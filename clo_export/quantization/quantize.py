@@ -35,7 +35,7 @@ from clo_export.quantization.rules import require_trt_qdq
 from clo_export.quantization.calibset import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
-from clo_export.fileio import atomic_path, sha256_file, write_text_atomic
+from clo_export.fileio import atomic_path, is_stream, json_text, sha256_file, write_text_atomic
 from clo_export.validate import check_quantize_outputs
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class QuantizeResult:
     """The written Q/DQ model, its sidecar and report, and what each step did."""
 
     path: Path
-    sidecar: Path
-    accuracy_path: Path
-    cache_path: Path
+    sidecar: Path | None  # None (and no report or cache either) when the model went to a device or pipe
+    accuracy_path: Path | None
+    cache_path: Path | None
     report: AccuracyReport
     split: CalibSplit
     cache: CacheLookup
@@ -129,18 +129,20 @@ def assert_float(model: onnx.ModelProto, nodes: set[str]) -> None:
 
 
 def _ranges(model: onnx.ModelProto, split: CalibSplit, imgsz: tuple[int, int], input_name: str, tensors: list[str],
-            key: CacheKey, cache_path: Path, opts: QuantizeOptions, progress: Progress | None) -> tuple[dict[str, dict[str, float]], CacheLookup]:
+            key: CacheKey, cache_path: Path | None, opts: QuantizeOptions, progress: Progress | None) -> tuple[dict[str, dict[str, float]], CacheLookup]:
     """amax per tensor for each method tried (every method for auto), from the cache or by calibrating once."""
     methods = list(METHODS) if opts.method == "auto" else [opts.method]
     flat = [f"{m}:{t}" for m in methods for t in tensors]  # one cache file holds every method's ranges
-    lookup = CacheLookup("ignored", reason="--recalibrate") if opts.recalibrate else load_ranges(cache_path, key, flat)
+    lookup = CacheLookup("ignored", reason="--recalibrate") if opts.recalibrate else \
+        CacheLookup("missing", reason="no cache beside a device or pipe") if cache_path is None else load_ranges(cache_path, key, flat)
     if lookup.ranges is None:
         data = CalibrationData(split.calib, imgsz, input_name)
         per_method = calibrate(model, data, tensors, methods, len(split.calib), progress, opts.threads)
         if data.skipped:
             log.warning("%d calibration image(s) became unreadable while calibrating", len(data.skipped))
-        save_ranges(cache_path, key, {f"{m}:{t}": v for m, r in per_method.items() for t, v in r.items()},
-                    len(split.calib) - len(data.skipped))
+        if cache_path is not None:
+            save_ranges(cache_path, key, {f"{m}:{t}": v for m, r in per_method.items() for t, v in r.items()},
+                        len(split.calib) - len(data.skipped))
         return per_method, lookup
     return {m: {t: lookup.ranges[f"{m}:{t}"] for t in tensors} for m in methods}, lookup
 
@@ -151,7 +153,7 @@ class _Job:
 
     onnx_path: Path
     out: Path
-    cache_path: Path
+    cache_path: Path | None
     model: onnx.ModelProto
     meta: ModelMeta
     input_name: str
@@ -162,8 +164,9 @@ class _Job:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def accuracy_path(self) -> Path:
-        return self.out.with_name(self.out.stem + ".accuracy.json")
+    def accuracy_path(self) -> Path | None:
+        """OUT.accuracy.json; None when OUT is a device or pipe (nothing is written beside it)."""
+        return None if is_stream(self.out) else self.out.with_name(self.out.stem + ".accuracy.json")
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -196,7 +199,7 @@ def _open(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out
     if not onnx_path.is_file():
         raise CloExportError(f"model '{onnx_path}' does not exist; export one with clo-export onnx")
     out = Path(out) if out else default_output(onnx_path)
-    cache_path = Path(opts.cache) if opts.cache else out.with_name(out.stem + ".calib.json")
+    cache_path = Path(opts.cache) if opts.cache else None if is_stream(out) else out.with_name(out.stem + ".calib.json")
     check_quantize_outputs(onnx_path, sources, out, cache_path)
     t0 = time.perf_counter()
     model = load_onnx(onnx_path)
@@ -274,15 +277,18 @@ def _sidecar(job: _Job, calibration: dict[str, Any], float_nodes: list[str], kep
     return OnnxSidecar(job.meta, job.out.name, job.onnx_path.name, calibration=calibration, float_nodes=float_nodes,
                        qdq={"activation_tensors": len(activation_tensors(kept)), "weights": sum(t.weight for t in kept),
                             "float_attention_nodes": attn},
-                       accuracy={"file": job.accuracy_path.name, "agreement_map50_95": report.score,
+                       accuracy={"file": job.accuracy_path and job.accuracy_path.name,
+                                 "agreement_map50_95": report.score,
                                  "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50})
 
 
 def _write_outputs(job: _Job, payload: bytes, report: AccuracyReport, decision: _Decision, n_images: int,
-                   side: OnnxSidecar) -> tuple[Path | None, Path]:
+                   side: OnnxSidecar) -> tuple[Path | None, Path | None]:
     """Write the model, the accuracy report, the sensitivity table (when asked) and the sidecar, each atomically."""
     with atomic_path(job.out) as tmp:
         tmp.write_bytes(payload)
+    if job.accuracy_path is None:  # a device or pipe: the model only
+        return None, side.write(job.out)
     write_text_atomic(job.accuracy_path, report.to_json())
     sensitivity_path = None
     if decision.sites is not None and job.opts.sensitivity:
@@ -290,7 +296,7 @@ def _write_outputs(job: _Job, payload: bytes, report: AccuracyReport, decision: 
         table = {"method": decision.method, "held_out_images": n_images,
                  "metric": "mAP@.5:.95 drop vs FP32 detections (points)", "all_int8": asdict(decision.all_int8),
                  "sites": [r.to_dict() for r in decision.sites]}
-        write_text_atomic(sensitivity_path, json.dumps(table, indent=2) + "\n")
+        write_text_atomic(sensitivity_path, json_text(table, indent=2))
     return sensitivity_path, side.write(job.out)
 
 

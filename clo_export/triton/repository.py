@@ -9,11 +9,15 @@ Layout (NAME from ``--name``)::
     OUT/NAME_postprocess/config.pbtxt  OUT/NAME_postprocess/1/model.py (+ clo_export/ modules)
 
 Everything is written into a temporary folder inside OUT and moved into place when complete; the
-input model is copied, never moved, and a repository that would replace it is refused.
+input model is copied, never moved, and a repository that would replace it is refused. The files a run
+wrote are listed in ``OUT/.clo-export-manifest.json``: ``--overwrite`` replaces and removes only those,
+and keeps (and names) every other file and version folder it finds in a model's folder.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import tempfile
@@ -24,7 +28,8 @@ import numpy as np
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
-from clo_export.fileio import sha256_file
+from clo_export.fileio import (SIDECAR_MARKER, check_name_length, json_text, make_dirs, part_name, remove_dirs,
+                               remove_stale_parts, sha256_file, write_text_atomic)
 from clo_export.postprocess import NMS_OUTPUTS, has_nms_outputs
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
@@ -34,6 +39,7 @@ _PACKAGE = Path(__file__).resolve().parent.parent  # clo_export/
 # clo_export modules the Python-backend models import: the one preprocessing function, NMS, box scaling
 VENDORED = ("errors.py", "data/preprocess.py", "postprocess.py")
 MARK = "written by clo-export triton"
+MANIFEST = ".clo-export-manifest.json"  # in OUT: the files clo-export wrote there (relative, '/'-separated)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ONNX_TYPES = {1: np.float32, 10: np.float16, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_}
 
@@ -80,6 +86,8 @@ class Repository:
     models: dict[str, Path]  # model name -> its folder
     platform: str
     facts: ModelFacts
+    readme: Path  # OUT/README.md, or OUT/NAME.README.md when README.md is the user's
+    kept: list[str] = field(default_factory=list)  # files and folders in the models' folders clo-export did not write
 
 
 # ------------------------------------------------------------------------------------------ model facts
@@ -320,8 +328,103 @@ def _template(name: str) -> Path:
     return _PACKAGE / "triton" / "models" / f"{name}.py"
 
 
+def read_manifest(out: Path) -> set[str]:
+    """The files clo-export wrote in the repository ``out`` (relative, '/'-separated); empty when it has no manifest."""
+    try:
+        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = data.get("files") if isinstance(data, dict) and SIDECAR_MARKER in data else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def _files(root: Path) -> list[str]:
+    """Every file below ``root`` (links included), relative to ``root``'s parent, '/'-separated."""
+    return sorted(p.relative_to(root.parent).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _theirs(out: Path, rel: str, ours: set[str]) -> bool:
+    """Whether ``out/rel`` exists and clo-export did not write it (not in the manifest, no clo-export header)."""
+    path = out / rel
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if rel in ours:
+        return False
+    if path.is_file() and not path.is_symlink() and path.name == "config.pbtxt":  # a repository older than the manifest
+        with open(path, errors="replace") as f:
+            return not f.read(200).startswith("# written by clo-export")
+    return True
+
+
+def _check_replace(out: Path, stage: Path, models: list[str], ours: set[str]) -> None:
+    """Refuse, before anything in ``out`` changes, a file of the new models at a path holding a file clo-export
+    did not write."""
+    clash = [rel for m in models for rel in _files(stage / m) if _theirs(out, rel, ours)]
+    clash += [m for m in models if (out / m).exists() and not (out / m).is_dir()]
+    if clash:
+        raise CloExportError(f"'{out}' holds {', '.join(clash[:3])}{'…' if len(clash) > 3 else ''}, not written by "
+                             "clo-export, where the repository's files go; it is kept: move it away or choose another "
+                             "--name")
+
+
+def _prune(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to ``stop`` (exclusive) while they are empty."""
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _replace_models(out: Path, stage: Path, models: list[str], ours: set[str]) -> tuple[set[str], list[str]]:
+    """Move the staged models into ``out``: remove the files an earlier run wrote there, replace them, keep every other
+    file; the files now clo-export's and those kept (a folder that holds only kept files is named once)."""
+    written: set[str] = set()
+    kept: list[str] = []
+    for m in models:
+        target = out / m
+        new = set(_files(stage / m))
+        if target.is_dir():
+            for rel in _files(target):
+                if rel in ours and rel not in new:  # an earlier run's file this run does not write again
+                    (out / rel).unlink()
+                    _prune((out / rel).parent, out)
+        if not target.exists():
+            (stage / m).rename(target)
+        else:
+            for rel in sorted(new):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage / rel, out / rel)
+            kept += _kept(target, new)
+        written |= new
+    return written, kept
+
+
+def _kept(target: Path, new: set[str]) -> list[str]:
+    """What is in ``target`` besides ``new``: folders holding none of the new files named as ``folder/``, else files."""
+    out, seen = [], set()
+    for rel in _files(target):
+        if rel in new:
+            continue
+        parts = rel.split("/")
+        for i in range(2, len(parts)):  # the outermost folder with no new file in it
+            folder = "/".join(parts[:i])
+            if not any(n.startswith(folder + "/") for n in new):
+                if folder not in seen:
+                    seen.add(folder)
+                    out.append(folder + "/")
+                break
+        else:
+            out.append(rel)
+    return out
+
+
 def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions = RepositoryOptions()) -> Repository:
-    """Check everything, then write the repository's four models, README.md and requirements.txt into ``out``."""
+    """Check everything, then write the repository's four models, README.md and requirements.txt into ``out``.
+
+    ``opts.overwrite`` replaces only the files clo-export wrote (the manifest); every other file is kept and named.
+    """
     from clo_export.triton.readme import repository_readme
 
     model, out = Path(model), Path(out)
@@ -330,6 +433,8 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
     check_options(facts, platform, opts)
     configs = build_configs(facts, platform, opts)
     name = opts.name or default_name(model)
+    check_name_length("-o", out)
+    check_name_length("--name", out / name, len("..part1234567.XXXXXXXX"))  # its longest use: the staging folder
     targets = {m: out / m for m in configs}
     existing = [m for m, p in targets.items() if p.exists()]
     if existing and not opts.overwrite:
@@ -340,33 +445,46 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
         if targets[m].resolve() in resolved.parents:
             raise CloExportError(f"'{model}' lies inside {targets[m]}, which --overwrite would replace; copy the model "
                                  "elsewhere first")
-    out.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(out)
+    ours = read_manifest(out)
     version = str(opts.version)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.", suffix=".part", dir=out) as tmp:
-        stage = Path(tmp)
-        for m, cfg in configs.items():
-            d = stage / m
-            (d / version).mkdir(parents=True)
-            (d / "config.pbtxt").write_text(f"# written by clo-export {__version__} triton from {model.name}\n" + C.to_pbtxt(cfg))
-        vdir = stage / f"{name}_model" / version
-        if platform == "tensorrt_plan":
-            shutil.copyfile(model, vdir / "model.plan")
-        else:
-            shutil.copyfile(model, vdir / "model.onnx")
-        if platform == "python":
-            shutil.copyfile(_template("detector"), vdir / "model.py")
-        for step in ("preprocess", "postprocess"):
-            sdir = stage / f"{name}_{step}" / version
-            shutil.copyfile(_template(step), sdir / "model.py")
-            _vendor(sdir)
-        (stage / "README.md").write_text(repository_readme(name, out, platform, facts, opts))
-        (stage / "requirements.txt").write_text(f"# {MARK}: packages the Python-backend models import\n" + "\n".join(repository_requirements(platform == "python")) + "\n")
-        trash = stage / ".replaced"
-        trash.mkdir()
-        for m, target in targets.items():
-            if target.exists():
-                target.rename(trash / m)
-            (stage / m).rename(target)
-        for extra in ("README.md", "requirements.txt"):
-            (stage / extra).replace(_ours_or_beside(out / extra, name))
-    return Repository(out, name, targets, platform, facts)
+    try:
+        remove_stale_parts(out / name)  # a staging folder of a killed run
+        with tempfile.TemporaryDirectory(prefix=part_name(out / name).name + ".", dir=out) as tmp:
+            stage = Path(tmp)
+            _stage(stage, model, name, version, platform, configs, repository_readme(name, out, platform, facts, opts))
+            _check_replace(out, stage, list(configs), ours)
+            written, kept = _replace_models(out, stage, list(configs), ours)
+            extras = {}
+            for extra in ("README.md", "requirements.txt"):
+                dest = out / extra if extra in ours else _ours_or_beside(out / extra, name)
+                (stage / extra).replace(dest)
+                extras[extra] = dest
+            written |= {p.relative_to(out).as_posix() for p in extras.values()}
+            files = sorted(f for f in ours | written if os.path.lexists(out / f))  # removed ones are no longer ours
+            write_text_atomic(out / MANIFEST, json_text({SIDECAR_MARKER: __version__, "files": files}, indent=1))
+    except BaseException:
+        remove_dirs(created)  # the folders it made, if still empty
+        raise
+    return Repository(out, name, targets, platform, facts, extras["README.md"], kept)
+
+
+def _stage(stage: Path, model: Path, name: str, version: str, platform: str, configs: dict[str, dict],
+           readme: str) -> None:
+    """Write the four models, README.md and requirements.txt into the staging folder."""
+    for m, cfg in configs.items():
+        d = stage / m
+        (d / version).mkdir(parents=True)
+        header = f"# written by clo-export {__version__} triton from {model.name}\n"
+        (d / "config.pbtxt").write_text(header + C.to_pbtxt(cfg))
+    vdir = stage / f"{name}_model" / version
+    shutil.copyfile(model, vdir / ("model.plan" if platform == "tensorrt_plan" else "model.onnx"))
+    if platform == "python":
+        shutil.copyfile(_template("detector"), vdir / "model.py")
+    for step in ("preprocess", "postprocess"):
+        sdir = stage / f"{name}_{step}" / version
+        shutil.copyfile(_template(step), sdir / "model.py")
+        _vendor(sdir)
+    (stage / "README.md").write_text(readme)
+    (stage / "requirements.txt").write_text(f"# {MARK}: packages the Python-backend models import\n"
+                                            + "\n".join(repository_requirements(platform == "python")) + "\n")
