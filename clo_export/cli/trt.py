@@ -199,7 +199,8 @@ def trt(
     try:
         with console.status(STAGES["prepare"]) as status:
             done = build.build_engine(model, request, output, calib=flags.calib, num=flags.num, verbose=is_verbose(),
-                                      progress=lambda stage: status.update(STAGES.get(stage, stage)), check=not no_check)
+                                      progress=lambda stage: status.update(STAGES.get(stage, stage)),
+                                      check=not no_check)
     except build.PreflightError as e:
         for problem in e.problems:
             err_console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
@@ -215,8 +216,8 @@ def trt(
     if done.calibration_cache is not None:
         rows.append(("calibration cache", str(done.calibration_cache)))
     check = done.check
-    rows.append(("check", f"{check.status}: vs {check.reference} ({check.why}), {check.frames}" if check is not None else
-                 "not checked (--no-check)"))
+    rows.append(("check", "not checked (--no-check)" if check is None else
+                 f"{check.status}: vs {check.reference} ({check.why}), {check.frames}"))
     console.print(summary_table("TensorRT engine", rows))
     if check is not None and not check:
         for failure in check.report.failures:

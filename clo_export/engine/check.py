@@ -131,7 +131,7 @@ def check_feeds(facts: OnnxFacts, batch: int, calib: Sequence[str] = (), n: int 
 
 def check_engine(engine: Path, source: Path, facts: OnnxFacts, precision: str, batch: int, calib: Sequence[str] = (),
                  engine_runner: Optional[Callable[[Path], Runner]] = None) -> EngineCheck:
-    """Run ``engine`` and ONNX Runtime on the FP32 reference of ``source`` over the same frames; judge by ``precision``."""
+    """Run ``engine`` and ONNX Runtime on ``source``'s FP32 reference over the same frames; judge by ``precision``."""
     from clo_export.backends.onnxrt import OnnxRuntimeRunner
     from clo_export.comparator import Comparator, Comparison, Thresholds
 
