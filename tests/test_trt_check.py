@@ -120,7 +120,8 @@ def test_build_engine_records_a_failed_check_and_keeps_the_engine(demo, fake_trt
     (2.0, 1, ["failure: output0.boxes", "the engine does not match demo.onnx within the fp32 tolerance",
               "marked failed in demo.engine.json"]),
 ])
-def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, monkeypatch, shift, code, words):  # noqa: F811
+def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, monkeypatch,  # noqa: F811
+                                                     shift, code, words):
     fake_trt("10.3.0")
     onnx = tmp_path / "demo.onnx"
     shutil.copy(demo / "demo.onnx", onnx)
@@ -141,4 +142,5 @@ def test_no_check_skips_and_says_so(demo, fake_trt, tmp_path, monkeypatch):  # n
     monkeypatch.setattr("clo_export.engine.check.open_engine", lambda _: OnnxAsEngine(onnx, 2.0))  # never run
     result, out = run(onnx, "--no-check")
     assert result.exit_code == 0 and "check not checked (--no-check)" in out, out
-    assert json.loads((tmp_path / "demo.engine.json").read_text())["parity"] == {"status": "not checked", "passed": None}
+    parity = json.loads((tmp_path / "demo.engine.json").read_text())["parity"]
+    assert parity == {"status": "not checked", "passed": None}
