@@ -144,3 +144,17 @@ def test_no_check_skips_and_says_so(demo, fake_trt, tmp_path, monkeypatch):  # n
     assert result.exit_code == 0 and "check not checked (--no-check)" in out, out
     parity = json.loads((tmp_path / "demo.engine.json").read_text())["parity"]
     assert parity == {"status": "not checked", "passed": None}
+
+
+def test_calibration_images_are_the_check_frames_when_given(demo, tmp_path):
+    from clo_export.engine.check import check_feeds
+    from tests.test_calibset import write_images
+
+    write_images(tmp_path / "calib", 12)
+    facts = facts_of(demo / "demo.onnx")
+    feeds, frames = check_feeds(facts, 2, [str(tmp_path / "calib")])
+    assert frames == "8 calibration images" and len(feeds) == 4
+    assert all(f["images"].shape == (2, 3, *IMGSZ) for f in feeds)
+    cache = tmp_path / "m.entropy.cache"  # a calibration cache holds no frames: sample frames instead
+    cache.write_bytes(b"cache")
+    assert check_feeds(facts, 1, [str(cache)])[1] == "8 sample frames"
