@@ -153,6 +153,7 @@ class Tolerance:
     other_max_abs: float | None
     min_f1: float
     box_rtol: float | None = None  # boxes pass element-wise when |diff| <= box_max_abs + box_rtol * |value|
+    score_floor: float | None = None  # boxes and class scores judged only where the reference's objectness >= this
 
     def describe(self) -> str:
         """The limits in one line, for tables and reports."""
@@ -160,7 +161,8 @@ class Tolerance:
         parts = [f"{k} |diff| <= {v}" for k, v in (("boxes", box if self.box_max_abs is not None else None),
                                                   ("objectness", self.obj_max_abs), ("classes", self.cls_max_abs),
                                                   ("other outputs", self.other_max_abs)) if v is not None]
-        return ", ".join(parts + [f"detection F1 >= {self.min_f1:g}"])
+        floor = [f"boxes and classes where reference objectness >= {self.score_floor:g}"] if self.score_floor else []
+        return ", ".join(parts + floor + [f"detection F1 >= {self.min_f1:g}"])
 
     def limit_for(self, stat_name: str) -> float | None:
         """The max_abs limit for a stat: a field of the detection output or any other output."""
@@ -201,13 +203,22 @@ class Tolerance:
 #   correct frames. So boxes get 0.01 px plus 1e-4 of the value, element-wise; scores 2e-5. That still fails
 #   a 0.05 px grid offset, a 1% anchor error, BatchNorm eps 1e-5 for 1e-3 and two swapped classes
 #   (tests/test_parity_tolerance.py). Detections must agree almost perfectly (F1 >= 0.999).
-# - fp16: a 10-bit mantissa gives ~5e-4 relative per op; at 640 px that is ~0.3 px after a few layers,
-#   and scores move by up to a few 1e-3, enough to flip the odd detection at the conf/IoU thresholds.
+# - fp16, measured (bench/parity_tolerance.py --fp16, README "FP16 parity tolerance"): the --half ONNX in ONNX
+#   Runtime against FP32 PyTorch on real frames (1,000 per model at 256; 200 / 150 at 640) plus noise inputs,
+#   0 of them failing. Rows whose reference objectness is below 1e-3 (YOLOv5's lowest confidence threshold)
+#   never become detections, yet there saturated FP16 logits move box sizes by up to 47 px and class scores
+#   by 0.043: boxes and classes are judged only on rows at or above that floor, objectness on every row.
+#   There box sizes differ by up to 1.06 % of their value (the 256-trained demo model run at 640; 0.55 % at
+#   256) and the worst element exceeds 7e-3 x |value| by 0.62 px: boxes get 2x that, 1.25 px + 7e-3 x |value|;
+#   objectness (1.18e-2 measured) 0.025 and classes (9.7e-3) 0.02, about 2x. FP16's own size noise is as large
+#   as a 1 % anchor error, so that defect is caught only on large boxes (the bench's defect table says which
+#   planted defects the rule catches).
 # - int8: per-element errors are large by design and say little; only the detections are judged, and
 #   accuracy belongs to mAP on a labelled set.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(box_max_abs=1e-2, obj_max_abs=2e-5, cls_max_abs=2e-5, other_max_abs=1e-4, min_f1=0.999, box_rtol=1e-4),
-    "fp16": Tolerance(box_max_abs=0.5, obj_max_abs=5e-3, cls_max_abs=5e-3, other_max_abs=1e-2, min_f1=0.98),
+    "fp16": Tolerance(box_max_abs=1.25, obj_max_abs=2.5e-2, cls_max_abs=2e-2, other_max_abs=1e-2, min_f1=0.98,
+                      box_rtol=7e-3, score_floor=1e-3),
     "int8": Tolerance(box_max_abs=None, obj_max_abs=None, cls_max_abs=None, other_max_abs=None, min_f1=0.9),
 }
 
@@ -396,12 +407,21 @@ class Report:
 
 
 def detection_stats(ref: np.ndarray, test: np.ndarray, tolerance: Tolerance | None = None) -> dict[str, TensorStats]:
-    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores (with the tolerance's relative parts)."""
+    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores (with the tolerance's relative parts).
+
+    With the tolerance's ``score_floor``, boxes and class scores count only on rows whose reference objectness
+    reaches it (objectness counts on every row); a NaN or Inf anywhere in a field still reaches its statistic.
+    """
     _require_same_shape(DETECTION_OUTPUT, ref, test)
+    floor = tolerance.score_floor if tolerance else None
+    rows = np.asarray(ref)[..., 4] >= floor if floor is not None else None
     out = {}
     for fld, sl in FIELDS.items():
         name = f"{DETECTION_OUTPUT}.{fld}"
-        out[name] = tensor_stats(name, ref[..., sl], test[..., sl], tolerance.rtol_for(name) if tolerance else None)
+        r, t = ref[..., sl], test[..., sl]
+        if rows is not None and fld != "objectness" and np.isfinite(r).all() and np.isfinite(t).all():
+            r, t = r[rows], t[rows]
+        out[name] = tensor_stats(name, r, t, tolerance.rtol_for(name) if tolerance else None)
     return out
 
 

@@ -1,20 +1,22 @@
-"""The FP32 parity rule fails each planted export defect, and passes a correct export, on real frames.
+"""The FP32 and FP16 parity rules fail planted export defects, and pass correct exports, on real frames.
 
 The rule's limits come from bench/parity_tolerance.py (1,000 real frames per model and size, zero
 false failures). Here the bundled demo model runs on frames of the demo video; each defect is
 planted in a copy of the model, as a broken export would carry it, and the copy's output is
-compared with the correct model's under the FP32 rule.
+compared with the correct model's under the FP32 rule. For FP16 the copy is exported ``--half`` and run by
+ONNX Runtime, as ``clo-export onnx --half`` checks it (bench/parity_tolerance.py --fp16 measured that rule).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from clo_export.compare import DETECTION_OUTPUT, TOLERANCES, compare_outputs
+from clo_export.compare import DETECTION_OUTPUT, TOLERANCES, Report, compare_outputs
 from clo_export.data.preprocess import preprocess_batch
 from clo_export.demo.run import BUNDLED_MODEL
 from clo_export.demo.shapes import make_video_frames
@@ -123,3 +125,58 @@ def test_a_failed_parity_is_recorded_as_failed_in_the_sidecar(small_model, tmp_p
     assert result.parity is not None and not result.parity
     side = json.loads(result.sidecar.read_text())
     assert side["parity"]["passed"] is False and side["parity"]["failures"]
+
+
+def test_fp16_rule_judges_boxes_and_classes_only_where_the_reference_scores():
+    tol = TOLERANCES["fp16"]
+    ref = np.zeros((1, 2, 8), np.float32)
+    ref[0, :, :5] = [[100, 100, 40, 40, 0.9], [50, 50, 300, 300, tol.score_floor / 10]]
+    unscored = ref.copy()
+    unscored[0, 1, 2] += 10.0  # a row no threshold makes a detection: its box and classes are not judged
+    unscored[0, 1, 5] += 0.5
+    report = compare_outputs({DETECTION_OUTPUT: ref}, {DETECTION_OUTPUT: unscored}, "fp16")
+    assert report, report.failures
+    scored = ref.copy()
+    scored[0, 0, 2] += 2 * (tol.box_max_abs + tol.box_rtol * 40)  # twice the limit on a scored row's 40 px width
+    assert "output0.boxes" in compare_outputs({DETECTION_OUTPUT: ref}, {DETECTION_OUTPUT: scored}, "fp16").failures[0]
+    nan = unscored.copy()
+    nan[0, 1, 0] = np.nan  # a NaN anywhere still reaches the statistic
+    assert not compare_outputs({DETECTION_OUTPUT: ref}, {DETECTION_OUTPUT: nan}, "fp16")
+    objectness = ref.copy()
+    objectness[0, 1, 4] += 2 * tol.obj_max_abs  # objectness is judged on every row
+    assert not compare_outputs({DETECTION_OUTPUT: ref}, {DETECTION_OUTPUT: objectness}, "fp16")
+
+
+def half_export_outputs(model, x: np.ndarray, tmp: Path) -> np.ndarray:
+    """``model`` exported ``--half`` (as clo-export onnx does) and run by ONNX Runtime on ``x``, one frame at a time."""
+    import dataclasses
+
+    from clo_export.backends.onnxrt import OnnxRuntimeRunner
+    from clo_export.export.exporter import ExportOptions, export_onnx
+
+    loaded = dataclasses.replace(load(BUNDLED_MODEL), model=model)
+    path = export_onnx(loaded, tmp / "m.fp16.onnx", ExportOptions(imgsz=(256, 256), half=True, simplifier="none")).path
+    with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as ort:
+        out = [ort.infer({"images": x[i:i + 1]})[DETECTION_OUTPUT] for i in range(len(x))]
+    return np.concatenate(out).astype(np.float32)
+
+
+def fp16_report(ref: np.ndarray, test: np.ndarray):
+    return Report.accumulate(compare_outputs({DETECTION_OUTPUT: r[None]}, {DETECTION_OUTPUT: t[None]}, "fp16")
+                             for r, t in zip(ref, test))
+
+
+FP16_DEFECTS = {"BatchNorm eps 1e-5": bn_eps, "two classes swapped": classes_swapped,
+                "grid offset 2 px": lambda m: grid_offset(m, 2.0), "anchor 5% off": lambda m: anchor_off(m, 0.05)}
+
+
+@pytest.mark.parametrize("defect", [None, *FP16_DEFECTS])
+def test_fp16_rule_passes_a_correct_half_export_and_fails_planted_defects(demo, frames, tmp_path, defect):
+    ref = run(demo, frames)
+    model = copy.deepcopy(demo) if defect is None else FP16_DEFECTS[defect](copy.deepcopy(demo))
+    report = fp16_report(ref, half_export_outputs(model, frames, tmp_path))
+    if defect is None:
+        assert report, report.failures
+        assert report.detections.n_ref > 0
+    else:
+        assert not report, f"{defect} passed the FP16 rule"

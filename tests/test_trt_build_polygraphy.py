@@ -165,7 +165,7 @@ def test_build_engine_through_polygraphy(version, name, request_, onnx_kind, fak
     source.write_bytes((e.int8 if onnx_kind == "int8" else e.fp32).read_bytes())
     calib = (str(e.fp32.parent / "calib"),) if request_.calibrator != "qdq" else ()
     try:
-        built = build_engine(source, request_, tmp_path / "out.engine", calib=calib, num=16)
+        built = build_engine(source, request_, tmp_path / "out.engine", calib=calib, num=16, check=False)
     except CloExportError as err:  # what this version refuses is make_plan's business (test_trt_plan)
         assert any(w in str(err) for w in ("removed in TensorRT 11", "DLA unsupported")), err
         return
@@ -173,6 +173,7 @@ def test_build_engine_through_polygraphy(version, name, request_, onnx_kind, fak
     assert (tmp_path / "out.engine").read_bytes() == b"serialized engine"
     side = json.loads((tmp_path / "out.engine.json").read_text())
     assert side["tensorrt_version"] == version and side["gpu_name"] == "Stand-in GPU" and side["precision"] == plan.precision
+    assert side["parity"] == {"status": "not checked", "passed": None}  # the check itself: tests/test_trt_check.py
     softmax, conv = trt.layers
     if plan.softmax_fp32_via_layer_precision:
         assert softmax.precision is trt.root.DataType.FLOAT

@@ -107,6 +107,7 @@ def test_fp32_and_fp16_engines_match_pytorch(trt_gpu, small):
         side = json.loads(Path(f"{out}.json").read_text())
         assert done.engine_path == out and done.plan.precision == precision and done.sidecar.precision == precision
         assert side["precision"] == precision and side["compute_capability"] == list(trt_gpu.capability)
+        assert side["parity"]["status"] == "passed" and done, side["parity"]["failures"]  # its own check, on the GPU
         report = compare_with_pytorch(out, small, "fp16")
         assert report, f"{precision}: " + "; ".join(report.failures)
 

@@ -24,7 +24,7 @@ BUILD = "Builder"
 CHECK = "Pre-flight"
 EngineOutput = output_option("MODEL.engine, MODEL.fp16.engine, MODEL.int8.engine")
 STAGES = {"prepare": "preparing the ONNX", "build": "building the engine (TensorRT tunes kernels: minutes)",
-          "write": "writing the engine"}
+          "write": "writing the engine", "check": "checking the engine against the FP32 ONNX"}
 
 
 class CalibratorChoice(str, Enum):
@@ -180,6 +180,7 @@ def trt(
     strongly_typed: Annotated[bool, typer.Option("--strongly-typed", help="TensorRT 10.x: precision from the ONNX types, no FP16/INT8 flags (always on in 11).", rich_help_panel=BUILD)] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the build plan and check the ONNX against the target's parser rules; needs no TensorRT.", rich_help_panel=CHECK)] = False,
     target: Annotated[Optional[str], typer.Option("--target", help="TensorRT version for --dry-run: 8.5, 8.6, 10.3, 10.x, 11.x or e.g. 10.7.0 (default: the installed one).", rich_help_panel=CHECK, show_default=False)] = None,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Skip running the new engine against ONNX Runtime on the FP32 ONNX (the sidecar then says \"not checked\").", rich_help_panel=CHECK)] = False,
     output: EngineOutput = None,
 ) -> None:
     """Build a TensorRT engine (8.5 … 11.x) from an ONNX and write its sidecar ENGINE.json."""
@@ -202,7 +203,8 @@ def trt(
     try:
         with console.status(STAGES["prepare"]) as status:
             done = build.build_engine(model, request, output, calib=flags.calib, num=flags.num, verbose=is_verbose(),
-                                      progress=lambda stage: status.update(STAGES.get(stage, stage)))
+                                      progress=lambda stage: status.update(STAGES.get(stage, stage)),
+                                      check=not no_check)
     except build.PreflightError as e:
         for problem in e.problems:
             err_console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
@@ -217,4 +219,14 @@ def trt(
             *([] if is_stream(done.engine_path) else [("sidecar", f"{done.engine_path.name}.json")])]
     if done.calibration_cache is not None:
         rows.append(("calibration cache", str(done.calibration_cache)))
+    check = done.check
+    rows.append(("check", "not checked (--no-check)" if check is None else
+                 f"{check.status}: vs {check.reference} ({check.why}), {check.frames}"))
     console.print(summary_table("TensorRT engine", rows))
+    if check is not None and not check:
+        for failure in check.report.failures:
+            console.print(f"failure: {failure}", highlight=False, markup=False, soft_wrap=True)
+        raise CloExportError(f"the engine does not match {check.reference} within the "
+                             f"{check.report.precision} tolerance; it is written, marked failed in "
+                             f"{done.engine_path.name}.json, for inspection (a TensorRT miscompile: try another "
+                             "TensorRT version, or build with --no-check at your own risk)")

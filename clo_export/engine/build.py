@@ -19,17 +19,19 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from clo_export.artifacts import load_onnx
+from clo_export.backends.base import Runner
+from clo_export.engine.check import NOT_CHECKED, EngineCheck, check_engine, failed_to_run
 from clo_export.engine.plan import BuildPlan, BuildRequest, make_plan, target_version
 from clo_export.engine.preflight import Problem, check_onnx, dla_gpu_nodes
 from clo_export.engine.sidecar import EngineSidecar
 from clo_export.engine.onnx_facts import OnnxFacts, default_engine_path, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.errors import CloExportError
-from clo_export.fileio import atomic_path, check_artifact
+from clo_export.fileio import atomic_path, check_artifact, is_stream
 from clo_export.lazy import lazy_import
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class EngineBuild:
     engine_bytes: int
     build_seconds: float
     calibration_cache: Optional[Path] = None
+    check: Optional[EngineCheck] = None  # the engine against the FP32 ONNX (None with check=False)
+
+    def __bool__(self) -> bool:
+        """False when the engine failed its check (it is written all the same, marked failed in its sidecar)."""
+        return self.check is None or bool(self.check)
 
 
 def dry_run(onnx_path: str | Path, request: BuildRequest = BuildRequest(), target: str | None = None,
@@ -94,8 +101,15 @@ def build_engine(
     num: int = 256,
     verbose: bool = False,
     progress: Callable[[str], None] | None = None,
+    check: bool = True,
+    engine_runner: Callable[[Path], Runner] | None = None,
 ) -> EngineBuild:
-    """Build ``onnx_path`` for the installed TensorRT as ``request`` asks; write the engine and its sidecar."""
+    """Build ``onnx_path`` for the installed TensorRT as ``request`` asks; write the engine and its sidecar.
+
+    With ``check`` the engine then runs against ONNX Runtime on the FP32 ONNX (engine/check.py; ``engine_runner``
+    replaces the TensorRT runner that loads it) and the sidecar records the result; a failed engine is kept,
+    marked failed, and the returned EngineBuild is falsy.
+    """
     path = _existing(Path(onnx_path))
     facts = onnx_facts(load_onnx(path, load_external_data=False), path.name)
     trt = lazy_import("tensorrt")
@@ -127,8 +141,19 @@ def build_engine(
 
         save_cache(calibrator, cache)
     sidecar = _sidecar(str(trt.__version__), gpu_name, capability, plan, facts, path, seconds)
+    result = None
+    if check and not is_stream(out):  # an engine sent to a device or pipe cannot be read back to check
+        stage("check")
+        sidecar.write(out)  # the engine's runner reads it
+        batch = plan.profile.opt[0] if plan.profile else max(1, facts.input_shape[0])
+        try:
+            result = check_engine(out, path, facts, plan.precision, batch, calib, engine_runner)
+        except CloExportError as e:
+            replace(sidecar, parity=failed_to_run(e)).write(out)
+            raise
+    sidecar = replace(sidecar, parity=result.to_dict() if result is not None else NOT_CHECKED)
     sidecar.write(out)
-    return EngineBuild(out, sidecar, plan, source, len(data), seconds, cache)  # out may be a device: no stat
+    return EngineBuild(out, sidecar, plan, source, len(data), seconds, cache, result)  # out may be a device: no stat
 
 
 def quiet_polygraphy(verbose: bool = False) -> None:

@@ -31,6 +31,7 @@ class EngineSidecar(Sidecar):
     source_onnx_sha256: str
     build_seconds: float
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None  # (min, opt, max)
+    parity: dict[str, Any] | None = None  # the engine's own check (engine/check.py): status, reference, limits, Report
     clo_export_version: str = __version__
     schema: int = field(default=SCHEMA)
 
@@ -48,10 +49,10 @@ class EngineSidecar(Sidecar):
     def from_dict(cls, data: dict[str, Any]) -> EngineSidecar:
         """Build from parsed JSON, turning lists back into tuples; unknown keys are ignored."""
         known = {f.name for f in fields(cls)}
-        missing = known - set(data) - {"profile", "clo_export_version", "schema"}
+        missing = known - set(data) - {"profile", "parity", "clo_export_version", "schema"}
         if missing:
             raise CloExportError(f"engine sidecar lacks {', '.join(sorted(missing))}; {cls.fix}")
-        kw = {k: _tuples(v) for k, v in data.items() if k in known}
+        kw = {k: v if k == "parity" else _tuples(v) for k, v in data.items() if k in known}
         return cls(**kw)
 
 
