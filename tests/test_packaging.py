@@ -52,15 +52,17 @@ def _pins(name: str) -> dict[str, str]:
     for line in (ROOT / name).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             pkg, sep, version = line.partition("==")
-            assert sep and version and not any(c in version for c in "<>=!~*,; "), f"{name}: {line!r} is not an exact pin"
+            exact = sep and version and not any(c in version for c in "<>=!~*,; ")
+            assert exact, f"{name}: {line!r} is not an exact pin"
             pins[canonicalize_name(pkg)] = version
     return pins
 
 
 def test_make_installs_every_package_under_the_constraints(tmp_path):
     """Every pip install that make test would run (both environments, pip itself too) carries its constraints file."""
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={tmp_path / 'v'}", f"TRITON_VENV={tmp_path / 't'}", "test"],
-                         capture_output=True, text=True, check=True).stdout
+    venvs = [f"VENV={tmp_path / 'v'}", f"TRITON_VENV={tmp_path / 't'}"]
+    out = subprocess.run(["make", "-n", "-C", str(ROOT), *venvs, "test"], capture_output=True, text=True,
+                         check=True).stdout
     installs = [line for line in out.splitlines() if "pip install" in line]
     assert len(installs) == 4, out
     for line in installs:
@@ -70,8 +72,8 @@ def test_make_installs_every_package_under_the_constraints(tmp_path):
 
 
 def test_the_pins_satisfy_what_the_project_requires():
-    """constraints.txt fits pyproject's core, export and dev requirements; constraints-triton.txt fits the Triton server's
-    (serverenv) with the same ONNX Runtime, so served detections match in-process ones."""
+    """constraints.txt fits pyproject's core, export and dev requirements; constraints-triton.txt fits the Triton
+    server's (serverenv) with the same ONNX Runtime, so served detections match in-process ones."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -119,8 +121,9 @@ def test_a_make_built_environment_holds_exactly_the_pinned_versions(venv, constr
     stamp = venv / ".installed"
     if not stamp.is_file() or not stamp.read_text().strip():
         pytest.skip(f"{venv} was not made by make with {constraints} (no pinned stamp); make install / make triton-env")
-    assert stamp.read_text() == (ROOT / constraints).read_text(), f"{venv} was pinned by another {constraints}: rerun make"
+    assert stamp.read_text() == (ROOT / constraints).read_text(), f"{venv}: another {constraints}; rerun make"
     pins = _pins(constraints)
     installed = _installed(str(venv / "bin" / "python"))
-    assert {k: v for k, v in installed.items() if pins.get(k) != v} == {}, "installed distributions not pinned as installed"
+    drifted = {k: v for k, v in installed.items() if pins.get(k) != v}
+    assert drifted == {}, "installed distributions not pinned at their installed version"
     assert set(pins) == set(installed), f"pinned but not installed: {sorted(set(pins) - set(installed))}"

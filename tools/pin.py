@@ -48,7 +48,8 @@ def header(target: str, python: Path) -> str:
             f"# Made by `make pin` (tools/pin.py) on {datetime.date.today()} with CPython {version} on "
             f"{platform.system()} {platform.machine()}:\n"
             "# a fresh environment under /tmp from the Makefile's recipe without constraints, then pip freeze --all\n"
-            "# less clo-export (local version labels such as torch's +cpu dropped). Do not edit by hand: rerun make pin.\n")
+            "# less clo-export (local version labels such as torch's +cpu dropped).\n"
+            "# Do not edit by hand: rerun make pin.\n")
 
 
 def write(path: Path, text: str) -> None:

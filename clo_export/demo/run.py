@@ -59,7 +59,7 @@ class Target:
 
 
 def demo_targets(rows: list[ArtifactRow], parity=None) -> list[Target]:
-    """The demo's targets for this run (``parity``: the export's ONNX-vs-PyTorch Report); any missed one fails the demo."""
+    """The demo's targets for this run (``parity``: the export's ONNX-vs-PyTorch Report); a miss fails the demo."""
     by = {r.name: r for r in rows}
     out = []
     if parity is not None:
@@ -68,7 +68,8 @@ def demo_targets(rows: list[ArtifactRow], parity=None) -> list[Target]:
                           + (f" ({why})" if why else ""), bool(parity)))
     if "onnx-fp32" in by:
         f1 = by["onnx-fp32"].agreement_f1
-        out.append(Target(f"FP32 ONNX detection F1 vs PyTorch {f1 or 0:.4f} >= {MIN_FP32_F1}", (f1 or 0) >= MIN_FP32_F1))
+        f1 = f1 or 0.0
+        out.append(Target(f"FP32 ONNX detection F1 vs PyTorch {f1:.4f} >= {MIN_FP32_F1}", f1 >= MIN_FP32_F1))
     if "onnx-fp32" in by and "onnx-int8" in by:
         for label, key in (("mAP@.5:.95", "map50_95"), ("mAP@.5", "map50")):
             gap = (getattr(by["onnx-fp32"], key) - getattr(by["onnx-int8"], key)) * 100
