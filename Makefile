@@ -11,6 +11,13 @@ STAMP := $(VENV)/.installed
 # $(VENV) (the stub is built per Python version) and the same ONNX Runtime, so served detections match.
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
+# Exact versions of everything both environments get (made by `make pin`: tools/pin.py). Set empty to
+# install the newest releases instead (CONSTRAINTS= TRITON_CONSTRAINTS=). The stamp keeps a copy of the
+# file used, so tests/test_packaging.py knows the environment claims to be pinned.
+CONSTRAINTS ?= constraints.txt
+TRITON_CONSTRAINTS ?= constraints-triton.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+TRITON_PIN := $(if $(TRITON_CONSTRAINTS),-c $(TRITON_CONSTRAINTS))
 
 # Debian/Ubuntu packages the live-source tests need: a real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py,
 # GStreamer's gst-rtsp-server run by the system python3), and headless Chromium for the --serve page test.
@@ -19,28 +26,29 @@ APT ?= apt-get
 SYSTEM_DEPS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium
 
-.PHONY: test test-quick demo install triton-env system-deps clean
+.PHONY: test test-quick demo install triton-env system-deps pin clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip $(PIN)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[export,dev]"
-	touch $(STAMP)
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PY) -m pip install --quiet $(PIN) "$(TORCH)" -e ".[export,dev]"
+	$(if $(CONSTRAINTS),cp $(CONSTRAINTS) $(STAMP),: > $(STAMP))
 
 install: $(STAMP)
 
-$(TRITON_STAMP): pyproject.toml clo_export/triton/serverenv.py | $(STAMP)
+$(TRITON_STAMP): pyproject.toml clo_export/triton/serverenv.py $(TRITON_CONSTRAINTS) | $(STAMP)
 	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip $(TRITON_PIN)
 	$(PY) -m clo_export.triton.serverenv > $(TRITON_VENV)/requirements.txt
-	$(TRITON_VENV)/bin/python -m pip install --quiet -r $(TRITON_VENV)/requirements.txt
-	touch $(TRITON_STAMP)
+	$(TRITON_VENV)/bin/python -m pip install --quiet $(TRITON_PIN) -r $(TRITON_VENV)/requirements.txt
+	$(if $(TRITON_CONSTRAINTS),cp $(TRITON_CONSTRAINTS) $(TRITON_STAMP),: > $(TRITON_STAMP))
 
 triton-env: $(TRITON_STAMP)
 
 test: $(STAMP) $(TRITON_STAMP)
-	$(PY) -m pytest -q
+	CLO_TRITON_ENV=$(TRITON_VENV) $(PY) -m pytest -q
 
 # The quick tier: no venv or wheel installs, no servers, no signals, no full-size or whole-chain runs.
 test-quick: $(STAMP)
@@ -52,6 +60,10 @@ system-deps:
 
 demo: $(STAMP)
 	$(VENV)/bin/clo-export demo --out demo-out
+
+# Rewrite constraints.txt and constraints-triton.txt from fresh, unconstrained environments under /tmp.
+pin:
+	$(PYTHON) tools/pin.py --python $(PYTHON)
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) build *.egg-info

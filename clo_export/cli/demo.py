@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 
 from rich.table import Table
 
-from clo_export.cli.common import accuracy_table, comparison_table, console, guarded
+from clo_export.cli.common import accuracy_table, comparison_table, console, fail, guarded
 from clo_export.errors import CloExportError
 
 
@@ -29,23 +29,6 @@ def summary_table(rows) -> Table:
     return table
 
 
-def target_lines(rows, parity=None) -> list[tuple[str, bool]]:
-    """The demo's targets, each with whether this run met it (``parity``: the export's ONNX-vs-PyTorch Report)."""
-    by = {r.name: r for r in rows}
-    out = []
-    if parity is not None:
-        out.append((f"FP32 ONNX parity with PyTorch on {parity.n_inputs} inputs within the measured tolerance"
-                    + ("" if parity else f" ({parity.describe()})"), bool(parity)))
-    if "onnx-fp32" in by:
-        out.append((f"FP32 ONNX detection F1 vs PyTorch {by['onnx-fp32'].agreement_f1:.4f} >= 0.999",
-                    (by["onnx-fp32"].agreement_f1 or 0) >= 0.999))
-    if "onnx-fp32" in by and "onnx-int8" in by:
-        for label, key in (("mAP@.5:.95", "map50_95"), ("mAP@.5", "map50")):
-            gap = (getattr(by["onnx-fp32"], key) - getattr(by["onnx-int8"], key)) * 100
-            out.append((f"INT8 {label} (YOLOv5 val.py definition) within 0.3 points of FP32 (drop {gap:+.2f} points)", gap <= 0.3))
-    return out
-
-
 @guarded
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the video, calibration set, models, annotated videos and JSONL.")] = Path("demo-out"),
@@ -54,8 +37,12 @@ def demo(
     calib: Annotated[Optional[int], typer.Option(help="Calibration images (default 256, --quick 24).")] = None,
     check_every: Annotated[int, typer.Option(help="Compare every K-th frame with PyTorch.")] = 5,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Use a --out folder that holds other files (they are kept; a demo's own files are replaced).")] = False,
+    all_int8: Annotated[bool, typer.Option("--all-int8", help="Quantize with no float fallback (clo-export quantize --all-int8), to see what the fallback buys.")] = False,
 ) -> None:
-    """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth."""
+    """Run the whole chain on the bundled demo model: export, quantize, infer, score against ground truth.
+
+    Exits 1 when a target it prints is missed (summary.json and the artifacts are kept all the same).
+    """
     from clo_export.quantization.calibset import DEFAULT_HOLDOUT
     from clo_export.demo.run import BUNDLED_MODEL, demo_folder
     from clo_export.validate import check_demo_options
@@ -67,14 +54,17 @@ def demo(
     if not BUNDLED_MODEL.is_file():
         raise CloExportError(f"the bundled demo model {BUNDLED_MODEL} is missing; make it with python tools/make_demo_model.py")
     with demo_folder(out, overwrite):  # an interrupted or failed demo removes what it wrote
-        _chain(out, n_frames, n_calib, holdout, check_every)
+        targets = _chain(out, n_frames, n_calib, holdout, check_every, all_int8)
+    missed = [t for t in targets if not t.met]  # a missed target keeps its outputs: they are what to look at
+    if missed:
+        raise fail(f"the demo missed {len(missed)} of its {len(targets)} targets (above)")
 
 
-def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: int) -> None:
-    """The demo's five steps, writing into ``out``."""
+def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: int, all_int8: bool) -> list:
+    """The demo's five steps, writing into ``out``; returns its targets (demo.run.Target), met or not."""
     from clo_export.backends.pytorch import TorchRunner
     from clo_export.quantization.quantize import QuantizeOptions, quantize
-    from clo_export.demo.run import BUNDLED_MODEL, run_artifact, write_calibration_set, write_demo_video
+    from clo_export.demo.run import BUNDLED_MODEL, demo_targets, run_artifact, write_calibration_set, write_demo_video
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.export.parity import parity_batches
     from clo_export.fileio import json_text, write_text_atomic
@@ -96,7 +86,7 @@ def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: in
     console.print(comparison_table(exported.parity, "ONNX Runtime vs PyTorch"))
 
     console.rule("3/5 clo-export quantize")
-    qopts = QuantizeOptions(num=n_calib, holdout=holdout)
+    qopts = QuantizeOptions(num=n_calib, holdout=holdout, target_drop=None if all_int8 else QuantizeOptions.target_drop)
     quantized = quantize(onnx_path, calib_dir, out / "demo-shapes.int8.onnx", qopts)
     fallback = quantized.choice.float_sites if quantized.choice else []
     console.print(f"method {quantized.method}; float sites {', '.join(fallback) or 'none'}; "
@@ -114,14 +104,16 @@ def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: in
 
     console.rule("5/5 summary")
     console.print(summary_table(rows))
-    targets = target_lines(rows, exported.parity)
-    for text, ok in targets:
-        console.print(("[green]met[/]   " if ok else "[red]missed[/] ") + text)
-    facts = {"imgsz": list(imgsz), "frames": n_frames, "calibration_images": n_calib, "seconds": round(time.perf_counter() - t0, 1),
+    targets = demo_targets(rows, exported.parity)
+    for t in targets:
+        console.print(("[green]met[/]   " if t.met else "[red]missed[/] ") + t.text)
+    facts = {"imgsz": list(imgsz), "frames": n_frames, "calibration_images": n_calib, "all_int8": all_int8,
+             "seconds": round(time.perf_counter() - t0, 1),
              "rows": [{**r.__dict__, "video": r.video.name, "jsonl": r.jsonl.name} for r in rows],
-             "targets": [{"target": t, "met": ok} for t, ok in targets]}
+             "targets": [{"target": t.text, "met": t.met} for t in targets]}
     write_text_atomic(out / "summary.json", json_text(facts, indent=2))
     console.print(f"demo finished in {facts['seconds']:.0f} s; summary.json, annotated videos and JSONL in {out}/")
+    return targets
 
 
 def engine_rows(fp32: Path, int8: Path, video: Path, gt, out: Path, reference, check_every: int) -> list:

@@ -2,7 +2,8 @@
 then each artifact run through clo-infer's pipeline and scored against the video's ground truth.
 
 Export, quantization, inference and scoring are the functions behind ``clo-export onnx``,
-``clo-export quantize``, ``clo-infer`` and ``clo_export.metrics``; this module only feeds them.
+``clo-export quantize``, ``clo-infer`` and ``clo_export.metrics``; this module only feeds them, and
+states the demo's targets (:func:`demo_targets`): a run that misses one has failed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from clo_export.errors import CloExportError
 from clo_export.fileio import SIDECAR_MARKER, check_name_length, json_text, make_dirs, remove_dirs, write_text_atomic
 from clo_export.metrics import evaluate
 from clo_export.pipeline import Checker, InferOptions, Pipeline
+from clo_export.quantization.quantize import QuantizeOptions
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-shapes.pt"
 VIDEO_SIZE = (480, 640)  # (h, w)
@@ -36,6 +38,8 @@ EVAL = InferOptions(conf=0.001, iou=0.6, max_det=300)  # val-style thresholds fo
 MANIFEST = ".clo-export-demo.json"  # in --out: the files demos wrote there
 # the names a demo writes: demo.mp4, demo.gt.json, demo-shapes.*, pytorch.*, onnx-*.*, trt-*.*, summary.json, calib/
 DEMO_NAMES = re.compile(r"^(demo[.-][^/]*|pytorch\.[^/]*|onnx-[^/]*|trt-[^/]*|summary\.json|calib/.*)$")
+MIN_FP32_F1 = 0.999  # FP32 ONNX detections vs PyTorch's at deployment thresholds
+INT8_MAX_DROP = QuantizeOptions().target_drop  # points of mAP against the video's labels: the quantizer's own target
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,34 @@ class ArtifactRow:
     fps: float
     video: Path
     jsonl: Path
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the demo's targets, worded with this run's number, and whether the run met it."""
+
+    text: str
+    met: bool
+
+
+def demo_targets(rows: list[ArtifactRow], parity=None) -> list[Target]:
+    """The demo's targets for this run (``parity``: the export's ONNX-vs-PyTorch Report); a miss fails the demo."""
+    by = {r.name: r for r in rows}
+    out = []
+    if parity is not None:
+        why = "; ".join(parity.failures)
+        out.append(Target(f"FP32 ONNX parity with PyTorch on {parity.n_inputs} inputs within the measured tolerance"
+                          + (f" ({why})" if why else ""), bool(parity)))
+    if "onnx-fp32" in by:
+        f1 = by["onnx-fp32"].agreement_f1
+        f1 = f1 or 0.0
+        out.append(Target(f"FP32 ONNX detection F1 vs PyTorch {f1:.4f} >= {MIN_FP32_F1}", f1 >= MIN_FP32_F1))
+    if "onnx-fp32" in by and "onnx-int8" in by:
+        for label, key in (("mAP@.5:.95", "map50_95"), ("mAP@.5", "map50")):
+            gap = (getattr(by["onnx-fp32"], key) - getattr(by["onnx-int8"], key)) * 100
+            out.append(Target(f"INT8 {label} (YOLOv5 val.py definition) within {INT8_MAX_DROP} points of FP32 "
+                              f"(drop {gap:+.2f} points)", gap <= INT8_MAX_DROP))
+    return out
 
 
 def write_demo_video(path: Path, n_frames: int) -> list[np.ndarray]:

@@ -2,8 +2,8 @@
 range method and the float sites on the held-out split, insert Q/DQ, check TensorRT's rules, write
 model + sidecar + accuracy report (+ sensitivity table) atomically.
 
-Automatic precision (the default): every range method is tried on the held-out split and the
-one with the least box error kept (``--method auto``); then the sites whose float-alone run
+Automatic precision (the default): every range method is tried on the held-out split and mse
+kept unless another cuts the box error by 2 % (``--method auto``; ``sensitivity.choose_method``); then the sites whose float-alone run
 recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
 ``target_drop`` points, keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of
 the calibration source decides (box error: :mod:`clo_export.quantization.accuracy`).
@@ -30,7 +30,8 @@ from clo_export.quantization.graph import GraphIndex, Target, activation_tensors
 from clo_export.quantization.macs import int8_conv_share, node_macs
 from clo_export.quantization.qdq import insert_qdq
 from clo_export.quantization.ranges import METHODS
-from clo_export.quantization.sensitivity import MIN_INT8_SHARE, Choice, Evaluate, SiteResult, choose_float, find_sites, measure
+from clo_export.quantization.sensitivity import (MIN_INT8_SHARE, Choice, Evaluate, SiteResult, choose_float, choose_method,
+                                                 find_sites, measure)
 from clo_export.quantization.rules import require_trt_qdq
 from clo_export.quantization.calibset import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
 from clo_export.errors import CloExportError
@@ -214,11 +215,11 @@ def _open(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out
 
 def _choose_method(per_method: dict[str, dict[str, float]], score: Callable[[dict[str, float]], Score],
                    asked: str) -> _Decision:
-    """Score each method's all-INT8 model on the held-out split and keep the best (only one: no scoring)."""
+    """Score each method's all-INT8 model on the held-out split and choose (``choose_method``; only one: no scoring)."""
     if len(per_method) == 1:
         return _Decision(asked, per_method[asked], {})
-    scores = {m: score(r) for m, r in per_method.items()}
-    best = min(scores, key=lambda m: scores[m].box_error)
+    scores = {m: score(per_method[m]) for m in METHODS if m in per_method}  # in order of preference
+    best = choose_method(scores)
     return _Decision(best, per_method[best], scores)
 
 

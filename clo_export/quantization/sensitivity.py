@@ -13,7 +13,8 @@ detections (see :mod:`clo_export.quantization.accuracy`): the mAP@.5:.95 drop an
   error reaches the boxes directly and, left INT8, it hides what an upstream site recovers;
 - *INT8 alone*: only this site INT8: how much quantizing it costs by itself.
 
-:func:`choose_float` keeps sites float, the most box-error recovery per MAC first (the float
+:func:`choose_method` keeps the preferred range method (mse) unless another one's all-INT8 box error is lower
+by ``MIN_GAIN``; :func:`choose_float` keeps sites float, the most box-error recovery per MAC first (the float
 budget is a share of MACs: a knapsack, filled greedily), one at a time and each only if it cuts the
 box error of the model built so far by at least ``MIN_GAIN``, until the held-out mAP@.5:.95 drop is
 within the target, never letting the INT8 share of Conv MACs fall below the floor. The decisions
@@ -151,6 +152,18 @@ def rank(results: Sequence[SiteResult]) -> list[SiteResult]:
     Conv MACs first (each measured against its own base: see the module docstring)."""
     found = [r for r in results if r.gain > 0]
     return sorted(found, key=lambda r: (not r.site.output, -r.gain / max(r.mac_share, 1e-3)))
+
+
+def choose_method(scores: dict[str, Score], min_gain: float = MIN_GAIN) -> str:
+    """The range method from each one's all-INT8 held-out score, in preference order (``METHODS``: mse first): a
+    method replaces the one kept so far only when it cuts its box error by at least ``min_gain`` of it, the margin a
+    float site must earn, so that a near-tie (two methods whose box errors differ by noise) never flips the choice."""
+    names = list(scores)
+    kept = names[0]
+    for m in names[1:]:
+        if scores[m].box_error <= scores[kept].box_error * (1 - min_gain):
+            kept = m
+    return kept
 
 
 def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, evaluate: Evaluate, target: float,
