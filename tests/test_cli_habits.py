@@ -15,7 +15,7 @@ WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 def run(*argv):
     """Invoke clo-export in-process; the output with the error panel's frame and line breaks removed."""
     result = runner.invoke(app, [str(a) for a in argv], env=WIDE)
-    text = " ".join(result.output.replace("│", " ").replace("╭", " ").replace("╰", " ").replace("─", " ").split())
+    text = " ".join(result.output.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
     return result, text
 
 
@@ -27,7 +27,7 @@ def input_shape(path):
 
 
 def test_onnx_with_weights_and_img(small_ckpt, tmp_path):
-    """YOLOv5's export.py line: --weights for the positional, --img H W at a size other than the training size (256)."""
+    """YOLOv5's export.py line: --weights for the positional, --img H W at another size than the training one (256)."""
     out = tmp_path / "best.onnx"
     result, text = run("onnx", "--weights", small_ckpt, "--img", "384", "256", "--no-check", "-o", out)
     assert result.exit_code == 0, text
@@ -59,7 +59,8 @@ def test_weights_twice_and_without_value():
 
 
 @pytest.mark.parametrize("argv, hint", [
-    (["onnx", "best.pt", "--include", "onnx"], "No such option: --include; clo-export onnx always writes ONNX; drop --include"),
+    (["onnx", "best.pt", "--include", "onnx"],
+     "No such option: --include; clo-export onnx always writes ONNX; drop --include"),
     (["onnx", "best.pt", "--device", "0"], "No such option: --device; export runs on the CPU"),
     (["onnx", "best.pt", "--dynamic"], "No such option: --dynamic; did you mean --dynamic-batch?"),
     (["onnx", "best.pt", "--simplify"], "No such option: --simplify; the ONNX is simplified by default (--simplifier"),
@@ -81,7 +82,8 @@ def test_yolov5_spellings_get_a_hint(argv, hint):
 def test_no_hint_where_the_command_lacks_the_equivalent(argv):
     """info has no --dynamic-batch: Click's own message, not a hint naming an option info does not have."""
     result, text = run(*argv)
-    assert result.exit_code == 2 and f"No such option: {argv[-1]}" in text and "did you mean --dynamic-batch" not in text
+    assert result.exit_code == 2 and f"No such option: {argv[-1]}" in text
+    assert "did you mean --dynamic-batch" not in text
 
 
 def test_half_is_an_onnx_option(tmp_path):

@@ -109,14 +109,14 @@ class Command(TyperCommand):
         """YOLOv5 habits (cli/habits.py): ``--weights X`` as the positional, ``--imgsz H W``, hints for foreign options."""
         from clo_export.cli import habits
 
-        declared = [n for p in self.params for n in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])] if n[:1] == "-"]
+        options = [p for p in self.params if not isinstance(p, TyperArgument)]
+        declared = [n for p in options for n in [*p.opts, *p.secondary_opts]]
+        valued = [n for p in options if not getattr(p, "is_flag", False) for n in p.opts]
         first = next((p for p in self.params if isinstance(p, TyperArgument)), None)
         spelling = habits.POSITIONAL_OPTIONS.get(first.name or "") if first is not None else None
         spelling = None if spelling in declared else spelling
-        imgsz = next((p.opts for p in self.params if p.name == "imgsz"), [])
+        imgsz = next((p.opts for p in options if p.name == "imgsz"), [])
         try:
-            valued = [n for p in self.params if not isinstance(p, TyperArgument) and not getattr(p, "is_flag", False)
-                      for n in p.opts]
             args, moved = habits.rewrite(args, spelling, imgsz, valued)
         except ValueError as e:
             ctx.fail(str(e))

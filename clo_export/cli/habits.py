@@ -28,7 +28,8 @@ NOT_NEEDED: Dict[Tuple[str, str], str] = {
     ("onnx", "--include"): "clo-export onnx always writes ONNX; drop --include (INT8: clo-export quantize, "
                            "TensorRT: clo-export trt)",
     ("onnx", "--device"): "export runs on the CPU (the ONNX is the same on any device); drop --device",
-    ("onnx", "--simplify"): "the ONNX is simplified by default (--simplifier onnxsim, onnxslim or none); drop --simplify",
+    ("onnx", "--simplify"): "the ONNX is simplified by default (--simplifier onnxsim, onnxslim or none); "
+                            "drop --simplify",
     ("onnx", "--int8"): "INT8 is its own step after export: clo-export quantize best.onnx --calib images/",
     ("onnx", "--data"): "class names come from the checkpoint; drop --data",
     ("onnx", "--inplace"): "the exported graph never modifies its input; drop --inplace",
