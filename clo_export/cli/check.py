@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from clo_export.cli.common import OUT, POST, Conf, Device, Iou, comparison_table, console, guarded
+from clo_export.cli.common import IMGSZ, OUT, POST, Conf, Device, Iou, comparison_table, console, guarded
 from clo_export.errors import CloExportError
 
 Model = Annotated[Path, typer.Argument(help="Model to check: .onnx, .engine (or .pt).", show_default=False)]
@@ -25,7 +25,7 @@ def check(
     iou: Iou = 0.45,
     min_f1: Annotated[Optional[float], typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=POST)] = None,
     device: Device = None,
-    imgsz: Annotated[Optional[str], typer.Option(help="Size to check at when it is not the checkpoint's training size (the model must take it).", show_default=False)] = None,
+    imgsz: Annotated[Optional[str], typer.Option(*IMGSZ, help="Size to check at when it is not the checkpoint's training size (the model must take it).", show_default=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,

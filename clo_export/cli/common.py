@@ -21,6 +21,11 @@ from typing_extensions import Annotated
 
 from clo_export.errors import CloExportError, memory_error_text
 
+try:  # Typer >= 0.24 ships its own copy of Click; older Typer (Python 3.8 runtimes) runs on Click itself
+    from typer._click.exceptions import NoSuchOption
+except ImportError:  # pragma: no cover - Typer < 0.24
+    from click.exceptions import NoSuchOption  # type: ignore[no-redef]
+
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,10 +43,11 @@ POST = "Detections"
 OUT = "Output"
 MODEL = "Model"
 
-Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict.", show_default=False)]
+Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict (--weights best.pt works too).", show_default=False)]
 Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel=MODEL)]
 Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", metavar="<path>", help="Python file registering extra blocks (repeatable).", rich_help_panel=MODEL)]
-ImgSz = Annotated[Optional[str], typer.Option("--imgsz", help="Input size: 640 or height,width (480,640 style) [default: the checkpoint's training size; 640 when it records none].", show_default=False)]
+IMGSZ = ("--imgsz", "--img", "--img-size")  # YOLOv5's three spellings; `--imgsz 480 640` works too (Command)
+ImgSz = Annotated[Optional[str], typer.Option(*IMGSZ, help="Input size: 640, or height,width as 480,640 or 480 640 [default: the checkpoint's training size; 640 when it records none].", show_default=False)]
 Conf = Annotated[float, typer.Option("--conf", help="Score threshold.", rich_help_panel=POST)]
 Iou = Annotated[float, typer.Option("--iou", help="NMS IoU threshold.", rich_help_panel=POST)]
 MaxDet = Annotated[int, typer.Option("--max-det", help="Detections kept per image.", rich_help_panel=POST)]
@@ -98,6 +104,32 @@ class Command(TyperCommand):
 
     def get_help_option(self, ctx: Any) -> Any:
         return _plain(super().get_help_option(ctx))
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        """YOLOv5 habits (cli/habits.py): ``--weights X`` as the positional, ``--imgsz H W``, hints for foreign options."""
+        from clo_export.cli import habits
+
+        options = [p for p in self.params if not isinstance(p, TyperArgument)]
+        declared = [n for p in options for n in [*p.opts, *p.secondary_opts]]
+        valued = [n for p in options if not getattr(p, "is_flag", False) for n in p.opts]
+        first = next((p for p in self.params if isinstance(p, TyperArgument)), None)
+        spelling = habits.POSITIONAL_OPTIONS.get(first.name or "") if first is not None else None
+        spelling = None if spelling in declared else spelling
+        imgsz = next((p.opts for p in options if p.name == "imgsz"), [])
+        try:
+            args, moved = habits.rewrite(args, spelling, imgsz, valued)
+        except ValueError as e:
+            ctx.fail(str(e))
+        try:
+            if moved and self.make_parser(ctx).parse_args(args=list(args[1:]))[0].get(first.name) is not None:
+                ctx.fail(f"{first.metavar} given twice: as the argument and as {spelling} {args[0]}; give it once")
+            return super().parse_args(ctx, args)
+        except NoSuchOption as e:
+            text = habits.hint(self.name or "", e.option_name, declared)
+            if text is None:
+                raise
+            ctx.fail(f"No such option: {e.option_name}; {text}")
+            raise  # not reached: ctx.fail raises
 
     def collect_usage_pieces(self, ctx: Any) -> List[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -16,7 +16,7 @@ from clo_export.errors import CloExportError
 
 @guarded
 def info(
-    weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint (best.pt); omit to summarise --cfg untrained.", show_default=False)] = None,
+    weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint (best.pt; --weights best.pt works too); omit to summarise --cfg untrained.", show_default=False)] = None,
     cfg: Cfg = None,
     plugin: Plugins = None,
     imgsz: ImgSz = None,
