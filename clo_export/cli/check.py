@@ -46,9 +46,9 @@ def check(
     requested = parse_imgsz(imgsz) if imgsz is not None else None
     reference, trained = load_reference(weights, requested)  # at its training size unless --imgsz
     runner, info = load_runner(model, device, imgsz=runner_imgsz(model, requested, trained.imgsz))
-    check_contract(info, trained)  # classes, stride and size before any frame is run
     src = open_source(source, limit)
     with runner, reference:
+        check_contract(info, trained)  # classes, stride and size before any frame, once the model has loaded
         checker = Checker(reference, info, opts, min_f1=min_f1, keep_worst=frames if report else 0)
         with console.status(f"comparing {info.backend} with PyTorch on {src.describe()}…"):
             result = Pipeline(src, runner, info, [], opts, checker).run()
