@@ -131,6 +131,7 @@ def test_fp16_rule_judges_boxes_and_classes_only_where_the_reference_scores():
     tol = TOLERANCES["fp16"]
     ref = np.zeros((1, 2, 8), np.float32)
     ref[0, :, :5] = [[100, 100, 40, 40, 0.9], [50, 50, 300, 300, tol.score_floor / 10]]
+    ref[0, 0, 5] = 0.9  # row 0 is a detection on both sides, so the comparison is conclusive
     unscored = ref.copy()
     unscored[0, 1, 2] += 10.0  # a row no threshold makes a detection: its box and classes are not judged
     unscored[0, 1, 5] += 0.5
