@@ -18,11 +18,12 @@ from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
 from clo_export.data.preprocess import LetterboxInfo, preprocess
 from clo_export.data.sinks import Sink
 from clo_export.data.readers import Frame, Source
+from clo_export.data.streams import MultiSource
 from clo_export.errors import CloExportError
 from clo_export.pipeline.check import Checker
 from clo_export.pipeline.schedule import Control, Scheduler
 from clo_export.pipeline.sinkset import SinkSet
-from clo_export.pipeline.timing import STAGES, StageStats, StageTimer
+from clo_export.pipeline.timing import STAGES, StageStats, StageTimer, StreamStats, StreamTimer
 from clo_export.postprocess import Postprocessor
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class RunResult:
     lost: str | None = None  # why the live source was given up (the run ended there)
     reconnects: int = 0  # times a lost live source came back
     offline: float = 0.0  # seconds the live source delivered no frames before coming back
+    per_stream: list[StreamStats] = field(default_factory=list)  # several sources: one entry each
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # frames per inference -> inferences
 
     @property
     def fps(self) -> float:
@@ -96,15 +99,19 @@ class Pipeline:
     sequential loop uses the first.
     """
 
-    def __init__(self, source: Source, runner: Runner | Sequence[Runner], info: ModelInfo,
+    def __init__(self, source: Source | MultiSource, runner: Runner | Sequence[Runner], info: ModelInfo,
                  sinks: list[Sink] | None = None, opts: InferOptions = InferOptions(), checker: Checker | None = None,
-                 on_frame: Callable[[int, int], None] | None = None):
+                 on_frame: Callable[[int, int], None] | None = None, stream_sinks: Sequence[Sequence[Sink]] = ()):
         opts.validate()
         self.runners = [runner] if isinstance(runner, Runner) else list(runner)
         if not self.runners:
             raise CloExportError("Pipeline needs at least one runner")
         self.source, self.info, self.opts, self.checker = source, info, opts, checker
-        self.sinks = SinkSet(sinks or [], info.names)
+        self.sinks = SinkSet(sinks or [], info.names, stream_sinks)
+        n = len(source.sources) if isinstance(source, MultiSource) else 0  # several sources: stats per stream
+        self.stream_timers = [StreamTimer() for _ in range(n)]
+        self.stream_drops = [0] * n  # frames of each stream dropped after the merge (all streams live)
+        self.batch_sizes: dict[int, int] = {}
         self.on_frame = on_frame  # (frames written, detections in this frame), from the writer thread
         self.post = Postprocessor(opts)
         self.timers = {name: StageTimer(name) for name in STAGES}
@@ -134,7 +141,21 @@ class Pipeline:
             interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
             gone=self.gone, lost=self.lost, reconnects=self.source.reconnects, offline=self.source.offline,
+            per_stream=self._stream_stats(t0), batch_sizes=dict(sorted(self.batch_sizes.items())),
         )
+
+    def _stream_stats(self, t0: float) -> list[StreamStats]:
+        """Per-stream frames, FPS, drops (before and after the merge), reconnects and latency."""
+        if not isinstance(self.source, MultiSource):
+            return []
+        src = self.source
+        return [t.stats(i, s.spec, t0, src.dropped[i] + self.stream_drops[i], s.reconnects)
+                for i, (t, s) in enumerate(zip(self.stream_timers, src.sources))]
+
+    def _drop(self, batch: _Batch) -> None:
+        """The scheduler dropped ``batch`` to keep up with live sources: count it per stream."""
+        for frame in batch.frames if self.stream_drops else ():
+            self.stream_drops[frame.stream] += 1
 
     def _configure_batch(self) -> None:
         """Input name and batch size from the model: a fixed batch is used (and padded to), a dynamic one is --infer-batch."""
@@ -142,13 +163,13 @@ class Pipeline:
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape else None
         want = self.opts.batch
-        if self.source.live and want > 1:
+        if self.source.live and want > 1 and not self.stream_timers:  # several live streams: batched across them
             log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", want)
             want = 1
         if fixed is not None and want not in (1, fixed):
             raise CloExportError(f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "
                                  "or export it with --dynamic-batch")
-        self.batch = fixed if fixed is not None and not self.source.live else want
+        self.batch = fixed if fixed is not None and not (self.source.live and not self.stream_timers) else want
         self._pad = fixed
 
     # ---- stage bodies (shared by both modes)
@@ -194,6 +215,7 @@ class Pipeline:
         return batch
 
     def _postprocess(self, batch: _Batch) -> list[tuple[Frame, np.ndarray]]:
+        self.batch_sizes[len(batch.frames)] = self.batch_sizes.get(len(batch.frames), 0) + 1
         with self.timers["postprocess"].timed(len(batch.frames)):
             dets = self.post(batch.outputs, batch.letterbox)
         if self.checker is not None:
@@ -211,6 +233,8 @@ class Pipeline:
                 self.request_stop()
         self.frames += 1
         self.detections += len(dets)
+        if self.stream_timers:
+            self.stream_timers[frame.stream].add(frame.read_at)
         if self.on_frame is not None:
             self.on_frame(self.frames, len(dets))
 
@@ -229,8 +253,10 @@ class Pipeline:
 
     def _run_threaded(self) -> None:
         self.streams = len(self.runners)
-        scheduler = Scheduler(self.control, self.runners, self.opts.queue_size, self.batch, self.source.live)
+        scheduler = Scheduler(self.control, self.runners, self.opts.queue_size, self.batch, self.source.live,
+                              self._drop)
         try:
             scheduler.run(self._batches, self._infer, self._postprocess, lambda item: self._write(*item))
         finally:
-            self.dropped = scheduler.dropped
+            multi = isinstance(self.source, MultiSource)
+            self.dropped = sum(self.source.dropped) + sum(self.stream_drops) if multi else scheduler.dropped

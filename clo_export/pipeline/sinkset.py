@@ -1,29 +1,39 @@
-"""The sinks of one run as a unit: annotate a frame once for all of them, write, then close (or abort) every one."""
+"""The sinks of one run as a unit: annotate a frame once for all of them, write, then close (or abort) every one.
+
+With several streams, ``stream_sinks[i]`` receive only stream ``i``'s frames (its video, its live view cell);
+the shared sinks receive every frame (JSON Lines, tagged with the stream by :class:`StreamJsonlSink`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import json
+
 import numpy as np
 
-from clo_export.data.sinks import Sink, draw_detections, sink_outputs
 from clo_export.data.readers import Frame
+from clo_export.data.sinks import JsonlSink, Sink, detection_records, draw_detections, sink_outputs
+from clo_export.fileio import write_error
 
 
 class SinkSet:
     """Writes each frame to every sink; :meth:`finish` closes them all, or discards their temporary files."""
 
-    def __init__(self, sinks: Sequence[Sink], names: dict[int, str]):
-        self.sinks = list(sinks)
+    def __init__(self, sinks: Sequence[Sink], names: dict[int, str], stream_sinks: Sequence[Sequence[Sink]] = ()):
+        self.shared = list(sinks)
+        self.per_stream = [list(s) for s in stream_sinks]
+        self.sinks = self.shared + [s for group in self.per_stream for s in group]
         self.names = names
-        self.annotate = any(s.needs_annotation for s in self.sinks)
 
     def write(self, frame: Frame, dets: np.ndarray) -> bool:
         """Write one frame's detections (drawn once if a sink shows them); True when the user closed a sink."""
-        annotated = draw_detections(frame.image, dets, self.names) if self.annotate else None
+        targets = self.shared + self.per_stream[frame.stream] if self.per_stream else self.shared
+        annotate = any(s.needs_annotation for s in targets)
+        annotated = draw_detections(frame.image, dets, self.names) if annotate else None
         closed = False
-        for sink in self.sinks:
+        for sink in targets:
             sink.write(frame, dets, annotated)
             closed = closed or getattr(sink, "closed_by_user", False)
         return closed
@@ -43,3 +53,18 @@ class SinkSet:
     def outputs(self) -> list[Path]:
         """The files the sinks wrote."""
         return sink_outputs(self.sinks)
+
+
+class StreamJsonlSink(JsonlSink):
+    """JSON Lines of several streams: each record also carries ``stream`` (0-based, in the order given)."""
+
+    def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
+        record = {"stream": frame.stream, "frame": frame.index,
+                  "timestamp": None if frame.timestamp is None else round(frame.timestamp, 6),
+                  "source": frame.path, "width": frame.size[0], "height": frame.size[1],
+                  "detections": detection_records(dets, self.names)}
+        try:
+            self.file.write(json.dumps(record) + "\n")
+        except OSError as e:
+            self.abort()
+            raise write_error(self.path, e) from e

@@ -1,0 +1,194 @@
+"""clo-infer with several sources: one model, frames merged round-robin, per-stream outputs and stats (real videos)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from clo_export.backends.select import load_runner
+from clo_export.cli.infer import app
+from clo_export.data.readers import expand_sources, open_source, read_streams_file
+from clo_export.data.sinks import JsonlSink
+from clo_export.data.streams import MultiSource
+from clo_export.errors import CloExportError
+from clo_export.pipeline import InferOptions, Pipeline
+from tests.test_infer_fixtures import IMGSZ, art, make_video  # noqa: F401 (fixture)
+from tests.test_sinks import read_video
+
+cli = CliRunner()
+
+
+def invoke(*args):
+    return cli.invoke(app, [str(a) for a in args])
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def videos(art, tmp_path_factory):
+    """Three real videos: two of 24 frames, one of 10 (different content each)."""
+    root = tmp_path_factory.mktemp("streams")
+    return [make_video(root / "a.mp4", 24, seed=1), make_video(root / "b.mp4", 24, seed=2),
+            make_video(root / "c.mp4", 10, seed=3)]
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(art, tmp_path_factory):
+    """The test model exported with a dynamic batch axis."""
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.fileio import sha256_file
+    from clo_export.models.checkpoint import LoadedModel
+    from tests.test_infer_fixtures import detector
+
+    root = tmp_path_factory.mktemp("dyn")
+    loaded = LoadedModel(detector(0).half().float(), art.pt, "YOLOv5 stripped checkpoint", sha256_file(art.pt),
+                         (IMGSZ, IMGSZ))
+    return export_onnx(loaded, root / "dyn.onnx", ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none",
+                                                                dynamic_batch=True)).path
+
+
+def test_streams_file_lists_sources_and_skips_comments_and_blank_lines(tmp_path, videos):
+    f = tmp_path / "cams.streams"
+    f.write_text(f"# my cameras\n{videos[0]}\n\n   # the back door\n  {videos[1]}  \nrtsp://10.0.0.5/live#main\n")
+    assert read_streams_file(f) == [str(videos[0]), str(videos[1]), "rtsp://10.0.0.5/live#main"]
+    assert expand_sources([str(f), str(videos[2])]) == [str(videos[0]), str(videos[1]), "rtsp://10.0.0.5/live#main",
+                                                        str(videos[2])]
+    (tmp_path / "empty.streams").write_text("# nothing yet\n\n")
+    with pytest.raises(CloExportError, match="lists no source"):
+        read_streams_file(tmp_path / "empty.streams")
+
+
+def test_file_streams_merge_round_robin_and_a_short_one_ending_leaves_the_others_running(videos):
+    stop = threading.Event()
+    multi = MultiSource([open_source(str(v), stop=stop) for v in videos], stop)
+    frames = list(multi)
+    order = [f.stream for f in frames]
+    assert order[:30] == [0, 1, 2] * 10  # equal turns while all three run
+    assert order[30:] == [0, 1] * 14  # c.mp4 ended after 10 frames; a and b go on
+    for i, n in enumerate((24, 24, 10)):  # every frame of every file exactly once, in order
+        assert [f.index for f in frames if f.stream == i] == list(range(n))
+        assert {f.path for f in frames if f.stream == i} == {str(videos[i])}
+    assert multi.dropped == [0, 0, 0] and all(f.read_at is not None for f in frames)
+
+
+def test_cli_runs_three_files_on_one_model_with_per_stream_outputs_and_stats(art, videos, tmp_path):
+    res = invoke(*videos, "-m", art.onnx, "--json", tmp_path / "d.jsonl", "--save-dir", tmp_path / "out", "-q")
+    assert res.exit_code == 0, res.output
+    recs = records(tmp_path / "d.jsonl")
+    for i, n in enumerate((24, 24, 10)):
+        mine = [r for r in recs if r["stream"] == i]
+        assert [r["frame"] for r in mine] == list(range(n))  # files never drop: every frame once
+        assert {r["source"] for r in mine} == {str(videos[i])}
+        assert [r["timestamp"] for r in mine] == pytest.approx([k / 12 for k in range(n)], abs=1e-6)
+    assert sum(len(r["detections"]) for r in recs) > 0
+    for i, v in enumerate(videos):
+        assert read_video(tmp_path / "out" / f"{i}_{v.stem}.mp4")[0] == (24, 24, 10)[i]
+    assert "3 streams, one model" in res.output and "58×1" in res.output  # a batch-1 model: one frame at a time
+    rows = [[c.strip() for c in line.split("│") if c.strip()] for line in res.output.splitlines()]
+    rows = [r for r in rows if len(r) == 8 and r[0].isdigit()]  # stream, source, FPS, frames, drops, reconnects, p50/95
+    assert [(int(r[0]), int(r[3]), r[4], r[5]) for r in rows] == [(0, 24, "0", "0"), (1, 24, "0", "0"),
+                                                                  (2, 10, "0", "0")]
+    assert all(float(r[2]) > 0 and 0 < float(r[6]) <= float(r[7]) for r in rows)
+
+
+def test_a_dynamic_batch_model_infers_one_frame_of_each_stream_per_batch(art, videos, dynamic_onnx, tmp_path):
+    res = invoke(videos[0], videos[1], "-m", dynamic_onnx, "--infer-batch", "2", "--json", tmp_path / "b.jsonl", "-q")
+    assert res.exit_code == 0, res.output
+    assert "24×2" in res.output  # 24 inferences of 2 frames: one from each stream
+    solo = invoke(videos[1], "-m", art.onnx, "--json", tmp_path / "solo.jsonl", "-q")
+    assert solo.exit_code == 0, solo.output
+    batched = [r for r in records(tmp_path / "b.jsonl") if r["stream"] == 1]
+    alone = records(tmp_path / "solo.jsonl")
+    assert [len(r["detections"]) for r in batched] == [len(r["detections"]) for r in alone]
+    for rb, ra in zip(batched, alone):  # batched with another stream's frame, the same boxes as alone
+        for db, da in zip(rb["detections"], ra["detections"]):
+            assert db["class_id"] == da["class_id"] and db["xyxy"] == pytest.approx(da["xyxy"], abs=0.05)
+
+
+def test_streams_file_source_and_weights_aliases_and_limit_per_stream(art, videos, tmp_path):
+    cams = tmp_path / "cams.streams"
+    cams.write_text(f"# two cameras\n{videos[0]}\n{videos[2]}\n")
+    res = invoke("--source", cams, "--weights", art.onnx, "--limit", "5", "--json", tmp_path / "d.jsonl", "-q")
+    assert res.exit_code == 0, res.output
+    recs = records(tmp_path / "d.jsonl")
+    assert [(r["stream"], r["frame"]) for r in recs] == [(s, f) for f in range(5) for s in (0, 1)]
+    again = invoke("--source", videos[0], "--source", videos[2], "-m", art.onnx, "--limit", "5",
+                   "--json", tmp_path / "e.jsonl", "-q")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "e.jsonl").read_text() == (tmp_path / "d.jsonl").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["SRC", "--source", "SRC", "-m", "M"], "--source is another spelling of SOURCE"),
+    (["SRC", "-m", "M", "--weights", "M"], "--weights is another spelling of --model"),
+    (["SRC", "SRC", "-m", "M", "--save", "OUT"], "--save writes one video, but there are 2 streams"),
+    (["SRC"], "missing --model"),
+])
+def test_alias_clashes_and_save_with_several_streams_are_one_line(art, videos, tmp_path, args, message):
+    subst = {"SRC": videos[0], "M": art.onnx, "OUT": tmp_path / "o.mp4"}
+    res = invoke(*(subst.get(a, a) for a in args))
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_one_source_writes_exactly_what_the_single_source_pipeline_writes(art, videos, tmp_path):
+    runner, info = load_runner(art.onnx, "cpu")
+    with runner:
+        Pipeline(open_source(str(videos[0])), runner, info, [JsonlSink(tmp_path / "lib.jsonl", info.names)],
+                 InferOptions()).run()
+    for flag in ([], ["--source"]):
+        out = tmp_path / f"cli{len(flag)}.jsonl"
+        res = invoke(*flag, videos[0], "-m", art.onnx, "--json", out, "-q")
+        assert res.exit_code == 0, res.output
+        assert out.read_bytes() == (tmp_path / "lib.jsonl").read_bytes()  # no stream field, same bytes
+        assert "streams, one model" not in res.output
+    assert set(records(out)[0]) == {"frame", "timestamp", "source", "width", "height", "detections"}
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_two_cameras_one_lost_the_other_runs_to_its_limit_then_exit_1(art, tmp_path):
+    from tests.test_live_sources import Camera, finish, infer, no_leftovers, wait_for_frames
+
+    cams = [Camera(), Camera()]
+    try:
+        for cam in cams:
+            cam.start()
+    except LookupError as e:
+        for cam in cams:
+            if cam.proc is not None:
+                cam.kill()
+        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
+        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        limit = 60  # ~4 s at 15 fps
+        proc, lines = infer([cams[0].url, cams[1].url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", 0,
+                             "--limit", limit], tmp_path)
+        wait_for_frames(tmp_path, proc)
+        cams[1].kill()
+        rc, out, _ = finish(proc, lines, 40)
+    finally:
+        for cam in cams:
+            if cam.proc is not None:
+                cam.kill()
+    assert rc == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"stream 1: stream '{cams[1].url}' lost after" in errors[0], out
+    recs = records(tmp_path / "out.jsonl")
+    first = [r for r in recs if r["stream"] == 0]
+    assert first[-1]["frame"] == limit - 1  # camera 0 went on to its own limit after camera 1 was given up
+    assert 0 < len([r for r in recs if r["stream"] == 1]) < limit
+    assert {r["source"] for r in recs} == {cams[0].url, cams[1].url}
+    rows = [[c.strip() for c in line.split("│") if c.strip()] for line in out.splitlines()]
+    rows = [r for r in rows if len(r) == 8 and r[0].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1"]
+    assert int(rows[0][3]) + int(rows[0][4]) == limit  # frames written + dropped = frames received
+    no_leftovers(tmp_path)
