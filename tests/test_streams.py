@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+import urllib.request
 
+import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -149,6 +152,40 @@ def test_one_source_writes_exactly_what_the_single_source_pipeline_writes(art, v
         assert out.read_bytes() == (tmp_path / "lib.jsonl").read_bytes()  # no stream field, same bytes
         assert "streams, one model" not in res.output
     assert set(records(out)[0]) == {"frame", "timestamp", "source", "width", "height", "detections"}
+
+
+@pytest.mark.server
+def test_serve_shows_every_stream_with_its_own_frames_and_stats(art, tmp_path):
+    from tests.test_liveview import free_port, get, read_part, refused, start_infer, wait_for_server
+
+    vids = [make_video(tmp_path / f"s{i}.mp4", 240, size=(320 + 64 * i, 240), seed=10 + i) for i in range(2)]
+    port = free_port()
+    proc, lines = start_infer([*vids, "-m", art.onnx, "--serve", f"127.0.0.1:{port}", "--workers", "1",
+                               "--threads", "1", "-q"])
+    try:
+        wait_for_server(port, proc, lines)
+        page = get(port, "/")[2]
+        assert b'src="/stream/0.mjpg"' in page and b'src="/stream/1.mjpg"' in page
+        parts = []
+        for i in range(2):
+            stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/stream/{i}.mjpg", timeout=10)
+            parts.append(read_part(stream))
+            stream.close()
+        stats = json.loads(get(port, "/stats.json")[2])["streams"]
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines)
+    assert rc == 0, out
+    assert [(s["stream"], s["source"], s["width"]) for s in stats] == [(0, str(vids[0]), 320), (1, str(vids[1]), 384)]
+    assert all(s["frames"] > 0 and s["dropped"] == 0 for s in stats)
+    for i, part in enumerate(parts):  # each cell shows its own stream's frames (their sizes differ)
+        assert part is not None
+        img = cv2.imdecode(np.frombuffer(part[1], np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape[:2] == (240, 320 + 64 * i)
+    assert refused(port), "the server still listens after the run"
 
 
 @pytest.mark.slow

@@ -26,12 +26,14 @@ class SinkSet:
         self.per_stream = [list(s) for s in stream_sinks]
         self.sinks = self.shared + [s for group in self.per_stream for s in group]
         self.names = names
+        self.targets = [self.shared + group for group in self.per_stream] or [self.shared]  # by stream
+        self.annotate = [any(s.needs_annotation for s in group) for group in self.targets]
 
     def write(self, frame: Frame, dets: np.ndarray) -> bool:
         """Write one frame's detections (drawn once if a sink shows them); True when the user closed a sink."""
-        targets = self.shared + self.per_stream[frame.stream] if self.per_stream else self.shared
-        annotate = any(s.needs_annotation for s in targets)
-        annotated = draw_detections(frame.image, dets, self.names) if annotate else None
+        i = frame.stream if self.per_stream else 0
+        targets = self.targets[i]
+        annotated = draw_detections(frame.image, dets, self.names) if self.annotate[i] else None
         closed = False
         for sink in targets:
             sink.write(frame, dets, annotated)
