@@ -229,3 +229,14 @@ def test_two_cameras_one_lost_the_other_runs_to_its_limit_then_exit_1(art, tmp_p
     assert [r[0] for r in rows] == ["0", "1"]
     assert int(rows[0][3]) + int(rows[0][4]) == limit  # frames written + dropped = frames received
     no_leftovers(tmp_path)
+
+
+def test_a_video_and_an_image_folder_together_each_get_their_own_output(art, videos, tmp_path):
+    res = invoke(videos[2], art.images, "-m", art.onnx, "--save-dir", tmp_path / "out", "--json", tmp_path / "d.jsonl",
+                 "-q")
+    assert res.exit_code == 0, res.output
+    assert read_video(tmp_path / "out" / "0_c.mp4")[0] == 10
+    assert sorted(p.name for p in (tmp_path / "out" / "1").iterdir()) == sorted(p.name for p in art.images.iterdir())
+    recs = records(tmp_path / "d.jsonl")
+    assert [r["frame"] for r in recs if r["stream"] == 1] == [0, 1, 2]
+    assert all(r["timestamp"] is None for r in recs if r["stream"] == 1)

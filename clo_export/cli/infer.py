@@ -56,7 +56,8 @@ def parse_classes(values: list[str] | None, names: dict[int, str]) -> tuple[int,
 
 
 def _save_sink(source, save: Path | None, save_dir: Path | None, prefix: str = ""):
-    """The annotated-output sink for one source (None when none is asked for); ``prefix`` keeps streams' names apart."""
+    """The annotated-output sink for one source (None when none is asked for); ``prefix`` ("I_") keeps streams apart:
+    DIR/I_STEM.mp4 for a video, DIR/I/ for images."""
     from clo_export.data.sinks import ImageDirSink, VideoSink
 
     if source.kind == "images":
