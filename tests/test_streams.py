@@ -93,8 +93,7 @@ def test_cli_runs_three_files_on_one_model_with_per_stream_outputs_and_stats(art
     for i, v in enumerate(videos):
         assert read_video(tmp_path / "out" / f"{i}_{v.stem}.mp4")[0] == (24, 24, 10)[i]
     assert "3 streams, one model" in res.output and "58×1" in res.output  # a batch-1 model: one frame at a time
-    rows = [[c.strip() for c in line.split("│") if c.strip()] for line in res.output.splitlines()]
-    rows = [r for r in rows if len(r) == 8 and r[0].isdigit()]  # stream, source, FPS, frames, drops, reconnects, p50/95
+    rows = stream_rows(res.output)
     assert [(int(r[0]), int(r[3]), r[4], r[5]) for r in rows] == [(0, 24, "0", "0"), (1, 24, "0", "0"),
                                                                   (2, 10, "0", "0")]
     assert all(float(r[2]) > 0 and 0 < float(r[6]) <= float(r[7]) for r in rows)
@@ -188,46 +187,71 @@ def test_serve_shows_every_stream_with_its_own_frames_and_stats(art, tmp_path):
     assert refused(port), "the server still listens after the run"
 
 
-@pytest.mark.slow
-@pytest.mark.server
-def test_two_cameras_one_lost_the_other_runs_to_its_limit_then_exit_1(art, tmp_path):
-    from tests.test_live_sources import Camera, finish, infer, no_leftovers, wait_for_frames
+@pytest.fixture
+def two_cameras():
+    """Two RTSP cameras on 127.0.0.1 (tests/rtsp_camera.py), each its own process; killed at the end."""
+    from tests.test_live_sources import Camera
 
     cams = [Camera(), Camera()]
     try:
         for cam in cams:
             cam.start()
+        yield cams
     except LookupError as e:
-        for cam in cams:
-            if cam.proc is not None:
-                cam.kill()
         reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
         if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    try:
-        limit = 60  # ~4 s at 15 fps
-        proc, lines = infer([cams[0].url, cams[1].url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", 0,
-                             "--limit", limit], tmp_path)
-        wait_for_frames(tmp_path, proc)
-        cams[1].kill()
-        rc, out, _ = finish(proc, lines, 40)
     finally:
         for cam in cams:
             if cam.proc is not None:
                 cam.kill()
+
+
+def stream_rows(out: str) -> list[list[str]]:
+    """The per-stream table's rows: stream, source, FPS, frames, drops, reconnects, p50 ms, p95 ms."""
+    rows = [[c.strip() for c in line.split("│") if c.strip()] for line in out.splitlines()]
+    return [r for r in rows if len(r) == 8 and r[0].isdigit()]
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_two_cameras_at_the_same_rate_get_the_same_fps(art, two_cameras, tmp_path):
+    from tests.test_live_sources import finish, infer
+
+    limit = 150  # 10 s at 15 fps
+    proc, lines = infer([*(c.url for c in two_cameras), "-m", art.onnx, "-q", "--json", "out.jsonl",
+                         "--limit", limit], tmp_path)
+    rc, out, _ = finish(proc, lines, 40)
+    assert rc == 0, out
+    rows = stream_rows(out)
+    assert [r[0] for r in rows] == ["0", "1"]
+    assert all(int(r[3]) + int(r[4]) == limit for r in rows)  # frames received = written + dropped
+    fps = [float(r[2]) for r in rows]
+    assert 10 < min(fps) and max(fps) <= 1.1 * min(fps), out  # each near the cameras' 15 fps, within 10 %
+    recs = records(tmp_path / "out.jsonl")
+    assert {(r["stream"], r["source"]) for r in recs} == {(i, c.url) for i, c in enumerate(two_cameras)}
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_two_cameras_one_lost_the_other_runs_to_its_limit_then_exit_1(art, two_cameras, tmp_path):
+    from tests.test_live_sources import finish, infer, no_leftovers, wait_for_frames
+
+    limit = 60  # ~4 s at 15 fps
+    proc, lines = infer([*(c.url for c in two_cameras), "-m", art.onnx, "-q", "--json", "out.jsonl",
+                         "--reconnect", 0, "--limit", limit], tmp_path)
+    wait_for_frames(tmp_path, proc)
+    two_cameras[1].kill()
+    rc, out, _ = finish(proc, lines, 40)
     assert rc == 1, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"stream 1: stream '{cams[1].url}' lost after" in errors[0], out
+    assert len(errors) == 1 and f"stream 1: stream '{two_cameras[1].url}' lost after" in errors[0], out
     recs = records(tmp_path / "out.jsonl")
-    first = [r for r in recs if r["stream"] == 0]
-    assert first[-1]["frame"] == limit - 1  # camera 0 went on to its own limit after camera 1 was given up
+    assert [r for r in recs if r["stream"] == 0][-1]["frame"] == limit - 1  # camera 0 went on to its own limit
     assert 0 < len([r for r in recs if r["stream"] == 1]) < limit
-    assert {r["source"] for r in recs} == {cams[0].url, cams[1].url}
-    rows = [[c.strip() for c in line.split("│") if c.strip()] for line in out.splitlines()]
-    rows = [r for r in rows if len(r) == 8 and r[0].isdigit()]
-    assert [r[0] for r in rows] == ["0", "1"]
-    assert int(rows[0][3]) + int(rows[0][4]) == limit  # frames written + dropped = frames received
+    rows = stream_rows(out)
+    assert [r[0] for r in rows] == ["0", "1"] and int(rows[0][3]) + int(rows[0][4]) == limit
     no_leftovers(tmp_path)
 
 

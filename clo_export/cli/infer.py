@@ -211,6 +211,7 @@ def infer(
     from clo_export.pipeline import InferOptions
 
     from clo_export.data.readers import expand_sources
+    from clo_export.data.streams import open_sources
     from clo_export.validate import check_infer_options
 
     specs = expand_sources(_one_of("SOURCE", source, "--source", source_opt) or [])
@@ -238,7 +239,7 @@ def infer(
     if reconnect is not None:
         opts = replace(opts, reconnect=reconnect)
     opts.validate()
-    src = open_sources(specs, limit, opts.reconnect, max_pixels)
+    src = open_sources(specs, limit, opts.reconnect, max_pixels)  # one: as ever; several: a MultiSource
     reference = None
     if check is not None:
         from clo_export.artifacts import check_contract
@@ -264,27 +265,6 @@ def _one_of(name: str, value, alias: str, alias_value):
     if value and alias_value:
         raise CloExportError(f"{alias} is another spelling of {name}; pass one of them, not both")
     return value or alias_value
-
-
-def open_sources(specs: list[str], limit: int | None, reconnect: float, max_pixels: int | None):
-    """One source as today, or several read at once (sharing one stop event); a failure closes those opened."""
-    import threading
-
-    from clo_export.data.readers import open_source
-    from clo_export.data.streams import MultiSource
-
-    if len(specs) == 1:
-        return open_source(specs[0], limit, reconnect, max_pixels=max_pixels)
-    stop, opened = threading.Event(), []
-    try:
-        for spec in specs:
-            opened.append(open_source(spec, limit, reconnect, max_pixels=max_pixels, stop=stop))
-    except BaseException:
-        for s in opened:
-            if hasattr(s, "close"):
-                s.close()
-        raise
-    return MultiSource(opened, stop)
 
 
 def _run(src, runners, reference, info, all_sinks, opts, check_f1, sequential, quiet):

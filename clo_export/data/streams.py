@@ -16,9 +16,10 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-from clo_export.data.live import StreamLost
-from clo_export.data.readers import Frame, Source
+from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
+from clo_export.data.readers import Frame, Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +138,28 @@ class MultiSource:
             except queue.Empty:
                 if not wait or self._quit.is_set():
                     return None
+
+
+def open_sources(specs: Sequence[str], limit: int | None = None, reconnect: float = DEFAULT_RECONNECT,
+                 max_pixels: int | None = None) -> Source | MultiSource:
+    """One source as :func:`open_source` opens it, or several opened at once (cameras' open times overlap, so none
+    piles up frames while the next one opens) and merged; if one fails, those opened are closed and its error raised."""
+    if len(specs) == 1:
+        return open_source(specs[0], limit, reconnect, max_pixels=max_pixels)
+    stop = threading.Event()
+
+    def attempt(spec: str) -> Source | BaseException:
+        try:
+            return open_source(spec, limit, reconnect, max_pixels=max_pixels, stop=stop)
+        except BaseException as e:  # noqa: BLE001 (raised below, after the others are closed)
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(len(specs), 16), thread_name_prefix="clo-open") as pool:
+        opened = list(pool.map(attempt, specs))
+    errors = [o for o in opened if isinstance(o, BaseException)]
+    if errors:
+        for o in opened:
+            if isinstance(o, Source) and hasattr(o, "close"):
+                o.close()
+        raise errors[0]
+    return MultiSource(opened, stop)  # type: ignore[arg-type]
