@@ -169,7 +169,7 @@ def streams_table(result):
 def infer(
     source: Annotated[Optional[List[str]], typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0), stream URL (rtsp://…) or a .streams file (one source a line); several: one model, batched across them.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)] = None,
-    source_opt: Annotated[Optional[List[str]], typer.Option("--source", help="YOLOv5's spelling of SOURCE (repeatable).", show_default=False)] = None,
+    source_opt: Annotated[Optional[List[str]], typer.Option("--source", metavar="SOURCE", help="YOLOv5's spelling of SOURCE (repeatable).", show_default=False)] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", help="YOLOv5's spelling of --model.", show_default=False, rich_help_panel=MODEL)] = None,
     device: Device = None,
     providers: Annotated[Optional[str], typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,

@@ -18,8 +18,9 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from clo_export.data import readers
 from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
-from clo_export.data.readers import Frame, Source, open_source
+from clo_export.data.readers import Frame, Source
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,12 @@ def open_sources(specs: Sequence[str], limit: int | None = None, reconnect: floa
     """One source as :func:`open_source` opens it, or several opened at once (cameras' open times overlap, so none
     piles up frames while the next one opens) and merged; if one fails, those opened are closed and its error raised."""
     if len(specs) == 1:
-        return open_source(specs[0], limit, reconnect, max_pixels=max_pixels)
+        return readers.open_source(specs[0], limit, reconnect, max_pixels=max_pixels)
     stop = threading.Event()
 
     def attempt(spec: str) -> Source | BaseException:
         try:
-            return open_source(spec, limit, reconnect, max_pixels=max_pixels, stop=stop)
+            return readers.open_source(spec, limit, reconnect, max_pixels=max_pixels, stop=stop)
         except BaseException as e:  # noqa: BLE001 (raised below, after the others are closed)
             return e
 
