@@ -264,3 +264,23 @@ def test_a_video_and_an_image_folder_together_each_get_their_own_output(art, vid
     recs = records(tmp_path / "d.jsonl")
     assert [r["frame"] for r in recs if r["stream"] == 1] == [0, 1, 2]
     assert all(r["timestamp"] is None for r in recs if r["stream"] == 1)
+
+
+def test_the_library_runs_several_streams_and_reports_progress_per_stream(art, videos):
+    runner, info = load_runner(art.onnx, "cpu")
+    stop = threading.Event()
+    seen = []
+    pipeline = None
+
+    def on_frame(n, _dets):
+        seen.append(pipeline.stream_progress())
+
+    with runner:
+        pipeline = Pipeline(MultiSource([open_source(str(v), stop=stop) for v in videos[:2]], stop), runner, info,
+                            [], InferOptions(), on_frame=on_frame)
+        result = pipeline.run()
+    assert len(seen) == 48 and [p[0] for p in seen[-1]] == [24, 24]  # frames written so far, per stream
+    assert all(abs(a[0] - b[0]) <= 1 for a, b in seen)  # equal files advance together
+    assert all(f > 0 and d == 0 for _, f, d in seen[-1])
+    assert [(s.stream, s.frames, s.dropped) for s in result.per_stream] == [(0, 24, 0), (1, 24, 0)]
+    assert result.batch_sizes == {1: 48} and result.frames == 48

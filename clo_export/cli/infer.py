@@ -287,8 +287,8 @@ def _run(src, runners, reference, info, all_sinks, opts, check_f1, sequential, q
             total = src.expected()
             progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=err_console, disable=quiet, transient=True)
-            task = progress.add_task(f"{info.backend}", total=total, fps=0.0)
+                                TextColumn("{task.fields[streams]}"), console=err_console, disable=quiet, transient=True)
+            task = progress.add_task(f"{info.backend}", total=total, fps=0.0, streams="")
             started: list[float] = []
 
             def on_frame(n: int, _dets: int) -> None:
@@ -298,7 +298,10 @@ def _run(src, runners, reference, info, all_sinks, opts, check_f1, sequential, q
                 if not started:
                     started.append(now)
                 fps = (n - 1) / (now - started[0]) if n > 1 and now > started[0] else 0.0
-                progress.update(task, completed=n, fps=fps)
+                per = pipeline.stream_progress() if n % 10 == 0 else None  # several streams: FPS and drops of each
+                streams = {} if per is None else {"streams": "  ".join(
+                    f"#{i} {f:.1f} FPS" + (f" ({d} dropped)" if d else "") for i, (_, f, d) in enumerate(per))}
+                progress.update(task, completed=n, fps=fps, **streams)
 
             pipeline = Pipeline(src, runners, info, sinks, opts, checker, on_frame, stream_sinks)
             with progress:

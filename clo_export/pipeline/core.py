@@ -112,6 +112,7 @@ class Pipeline:
         self.stream_timers = [StreamTimer() for _ in range(n)]
         self.stream_drops = [0] * n  # frames of each stream dropped after the merge (all streams live)
         self.batch_sizes: dict[int, int] = {}
+        self.started = 0.0  # time.perf_counter() when run() began
         self.on_frame = on_frame  # (frames written, detections in this frame), from the writer thread
         self.post = Postprocessor(opts)
         self.timers = {name: StageTimer(name) for name in STAGES}
@@ -128,7 +129,7 @@ class Pipeline:
     def run(self, threaded: bool = True) -> RunResult:
         """Process the whole source (or until stopped); sinks are closed either way."""
         self._configure_batch()
-        t0 = time.perf_counter()
+        t0 = self.started = time.perf_counter()
         ok = False
         try:
             self._run_threaded() if threaded else self._run_sequential()
@@ -151,6 +152,14 @@ class Pipeline:
         src = self.source
         return [t.stats(i, s.spec, t0, src.dropped[i] + self.stream_drops[i], s.reconnects)
                 for i, (t, s) in enumerate(zip(self.stream_timers, src.sources))]
+
+    def stream_progress(self) -> list[tuple[int, float, int]]:
+        """Several streams, while running: frames written, FPS since the start and drops of each (empty for one)."""
+        if not isinstance(self.source, MultiSource):
+            return []
+        span = time.perf_counter() - self.started
+        return [(t.frames, t.frames / span if span > 0 else 0.0, self.source.dropped[i] + self.stream_drops[i])
+                for i, t in enumerate(self.stream_timers)]
 
     def _drop(self, batch: _Batch) -> None:
         """The scheduler dropped ``batch`` to keep up with live sources: count it per stream."""
