@@ -108,7 +108,8 @@ class Pipeline:
             raise CloExportError("Pipeline needs at least one runner")
         self.source, self.info, self.opts, self.checker = source, info, opts, checker
         self.sinks = SinkSet(sinks or [], info.names, stream_sinks)
-        n = len(source.sources) if isinstance(source, MultiSource) else 0  # several sources: stats per stream
+        self.multi = source if isinstance(source, MultiSource) else None  # several sources: stats per stream
+        n = len(self.multi.sources) if self.multi is not None else 0
         self.stream_timers = [StreamTimer() for _ in range(n)]
         self.stream_drops = [0] * n  # frames of each stream dropped after the merge (all streams live)
         self.batch_sizes: dict[int, int] = {}
@@ -137,7 +138,8 @@ class Pipeline:
         finally:
             self.sinks.finish(ok)
         return RunResult(
-            frames=self.frames, skipped=self.source.skipped, dropped=self.dropped, detections=self.detections,
+            frames=self.frames, skipped=self.source.skipped, detections=self.detections,
+            dropped=self.dropped if self.multi is None else sum(self.multi.dropped) + sum(self.stream_drops),
             seconds=time.perf_counter() - t0, stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
@@ -147,18 +149,17 @@ class Pipeline:
 
     def _stream_stats(self, t0: float) -> list[StreamStats]:
         """Per-stream frames, FPS, drops (before and after the merge), reconnects and latency."""
-        if not isinstance(self.source, MultiSource):
+        if self.multi is None:
             return []
-        src = self.source
-        return [t.stats(i, s.spec, t0, src.dropped[i] + self.stream_drops[i], s.reconnects)
-                for i, (t, s) in enumerate(zip(self.stream_timers, src.sources))]
+        return [t.stats(i, s.spec, t0, self.multi.dropped[i] + self.stream_drops[i], s.reconnects)
+                for i, (t, s) in enumerate(zip(self.stream_timers, self.multi.sources))]
 
     def stream_progress(self) -> list[tuple[int, float, int]]:
         """Several streams, while running: frames written, FPS since the start and drops of each (empty for one)."""
-        if not isinstance(self.source, MultiSource):
+        if self.multi is None:
             return []
         span = time.perf_counter() - self.started
-        return [(t.frames, t.frames / span if span > 0 else 0.0, self.source.dropped[i] + self.stream_drops[i])
+        return [(t.frames, t.frames / span if span > 0 else 0.0, self.multi.dropped[i] + self.stream_drops[i])
                 for i, t in enumerate(self.stream_timers)]
 
     def _drop(self, batch: _Batch) -> None:
@@ -172,13 +173,14 @@ class Pipeline:
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape else None
         want = self.opts.batch
-        if self.source.live and want > 1 and not self.stream_timers:  # several live streams: batched across them
+        one_live = self.source.live and self.multi is None  # several live streams are batched across them
+        if one_live and want > 1:
             log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", want)
             want = 1
         if fixed is not None and want not in (1, fixed):
             raise CloExportError(f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "
                                  "or export it with --dynamic-batch")
-        self.batch = fixed if fixed is not None and not (self.source.live and not self.stream_timers) else want
+        self.batch = fixed if fixed is not None and not one_live else want
         self._pad = fixed
 
     # ---- stage bodies (shared by both modes)
@@ -267,5 +269,4 @@ class Pipeline:
         try:
             scheduler.run(self._batches, self._infer, self._postprocess, lambda item: self._write(*item))
         finally:
-            multi = isinstance(self.source, MultiSource)
-            self.dropped = sum(self.source.dropped) + sum(self.stream_drops) if multi else scheduler.dropped
+            self.dropped = scheduler.dropped
