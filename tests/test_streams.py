@@ -41,19 +41,22 @@ def videos(art, tmp_path_factory):
             make_video(root / "c.mp4", 10, seed=3)]
 
 
-@pytest.fixture(scope="module")
-def dynamic_onnx(art, tmp_path_factory):
-    """The test model exported with a dynamic batch axis."""
+def export_batched(art, path, **options):
+    """The test model exported with these batch options."""
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.fileio import sha256_file
     from clo_export.models.checkpoint import LoadedModel
     from tests.test_infer_fixtures import detector
 
-    root = tmp_path_factory.mktemp("dyn")
     loaded = LoadedModel(detector(0).half().float(), art.pt, "YOLOv5 stripped checkpoint", sha256_file(art.pt),
                          (IMGSZ, IMGSZ))
-    return export_onnx(loaded, root / "dyn.onnx", ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none",
-                                                                dynamic_batch=True)).path
+    return export_onnx(loaded, path, ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none", **options)).path
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(art, tmp_path_factory):
+    """The test model exported with a dynamic batch axis."""
+    return export_batched(art, tmp_path_factory.mktemp("dyn") / "dyn.onnx", dynamic_batch=True)
 
 
 def test_streams_file_lists_sources_and_skips_comments_and_blank_lines(tmp_path, videos):
@@ -111,6 +114,17 @@ def test_a_dynamic_batch_model_infers_one_frame_of_each_stream_per_batch(art, vi
     for rb, ra in zip(batched, alone):  # batched with another stream's frame, the same boxes as alone
         for db, da in zip(rb["detections"], ra["detections"]):
             assert db["class_id"] == da["class_id"] and db["xyxy"] == pytest.approx(da["xyxy"], abs=0.05)
+
+
+def test_a_fixed_batch_2_model_takes_three_streams_in_turn_without_a_gap(art, videos, tmp_path):
+    model = export_batched(art, tmp_path / "b2.onnx", batch=2)
+    res = invoke(videos[0], videos[1], videos[2], "-m", model, "--limit", 8, "--json", tmp_path / "d.jsonl", "-q")
+    assert res.exit_code == 0, res.output
+    assert "12×2" in res.output  # 24 frames, two per inference: stream pairs (0,1) (2,0) (1,2) …
+    recs = records(tmp_path / "d.jsonl")
+    assert [r["stream"] for r in recs] == [0, 1, 2] * 8
+    for i in range(3):
+        assert [r["frame"] for r in recs if r["stream"] == i] == list(range(8))
 
 
 def test_streams_file_source_and_weights_aliases_and_limit_per_stream(art, videos, tmp_path):
