@@ -55,11 +55,30 @@ def parse_classes(values: list[str] | None, names: dict[int, str]) -> tuple[int,
     return tuple(out)
 
 
+def _save_sink(source, save: Path | None, save_dir: Path | None, prefix: str = ""):
+    """The annotated-output sink for one source (None when none is asked for); ``prefix`` ("I_") keeps streams apart:
+    DIR/I_STEM.mp4 for a video, DIR/I/ for images."""
+    from clo_export.data.sinks import ImageDirSink, VideoSink
+
+    if source.kind == "images":
+        if save is not None:
+            raise CloExportError("--save writes a video, but the source is images; use --save-dir DIR for annotated images")
+        return None if save_dir is None else ImageDirSink(save_dir / prefix.rstrip("_") if prefix else save_dir, source.files)
+    if save is None and save_dir is None:
+        return None
+    if save is None:
+        stem = Path(source.spec).stem if source.kind == "video" else f"{source.kind}{source.spec if source.spec.isdigit() else ''}"
+        save = save_dir / f"{prefix}{stem}.mp4"
+    if source.size is None:
+        raise CloExportError(f"the {source.kind} reports no frame size, so --save cannot open a video writer")
+    return VideoSink(save, source.fps, source.size)
+
+
 def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool,
                names: dict[int, str], serve: str | None = None):
     """The sinks asked for, checked against the source kind before any frame is read."""
     from clo_export.data.liveview import serve_sink
-    from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink
+    from clo_export.data.sinks import JsonlSink, ShowSink
 
     if save is not None and save_dir is not None:
         raise CloExportError("pass either --save OUT.mp4 (video) or --save-dir DIR, not both")
@@ -67,18 +86,9 @@ def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path
     try:
         if show:
             sinks.append(ShowSink())
-        if source.kind == "images":
-            if save is not None:
-                raise CloExportError("--save writes a video, but the source is images; use --save-dir DIR for annotated images")
-            if save_dir is not None:
-                sinks.append(ImageDirSink(save_dir, source.files))
-        elif save is not None or save_dir is not None:
-            if save is None:
-                stem = Path(source.spec).stem if source.kind == "video" else f"{source.kind}{source.spec if source.spec.isdigit() else ''}"
-                save = save_dir / f"{stem}.mp4"
-            if source.size is None:
-                raise CloExportError(f"the {source.kind} reports no frame size, so --save cannot open a video writer")
-            sinks.append(VideoSink(save, source.fps, source.size))
+        saver = _save_sink(source, save, save_dir)
+        if saver is not None:
+            sinks.append(saver)
         if json_path is not None:
             sinks.append(JsonlSink(json_path, names))
         if serve is not None:
@@ -88,6 +98,40 @@ def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path
             s.abort()
         raise
     return sinks
+
+
+def make_stream_sinks(multi, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool,
+                      names: dict[int, str], serve: str | None = None):
+    """Several streams: the shared sinks (JSON Lines tagged with the stream) and each stream's own sinks."""
+    from clo_export.data.liveview import LiveView, parse_serve
+    from clo_export.data.sinks import ShowSink
+    from clo_export.pipeline.sinkset import StreamJsonlSink
+
+    if save is not None:
+        raise CloExportError(f"--save writes one video, but there are {len(multi.sources)} streams; "
+                             "use --save-dir DIR (one annotated video per stream)")
+    shared, per_stream = [], [[] for _ in multi.sources]
+    view = None
+    try:
+        if json_path is not None:
+            shared.append(StreamJsonlSink(json_path, names))
+        if serve is not None:
+            view = LiveView(*parse_serve(serve), [s.spec for s in multi.sources], names)
+        for i, (src, own) in enumerate(zip(multi.sources, per_stream)):
+            if show:
+                own.append(ShowSink(f"clo-infer {i}: {src.spec}"))
+            saver = _save_sink(src, None, save_dir, f"{i}_")
+            if saver is not None:
+                own.append(saver)
+            if view is not None:
+                own.append(view.sink(i, src))
+    except BaseException:
+        for s in shared + [s for own in per_stream for s in own]:
+            s.abort()
+        if view is not None:
+            view.close()
+        raise
+    return shared, per_stream
 
 
 def stats_table(result, backend: str):
@@ -105,11 +149,28 @@ def stats_table(result, backend: str):
     return table
 
 
+def streams_table(result):
+    """Several streams: per stream FPS, frames, drops, reconnects, read→written latency; the batch sizes used."""
+    from rich.table import Table
+
+    sizes = ", ".join(f"{n}×{k}" for k, n in result.batch_sizes.items())
+    table = Table(title=f"{len(result.per_stream)} streams, one model; inferences × frames each: {sizes}",
+                  title_justify="left")
+    for col in ("stream", "source", "FPS", "frames", "drops", "reconnects", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for s in result.per_stream:
+        table.add_row(str(s.stream), s.source, f"{s.fps:.1f}", str(s.frames), str(s.dropped), str(s.reconnects),
+                      f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}")
+    return table
+
+
 @app.command(cls=Command, no_args_is_help=True, epilog=epilog("clo-infer"))
 @guarded
 def infer(
-    source: Annotated[str, typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0) or stream URL (rtsp://…).", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)],
+    source: Annotated[Optional[List[str]], typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0), stream URL (rtsp://…) or a .streams file (one source a line); several: one model, batched across them.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)] = None,
+    source_opt: Annotated[Optional[List[str]], typer.Option("--source", metavar="SOURCE", help="YOLOv5's spelling of SOURCE (repeatable).", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="YOLOv5's spelling of --model.", show_default=False, rich_help_panel=MODEL)] = None,
     device: Device = None,
     providers: Annotated[Optional[str], typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
@@ -121,12 +182,12 @@ def infer(
     classes: Annotated[Optional[List[str]], typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST)] = None,
     agnostic_nms: AgnosticNms = False,
     save: Annotated[Optional[Path], typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)] = None,
-    save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos).", rich_help_panel=OUT)] = None,
+    save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos); several streams: I_SOURCE.mp4 (I: the stream's index).", rich_help_panel=OUT)] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
     show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
     serve: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Serve a live view page (annotated frames, per-stream stats) at http://HOST:PORT/ until the run ends; PORT or :PORT binds 127.0.0.1, 0.0.0.0:PORT every interface.", rich_help_panel=OUT, show_default=False)] = None,
     batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
-    limit: Annotated[Optional[int], typer.Option(help="Stop after N frames.", rich_help_panel=RUN)] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Stop after N frames (of each stream).", rich_help_panel=RUN)] = None,
     reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
     max_pixels: Annotated[Optional[int], typer.Option(help="Largest image to decode, in pixels, checked from its header (default 100000000 = 100 MP; also CLO_EXPORT_MAX_PIXELS).", rich_help_panel=RUN, show_default=False)] = None,
     sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
@@ -138,7 +199,7 @@ def infer(
     verbose: Verbose = False,
     version: Version = False,
 ) -> None:
-    """Run MODEL on SOURCE: annotated video/images, JSON Lines, live stats, optional check against PyTorch.
+    """Run MODEL on SOURCE(s): annotated video/images, JSON Lines, live stats, optional check against PyTorch.
 
     --debug, -v/--verbose and --version go anywhere on the line, as on clo-export.
     """
@@ -147,14 +208,20 @@ def infer(
 
     lazy_import("cv2")  # JetPack's OpenCV may be hidden from a venv: one line with the fix, not a traceback
     from clo_export.backends.select import load_runners
-    from clo_export.data.readers import open_source
     from clo_export.pipeline import InferOptions
 
+    from clo_export.data.readers import expand_sources
+    from clo_export.data.streams import open_sources
     from clo_export.validate import check_infer_options
 
-    check_infer_options(source, model, check, save, save_dir, json_path, limit=limit, threads=threads, workers=workers,
-                        infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf, iou=iou,
-                        check_f1=check_f1, max_pixels=max_pixels)
+    specs = expand_sources(_one_of("SOURCE", source, "--source", source_opt) or [])
+    model = _one_of("--model", model, "--weights", weights)
+    if model is None:
+        raise CloExportError("missing --model (or --weights): pass a .pt, .onnx, .engine or triton://host:port/name")
+    for spec in specs:
+        check_infer_options(spec, model, check, save, save_dir, json_path, limit=limit, threads=threads,
+                            workers=workers, infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf,
+                            iou=iou, check_f1=check_f1, max_pixels=max_pixels)
     if serve is not None:
         from clo_export.data.liveview import check_serve
 
@@ -172,7 +239,7 @@ def infer(
     if reconnect is not None:
         opts = replace(opts, reconnect=reconnect)
     opts.validate()
-    src = open_source(source, limit, opts.reconnect, max_pixels=max_pixels)
+    src = open_sources(specs, limit, opts.reconnect, max_pixels)  # one: as ever; several: a MultiSource
     reference = None
     if check is not None:
         from clo_export.artifacts import check_contract
@@ -180,23 +247,35 @@ def infer(
 
         reference, trained = load_reference(check, size)
         check_contract(info, trained)
-    sinks = make_sinks(src, save, save_dir, json_path, show, info.names, serve)
-    for url in (s.url for s in sinks if hasattr(s, "url")):
+    if len(specs) == 1:
+        sinks, stream_sinks = make_sinks(src, save, save_dir, json_path, show, info.names, serve), []
+    else:
+        sinks, stream_sinks = make_stream_sinks(src, save, save_dir, json_path, show, info.names, serve)
+    every = sinks + [s for own in stream_sinks for s in own]
+    for url in sorted({s.url for s in every if hasattr(s, "url")}):
         err_console.print(f"live view: {url} (until the run ends)", highlight=False)
-    if not sinks:
+    if not every:
         err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)
-    result = _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet)
+    result = _run(src, runners, reference, info, (sinks, stream_sinks), opts, check_f1, sequential, quiet)
     _report(result, info, check)
 
 
-def _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet):
-    """Activate the runners and run the pipeline under a progress bar."""
+def _one_of(name: str, value, alias: str, alias_value):
+    """The value given as ``name`` or as its alias ``alias`` (YOLOv5's spelling); both given is an error."""
+    if value and alias_value:
+        raise CloExportError(f"{alias} is another spelling of {name}; pass one of them, not both")
+    return value or alias_value
+
+
+def _run(src, runners, reference, info, all_sinks, opts, check_f1, sequential, quiet):
+    """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
     from contextlib import ExitStack
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from clo_export.pipeline import Checker, Pipeline
 
+    sinks, stream_sinks = all_sinks
     try:
         with ExitStack() as stack:
             for runner in runners:
@@ -208,8 +287,8 @@ def _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet
             total = src.expected()
             progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=err_console, disable=quiet, transient=True)
-            task = progress.add_task(f"{info.backend}", total=total, fps=0.0)
+                                TextColumn("{task.fields[streams]}"), console=err_console, disable=quiet, transient=True)
+            task = progress.add_task(f"{info.backend}", total=total, fps=0.0, streams="")
             started: list[float] = []
 
             def on_frame(n: int, _dets: int) -> None:
@@ -219,13 +298,16 @@ def _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet
                 if not started:
                     started.append(now)
                 fps = (n - 1) / (now - started[0]) if n > 1 and now > started[0] else 0.0
-                progress.update(task, completed=n, fps=fps)
+                per = pipeline.stream_progress() if n % 10 == 0 else None  # several streams: FPS and drops of each
+                streams = {} if per is None else {"streams": "  ".join(
+                    f"#{i} {f:.1f} FPS" + (f" ({d} dropped)" if d else "") for i, (_, f, d) in enumerate(per))}
+                progress.update(task, completed=n, fps=fps, **streams)
 
-            pipeline = Pipeline(src, runners, info, sinks, opts, checker, on_frame)
+            pipeline = Pipeline(src, runners, info, sinks, opts, checker, on_frame, stream_sinks)
             with progress:
                 return pipeline.run(threaded=not sequential)
     except BaseException:
-        for s in sinks:  # a failure before the pipeline owned them
+        for s in sinks + [s for own in stream_sinks for s in own]:  # a failure before the pipeline owned them
             s.abort()
         raise
 
@@ -233,6 +315,8 @@ def _run(src, runners, reference, info, sinks, opts, check_f1, sequential, quiet
 def _report(result, info, check: Path | None) -> None:
     """Print the stats, outputs and check outcome; raise for a failed check, exit 130 when interrupted."""
     console.print(stats_table(result, info.backend))
+    if result.per_stream:
+        console.print(streams_table(result))
     console.print(f"{result.detections} detections" + (f", {result.skipped} unreadable frame(s) skipped" if result.skipped else "")
                   + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else "")
                   + (f", {result.reconnects} reconnect(s) of the live source ({result.offline:.1f} s without frames)"

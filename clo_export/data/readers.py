@@ -40,6 +40,8 @@ class Frame:
     timestamp: float | None
     image: np.ndarray
     path: str  # the file (image sources) or the source string
+    stream: int = 0  # which of several sources (0-based, in the order given)
+    read_at: float | None = None  # time.perf_counter() when read (several sources: latency per stream)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -53,14 +55,14 @@ class Source:
     kind = "source"
     live = False  # webcam/stream: frames arrive in real time and may be dropped
 
-    def __init__(self, spec: str, limit: int | None = None):
+    def __init__(self, spec: str, limit: int | None = None, stop: threading.Event | None = None):
         self.spec = spec
         self.limit = limit
         self.skipped = 0  # corrupt frames / unreadable images
         self.fps: float | None = None
         self.size: tuple[int, int] | None = None  # (width, height) for videos and streams
         self.total: int | None = None  # frames expected, when known
-        self.stop = threading.Event()  # set by the reader's owner: stop waiting for a live source and end
+        self.stop = stop if stop is not None else threading.Event()  # set by the owner: stop waiting and end
         self.reconnects = 0  # live sources: times frames resumed after the stream was lost
         self.offline = 0.0  # live sources: seconds without frames between those losses and the frames resuming
 
@@ -99,8 +101,8 @@ class VideoSource(Source):
     kind = "video"
 
     def __init__(self, spec: str, limit: int | None = None, capture: str | int | None = None, live: bool = False,
-                 reconnect: float = DEFAULT_RECONNECT):
-        super().__init__(spec, limit)
+                 reconnect: float = DEFAULT_RECONNECT, stop: threading.Event | None = None):
+        super().__init__(spec, limit, stop)
         self.capture = spec if capture is None else capture
         self.live = live
         self.kind = "video" if not live else ("webcam" if isinstance(capture, int) else "stream")
@@ -210,8 +212,9 @@ class ImageSource(Source):
 
     kind = "images"
 
-    def __init__(self, spec: str, files: list[Path], limit: int | None = None, max_pixels: int | None = None):
-        super().__init__(spec, limit)
+    def __init__(self, spec: str, files: list[Path], limit: int | None = None, max_pixels: int | None = None,
+                 stop: threading.Event | None = None):
+        super().__init__(spec, limit, stop)
         self.files = files
         self.total = len(files)
         self.max_pixels = max_pixels
@@ -255,37 +258,67 @@ def is_webcam(text: str) -> bool:
 
 
 def open_source(spec: str | Path | int, limit: int | None = None, reconnect: float = DEFAULT_RECONNECT,
-                max_pixels: int | None = None) -> Source:
+                max_pixels: int | None = None, stop: threading.Event | None = None) -> Source:
     """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob.
 
     ``reconnect``: seconds a live source that stops is retried before it is given up (0: not retried).
     An existing path wins over a webcam index (a folder named 2024) and over a glob ('shot[1].jpg');
     a FIFO, socket or device is refused (reading one blocks): a live stream is a URL or a webcam index.
+    ``stop``: the event that ends the source (several sources share one).
     """
     if limit is not None and limit < 1:
         raise CloExportError(f"--limit {limit} must be at least 1")
     text = str(spec)
     refuse_special("source", text)
     if is_webcam(text):
-        return VideoSource(text, limit, capture=int(text), live=True, reconnect=reconnect)
+        return VideoSource(text, limit, capture=int(text), live=True, reconnect=reconnect, stop=stop)
     if text.lower().startswith(STREAM_PREFIXES):
         path_part = text.split("?", 1)[0].lower()
         if path_part.startswith(("http://", "https://")) and Path(path_part).suffix in IMAGE_EXTS:
             raise CloExportError(f"'{text}' looks like an image URL; download it first and pass the file")
-        return VideoSource(text, limit, capture=text, live=True, reconnect=reconnect)
+        return VideoSource(text, limit, capture=text, live=True, reconnect=reconnect, stop=stop)
     files = _image_files(text)
     if files is not None:
         if not files:
             raise CloExportError(f"'{text}' holds no images ({', '.join(sorted(IMAGE_EXTS))})")
-        return ImageSource(text, files, limit, max_pixels)
+        return ImageSource(text, files, limit, max_pixels, stop)
     path = Path(text)
     if not path.exists():
         raise CloExportError(f"source '{text}' does not exist; pass a video, an image, a folder, a glob, "
                              "a webcam index (0) or a stream URL (rtsp://…)")
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTS:
-        return ImageSource(text, [path], limit, max_pixels)
+        return ImageSource(text, [path], limit, max_pixels, stop)
     if suffix in VIDEO_EXTS:
-        return VideoSource(text, limit)
+        return VideoSource(text, limit, stop=stop)
     raise CloExportError(f"'{text}' is neither an image ({', '.join(sorted(IMAGE_EXTS))}) nor a video "
                          f"({', '.join(sorted(VIDEO_EXTS))})")
+
+
+STREAMS_SUFFIX = ".streams"  # YOLOv5's list of sources: one per line, '#' starts a comment line
+
+
+def read_streams_file(path: str | Path) -> list[str]:
+    """The sources listed in a ``.streams`` file: one per line; blank lines and lines starting with '#' are left out."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CloExportError(f"cannot read the streams file '{path}' ({e}); "
+                             "give a text file, one source per line") from e
+    specs = [line.strip() for line in text.splitlines()]
+    specs = [s for s in specs if s and not s.startswith("#")]
+    if not specs:
+        raise CloExportError(f"the streams file '{path}' lists no source; write one source (file, webcam index, URL) "
+                             "per line")
+    return specs
+
+
+def expand_sources(specs: list[str]) -> list[str]:
+    """The sources named on the command line, each ``.streams`` file replaced by the sources it lists."""
+    if not specs:
+        raise CloExportError("no SOURCE given; pass a video, images, a webcam index, a stream URL or a .streams file")
+    out: list[str] = []
+    for spec in specs:
+        is_list = spec.lower().endswith(STREAMS_SUFFIX) and Path(spec).is_file()
+        out.extend(read_streams_file(spec) if is_list else [spec])
+    return out

@@ -280,12 +280,15 @@ class JsonlSink(Sink):
             raise write_error(self.path, e) from e
         self.outputs = [self.path]
 
+    def record(self, frame: Frame, dets: np.ndarray) -> dict:
+        """One frame's record: index, timestamp, source, size and detections."""
+        return {"frame": frame.index, "timestamp": None if frame.timestamp is None else round(frame.timestamp, 6),
+                "source": frame.path, "width": frame.size[0], "height": frame.size[1],
+                "detections": detection_records(dets, self.names)}
+
     def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
-        record = {"frame": frame.index, "timestamp": None if frame.timestamp is None else round(frame.timestamp, 6),
-                  "source": frame.path, "width": frame.size[0], "height": frame.size[1],
-                  "detections": detection_records(dets, self.names)}
         try:
-            self.file.write(json_text(record))
+            self.file.write(json_text(self.record(frame, dets)))
         except OSError as e:
             self.abort()
             raise write_error(self.path, e) from e

@@ -18,11 +18,12 @@ from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
 from clo_export.data.preprocess import LetterboxInfo, preprocess
 from clo_export.data.sinks import Sink
 from clo_export.data.readers import Frame, Source
+from clo_export.data.streams import MultiSource
 from clo_export.errors import CloExportError
 from clo_export.pipeline.check import Checker
 from clo_export.pipeline.schedule import Control, Scheduler
 from clo_export.pipeline.sinkset import SinkSet
-from clo_export.pipeline.timing import STAGES, StageStats, StageTimer
+from clo_export.pipeline.timing import STAGES, StageStats, StageTimer, StreamStats, StreamTimer
 from clo_export.postprocess import Postprocessor
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class RunResult:
     reconnects: int = 0  # times a lost live source came back
     offline: float = 0.0  # seconds the live source delivered no frames before coming back
     non_finite: int = 0  # detections dropped because a box or score was NaN/Infinity
+    per_stream: list[StreamStats] = field(default_factory=list)  # several sources: one entry each
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # frames per inference -> inferences
 
     @property
     def fps(self) -> float:
@@ -97,15 +100,21 @@ class Pipeline:
     sequential loop uses the first.
     """
 
-    def __init__(self, source: Source, runner: Runner | Sequence[Runner], info: ModelInfo,
+    def __init__(self, source: Source | MultiSource, runner: Runner | Sequence[Runner], info: ModelInfo,
                  sinks: list[Sink] | None = None, opts: InferOptions = InferOptions(), checker: Checker | None = None,
-                 on_frame: Callable[[int, int], None] | None = None):
+                 on_frame: Callable[[int, int], None] | None = None, stream_sinks: Sequence[Sequence[Sink]] = ()):
         opts.validate()
         self.runners = [runner] if isinstance(runner, Runner) else list(runner)
         if not self.runners:
             raise CloExportError("Pipeline needs at least one runner")
         self.source, self.info, self.opts, self.checker = source, info, opts, checker
-        self.sinks = SinkSet(sinks or [], info.names)
+        self.sinks = SinkSet(sinks or [], info.names, stream_sinks)
+        self.multi = source if isinstance(source, MultiSource) else None  # several sources: stats per stream
+        n = len(self.multi.sources) if self.multi is not None else 0
+        self.stream_timers = [StreamTimer() for _ in range(n)]
+        self.stream_drops = [0] * n  # frames of each stream dropped after the merge (all streams live)
+        self.batch_sizes: dict[int, int] = {}
+        self.started = 0.0  # time.perf_counter() when run() began
         self.on_frame = on_frame  # (frames written, detections in this frame), from the writer thread
         self.post = Postprocessor(opts)
         self.timers = {name: StageTimer(name) for name in STAGES}
@@ -122,7 +131,7 @@ class Pipeline:
     def run(self, threaded: bool = True) -> RunResult:
         """Process the whole source (or until stopped); sinks are closed either way."""
         self._configure_batch()
-        t0 = time.perf_counter()
+        t0 = self.started = time.perf_counter()
         ok = False
         try:
             self._run_threaded() if threaded else self._run_sequential()
@@ -130,13 +139,35 @@ class Pipeline:
         finally:
             self.sinks.finish(ok)
         return RunResult(
-            frames=self.frames, skipped=self.source.skipped, dropped=self.dropped, detections=self.detections,
+            frames=self.frames, skipped=self.source.skipped, detections=self.detections,
+            dropped=self.dropped if self.multi is None else sum(self.multi.dropped) + sum(self.stream_drops),
             seconds=time.perf_counter() - t0, stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
             checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
             gone=self.gone, lost=self.lost, reconnects=self.source.reconnects, offline=self.source.offline,
-            non_finite=self.sinks.non_finite,
+            non_finite=self.sinks.non_finite, per_stream=self._stream_stats(t0),
+            batch_sizes=dict(sorted(self.batch_sizes.items())),
         )
+
+    def _stream_stats(self, t0: float) -> list[StreamStats]:
+        """Per-stream frames, FPS, drops (before and after the merge), reconnects and latency."""
+        if self.multi is None:
+            return []
+        return [t.stats(i, s.spec, t0, self.multi.dropped[i] + self.stream_drops[i], s.reconnects)
+                for i, (t, s) in enumerate(zip(self.stream_timers, self.multi.sources))]
+
+    def stream_progress(self) -> list[tuple[int, float, int]]:
+        """Several streams, while running: frames written, FPS since the start and drops of each (empty for one)."""
+        if self.multi is None:
+            return []
+        span = time.perf_counter() - self.started
+        return [(t.frames, t.frames / span if span > 0 else 0.0, self.multi.dropped[i] + self.stream_drops[i])
+                for i, t in enumerate(self.stream_timers)]
+
+    def _drop(self, batch: _Batch) -> None:
+        """The scheduler dropped ``batch`` to keep up with live sources: count it per stream."""
+        for frame in batch.frames if self.stream_drops else ():
+            self.stream_drops[frame.stream] += 1
 
     def _configure_batch(self) -> None:
         """Input name and batch size from the model: a fixed batch is used (and padded to), a dynamic one is --infer-batch."""
@@ -144,13 +175,14 @@ class Pipeline:
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape else None
         want = self.opts.batch
-        if self.source.live and want > 1:
+        one_live = self.source.live and self.multi is None  # several live streams are batched across them
+        if one_live and want > 1:
             log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", want)
             want = 1
         if fixed is not None and want not in (1, fixed):
             raise CloExportError(f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "
                                  "or export it with --dynamic-batch")
-        self.batch = fixed if fixed is not None and not self.source.live else want
+        self.batch = fixed if fixed is not None and not one_live else want
         self._pad = fixed
 
     # ---- stage bodies (shared by both modes)
@@ -196,6 +228,7 @@ class Pipeline:
         return batch
 
     def _postprocess(self, batch: _Batch) -> list[tuple[Frame, np.ndarray]]:
+        self.batch_sizes[len(batch.frames)] = self.batch_sizes.get(len(batch.frames), 0) + 1
         with self.timers["postprocess"].timed(len(batch.frames)):
             dets = self.post(batch.outputs, batch.letterbox)
         if self.checker is not None:
@@ -214,6 +247,8 @@ class Pipeline:
                 self.request_stop()
         self.frames += 1
         self.detections += len(dets)
+        if self.stream_timers:
+            self.stream_timers[frame.stream].add(frame.read_at)
         if self.on_frame is not None:
             self.on_frame(self.frames, len(dets))
 
@@ -232,7 +267,8 @@ class Pipeline:
 
     def _run_threaded(self) -> None:
         self.streams = len(self.runners)
-        scheduler = Scheduler(self.control, self.runners, self.opts.queue_size, self.batch, self.source.live)
+        scheduler = Scheduler(self.control, self.runners, self.opts.queue_size, self.batch, self.source.live,
+                              self._drop)
         try:
             scheduler.run(self._batches, self._infer, self._postprocess, lambda item: self._write(*item))
         finally:

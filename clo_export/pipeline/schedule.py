@@ -48,8 +48,10 @@ class Scheduler:
     ``write(item)`` takes. Batches need a writable ``seq``.
     """
 
-    def __init__(self, control: Control, runners: Sequence[Runner], queue_size: int, batch: int, live: bool):
+    def __init__(self, control: Control, runners: Sequence[Runner], queue_size: int, batch: int, live: bool,
+                 on_drop: Callable[[Any], None] | None = None):
         self.control = control
+        self.on_drop = on_drop  # told of each batch dropped to keep up with a live source
         self.runners = list(runners)
         self.queue_size, self.batch, self.live = queue_size, batch, live
         self.dropped = 0  # frames dropped to keep up with a live source
@@ -117,8 +119,10 @@ class Scheduler:
         for batch in read():
             if self.live and out.full():  # real time: drop the oldest waiting frame, keep the newest
                 try:
-                    out.get_nowait()
+                    dropped = out.get_nowait()
                     self.dropped += 1
+                    if self.on_drop is not None:
+                        self.on_drop(dropped)
                 except queue.Empty:
                     pass
             if not self._put(out, batch):

@@ -1,4 +1,8 @@
-"""The sinks of one run as a unit: annotate a frame once for all of them, write, then close (or abort) every one."""
+"""The sinks of one run as a unit: annotate a frame once for all of them, write, then close (or abort) every one.
+
+With several streams, ``stream_sinks[i]`` receive only stream ``i``'s frames (its video, its live view cell);
+the shared sinks receive every frame (JSON Lines, tagged with the stream by :class:`StreamJsonlSink`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clo_export.data.sinks import Sink, draw_detections, sink_outputs
 from clo_export.data.readers import Frame
+from clo_export.data.sinks import JsonlSink, Sink, draw_detections, sink_outputs
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +21,14 @@ log = logging.getLogger(__name__)
 class SinkSet:
     """Writes each frame to every sink; :meth:`finish` closes them all, or discards their temporary files."""
 
-    def __init__(self, sinks: Sequence[Sink], names: dict[int, str]):
-        self.sinks = list(sinks)
+    def __init__(self, sinks: Sequence[Sink], names: dict[int, str], stream_sinks: Sequence[Sequence[Sink]] = ()):
+        self.shared = list(sinks)
+        self.per_stream = [list(s) for s in stream_sinks]
+        self.sinks = self.shared + [s for group in self.per_stream for s in group]
         self.names = names
-        self.annotate = any(s.needs_annotation for s in self.sinks)
         self.non_finite = 0  # detections dropped because a box or score was NaN/Infinity
+        self.targets = [self.shared + group for group in self.per_stream] or [self.shared]  # by stream
+        self.annotate = [any(s.needs_annotation for s in group) for group in self.targets]
 
     def keep_finite(self, frame: Frame, dets: np.ndarray) -> np.ndarray:
         """``dets`` without rows holding NaN/Infinity (counted, the first warned about): outputs stay strict JSON."""
@@ -38,9 +45,11 @@ class SinkSet:
 
     def write(self, frame: Frame, dets: np.ndarray) -> bool:
         """Write one frame's detections (drawn once if a sink shows them); True when the user closed a sink."""
-        annotated = draw_detections(frame.image, dets, self.names) if self.annotate else None
+        i = frame.stream if self.per_stream else 0
+        targets = self.targets[i]
+        annotated = draw_detections(frame.image, dets, self.names) if self.annotate[i] else None
         closed = False
-        for sink in self.sinks:
+        for sink in targets:
             sink.write(frame, dets, annotated)
             closed = closed or getattr(sink, "closed_by_user", False)
         return closed
@@ -60,3 +69,10 @@ class SinkSet:
     def outputs(self) -> list[Path]:
         """The files the sinks wrote."""
         return sink_outputs(self.sinks)
+
+
+class StreamJsonlSink(JsonlSink):
+    """JSON Lines of several streams: each record also carries ``stream`` (0-based, in the order given)."""
+
+    def record(self, frame: Frame, dets: np.ndarray) -> dict:
+        return {"stream": frame.stream, **super().record(frame, dets)}

@@ -53,3 +53,40 @@ class StageTimer:
             return StageStats(self.name, 0, 0.0, 0.0, 0.0)
         ms = np.asarray(self.samples) * 1e3
         return StageStats(self.name, self.count, float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One of several streams: frames written, FPS, drops, reconnects, latency from frame read to written (ms)."""
+
+    stream: int
+    source: str
+    frames: int
+    fps: float
+    dropped: int
+    reconnects: int
+    p50_ms: float
+    p95_ms: float
+
+
+class StreamTimer:
+    """Frames written and read→written latency of one stream (fed by the one thread that writes)."""
+
+    def __init__(self, window: int = STATS_WINDOW):
+        self.latency: deque[float] = deque(maxlen=window)
+        self.frames = 0
+        self.last = 0.0  # time.perf_counter() of the last frame written
+
+    def add(self, read_at: float | None) -> None:
+        """A frame of this stream was written (``read_at``: when it was read)."""
+        self.last = time.perf_counter()
+        self.frames += 1
+        if read_at is not None:
+            self.latency.append(self.last - read_at)
+
+    def stats(self, stream: int, source: str, started: float, dropped: int, reconnects: int) -> StreamStats:
+        """The summary; FPS counts from ``started`` (the run's start) to this stream's last frame."""
+        ms = np.asarray(self.latency) * 1e3 if self.latency else np.zeros(1)
+        span = self.last - started
+        return StreamStats(stream, source, self.frames, self.frames / span if self.frames and span > 0 else 0.0,
+                           dropped, reconnects, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
