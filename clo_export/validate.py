@@ -139,7 +139,7 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
         at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
     for name in ("threads", "workers"):
         bounded_threads("--" + name, values.get(name))  # type: ignore[arg-type]
-    for name in ("conf", "iou", "check_f1"):
+    for name in ("conf", "iou", "min_f1"):
         in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)
     local_model = None if str(model).startswith("triton://") else Path(model)  # a Triton server's model is no file
     existing_file("--model", local_model, "pass a .pt, .onnx, .engine or triton://host:port/name")

@@ -194,7 +194,7 @@ def infer(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
     check: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
     check_every: Annotated[int, typer.Option(help="Compare every K-th frame.", rich_help_panel=CHECK)] = 10,
-    check_f1: Annotated[Optional[float], typer.Option(help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=CHECK)] = None,
+    min_f1: Annotated[Optional[float], typer.Option("--min-f1", "--check-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9), as in clo-export check; --check-f1 is its old name.", rich_help_panel=CHECK)] = None,
     debug: Debug = False,
     verbose: Verbose = False,
     version: Version = False,
@@ -221,7 +221,7 @@ def infer(
     for spec in specs:
         check_infer_options(spec, model, check, save, save_dir, json_path, limit=limit, threads=threads,
                             workers=workers, infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf,
-                            iou=iou, check_f1=check_f1, max_pixels=max_pixels)
+                            iou=iou, min_f1=min_f1, max_pixels=max_pixels)
     if serve is not None:
         from clo_export.data.liveview import check_serve
 
@@ -256,7 +256,7 @@ def infer(
         err_console.print(f"live view: {url} (until the run ends)", highlight=False)
     if not every:
         err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)
-    result = _run(src, runners, reference, info, (sinks, stream_sinks), opts, check_f1, sequential, quiet)
+    result = _run(src, runners, reference, info, (sinks, stream_sinks), opts, min_f1, sequential, quiet)
     _report(result, info, check)
 
 
@@ -267,7 +267,7 @@ def _one_of(name: str, value, alias: str, alias_value):
     return value or alias_value
 
 
-def _run(src, runners, reference, info, all_sinks, opts, check_f1, sequential, quiet):
+def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, quiet):
     """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
     from contextlib import ExitStack
 
@@ -283,7 +283,7 @@ def _run(src, runners, reference, info, all_sinks, opts, check_f1, sequential, q
             checker = None
             if reference is not None:
                 stack.enter_context(reference)
-                checker = Checker(reference, info, opts, min_f1=check_f1)
+                checker = Checker(reference, info, opts, min_f1=min_f1)
             total = src.expected()
             progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn(),
