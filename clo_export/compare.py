@@ -392,7 +392,9 @@ class Report:
         return cls(
             precision=data["precision"],
             tolerance=Tolerance(**data["tolerance"]),
-            tensors={k: TensorStats(**{**v, "shape": tuple(v["shape"])}) for k, v in data["tensors"].items()},
+            tensors={k: TensorStats(**{**v, "shape": tuple(v["shape"]),  # strict JSON wrote NaN/Inf as null
+                                        **{f: float("nan") for f in ("max_abs", "mean_abs", "cosine") if v.get(f) is None}})
+                     for k, v in data["tensors"].items()},
             detections=DetectionAgreement(**data["detections"]) if data["detections"] is not None else None,
             missing=tuple(data["missing"]),
             n_inputs=data["n_inputs"],
