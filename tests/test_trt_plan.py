@@ -345,8 +345,8 @@ def test_an_engine_sidecar_from_before_still_loads_and_a_foreign_one_is_kept(tmp
     sidecar_path(engine).write_text(json.dumps(old, indent=2) + "\n")  # as clo-export 0.1.0 wrote it (asdict, no marker first)
     side = EngineSidecar.read(engine)
     assert side.compute_capability == (7, 2) and side.rebuild_command() == "clo-export trt best.int8.onnx --int8"
-    side.write(engine)  # it carries the marker key: replaced
-    assert json.loads(sidecar_path(engine).read_text()) == old
+    side.write(engine)  # it carries the marker key: replaced, every fact kept (no engine check on record: null)
+    assert json.loads(sidecar_path(engine).read_text()) == {**old, "parity": None}
     sidecar_path(engine).write_text('{"notes": "mine"}\n')
     with pytest.raises(CloExportError, match="was not written by clo-export"):
         side.write(engine)
