@@ -298,3 +298,13 @@ def test_the_library_runs_several_streams_and_reports_progress_per_stream(art, v
     assert all(f > 0 and d == 0 for _, f, d in seen[-1])
     assert [(s.stream, s.frames, s.dropped) for s in result.per_stream] == [(0, 24, 0), (1, 24, 0)]
     assert result.batch_sizes == {1: 48} and result.frames == 48
+
+
+def test_more_sources_than_the_stream_limit_is_one_line(tmp_path):
+    from clo_export.data.readers import MAX_STREAMS, expand_sources
+
+    cams = tmp_path / "cams.streams"
+    cams.write_text("".join(f"rtsp://127.0.0.1:9/{i}\n" for i in range(MAX_STREAMS + 1)))
+    assert len(expand_sources([str(tmp_path / "a.mp4")] * MAX_STREAMS)) == MAX_STREAMS
+    with pytest.raises(CloExportError, match=f"{MAX_STREAMS + 1} sources given; clo-infer reads at most {MAX_STREAMS}"):
+        expand_sources([str(cams)])

@@ -313,6 +313,9 @@ def read_streams_file(path: str | Path) -> list[str]:
     return specs
 
 
+MAX_STREAMS = 64  # sources in one run
+
+
 def expand_sources(specs: list[str]) -> list[str]:
     """The sources named on the command line, each ``.streams`` file replaced by the sources it lists."""
     if not specs:
@@ -321,4 +324,7 @@ def expand_sources(specs: list[str]) -> list[str]:
     for spec in specs:
         is_list = spec.lower().endswith(STREAMS_SUFFIX) and Path(spec).is_file()
         out.extend(read_streams_file(spec) if is_list else [spec])
+    if len(out) > MAX_STREAMS:  # one reader thread each: the input must not decide how many threads we take
+        raise CloExportError(f"{len(out)} sources given; clo-infer reads at most {MAX_STREAMS} streams in one process "
+                             "(one reader thread each): split them over several runs")
     return out
