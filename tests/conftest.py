@@ -1,10 +1,15 @@
-"""Shared fixtures: models and checkpoints are made in code, never downloaded."""
+"""Shared fixtures: models, checkpoints, videos and cameras are made in code, never downloaded."""
 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
+from tests.helpers import randomize
 
 torch = pytest.importorskip("torch")
 
@@ -32,18 +37,6 @@ def small_cfg(seed_cfg) -> dict:
     return cfg
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give BatchNorm non-trivial statistics so fusing and loading are really tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
-
-
 @pytest.fixture(scope="session")
 def small_model(small_cfg):
     """An eval-mode seed-architecture model with 3 classes and randomised BatchNorm."""
@@ -59,3 +52,63 @@ def small_ckpt(small_model, tmp_path_factory):
     from clo_export.models.checkpoint import save_yolov5
 
     return save_yolov5(small_model, tmp_path_factory.mktemp("ckpt") / "small.pt", opt={"imgsz": 256})
+
+
+@pytest.fixture(scope="session")
+def art():
+    """The small detector's checkpoint, ONNX exports, a video and images (tests/helpers.py)."""
+    from tests.helpers import artifacts
+
+    return artifacts()
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch) -> Path:
+    """A folder with real inputs: m.pt, m.onnx, v.mp4, imgs/ (3 images); the test runs inside it."""
+    from tests.helpers import artifacts
+
+    a = artifacts()
+    root = tmp_path / "w"
+    root.mkdir()
+    for src in (a.pt, a.onnx, a.video):
+        shutil.copy(src, root / src.name)
+    shutil.copytree(a.images, root / "imgs")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tally():
+    """The fault suite's count of cases, printed at the end of a module (``-s``)."""
+    from tests.faults_harness import FAULTS
+
+    yield
+    total = sum(FAULTS.values())
+    sys.stderr.write(f"\nfault-injection cases: {total} ({dict(FAULTS)}); 0 tracebacks, 0 damaged inputs, 0 leftovers\n")
+
+
+@pytest.fixture
+def camera():
+    """A real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py); skipped, or failed under CLO_EXPORT_REQUIRE_RTSP=1."""
+    from tests.cameras import Camera
+
+    cam = Camera()
+    try:
+        cam.start()
+    except LookupError as e:
+        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
+        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield cam
+    if cam.proc is not None:
+        cam.kill()
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """A function installing a recording tensorrt of a given version (tests/fake_tensorrt.py)."""
+    from tests.fake_tensorrt import forget_tensorrt, install
+
+    yield lambda version: install(monkeypatch, version)
+    forget_tensorrt()

@@ -18,7 +18,7 @@ from clo_export.compare import detection_agreement
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
 from clo_export.postprocess import detections_from_nms_outputs, nms
-from tests.test_infer_fixtures import IMGSZ, NAMES, art, scene  # noqa: F401 (art is a fixture)
+from tests.helpers import IMGSZ, NAMES, scene
 
 
 @pytest.mark.parametrize("name, backend", [("a.pt", "pytorch"), ("a.onnx", "onnxruntime"), ("a.ENGINE", "tensorrt")])

@@ -21,9 +21,9 @@ from clo_export.quantization.ranges import METHODS
 from clo_export.quantization.rules import check_qdq
 from clo_export.quantization.sensitivity import Site, SiteResult, choose_float, choose_method, measure, rank
 from clo_export.quantization.calibset import split_sources
-from tests.test_calib_qdq import small_onnx
-from tests.test_calibset import write_images
-from tests.test_quantize_cli import make_app
+from tests.helpers import small_onnx
+from tests.helpers import write_images
+from tests.helpers import make_app
 
 
 def test_conv_macs_follow_the_shapes():

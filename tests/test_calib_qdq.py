@@ -3,13 +3,9 @@ metadata and sidecar, cache hit and stale cache, accuracy report."""
 
 from __future__ import annotations
 
-import atexit
-import copy
 import json
 import shutil
 import logging
-import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,39 +17,10 @@ from clo_export.quantization.graph import attention_nodes, find_targets
 from clo_export.quantization.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
 from clo_export.quantization.rules import check_qdq
 from clo_export.errors import CloExportError
-from tests.test_calibset import write_images
+from tests.helpers import small_onnx
 
 IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away
 OPTS = QuantizeOptions(method="minmax", num=16, holdout=4, target_drop=None)  # automatic precision: tests/test_calib_auto.py
-
-
-@lru_cache(maxsize=1)
-def small_onnx() -> Path:
-    """The seed architecture, 3 classes, 256x256, random weights with raised obj/cls biases so it detects things."""
-    import torch
-
-    from clo_export.export.exporter import ExportOptions, export_onnx
-    from clo_export.models.checkpoint import load, save_yolov5
-    from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
-    from clo_export.blocks import load_plugins
-    from tests.conftest import randomize
-
-    load_plugins()
-    cfg = copy.deepcopy(load_cfg(DEFAULT_CFG))
-    cfg["nc"] = 3
-    torch.manual_seed(0)
-    model = randomize(DetectionModel(cfg, names=["circle", "square", "star"])).eval()
-    with torch.no_grad():
-        for conv in model.detect.m:
-            bias = conv.bias.view(model.detect.na, -1)
-            bias[:, 4] += 4.0
-            bias[:, 5:] += 2.0
-    root = Path(tempfile.mkdtemp(prefix="clo-calib-"))
-    atexit.register(shutil.rmtree, root, True)
-    save_yolov5(model, root / "small.pt")
-    export_onnx(load(root / "small.pt"), root / "small.onnx", ExportOptions(imgsz=IMGSZ, simplifier="onnxsim"))
-    write_images(root / "calib", 32)
-    return root / "small.onnx"
 
 
 @pytest.fixture()

@@ -12,29 +12,7 @@ import pytest
 from clo_export.quantization.calibset import CalibrationData, Item, read_items, split_sources
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
-
-
-def write_images(folder: Path, n: int, seed: int = 0, nested: bool = True, ext: str = ".jpg") -> list[Path]:
-    """Real image files of drawn shapes on noise, some in a sub-folder, of varying sizes."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        h, w = int(rng.integers(90, 200)), int(rng.integers(90, 200))
-        img = (rng.random((h, w, 3)) * 80).astype(np.uint8)
-        for _ in range(3):
-            colour = tuple(int(c) for c in rng.integers(80, 255, 3))
-            centre = (int(rng.integers(10, w - 10)), int(rng.integers(10, h - 10)))
-            r = int(rng.integers(8, 30))
-            if rng.random() < 0.5:
-                cv2.circle(img, centre, r, colour, -1)
-            else:
-                cv2.rectangle(img, (centre[0] - r, centre[1] - r), (centre[0] + r, centre[1] + r), colour, -1)
-        sub = folder / "sub" if nested and i % 3 == 0 else folder
-        sub.mkdir(parents=True, exist_ok=True)
-        path = sub / f"img_{i:03d}{ext}"
-        assert cv2.imwrite(str(path), img)
-        paths.append(path)
-    return paths
+from tests.helpers import write_images
 
 
 def write_video(path: Path, n: int = 40, size: tuple[int, int] = (96, 128)) -> Path:

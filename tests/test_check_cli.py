@@ -8,7 +8,6 @@ import typer
 from typer.testing import CliRunner
 
 from clo_export.cli.check import check
-from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
 
 app = typer.Typer()
 app.command()(check)  # main.py registers it as `clo-export check`

@@ -16,7 +16,6 @@ from clo_export.errors import CloExportError
 from clo_export.models import checkpoint
 from clo_export.models.checkpoint import load, save_yolov5
 from clo_export.demo.run import BUNDLED_MODEL as DEMO_MODEL
-from clo_export.errors import CloExportError
 from clo_export.models.yolo import DetectionModel
 from tests import yolov5_standin
 

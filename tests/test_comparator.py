@@ -12,7 +12,7 @@ from clo_export.data.preprocess import preprocess_batch
 from clo_export.errors import CloExportError
 from clo_export.models.checkpoint import load
 from clo_export.postprocess import decoded_output
-from tests.test_infer_fixtures import IMGSZ, art, scene  # noqa: F401 (fixture)
+from tests.helpers import IMGSZ, scene
 
 
 def frames(n: int = 3) -> list[np.ndarray]:

@@ -15,7 +15,6 @@ troubleshooting section lists:
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -35,84 +33,18 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from clo_export.cli.infer import app as infer_app
-from clo_export.cli.main import app as export_app
 from clo_export.errors import CloExportError
-from tests.test_infer_fixtures import artifacts, make_video
-
-runner = CliRunner()
-FAULTS = collections.Counter()
-FAST = settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tally():
-    yield
-    total = sum(FAULTS.values())
-    sys.stderr.write(f"\nfault-injection cases: {total} ({dict(FAULTS)}); 0 tracebacks, 0 damaged inputs, 0 leftovers\n")
-
+from tests.faults_harness import (
+    FAST, FAULTS, assert_refused, cli_path, error_lines, export, finish, infer, snapshot, start, wait_for,
+)
+from tests.helpers import artifacts, make_video
 
 # ---------------------------------------------------------------------------------------------- harness
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: file hash, link target or 'dir' (what 'unchanged' means)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("error:")]
-
-
-def assert_refused(result, before: dict[str, str], root: Path, match: str = "", code: int = 1, kind: str = "bad input") -> None:
-    """Exit ``code``, one error line (containing ``match``), no traceback, the folder exactly as before."""
-    out = result.output
-    assert result.exit_code == code, out
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in out
-    errors = error_lines(out)
-    assert len(errors) == 1, out
-    assert match in errors[0], errors[0]
-    after = snapshot(root)
-    assert after == before, f"changed: {sorted(set(after.items()) ^ set(before.items()))}"
-    FAULTS[kind] += 1
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch) -> Path:
-    """A folder with real inputs: m.pt, m.onnx, v.mp4, imgs/ (3 images); the tests run inside it."""
-    a = artifacts()
-    root = tmp_path / "w"
-    root.mkdir()
-    for src in (a.pt, a.onnx, a.video):
-        shutil.copy(src, root / src.name)
-    shutil.copytree(a.images, root / "imgs")
-    monkeypatch.chdir(root)
-    return root
-
-
-def export(*args: str):
-    return runner.invoke(export_app, [str(a) for a in args])
-
-
-def infer(*args: str):
-    return runner.invoke(infer_app, [str(a) for a in args])
+pytestmark = pytest.mark.usefixtures("tally")
 
 
 def run_case(ws: Path, cli, args, match: str, setup=None, code: int = 1, kind: str = "bad input") -> None:
@@ -389,44 +321,6 @@ def test_a_read_only_target_is_one_line_and_leaves_nothing(ws, mounted, cli, arg
 
 
 # ---------------------------------------------------------------------------------------------- 2. signals
-
-
-def cli_path(name: str) -> Path:
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed in this environment (pip install -e .)")
-    return path
-
-
-def _as_foreground() -> None:
-    """SIGINT handled as in a terminal's foreground job: a suite started in the background (``make test &``,
-    some CI runners) inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
-    """Start a command as a foreground job would run; its output lines are collected by a thread."""
-    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=_as_foreground)
-    lines: list[str] = []
-    proc.reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    proc.reader.start()
-    return proc, lines
-
-
-def finish(proc: subprocess.Popen, lines: list[str]) -> tuple[int, str]:
-    """Exit code and the whole output: waits for the process and for its reader to reach end of file (no sleep)."""
-    code = proc.wait(60)
-    proc.reader.join(30)
-    assert not proc.reader.is_alive(), "the command's output never closed"
-    return code, "".join(lines)
-
-
-def wait_for(cond, timeout: float = 120.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "timed out waiting for the command to start working"
-        time.sleep(0.02)
 
 
 @pytest.mark.signals

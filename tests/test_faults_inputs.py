@@ -9,7 +9,6 @@ and the folder exactly as before (special files recorded by kind, never opened).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -27,41 +26,11 @@ from onnx import TensorProto, helper
 
 from clo_export.data.files import MAX_PIXELS, image_size
 from clo_export.errors import memory_error_text
-from tests.test_faults import ws  # noqa: F401 (fixture)
-from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for
+from tests.faults_harness import FAULTS, assert_refused, cli_path, export, infer, snapshot, start, wait_for
 
 QUICK = 20.0  # seconds a refused input may take, interpreter start-up included (a blocked open never returns)
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    """test_faults.snapshot, with FIFOs, sockets and devices recorded by kind and never opened (reading one blocks)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            mode = os.lstat(p).st_mode
-            if stat.S_ISLNK(mode):
-                out[str(p.relative_to(root))] = "-> " + os.readlink(p)
-            elif stat.S_ISDIR(mode):
-                out[str(p.relative_to(root))] = "dir"
-            elif stat.S_ISREG(mode):
-                out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-            else:
-                out[str(p.relative_to(root))] = f"special {stat.S_IFMT(mode):o}"
-    return out
-
-
-def refused(result, before: dict[str, str], root: Path, match: str, code: int = 1, kind: str = "input kind") -> None:
-    """Exit ``code``, one error line containing ``match``, no traceback, the folder as before."""
-    out = result.output
-    assert result.exit_code == code, out
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in out
-    errors = error_lines(out)
-    assert len(errors) == 1, out
-    assert match in errors[0], errors[0]
-    assert snapshot(root) == before
-    FAULTS[kind] += 1
+pytestmark = pytest.mark.usefixtures("tally")
 
 
 class Ran:
@@ -112,7 +81,7 @@ def test_a_fifo_where_a_file_is_expected_is_refused_at_once(ws, cmd, args, match
     before = snapshot(ws)
     ran = run_bounded([str(cli_path(cmd)), *args], ws)
     assert ran.seconds < QUICK, f"took {ran.seconds:.1f} s"
-    refused(ran, before, ws, match, kind="FIFO")
+    assert_refused(ran, before, ws, match, kind="FIFO")
 
 
 def test_sockets_and_devices_are_refused_by_kind(ws):
@@ -124,13 +93,13 @@ def test_sockets_and_devices_are_refused_by_kind(ws):
         os.symlink("/dev/zero", ws / "z.jpg")  # an endless "image"
         (ws / "list.txt").write_text("imgs/img0.jpg\nz.jpg\n")
         before = snapshot(ws)
-        refused(infer("s.mp4", "-m", "m.onnx"), before, ws, "SOURCE 's.mp4' is a socket", kind="FIFO")
-        refused(infer("/dev/null", "-m", "m.onnx"), before, ws, "SOURCE '/dev/null' is a character device", kind="FIFO")
-        refused(export("check", "m.onnx", "-w", "m.pt", "--source", "/dev/zero"), before, ws, "is a character device",
+        assert_refused(infer("s.mp4", "-m", "m.onnx"), before, ws, "SOURCE 's.mp4' is a socket", kind="FIFO")
+        assert_refused(infer("/dev/null", "-m", "m.onnx"), before, ws, "SOURCE '/dev/null' is a character device", kind="FIFO")
+        assert_refused(export("check", "m.onnx", "-w", "m.pt", "--source", "/dev/zero"), before, ws, "is a character device",
                 kind="FIFO")
-        refused(export("quantize", "m.onnx", "--calib", "list.txt"), before, ws, "file 'z.jpg' is a character device",
+        assert_refused(export("quantize", "m.onnx", "--calib", "list.txt"), before, ws, "file 'z.jpg' is a character device",
                 kind="FIFO")
-        refused(infer("z.jpg", "-m", "m.onnx"), before, ws, "SOURCE 'z.jpg' is a character device", kind="FIFO")
+        assert_refused(infer("z.jpg", "-m", "m.onnx"), before, ws, "SOURCE 'z.jpg' is a character device", kind="FIFO")
     finally:
         sock.close()
 
@@ -138,7 +107,7 @@ def test_sockets_and_devices_are_refused_by_kind(ws):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
 def test_a_video_device_path_is_answered_with_the_webcam_index(ws):
     os.mknod(ws / "video3", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a copy of /dev/null named like /dev/video3
-    refused(infer("video3", "-m", "m.onnx"), snapshot(ws), ws, "a camera is opened by its index: pass 3", kind="FIFO")
+    assert_refused(infer("video3", "-m", "m.onnx"), snapshot(ws), ws, "a camera is opened by its index: pass 3", kind="FIFO")
 
 
 def test_a_fifo_inside_a_folder_is_left_out_and_the_images_are_read(ws):
@@ -236,7 +205,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(ws, bomb, cli,
     t0 = time.monotonic()
     result = cli(*args)
     assert time.monotonic() - t0 < 60
-    refused(result, before, ws, match, kind="pixel limit")
+    assert_refused(result, before, ws, match, kind="pixel limit")
 
 
 def test_the_limit_can_be_raised_and_set_by_environment(ws, monkeypatch):
@@ -245,11 +214,11 @@ def test_the_limit_can_be_raised_and_set_by_environment(ws, monkeypatch):
     assert w * h < MAX_PIXELS
     monkeypatch.setenv("CLO_EXPORT_MAX_PIXELS", str(w * h - 1))
     before = snapshot(ws)
-    refused(infer("imgs/img0.jpg", "-m", "m.onnx"), before, ws, "CLO_EXPORT_MAX_PIXELS", kind="pixel limit")
+    assert_refused(infer("imgs/img0.jpg", "-m", "m.onnx"), before, ws, "CLO_EXPORT_MAX_PIXELS", kind="pixel limit")
     result = infer("imgs/img0.jpg", "-m", "m.onnx", "-q", "--json", "o.jsonl", "--max-pixels", str(w * h))
     assert result.exit_code == 0, result.output
     monkeypatch.setenv("CLO_EXPORT_MAX_PIXELS", "many")
-    refused(infer("imgs/img0.jpg", "-m", "m.onnx"), snapshot(ws), ws, "CLO_EXPORT_MAX_PIXELS='many'",
+    assert_refused(infer("imgs/img0.jpg", "-m", "m.onnx"), snapshot(ws), ws, "CLO_EXPORT_MAX_PIXELS='many'",
             kind="pixel limit")
 
 
@@ -270,7 +239,7 @@ def test_an_existing_name_with_glob_characters_is_taken_literally(ws):
     assert result.exit_code == 0, result.output
     assert '"shot[1].jpg"' in (ws / "o.jsonl").read_text() or "shot[1].jpg" in (ws / "o.jsonl").read_text()
     before = snapshot(ws)
-    refused(infer("shot[2].jpg", "-m", "m.onnx"), before, ws, "matches no file", kind="path kind")
+    assert_refused(infer("shot[2].jpg", "-m", "m.onnx"), before, ws, "matches no file", kind="path kind")
     FAULTS["path kind"] += 1
 
 
@@ -284,9 +253,9 @@ def test_threads_and_workers_are_bounded_by_the_cores(ws, option):
     top = 4 * usable_cores()
     before = snapshot(ws)
     t0 = time.monotonic()
-    refused(infer("v.mp4", "-m", "m.onnx", option, "100000"), before, ws, f"{option} 100000 must be at most {top}",
+    assert_refused(infer("v.mp4", "-m", "m.onnx", option, "100000"), before, ws, f"{option} 100000 must be at most {top}",
             kind="threads")
-    refused(infer("v.mp4", "-m", "m.onnx", option, str(top + 1)), before, ws, f"must be at most {top}", kind="threads")
+    assert_refused(infer("v.mp4", "-m", "m.onnx", option, str(top + 1)), before, ws, f"must be at most {top}", kind="threads")
     assert time.monotonic() - t0 < 30
 
 
@@ -341,7 +310,7 @@ def test_an_out_of_memory_decode_is_one_line(ws, bomb):
             "--threads", "1"]
     proc = subprocess.run(args, cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
                           preexec_fn=limit, env={**os.environ, "COLUMNS": "200"})
-    refused(Ran(proc, 0), before, ws, "out of memory:", kind="memory")
+    assert_refused(Ran(proc, 0), before, ws, "out of memory:", kind="memory")
 
 
 # ---------------------------------------------------------------------------------------------- odd models, values
@@ -410,7 +379,7 @@ ODD = [
 def test_foreign_models_and_odd_values_are_one_line(ws, cli, args, match, setup):
     if setup is not None:
         setup(ws)
-    refused(cli(*args), snapshot(ws), ws, match, kind="odd value")
+    assert_refused(cli(*args), snapshot(ws), ws, match, kind="odd value")
 
 
 def test_a_supported_target_still_passes(ws):
@@ -432,7 +401,7 @@ def test_printing_never_fails_on_an_ascii_terminal(ws):
     assert len((ws / "ünï.jsonl").read_text().splitlines()) == 2
     (ws / "ünï.jsonl").unlink()
     ran = run_bounded([str(cli_path("clo-infer")), "nöpe.mp4", "-m", "m.onnx"], ws, env)
-    refused(ran, before, ws, "SOURCE 'n\\xf6pe.mp4' does not exist", kind="environment")
+    assert_refused(ran, before, ws, "SOURCE 'n\\xf6pe.mp4' does not exist", kind="environment")
 
 
 @pytest.mark.parametrize("args", [["clo-infer", "../v.mp4", "-m", "../m.onnx", "-q", "--json", "o.jsonl"],
@@ -440,15 +409,14 @@ def test_printing_never_fails_on_an_ascii_terminal(ws):
                                   ["clo-export", "trt", "../m.onnx", "--dry-run"]])
 def test_a_deleted_working_folder_is_one_line(ws, args):
     before = snapshot(ws)
-    script = f'cd gone && rmdir ../gone && exec "$@"'
+    script = 'cd gone && rmdir ../gone && exec "$@"'
     (ws / "gone").mkdir()
     ran = run_bounded(["sh", "-c", script, "sh", str(cli_path(args[0])), *args[1:]], ws)
-    refused(ran, before, ws, "the working folder no longer exists", kind="environment")
+    assert_refused(ran, before, ws, "the working folder no longer exists", kind="environment")
 
 
 def test_sighup_mid_video_closes_the_outputs_like_ctrl_c(ws):
-    from tests.test_infer_fixtures import make_video
-
+    from tests.helpers import make_video
     make_video(ws / "long.mp4", frames=300)
     before = snapshot(ws)
     proc, lines = start([str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--json", "out.jsonl"], ws)

@@ -8,7 +8,6 @@ are made with ``os.mknod`` (copies of /dev/null (1, 3) and /dev/full (1, 7)) in 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -25,39 +24,12 @@ import onnx
 import pytest
 
 from clo_export.fileio import json_text, remove_stale_parts
-from tests.test_faults import tally, ws  # noqa: F401 (fixtures: the tally printed with -s, a folder of real inputs)
-from tests.test_faults import FAULTS, cli_path, error_lines, export, infer, start, wait_for
-from tests.test_infer_fixtures import make_video
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: file hash, link target, 'dir', or the kind and numbers of a special file (unread)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            rel = str(p.relative_to(root))
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = "-> " + os.readlink(p)
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = "dir"
-            elif stat.S_ISREG(st.st_mode):
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-            else:
-                out[rel] = f"special {stat.S_IFMT(st.st_mode):o} {os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
-    return out
-
-
+from tests.faults_harness import FAULTS, assert_refused, cli_path, error_lines, export, infer, snapshot, start, wait_for
+from tests.helpers import make_video
 def assert_one_error(result, before: dict[str, str], root: Path, match: str, kind: str) -> None:
-    """Exit 1, one error line containing ``match``, no traceback, ``root`` exactly as before."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    errors = error_lines(result.output)
-    assert len(errors) == 1 and match in errors[0], result.output
-    after = snapshot(root)
-    assert after == before, f"changed: {sorted(set(after.items()) ^ set(before.items()))}"
-    FAULTS[kind] += 1
+    assert_refused(result, before, root, match, kind=kind)
+
+pytestmark = pytest.mark.usefixtures("tally")
 
 
 def assert_ok(result) -> None:

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from clo_export.cli.infer import app
-from tests.test_infer_fixtures import NAMES, art  # noqa: F401 (fixture)
-from tests.test_infer_pipeline import InterruptingSource
-from tests.test_sinks import read_video
+from tests.helpers import NAMES
+from tests.helpers import InterruptingSource
+from tests.helpers import read_video
 
 cli = CliRunner()
 

@@ -16,25 +16,11 @@ from clo_export.data.readers import open_source
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline, StageTimer
 from clo_export.postprocess import Postprocessor
-from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
-from tests.test_sinks import read_video
+from tests.helpers import InterruptingSource
+from tests.helpers import read_video
 
 
-class InterruptingSource:
-    """Wraps a source and raises KeyboardInterrupt (as Ctrl-C would) after ``n`` frames."""
 
-    def __init__(self, source, n):
-        self.source, self.n = source, n
-        self.live, self.skipped, self.kind = False, 0, source.kind
-
-    def __iter__(self):
-        for i, frame in enumerate(self.source):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield frame
-
-    def __getattr__(self, name):  # stop flag, reconnect counts: the wrapped source's
-        return getattr(self.source, name)
 
 
 class FixedBatchRunner(Runner):

@@ -21,65 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clo_export.cli.infer import app
-from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
-from tests.test_sinks import read_video
-
-SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi; the project's venv has none
-CAMERA = Path(__file__).with_name("rtsp_camera.py")
-MISSING_EXIT = 3  # rtsp_camera.py: a GStreamer package is missing
-
-class Camera:
-    """tests/rtsp_camera.py as a subprocess: start, kill (the camera goes away), start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/cam"
-
-    def start(self, seconds: float = 60) -> None:
-        """Start serving; returns once clients can connect (bounded: 20 s)."""
-        if not Path(SYSTEM_PYTHON).exists():
-            raise LookupError(f"{SYSTEM_PYTHON} not found")
-        proc = subprocess.Popen([SYSTEM_PYTHON, str(CAMERA), "--port", str(self.port), "--seconds", str(seconds)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        box: list[str] = []
-        reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(20)
-        line = box[0] if box else ""
-        if not line.startswith("ready"):
-            proc.kill()
-            rc, err = proc.wait(), proc.stderr.read().strip()
-            if rc == MISSING_EXIT:
-                raise LookupError(err)
-            raise RuntimeError(f"the RTSP camera did not start (exit {rc}): {err}")
-        self.port, self.proc = int(line.split()[1]), proc
-
-    def kill(self) -> None:
-        """The camera goes away at once (SIGKILL: no goodbye to the clients)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-
-@pytest.fixture
-def camera():
-    cam = Camera()
-    try:
-        cam.start()
-    except LookupError as e:
-        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
-        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield cam
-    if cam.proc is not None:
-        cam.kill()
-
+from tests.helpers import read_video
 
 def infer(args: list, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     """clo-infer as its own process (signals, exit code), run as a foreground job would; output lines collected."""

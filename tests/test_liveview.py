@@ -26,8 +26,7 @@ from clo_export.data.liveview import BOUNDARY, JPEG_QUALITY, LiveView, check_ser
 from clo_export.data.readers import Frame
 from clo_export.data.sinks import draw_detections
 from clo_export.errors import CloExportError
-from tests.test_infer_fixtures import NAMES, art, make_video  # noqa: F401 (fixture)
-from tests.test_live_sources import camera  # noqa: F401 (fixture: a real RTSP camera on 127.0.0.1)
+from tests.helpers import NAMES, make_video
 
 NAME_MAP = dict(enumerate(NAMES))
 SIZE = (640, 480)

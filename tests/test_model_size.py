@@ -13,7 +13,7 @@ from clo_export.cli.main import app
 from clo_export.demo.run import BUNDLED_MODEL
 from clo_export.errors import CloExportError
 from clo_export.imgsz import resolve_imgsz
-from tests.test_infer_fixtures import IMGSZ, art, make_images  # noqa: F401 (fixture)
+from tests.helpers import IMGSZ, make_images
 
 cli = CliRunner()
 needs_demo = pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled demo model not built")

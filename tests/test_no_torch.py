@@ -9,8 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.test_infer_fixtures import art  # noqa: F401 (fixture)
-from tests.test_sinks import read_video
+from tests.helpers import read_video
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from clo_export.cli.infer import app as infer_app
 from clo_export.cli.main import app
 from clo_export.models.checkpoint import load, save_yolov5
-from tests.test_infer_fixtures import IMGSZ, art  # noqa: F401 (fixture)
+from tests.helpers import IMGSZ
 
 cli = CliRunner()
 

@@ -6,25 +6,16 @@ import json
 import shutil
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from clo_export.cli.quantize import quantize
-from tests.test_calib_qdq import small_onnx
+from tests.helpers import make_app
+from tests.helpers import small_onnx
 
 runner = CliRunner()
 
 
-def make_app() -> typer.Typer:
-    """The quantize command alone (main.py registers it in the real app)."""
-    app = typer.Typer()
-    app.command("quantize")(quantize)
 
-    @app.callback()
-    def main() -> None:
-        pass
-
-    return app
 
 
 def test_quantize_prints_the_report_and_writes_files(tmp_path):
@@ -64,8 +55,7 @@ def test_an_in_graph_nms_model_is_reported_on_its_own_outputs(tmp_path):
     """The held-out report finds in-graph NMS from the outputs: per-output errors of boxes/scores, no output0 fields."""
     from clo_export.quantization.quantize import QuantizeOptions
     from clo_export.quantization.quantize import quantize as quantize_model
-    from tests.test_infer_fixtures import artifacts, make_video
-
+    from tests.helpers import artifacts, make_video
     art = artifacts()
     make_video(tmp_path / "calib.mp4", frames=48)
     result = quantize_model(art.nms_onnx, tmp_path / "calib.mp4", tmp_path / "m_nms.int8.onnx",
@@ -80,8 +70,7 @@ def test_box_error_of_an_in_graph_nms_model_counts_a_lost_box_as_iou_0(tmp_path)
     """In-graph NMS: no anchors to pair, so the deployment detections are matched; a missing FP32 box counts 1 - 0."""
     from clo_export.quantization.accuracy import HeldOut
     from clo_export.quantization.calibset import CalibrationData, split_sources
-    from tests.test_infer_fixtures import IMGSZ, artifacts, make_video
-
+    from tests.helpers import IMGSZ, artifacts, make_video
     art = artifacts()
     make_video(tmp_path / "calib.mp4", frames=24)
     held = HeldOut(str(art.nms_onnx), CalibrationData(split_sources(tmp_path / "calib.mp4", 16, 8, 0).holdout, (IMGSZ, IMGSZ)))

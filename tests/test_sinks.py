@@ -12,7 +12,7 @@ import pytest
 from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink, annotated_names, draw_detections
 from clo_export.data.readers import Frame, ImageSource, VideoSource, open_source
 from clo_export.errors import CloExportError
-from tests.test_infer_fixtures import make_images, make_video
+from tests.helpers import make_images, make_video, read_video
 
 DETS = np.array([[10, 20, 60, 80, 0.9, 1], [0, 0, 5, 5, 0.3, 0]], dtype=np.float32)
 NAMES = {0: "circle", 1: "square"}
@@ -21,16 +21,6 @@ NAMES = {0: "circle", 1: "square"}
 def frames(n=5, size=(160, 120)):
     rng = np.random.default_rng(0)
     return [Frame(i, i / 10, rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "cam") for i in range(n)]
-
-
-def read_video(path):
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    fps, w, h = cap.get(cv2.CAP_PROP_FPS), cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
-    cap.release()
-    return n, fps, (int(w), int(h))
 
 
 def test_video_sink_appears_only_on_close_with_fps_size_and_frames(tmp_path):

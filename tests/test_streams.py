@@ -19,8 +19,8 @@ from clo_export.data.sinks import JsonlSink
 from clo_export.data.streams import MultiSource
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline
-from tests.test_infer_fixtures import IMGSZ, art, make_video  # noqa: F401 (fixture)
-from tests.test_sinks import read_video
+from tests.helpers import IMGSZ, make_video
+from tests.helpers import read_video
 
 cli = CliRunner()
 
@@ -46,8 +46,7 @@ def export_batched(art, path, **options):
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.fileio import sha256_file
     from clo_export.models.checkpoint import LoadedModel
-    from tests.test_infer_fixtures import detector
-
+    from tests.helpers import detector
     loaded = LoadedModel(detector(0).half().float(), art.pt, "YOLOv5 stripped checkpoint", sha256_file(art.pt),
                          (IMGSZ, IMGSZ))
     return export_onnx(loaded, path, ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none", **options)).path
@@ -204,7 +203,7 @@ def test_serve_shows_every_stream_with_its_own_frames_and_stats(art, tmp_path):
 @pytest.fixture
 def two_cameras():
     """Two RTSP cameras on 127.0.0.1 (tests/rtsp_camera.py), each its own process; killed at the end."""
-    from tests.test_live_sources import Camera
+    from tests.cameras import Camera
 
     cams = [Camera(), Camera()]
     try:

@@ -28,7 +28,6 @@ from clo_export.demo.run import BUNDLED_MODEL, write_demo_video
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline
 from clo_export.triton.localserver import LocalServer, ServerEnv
-from tests.test_infer_fixtures import art  # noqa: F401 (fixture: a small detector exported with in-graph NMS)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_ENV = Path(os.environ.get("CLO_TRITON_ENV", ROOT / ".venv-triton"))

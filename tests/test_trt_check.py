@@ -20,7 +20,6 @@ from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.demo.run import BUNDLED_MODEL
 from clo_export.engine.check import check_engine, reference_onnx
 from clo_export.engine.plan import BuildRequest
-from tests.test_trt_build_polygraphy import fake_trt  # noqa: F401 (fixture)
 from tests.test_trt_cli import run
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled demo model not built")
@@ -99,7 +98,7 @@ def test_an_fp16_engine_is_judged_against_fp32_by_the_fp16_rule(demo):
     assert result, result.report.failures
 
 
-def test_build_engine_records_a_failed_check_and_keeps_the_engine(demo, fake_trt, tmp_path):  # noqa: F811
+def test_build_engine_records_a_failed_check_and_keeps_the_engine(demo, fake_trt, tmp_path):
     from clo_export.engine.build import build_engine
 
     fake_trt("10.3.0")
@@ -120,7 +119,7 @@ def test_build_engine_records_a_failed_check_and_keeps_the_engine(demo, fake_trt
     (2.0, 1, ["failure: output0.boxes", "the engine does not match demo.onnx within the fp32 tolerance",
               "marked failed in demo.engine.json"]),
 ])
-def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, monkeypatch,  # noqa: F811
+def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, monkeypatch,
                                                      shift, code, words):
     fake_trt("10.3.0")
     onnx = tmp_path / "demo.onnx"
@@ -135,7 +134,7 @@ def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, m
     assert parity["passed"] is (code == 0)
 
 
-def test_no_check_skips_and_says_so(demo, fake_trt, tmp_path, monkeypatch):  # noqa: F811
+def test_no_check_skips_and_says_so(demo, fake_trt, tmp_path, monkeypatch):
     fake_trt("10.3.0")
     onnx = tmp_path / "demo.onnx"
     shutil.copy(demo / "demo.onnx", onnx)
@@ -148,7 +147,7 @@ def test_no_check_skips_and_says_so(demo, fake_trt, tmp_path, monkeypatch):  # n
 
 def test_calibration_images_are_the_check_frames_when_given(demo, tmp_path):
     from clo_export.engine.check import check_feeds
-    from tests.test_calibset import write_images
+    from tests.helpers import write_images
 
     write_images(tmp_path / "calib", 12)
     facts = facts_of(demo / "demo.onnx")

@@ -48,7 +48,7 @@ def trt_gpu():
 @pytest.fixture(scope="module")
 def small(trt_gpu, tmp_path_factory):
     """The small FP32 ONNX, its checkpoint and calibration images in a fresh folder, and test inputs."""
-    from tests.test_calib_qdq import small_onnx
+    from tests.helpers import small_onnx
 
     src = small_onnx()
     root = tmp_path_factory.mktemp("trt-gpu")

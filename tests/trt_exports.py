@@ -11,9 +11,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.test_infer_fixtures import IMGSZ, artifacts
-
-
+from tests.helpers import IMGSZ, artifacts
 @dataclass(frozen=True)
 class Exports:
     fp32: Path
@@ -34,7 +32,7 @@ def exports() -> Exports:
     from clo_export.engine.onnx_facts import make_fp16_onnx, onnx_facts
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
-    from tests.test_calibset import write_images
+    from tests.helpers import write_images
 
     art = artifacts()
     root = art.root / "trt"
