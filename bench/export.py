@@ -20,12 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
+from clo_export.blocks import load_plugins
 from clo_export.export.exporter import ExportOptions, build, trace
 from clo_export.export.mode import export_model
 from clo_export.export.simplify import simplify
 from clo_export.models.checkpoint import load, save_yolov5
 from clo_export.models.yolo import DetectionModel
-from clo_export.blocks import load_plugins
 
 
 def median_ms(fn, runs: int) -> float:
@@ -61,7 +61,9 @@ def main() -> None:
     for name in ("onnxsim", "onnxslim"):
         t = time.perf_counter()
         model, result = simplify(raw, name)
-        counts[f"{name} ({time.perf_counter() - t:.1f} s)"] = len(model.graph.node) if result.used == name else f"failed: {result.note}"
+        counts[f"{name} ({time.perf_counter() - t:.1f} s)"] = (
+            len(model.graph.node) if result.used == name else f"failed: {result.note}"
+        )
 
     x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
     xt = torch.from_numpy(x)
@@ -74,7 +76,9 @@ def main() -> None:
             ort_ms.append(median_ms(lambda: ort.infer({"images": x}), args.runs // 3))
     pt, fused, ox = (statistics.median(v) for v in (pt_ms, fused_ms, ort_ms))
 
-    table = Table(title=f"clo-export onnx, seed model at {args.imgsz} ({torch.get_num_threads()} threads)", title_justify="left")
+    table = Table(
+        title=f"clo-export onnx, seed model at {args.imgsz} ({torch.get_num_threads()} threads)", title_justify="left"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("export + simplify + lint + checker", f"{export_s:.1f} s")

@@ -44,15 +44,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner  # noqa: E402
+from clo_export.blocks import load_plugins  # noqa: E402
 from clo_export.compare import DETECTION_OUTPUT, TOLERANCES, Report, detection_agreement, detection_stats  # noqa: E402
-from clo_export.postprocess import nms  # noqa: E402
 from clo_export.data.preprocess import preprocess_batch  # noqa: E402
 from clo_export.demo.run import BUNDLED_MODEL  # noqa: E402
 from clo_export.demo.shapes import make_dataset, make_video_frames  # noqa: E402
 from clo_export.export.exporter import ExportOptions, export_onnx  # noqa: E402
 from clo_export.models.checkpoint import LoadedModel, load  # noqa: E402
 from clo_export.models.yolo import DEFAULT_CFG, DetectionModel  # noqa: E402
-from clo_export.blocks import load_plugins  # noqa: E402
+from clo_export.postprocess import nms  # noqa: E402
 from tests.conftest import randomize  # noqa: E402
 
 
@@ -95,8 +95,15 @@ def limit_used(report: Report) -> float:
     return max(used, default=0.0)
 
 
-def measure(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tuple[int, int], batch: int,
-            dynamic: bool, tmp: Path) -> dict:
+def measure(
+    name: str,
+    loaded: LoadedModel,
+    frames: list[np.ndarray],
+    imgsz: tuple[int, int],
+    batch: int,
+    dynamic: bool,
+    tmp: Path,
+) -> dict:
     """Export, then run every frame through ORT and both PyTorch references; worst-case statistics."""
     result = export_onnx(loaded, tmp / f"{name}.onnx", ExportOptions(imgsz=imgsz, dynamic_batch=dynamic))
     per_frame = {"fused": {k: [] for k in STATS}, "unfused": {k: [] for k in STATS}}
@@ -105,24 +112,37 @@ def measure(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tup
     with OnnxRuntimeRunner(result.path, providers=["CPUExecutionProvider"]) as ort, torch.no_grad():
         chunk = max(batch, 8)  # PyTorch runs 8 frames at a time; ONNX Runtime at the export's batch
         for k in range(0, len(frames), chunk):
-            x = preprocess_batch(frames[k:k + chunk], imgsz)[0]
-            test = np.concatenate([ort.infer({"images": x[j:j + batch]})[DETECTION_OUTPUT] for j in range(0, len(x), batch)])
+            x = preprocess_batch(frames[k : k + chunk], imgsz)[0]
+            test = np.concatenate(
+                [ort.infer({"images": x[j : j + batch]})[DETECTION_OUTPUT] for j in range(0, len(x), batch)]
+            )
             step = len(x) if dynamic else batch  # the export-mode reference has the export's static shapes
-            fused = np.concatenate([result.reference(torch.from_numpy(x[j:j + step])).numpy() for j in range(0, len(x), step)])
+            fused = np.concatenate(
+                [result.reference(torch.from_numpy(x[j : j + step])).numpy() for j in range(0, len(x), step)]
+            )
             refs = {"fused": fused, "unfused": loaded.model(torch.from_numpy(x)).numpy()}
             for which, ref in refs.items():
                 for i in range(len(x)):  # one frame at a time, as a Report is judged per input
-                    for f, v in field_stats(ref[i:i + 1], test[i:i + 1]).items():
+                    for f, v in field_stats(ref[i : i + 1], test[i : i + 1]).items():
                         per_frame[which][f].append(v)
                     # the FP32 rule's tensor limits (detection F1 needs NMS per frame: `clo-export check` does that)
-                    report = Report("fp32", tol, tensors=detection_stats(ref[i:i + 1], test[i:i + 1], tol))
+                    report = Report("fp32", tol, tensors=detection_stats(ref[i : i + 1], test[i : i + 1], tol))
                     fails[which] += not report
                     per_frame[which]["limit_used"].append(limit_used(report))
     worst = {w: {f: max(v) for f, v in stats.items()} for w, stats in per_frame.items()}
     p999 = {w: {f: float(np.quantile(v, 0.999)) for f, v in stats.items()} for w, stats in per_frame.items()}
-    return {"name": name, "imgsz": list(imgsz), "batch": batch, "dynamic_batch": dynamic, "frames": len(frames),
-            "seconds": round(time.perf_counter() - t0, 1), "worst": worst, "p99.9": p999, "rule_failures": fails,
-            "per_frame": per_frame}
+    return {
+        "name": name,
+        "imgsz": list(imgsz),
+        "batch": batch,
+        "dynamic_batch": dynamic,
+        "frames": len(frames),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "worst": worst,
+        "p99.9": p999,
+        "rule_failures": fails,
+        "per_frame": per_frame,
+    }
 
 
 def smallest_caught(demo_model, frames: list[np.ndarray]) -> list[tuple[str, float | None]]:
@@ -140,9 +160,11 @@ def smallest_caught(demo_model, frames: list[np.ndarray]) -> list[tuple[str, flo
             test = plant(copy.deepcopy(demo_model), size)(torch.from_numpy(x)).numpy()
         return not Report("fp32", TOLERANCES["fp32"], tensors=detection_stats(ref, test, TOLERANCES["fp32"]))
 
-    scans = {"grid offset (px)": (grid_offset, [0.002, 0.005, 0.01, 0.02, 0.05]),
-             "anchor off (relative)": (anchor_off, [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2]),
-             "BatchNorm eps (1e-3 becomes)": (bn_eps, [9.9e-4, 9.5e-4, 9e-4, 5e-4, 1e-5])}
+    scans = {
+        "grid offset (px)": (grid_offset, [0.002, 0.005, 0.01, 0.02, 0.05]),
+        "anchor off (relative)": (anchor_off, [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2]),
+        "BatchNorm eps (1e-3 becomes)": (bn_eps, [9.9e-4, 9.5e-4, 9e-4, 5e-4, 1e-5]),
+    }
     out = [(name, next((v for v in sizes if caught(plant, v)), None)) for name, (plant, sizes) in scans.items()]
     swapped = sum(caught(lambda m, ab: classes_swapped(m, *ab), (a, b)) for a in range(5) for b in range(a + 1, 5))
     out.append(("two classes swapped (pairs caught of 10)", float(swapped)))
@@ -151,8 +173,17 @@ def smallest_caught(demo_model, frames: list[np.ndarray]) -> list[tuple[str, flo
 
 FP16_FLOOR = 1e-3  # YOLOv5's lowest confidence threshold (val's conf_thres): rows below it never become a detection
 FP16_RTOLS = (1e-3, 2e-3, 3e-3, 5e-3, 7e-3)  # candidate relative parts of the box limit; each one's excess is kept
-FP16_STATS = ("rows", "box_abs_all", "cls_abs_all", "xy_abs", "wh_abs", "wh_rel", "obj_abs", "cls_abs",
-              *(f"excess@{r:g}" for r in FP16_RTOLS))
+FP16_STATS = (
+    "rows",
+    "box_abs_all",
+    "cls_abs_all",
+    "xy_abs",
+    "wh_abs",
+    "wh_rel",
+    "obj_abs",
+    "cls_abs",
+    *(f"excess@{r:g}" for r in FP16_RTOLS),
+)
 
 
 def fp16_field_stats(ref: np.ndarray, test: np.ndarray, floor: float = FP16_FLOOR) -> dict[str, float]:
@@ -160,36 +191,53 @@ def fp16_field_stats(ref: np.ndarray, test: np.ndarray, floor: float = FP16_FLOO
     d = np.abs(ref.astype(np.float64) - test.astype(np.float64))
     rows = ref[..., 4] >= floor
     ds, vs = d[rows], np.abs(ref[rows].astype(np.float64))
-    out = {"rows": float(rows.sum()), "box_abs_all": float(d[..., :4].max()), "cls_abs_all": float(d[..., 5:].max()),
-           "obj_abs": float(d[..., 4].max())}
+    out = {
+        "rows": float(rows.sum()),
+        "box_abs_all": float(d[..., :4].max()),
+        "cls_abs_all": float(d[..., 5:].max()),
+        "obj_abs": float(d[..., 4].max()),
+    }
     if not len(ds):
         return {**out, **{k: 0.0 for k in FP16_STATS if k not in out}}
-    out.update(xy_abs=float(ds[:, :2].max()), wh_abs=float(ds[:, 2:4].max()),
-               wh_rel=float((ds[:, 2:4] / np.maximum(vs[:, 2:4], 1.0)).max()), cls_abs=float(ds[:, 5:].max()))
+    out.update(
+        xy_abs=float(ds[:, :2].max()),
+        wh_abs=float(ds[:, 2:4].max()),
+        wh_rel=float((ds[:, 2:4] / np.maximum(vs[:, 2:4], 1.0)).max()),
+        cls_abs=float(ds[:, 5:].max()),
+    )
     out.update({f"excess@{r:g}": float((ds[:, :4] - r * vs[:, :4]).max()) for r in FP16_RTOLS})
     return out
 
 
-def measure_fp16(name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tuple[int, int], n_noise: int,
-                 tmp: Path) -> dict:
+def measure_fp16(
+    name: str, loaded: LoadedModel, frames: list[np.ndarray], imgsz: tuple[int, int], n_noise: int, tmp: Path
+) -> dict:
     """Export ``--half``; every real frame and ``n_noise`` noise inputs through ORT and the FP32 reference."""
     result = export_onnx(loaded, tmp / f"{name}.fp16.onnx", ExportOptions(imgsz=imgsz, half=True))
-    inputs = {"real": preprocess_batch(frames, imgsz)[0],
-              "noise": np.random.default_rng(0).random((n_noise, 3, *imgsz), dtype=np.float32)}
+    inputs = {
+        "real": preprocess_batch(frames, imgsz)[0],
+        "noise": np.random.default_rng(0).random((n_noise, 3, *imgsz), dtype=np.float32),
+    }
     per = {which: {k: [] for k in FP16_STATS} for which in inputs}
     agree, t0 = {}, time.perf_counter()
     with OnnxRuntimeRunner(result.path, providers=["CPUExecutionProvider"]) as ort, torch.no_grad():
         for which, x in inputs.items():
             dets = []
             for i in range(len(x)):
-                test = ort.infer({"images": x[i:i + 1]})[DETECTION_OUTPUT].astype(np.float32)
-                ref = result.reference(torch.from_numpy(x[i:i + 1])).numpy()
+                test = ort.infer({"images": x[i : i + 1]})[DETECTION_OUTPUT].astype(np.float32)
+                ref = result.reference(torch.from_numpy(x[i : i + 1])).numpy()
                 for k, v in fp16_field_stats(ref, test).items():
                     per[which][k].append(v)
                 dets.append((nms(ref, 0.25, 0.45)[0], nms(test, 0.25, 0.45)[0]))
             agree[which] = detection_agreement([r for r, _ in dets], [t for _, t in dets]).__dict__
-    return {"name": name, "imgsz": list(imgsz), "inputs": {w: len(x) for w, x in inputs.items()}, "per_frame": per,
-            "detections": agree, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "name": name,
+        "imgsz": list(imgsz),
+        "inputs": {w: len(x) for w, x in inputs.items()},
+        "per_frame": per,
+        "detections": agree,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def fp16_used(per: dict[str, list[float]], tol) -> np.ndarray:
@@ -197,8 +245,14 @@ def fp16_used(per: dict[str, list[float]], tol) -> np.ndarray:
     key = f"excess@{tol.box_rtol:g}"
     if key not in per:
         raise SystemExit(f"the FP16 rule's box_rtol {tol.box_rtol:g} is not among the measured {FP16_RTOLS}; rerun")
-    return np.max([np.array(per[key]) / tol.box_max_abs, np.array(per["obj_abs"]) / tol.obj_max_abs,
-                   np.array(per["cls_abs"]) / tol.cls_max_abs], axis=0)
+    return np.max(
+        [
+            np.array(per[key]) / tol.box_max_abs,
+            np.array(per["obj_abs"]) / tol.obj_max_abs,
+            np.array(per["cls_abs"]) / tol.cls_max_abs,
+        ],
+        axis=0,
+    )
 
 
 def fp16_defects(demo: LoadedModel, frames: list[np.ndarray], imgsz: tuple[int, int], tmp: Path) -> list[tuple]:
@@ -210,26 +264,41 @@ def fp16_defects(demo: LoadedModel, frames: list[np.ndarray], imgsz: tuple[int, 
 
     tol = TOLERANCES["fp16"]
     x = preprocess_batch(frames, imgsz)[0]
-    plants = [("none (correct export)", lambda m: m), ("grid offset 0.05 px", grid_offset),
-              ("grid offset 2 px", lambda m: grid_offset(m, 2.0)), ("anchor 1% off", anchor_off),
-              ("anchor 5% off", lambda m: anchor_off(m, 0.05)),
-              ("BatchNorm eps 1e-5", bn_eps), ("two classes swapped", classes_swapped)]
+    plants = [
+        ("none (correct export)", lambda m: m),
+        ("grid offset 0.05 px", grid_offset),
+        ("grid offset 2 px", lambda m: grid_offset(m, 2.0)),
+        ("anchor 1% off", anchor_off),
+        ("anchor 5% off", lambda m: anchor_off(m, 0.05)),
+        ("BatchNorm eps 1e-5", bn_eps),
+        ("two classes swapped", classes_swapped),
+    ]
     reference = export_onnx(demo, tmp / "ref.onnx", ExportOptions(imgsz=imgsz, simplifier="none")).reference
     with torch.no_grad():
-        ref = np.concatenate([reference(torch.from_numpy(x[i:i + 1])).numpy() for i in range(len(x))])  # static batch 1
+        ref = np.concatenate(
+            [reference(torch.from_numpy(x[i : i + 1])).numpy() for i in range(len(x))]
+        )  # static batch 1
     rows = []
     for label, plant in plants:
         bad = dataclasses.replace(demo, model=plant(copy.deepcopy(demo.model)))
         opts = ExportOptions(imgsz=imgsz, half=True, simplifier="none")  # the defect's math is the same unsimplified
         path = export_onnx(bad, tmp / "defect.fp16.onnx", opts).path
         with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as ort:
-            test = np.concatenate([ort.infer({"images": x[i:i + 1]})[DETECTION_OUTPUT] for i in range(len(x))])
+            test = np.concatenate([ort.infer({"images": x[i : i + 1]})[DETECTION_OUTPUT] for i in range(len(x))])
         test = test.astype(np.float32)
-        report = Report.accumulate(Report("fp16", tol, tensors=detection_stats(ref[i:i + 1], test[i:i + 1], tol))
-                                   for i in range(len(x)))
+        report = Report.accumulate(
+            Report("fp16", tol, tensors=detection_stats(ref[i : i + 1], test[i : i + 1], tol)) for i in range(len(x))
+        )
         fields = sorted({f.split(":")[0] for f in report.failures})
-        rows.append((f"{imgsz[0]}", label, "passed" if report else "caught", ", ".join(fields) or "–",
-                     f"{limit_used(report):.0%}"))
+        rows.append(
+            (
+                f"{imgsz[0]}",
+                label,
+                "passed" if report else "caught",
+                ", ".join(fields) or "–",
+                f"{limit_used(report):.0%}",
+            )
+        )
     return rows
 
 
@@ -264,8 +333,10 @@ def fp16_main(args: argparse.Namespace, demo: LoadedModel, console: Console) -> 
             args.json.write_text(json.dumps({"rule": tol.describe(), "runs": results, "defects": defects}) + "\n")
     console.print(fp16_table(results, tol))
     if defects:
-        dt = Table(title="Planted defects under the FP16 rule (demo model, 8 real frames, exported --half)",
-                   title_justify="left")
+        dt = Table(
+            title="Planted defects under the FP16 rule (demo model, 8 real frames, exported --half)",
+            title_justify="left",
+        )
         for col in ("size", "defect", "FP16 rule", "failing fields", "limit used"):
             dt.add_column(col)
         for row in defects:
@@ -275,40 +346,74 @@ def fp16_main(args: argparse.Namespace, demo: LoadedModel, console: Console) -> 
 
 def fp16_table(results: list[dict], tol) -> Table:
     """Largest difference per field and run, and how much of the FP16 rule's limits the worst frame used."""
-    table = Table(title="FP16 (--half ONNX, ONNX Runtime) vs FP32 PyTorch: largest difference per run",
-                  caption=f"FP16 rule: {tol.describe()}", title_justify="left", caption_justify="left")
-    cols = ("run", "inputs", f"rows obj>={FP16_FLOOR:g}", "boxes (all rows)", "xy px", "wh px", "wh rel",
-            f"box excess @rtol {tol.box_rtol:g}", "objectness", "classes", "classes (all rows)", "limit used",
-            "failing",
-            "F1@0.25 (ref boxes)")
+    table = Table(
+        title="FP16 (--half ONNX, ONNX Runtime) vs FP32 PyTorch: largest difference per run",
+        caption=f"FP16 rule: {tol.describe()}",
+        title_justify="left",
+        caption_justify="left",
+    )
+    cols = (
+        "run",
+        "inputs",
+        f"rows obj>={FP16_FLOOR:g}",
+        "boxes (all rows)",
+        "xy px",
+        "wh px",
+        "wh rel",
+        f"box excess @rtol {tol.box_rtol:g}",
+        "objectness",
+        "classes",
+        "classes (all rows)",
+        "limit used",
+        "failing",
+        "F1@0.25 (ref boxes)",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col in ("run", "inputs") else "right")
     for r in results:
         for which, per in r["per_frame"].items():
             n, used = r["inputs"][which], fp16_used(per, tol)
             w, det = {k: max(v) for k, v in per.items()}, r["detections"][which]
-            table.add_row(r["name"], f"{n} {which}", f"{sum(per['rows']):.0f}", f"{w['box_abs_all']:.3g}",
-                          f"{w['xy_abs']:.3g}", f"{w['wh_abs']:.3g}", f"{w['wh_rel']:.2e}",
-                          f"{w[f'excess@{tol.box_rtol:g}']:.3g}", f"{w['obj_abs']:.2e}", f"{w['cls_abs']:.2e}",
-                          f"{w['cls_abs_all']:.2e}", f"{used.max():.0%}", f"{int((used > 1).sum())}/{n}",
-                          f"{det['f1']:.4f} ({det['n_ref']})")
+            table.add_row(
+                r["name"],
+                f"{n} {which}",
+                f"{sum(per['rows']):.0f}",
+                f"{w['box_abs_all']:.3g}",
+                f"{w['xy_abs']:.3g}",
+                f"{w['wh_abs']:.3g}",
+                f"{w['wh_rel']:.2e}",
+                f"{w[f'excess@{tol.box_rtol:g}']:.3g}",
+                f"{w['obj_abs']:.2e}",
+                f"{w['cls_abs']:.2e}",
+                f"{w['cls_abs_all']:.2e}",
+                f"{used.max():.0%}",
+                f"{int((used > 1).sum())}/{n}",
+                f"{det['f1']:.4f} ({det['n_ref']})",
+            )
     return table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000, help="frames per demo-model run")
-    ap.add_argument("--seed-frames", type=int, default=1000,
-                    help="frames per seed-model run (640-size runs cost ~6x more); with --fp16: per 640 run")
+    ap.add_argument(
+        "--seed-frames",
+        type=int,
+        default=1000,
+        help="frames per seed-model run (640-size runs cost ~6x more); with --fp16: per 640 run",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--defects-only", action="store_true", help="only scan the smallest planted defects the rule catches")
+    ap.add_argument(
+        "--defects-only", action="store_true", help="only scan the smallest planted defects the rule catches"
+    )
     ap.add_argument("--runs", default=None, help="comma-separated run names to measure (default: all)")
     ap.add_argument("--fp16", action="store_true", help="measure the FP16 rule (--half ONNX vs FP32 PyTorch) instead")
     ap.add_argument("--noise", type=int, default=20, help="with --fp16: uniform-noise inputs per run, beside frames")
     ap.add_argument("--defect-sizes", default="256,640", help="with --fp16: sizes the planted defects are exported at")
-    ap.add_argument("--table", type=Path, nargs="+", default=None,
-                    help="with --fp16: print the tables of saved --json runs")
+    ap.add_argument(
+        "--table", type=Path, nargs="+", default=None, help="with --fp16: print the tables of saved --json runs"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_plugins()
@@ -318,7 +423,9 @@ def main() -> None:
         fp16_main(args, demo, console)
         return
     frames = real_frames(args.frames)
-    defects = Table(title="Smallest planted defect the FP32 rule fails (demo model, 256, 8 real frames)", title_justify="left")
+    defects = Table(
+        title="Smallest planted defect the FP32 rule fails (demo model, 256, 8 real frames)", title_justify="left"
+    )
     defects.add_column("defect")
     defects.add_column("smallest caught", justify="right")
     if not args.runs:
@@ -329,9 +436,13 @@ def main() -> None:
         return
     seed = LoadedModel(seed_model_random_bn(), Path("seed-random-bn.pt"), "in memory", "")
     n_seed = min(args.seed_frames, len(frames))
-    runs = [("demo-256", demo, (256, 256), 1, False, frames), ("demo-256-dynamic", demo, (256, 256), 8, True, frames),
-            ("seed-640", seed, (640, 640), 1, False, frames[:n_seed]), ("seed-512x640", seed, (512, 640), 1, False, frames[-n_seed:]),
-            ("seed-640-dynamic", seed, (640, 640), 4, True, frames[:n_seed])]
+    runs = [
+        ("demo-256", demo, (256, 256), 1, False, frames),
+        ("demo-256-dynamic", demo, (256, 256), 8, True, frames),
+        ("seed-640", seed, (640, 640), 1, False, frames[:n_seed]),
+        ("seed-512x640", seed, (512, 640), 1, False, frames[-n_seed:]),
+        ("seed-640-dynamic", seed, (640, 640), 4, True, frames[:n_seed]),
+    ]
     if args.runs:
         runs = [r for r in runs if r[0] in args.runs.split(",")]
     results = []
@@ -343,15 +454,40 @@ def main() -> None:
             if args.json:  # after every run, so a long measurement keeps what it has
                 args.json.write_text(json.dumps({"rule": TOLERANCES["fp32"].describe(), "runs": results}) + "\n")
     tol = TOLERANCES["fp32"]
-    table = Table(title="FP32 ONNX Runtime vs PyTorch: largest difference over the real frames of each run",
-                  caption=f"FP32 rule: {tol.describe()}", title_justify="left", caption_justify="left")
-    for col in ("run", "frames", "reference", "xy px", "wh px", "wh relative", "objectness", "classes", "limit used", "frames failing"):
+    table = Table(
+        title="FP32 ONNX Runtime vs PyTorch: largest difference over the real frames of each run",
+        caption=f"FP32 rule: {tol.describe()}",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for col in (
+        "run",
+        "frames",
+        "reference",
+        "xy px",
+        "wh px",
+        "wh relative",
+        "objectness",
+        "classes",
+        "limit used",
+        "frames failing",
+    ):
         table.add_column(col, justify="left" if col in ("run", "reference") else "right")
     for r in results:
         for which in ("fused", "unfused"):
             w = r["worst"][which]
-            table.add_row(r["name"], str(r["frames"]), which, f"{w['xy_abs']:.2e}", f"{w['wh_abs']:.2e}", f"{w['wh_rel']:.2e}",
-                          f"{w['obj_abs']:.2e}", f"{w['cls_abs']:.2e}", f"{w['limit_used']:.0%}", f"{r['rule_failures'][which]}/{r['frames']}")
+            table.add_row(
+                r["name"],
+                str(r["frames"]),
+                which,
+                f"{w['xy_abs']:.2e}",
+                f"{w['wh_abs']:.2e}",
+                f"{w['wh_rel']:.2e}",
+                f"{w['obj_abs']:.2e}",
+                f"{w['cls_abs']:.2e}",
+                f"{w['limit_used']:.0%}",
+                f"{r['rule_failures'][which]}/{r['frames']}",
+            )
     console.print(table)
 
 

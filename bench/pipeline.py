@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clo_export.backends.select import load_runner, load_runners  # noqa: E402
 from clo_export.data.preprocess import preprocess, preprocess_batch  # noqa: E402
-from clo_export.data.sinks import JsonlSink, VideoSink  # noqa: E402
 from clo_export.data.readers import open_source  # noqa: E402
+from clo_export.data.sinks import JsonlSink, VideoSink  # noqa: E402
 from clo_export.pipeline import InferOptions, Pipeline  # noqa: E402
 from clo_export.postprocess import nms  # noqa: E402
 from tests.untrained import follow_the_image  # noqa: E402
@@ -67,11 +67,11 @@ def make_model(out: Path) -> Path:
     """Seed config (nc=80) with measured BatchNorm statistics and raised objectness, exported at 640."""
     import torch
 
+    from clo_export.blocks import load_plugins
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.fileio import sha256_file
     from clo_export.models.checkpoint import LoadedModel, save_yolov5
     from clo_export.models.yolo import DEFAULT_CFG, DetectionModel
-    from clo_export.blocks import load_plugins
 
     load_plugins()
     torch.manual_seed(0)
@@ -125,8 +125,17 @@ def streams_fps(model: Path, frame: np.ndarray, threads: int | None, workers: in
     return fps, len(runners)
 
 
-def end_to_end(model: Path, video: Path, out: Path, frames: int | None, threads: int | None, workers: int | None,
-               threaded: bool, on_frame=None, video_out: bool = True):
+def end_to_end(
+    model: Path,
+    video: Path,
+    out: Path,
+    frames: int | None,
+    threads: int | None,
+    workers: int | None,
+    threaded: bool,
+    on_frame=None,
+    video_out: bool = True,
+):
     """The sequential loop on one default session, or the threaded pipeline with clo-infer's streams."""
     if threaded:
         runners, info = load_runners(model, "cpu", threads=threads, workers=workers)
@@ -159,8 +168,11 @@ def main() -> None:
     t0 = time.perf_counter()
     model = make_model(tmp / "seed640.onnx")
     video = make_video(tmp / "video.mp4", max(args.frames, args.e2e_frames))
-    print(f"setup (export at 640, {max(args.frames, args.e2e_frames)}-frame 640x480 video): {time.perf_counter() - t0:.0f} s",
-          flush=True)
+    print(
+        f"setup (export at 640, {max(args.frames, args.e2e_frames)}-frame 640x480 video): "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
 
     frame = scene(np.random.default_rng(7))
     rounds: list[tuple[float, ...]] = []  # pure, sequential, pipelined, one session, JSON only, streams alone
@@ -169,12 +181,16 @@ def main() -> None:
         seq = end_to_end(model, video, tmp, args.e2e_frames, args.threads, None, threaded=False)
         pipe = end_to_end(model, video, tmp, args.e2e_frames, args.threads, args.workers, threaded=True)
         single = end_to_end(model, video, tmp, args.e2e_frames, args.threads, 1, threaded=True)
-        json_only = end_to_end(model, video, tmp, args.e2e_frames, args.threads, args.workers, threaded=True,
-                               video_out=False)
+        json_only = end_to_end(
+            model, video, tmp, args.e2e_frames, args.threads, args.workers, threaded=True, video_out=False
+        )
         capacity, streams = streams_fps(model, frame, args.threads, args.workers, args.infer_iters // 2)
         rounds.append((infer_fps, seq.fps, pipe.fps, single.fps, json_only.fps, capacity))
-        print(f"round {len(rounds)}: pure {infer_fps:.1f}, sequential {seq.fps:.1f}, pipelined {pipe.fps:.1f} FPS "
-              f"(ratio {pipe.fps / infer_fps:.2f})", flush=True)
+        print(
+            f"round {len(rounds)}: pure {infer_fps:.1f}, sequential {seq.fps:.1f}, pipelined {pipe.fps:.1f} FPS "
+            f"(ratio {pipe.fps / infer_fps:.2f})",
+            flush=True,
+        )
     infer_fps, seq_fps, pipe_fps, single_fps, json_fps, capacity = (max(r[k] for r in rounds) for k in range(6))
 
     candidates = int((out[0, :, 4] > 0.25).sum())
@@ -201,18 +217,33 @@ def main() -> None:
     rows = [
         ("pure inference (ORT CPU, 1x3x640x640)", f"{infer_fps:.1f} FPS", "1.00"),
         ("end-to-end, sequential loop", f"{seq_fps:.1f} FPS", f"{seq_fps / infer_fps:.2f}"),
-        (f"end-to-end, threaded pipeline ({pipe.streams} inference streams)", f"{pipe_fps:.1f} FPS",
-         f"{pipe_fps / infer_fps:.2f}"),
+        (
+            f"end-to-end, threaded pipeline ({pipe.streams} inference streams)",
+            f"{pipe_fps:.1f} FPS",
+            f"{pipe_fps / infer_fps:.2f}",
+        ),
         ("pipeline / sequential", "", f"{pipe_fps / seq_fps:.2f}"),
-        ("end-to-end, threaded pipeline on one session (--workers 1)", f"{single_fps:.1f} FPS",
-         f"{single_fps / infer_fps:.2f}"),
-        ("end-to-end, threaded pipeline, JSON Lines only (no video)", f"{json_fps:.1f} FPS",
-         f"{json_fps / infer_fps:.2f}"),
-        (f"context: {streams} inference streams alone, no other work", f"{capacity:.1f} FPS",
-         f"{capacity / infer_fps:.2f}"),
+        (
+            "end-to-end, threaded pipeline on one session (--workers 1)",
+            f"{single_fps:.1f} FPS",
+            f"{single_fps / infer_fps:.2f}",
+        ),
+        (
+            "end-to-end, threaded pipeline, JSON Lines only (no video)",
+            f"{json_fps:.1f} FPS",
+            f"{json_fps / infer_fps:.2f}",
+        ),
+        (
+            f"context: {streams} inference streams alone, no other work",
+            f"{capacity:.1f} FPS",
+            f"{capacity / infer_fps:.2f}",
+        ),
         (f"NMS per frame (25200x85, conf 0.25, {candidates} over conf, {len(dets[0])} kept)", f"{nms_ms:.2f} ms", ""),
-        (f"RSS at frame 300 / max after / end ({long.frames} frames)",
-         f"{samples.get('at300', 0):.0f} / {samples.get('max_after', 0):.0f} / {samples['end']:.0f} MB", ""),
+        (
+            f"RSS at frame 300 / max after / end ({long.frames} frames)",
+            f"{samples.get('at300', 0):.0f} / {samples.get('max_after', 0):.0f} / {samples['end']:.0f} MB",
+            "",
+        ),
         ("RSS growth frame 300 -> end (limit 50 MB)", f"{growth:+.1f} MB", "ok" if growth < 50 else "OVER"),
         ("peak RSS (process)", f"{peak:.0f} MB", ""),
     ]
@@ -224,8 +255,10 @@ def main() -> None:
     print("\nper-stage latency, last pipelined run (ms: mean / p50 / p95)")
     for s in pipe.stages.values():
         print(f"  {s.name:<12} {s.mean_ms:7.2f} {s.p50_ms:7.2f} {s.p95_ms:7.2f}")
-    print(f"\nmachine: {os.cpu_count()} CPUs; pure inference and sequential: one session, threads "
-          f"{args.threads or 'default'}; pipeline: clo-infer's streams (--workers {args.workers or 'auto'})")
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs; pure inference and sequential: one session, threads "
+        f"{args.threads or 'default'}; pipeline: clo-infer's streams (--workers {args.workers or 'auto'})"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
-from clo_export.quantization.quantize import QuantizeOptions, quantize
 from clo_export.export.exporter import ExportOptions, export_onnx
+from clo_export.quantization.quantize import QuantizeOptions, quantize
 
 
 def calibration_images(folder: Path, n: int, size: int) -> None:
@@ -47,7 +47,10 @@ def calibration_images(folder: Path, n: int, size: int) -> None:
 def latency(paths: dict[str, Path], imgsz: int, runs: int, threads: int | None) -> dict[str, float]:
     """Median ms per model, measured interleaved after warm-up."""
     x = {"images": np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)}
-    runners = {k: OnnxRuntimeRunner(p, providers=["CPUExecutionProvider"], threads=threads).activate() for k, p in paths.items()}
+    runners = {
+        k: OnnxRuntimeRunner(p, providers=["CPUExecutionProvider"], threads=threads).activate()
+        for k, p in paths.items()
+    }
     times: dict[str, list[float]] = {k: [] for k in paths}
     for r in runners.values():
         r.infer(x), r.infer(x)
@@ -71,9 +74,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    from clo_export.blocks import load_plugins
     from clo_export.models.checkpoint import load, save_yolov5
     from clo_export.models.yolo import DetectionModel
-    from clo_export.blocks import load_plugins
 
     load_plugins()
     console = Console(width=120)
@@ -85,8 +88,15 @@ def main() -> None:
     rows = []
     paths = {"FP32": fp32}
     for keep in (True, False):
-        opts = QuantizeOptions(method=args.method, num=args.num, holdout=8, keep_attention_fp=keep, min_images=min(16, args.num),
-                               threads=args.threads, cache=tmp / f"cache-{keep}.json")
+        opts = QuantizeOptions(
+            method=args.method,
+            num=args.num,
+            holdout=8,
+            keep_attention_fp=keep,
+            min_images=min(16, args.num),
+            threads=args.threads,
+            cache=tmp / f"cache-{keep}.json",
+        )
         r = quantize(fp32, tmp / "calib", tmp / f"seed.int8.{'attnfp' if keep else 'all'}.onnx", opts)
         label = "INT8 Q/DQ (attention FP32)" if keep else "INT8 Q/DQ (attention INT8)"
         paths[label] = r.path
@@ -94,17 +104,27 @@ def main() -> None:
     ms = latency(paths, args.imgsz, args.runs, args.threads)
 
     who = f"{weights.name}" if args.weights else "seed config, untrained (nc=80)"
-    table = Table(title=f"quantize {who} at {args.imgsz}, ONNX Runtime CPU, {args.runs} runs, median", title_justify="left")
+    table = Table(
+        title=f"quantize {who} at {args.imgsz}, ONNX Runtime CPU, {args.runs} runs, median", title_justify="left"
+    )
     for col in ("model", "latency ms", "vs FP32", "calib s/img", "agreement F1", "mAP@0.5 vs FP32"):
         table.add_column(col, justify="left" if col == "model" else "right")
     table.add_row("FP32", f"{ms['FP32']:.1f}", "1.00x", "", "", "")
     for label, r, per_img in rows:
         rep = r.report
-        table.add_row(label, f"{ms[label]:.1f}", f"{ms[label] / ms['FP32']:.2f}x", f"{per_img:.3f}",
-                      f"{rep.score:.3f} ({rep.agreement.n_ref} boxes)", "–" if rep.map50 is None else f"{rep.map50:.3f}")
+        table.add_row(
+            label,
+            f"{ms[label]:.1f}",
+            f"{ms[label] / ms['FP32']:.2f}x",
+            f"{per_img:.3f}",
+            f"{rep.score:.3f} ({rep.agreement.n_ref} boxes)",
+            "–" if rep.map50 is None else f"{rep.map50:.3f}",
+        )
     console.print(table)
-    console.print(f"calibration: {args.num} images, method {args.method} (inference + histograms + range search); "
-                  "latency ratio > 1 means INT8 is slower on this CPU (expected for Q/DQ in ONNX Runtime)")
+    console.print(
+        f"calibration: {args.num} images, method {args.method} (inference + histograms + range search); "
+        "latency ratio > 1 means INT8 is slower on this CPU (expected for Q/DQ in ONNX Runtime)"
+    )
 
 
 if __name__ == "__main__":

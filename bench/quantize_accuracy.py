@@ -7,9 +7,9 @@ Every quantizer gets the same FP32 ONNX (the bundled demo model at its image siz
 seed). clo-export's default also uses the 128 held-out images of that calibration source for its
 decisions, as `clo-export quantize` does. Each INT8 model is then scored against labels on data
 no quantizer saw: 300 unseen scenes from the same generator, and the demo video's 300 frames
-(rendered in memory, not through the MP4). Calibration images are PNG, like the scenes scored (JPEG artefacts in calibration only would
-be a domain shift of their own). The table prints the mAP@.5 and mAP@.5:.95 drops from
-FP32 (YOLOv5 val thresholds: conf 0.001, NMS IoU 0.6) and the share of Conv MACs in INT8.
+(rendered in memory, not through the MP4). Calibration images are PNG, like the scenes scored (JPEG
+artefacts in calibration only would be a domain shift of their own). The table prints the mAP@.5 and
+mAP@.5:.95 drops from FP32 (YOLOv5 val thresholds: conf 0.001, NMS IoU 0.6) and the share of Conv MACs in INT8.
 With --sets 3, clo-export's default is run on two more calibration sets of 256 (other seeds) to
 show how much the drop depends on which images were drawn.
 
@@ -36,14 +36,14 @@ from rich.console import Console
 from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
-from clo_export.quantization.macs import int8_conv_share
-from clo_export.quantization.quantize import QuantizeOptions, quantize
-from clo_export.quantization.calibset import DEFAULT_HOLDOUT, CalibrationData, split_sources
 from clo_export.data.preprocess import preprocess, scale_boxes
 from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE
 from clo_export.demo.shapes import make_dataset, make_video_frames
 from clo_export.metrics import evaluate
 from clo_export.postprocess import nms
+from clo_export.quantization.calibset import DEFAULT_HOLDOUT, CalibrationData, split_sources
+from clo_export.quantization.macs import int8_conv_share
+from clo_export.quantization.quantize import QuantizeOptions, quantize
 
 MODELOPT = "nvidia-modelopt[onnx]==0.47.0"
 TORCH = "torch==2.13.0"  # if ModelOpt pulls torch, the CPU build we pin everywhere
@@ -103,9 +103,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     console = Console(width=140)
+    from clo_export.blocks import load_plugins
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
-    from clo_export.blocks import load_plugins
 
     load_plugins()
     work = args.work or Path(tempfile.mkdtemp(prefix="clo-qbench-"))
@@ -128,17 +128,31 @@ def main() -> None:
     split = split_sources(calib_dirs[0], NUM, HOLDOUT, 0)  # the 256 tensors clo-export calibrated on
     feeds = list(CalibrationData(split.calib, imgsz, "images"))
     t = time.perf_counter()
-    rows.append(("ONNX Runtime quantize_static (QDQ, int8 symmetric, per-channel)", "set 1", ort_static(fp32, feeds, work),
-                 time.perf_counter() - t))
+    rows.append(
+        (
+            "ONNX Runtime quantize_static (QDQ, int8 symmetric, per-channel)",
+            "set 1",
+            ort_static(fp32, feeds, work),
+            time.perf_counter() - t,
+        )
+    )
     t = time.perf_counter()
-    rows.append(("  the same, only Conv and MatMul quantized", "set 1", ort_static(fp32, feeds, work, ["Conv", "MatMul"]),
-                 time.perf_counter() - t))
+    rows.append(
+        (
+            "  the same, only Conv and MatMul quantized",
+            "set 1",
+            ort_static(fp32, feeds, work, ["Conv", "MatMul"]),
+            time.perf_counter() - t,
+        )
+    )
     if not args.no_modelopt:
         py = modelopt_python(args.modelopt_venv)
         np.save(work / "calib1.npy", np.concatenate([f["images"] for f in feeds]))
         t = time.perf_counter()
         out = work / "modelopt.int8.onnx"
-        subprocess.run([str(py), "-c", MODELOPT_SCRIPT, str(fp32), str(work / "calib1.npy"), str(out), "images"], check=True)
+        subprocess.run(
+            [str(py), "-c", MODELOPT_SCRIPT, str(fp32), str(work / "calib1.npy"), str(out), "images"], check=True
+        )
         rows.append(("NVIDIA ModelOpt 0.47 quantize (int8 defaults)", "set 1", out, time.perf_counter() - t))
 
     for k, d in enumerate(calib_dirs):
@@ -149,27 +163,57 @@ def main() -> None:
     r = quantize(fp32, calib_dirs[0], work / "entropy.int8.onnx", QuantizeOptions(method="entropy", target_drop=None))
     rows.append(("clo-export --method entropy --all-int8 (old default)", "set 1", r.path, time.perf_counter() - t))
 
-    table = Table(title=f"INT8 vs FP32 on the demo model ({imgsz[0]}x{imgsz[1]}); drops in mAP points, labelled data no quantizer saw",
-                  title_justify="left")
-    for col in ("quantizer", "calibration", f"{args.eval_scenes} scenes Δ@.5", "Δ@.5:.95", "video Δ@.5", "Δ@.5:.95",
-                "INT8 conv MACs", "time s"):
+    table = Table(
+        title=f"INT8 vs FP32 on the demo model ({imgsz[0]}x{imgsz[1]}); drops in mAP points, labelled data no "
+        f"quantizer saw",
+        title_justify="left",
+    )
+    for col in (
+        "quantizer",
+        "calibration",
+        f"{args.eval_scenes} scenes Δ@.5",
+        "Δ@.5:.95",
+        "video Δ@.5",
+        "Δ@.5:.95",
+        "INT8 conv MACs",
+        "time s",
+    ):
         table.add_column(col, justify="left" if col in ("quantizer", "calibration") else "right")
-    table.add_row("FP32", "", f"mAP {base['unseen'][0]:.4f}", f"{base['unseen'][1]:.4f}", f"mAP {base['video'][0]:.4f}",
-                  f"{base['video'][1]:.4f}", "", "")
+    table.add_row(
+        "FP32",
+        "",
+        f"mAP {base['unseen'][0]:.4f}",
+        f"{base['unseen'][1]:.4f}",
+        f"mAP {base['video'][0]:.4f}",
+        f"{base['video'][1]:.4f}",
+        "",
+        "",
+    )
     drops = []
     for name, calib, path, secs in rows:
         s = {k: score(path, *v, imgsz) for k, v in evals.items()}
         d = {k: (100 * (base[k][0] - s[k][0]), 100 * (base[k][1] - s[k][1])) for k in s}
         drops.append((name, d))
-        table.add_row(name, calib, f"{d['unseen'][0]:+.2f}", f"{d['unseen'][1]:+.2f}", f"{d['video'][0]:+.2f}",
-                      f"{d['video'][1]:+.2f}", f"{100 * int8_conv_share(onnx.load(str(path))):.1f} %", f"{secs:.0f}")
+        table.add_row(
+            name,
+            calib,
+            f"{d['unseen'][0]:+.2f}",
+            f"{d['unseen'][1]:+.2f}",
+            f"{d['video'][0]:+.2f}",
+            f"{d['video'][1]:+.2f}",
+            f"{100 * int8_conv_share(onnx.load(str(path))):.1f} %",
+            f"{secs:.0f}",
+        )
     console.print(table)
     ours = [d for n, d in drops if n.startswith("clo-export default")]
     if len(ours) > 1:
         for k in ("unseen", "video"):
             v = [d[k][1] for d in ours]
-            console.print(f"clo-export default over {len(v)} calibration sets, {k}: mAP@.5:.95 drop {min(v):+.2f} … {max(v):+.2f} "
-                          f"(spread {max(v) - min(v):.2f} points)")
+            console.print(
+                f"clo-export default over {len(v)} calibration sets, {k}: mAP@.5:.95 drop {min(v):+.2f} … "
+                f"{max(v):+.2f} "
+                f"(spread {max(v) - min(v):.2f} points)"
+            )
     console.print(f"models in {work}")
 
 
@@ -189,9 +233,17 @@ def ort_static(fp32: Path, feeds: list[dict[str, np.ndarray]], work: Path, ops: 
             return next(self.it, None)
 
     out = work / ("ort.int8.onnx" if ops is None else "ort-" + "-".join(ops).lower() + ".int8.onnx")
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=ops,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=ops,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     return out
 
 

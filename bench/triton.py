@@ -110,7 +110,9 @@ def avg_batch(before: tuple[int, int], after: tuple[int, int]) -> str:
 
 
 def triton_clients(url: str, frames: list[np.ndarray], clients: int) -> tuple[float, list[float], str]:
-    """``clients`` threads, each sending its share of the frames one request at a time: (FPS, latencies s, avg batch)."""
+    """``clients`` threads, each sending its share of the frames one request at a time.
+
+    Returns (FPS, latencies in s, average batch)."""
     import tritonclient.grpc as grpcclient
 
     admin = grpcclient.InferenceServerClient(url)
@@ -167,12 +169,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-triton-") as tmp:
         d = Path(tmp)
         loaded = load(BUNDLED_MODEL)
-        onnx_path = export_onnx(loaded, d / "demo-shapes.onnx",
-                                ExportOptions(imgsz=loaded.imgsz_hint or (256, 256), dynamic_batch=True)).path
+        onnx_path = export_onnx(
+            loaded, d / "demo-shapes.onnx", ExportOptions(imgsz=loaded.imgsz_hint or (256, 256), dynamic_batch=True)
+        ).path
         write_demo_video(d / "demo.mp4", args.frames)
         frames = read_frames(d / "demo.mp4", args.frames)
-        write_repository(onnx_path, d / "repo", RepositoryOptions(
-            "demo", "python", Serving(8, (4, 8), args.queue_delay_us, 1)))
+        write_repository(
+            onnx_path, d / "repo", RepositoryOptions("demo", "python", Serving(8, (4, 8), args.queue_delay_us, 1))
+        )
         best: dict[tuple[str, str], tuple] = {}
 
         def keep(mode: str, clients: str, fps: float, p50, p95, avg: str) -> None:
@@ -184,20 +188,34 @@ def main() -> None:
             for _ in range(args.rounds):
                 fps, lat = in_process_loop(onnx_path, frames)
                 keep("in-process, one loop", "1", fps, ms(lat, 50), ms(lat, 95), "–")
-                keep("in-process, clo-infer pipeline", "–", pipeline_fps(str(onnx_path), d / "demo.mp4", args.frames),
-                     None, None, "–")
+                keep(
+                    "in-process, clo-infer pipeline",
+                    "–",
+                    pipeline_fps(str(onnx_path), d / "demo.mp4", args.frames),
+                    None,
+                    None,
+                    "–",
+                )
                 before = model_counts_url(server.grpc_url)
                 fps = pipeline_fps(f"triton://{server.grpc_url}/demo", d / "demo.mp4", args.frames)
-                keep("clo-infer --model triton://…/demo (4 requests in flight)", "1", fps, None, None,
-                     avg_batch(before, model_counts_url(server.grpc_url)))
+                keep(
+                    "clo-infer --model triton://…/demo (4 requests in flight)",
+                    "1",
+                    fps,
+                    None,
+                    None,
+                    avg_batch(before, model_counts_url(server.grpc_url)),
+                )
                 for c in (int(x) for x in args.clients.split(",")):
                     fps, lat, avg = triton_clients(server.grpc_url, frames, c)
                     keep("Triton ensemble, gRPC raw frames", str(c), fps, ms(lat, 50), ms(lat, 95), avg)
         rows = list(best.values())
         base = rows[0][2]
-    print(f"demo model {loaded.imgsz_hint}, {len(frames)} frames 640x480, {usable_cores()} CPU cores (load average "
-          f"{os.getloadavg()[0]:.1f}), queue delay {args.queue_delay_us} us, max batch 8 (preferred 4, 8), "
-          f"best of {args.rounds} rounds")
+    print(
+        f"demo model {loaded.imgsz_hint}, {len(frames)} frames 640x480, {usable_cores()} CPU cores (load average "
+        f"{os.getloadavg()[0]:.1f}), queue delay {args.queue_delay_us} us, max batch 8 (preferred 4, 8), "
+        f"best of {args.rounds} rounds"
+    )
     print("| mode | clients | frames/s | vs in-process loop | p50 ms | p95 ms | avg batch (detector) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, clients, fps, p50, p95, avg in rows:

@@ -27,31 +27,49 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from clo_export.artifacts import ModelInfo
     from clo_export.backends.base import Runner
-    from clo_export.quantization.quantize import QuantizeOptions, QuantizeResult
     from clo_export.engine.build import EngineBuild
     from clo_export.engine.plan import BuildRequest
     from clo_export.export.exporter import ExportOptions, ExportResult
     from clo_export.models.checkpoint import LoadedModel
+    from clo_export.quantization.quantize import QuantizeOptions, QuantizeResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 # The option and result types, importable from the top without importing their modules up front.
-__getattr__ = lazy_attributes(__name__, {
-    "LoadedModel": "clo_export.models.checkpoint",
-    "ExportOptions": "clo_export.export.exporter",
-    "ExportResult": "clo_export.export.exporter",
-    "QuantizeOptions": "clo_export.quantization.quantize",
-    "QuantizeResult": "clo_export.quantization.quantize",
-    "BuildRequest": "clo_export.engine.plan",
-    "EngineBuild": "clo_export.engine.build",
-    "ModelInfo": "clo_export.artifacts",
-    "Runner": "clo_export.backends.base",
-    "CloExportError": "clo_export.errors",
-})
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "LoadedModel": "clo_export.models.checkpoint",
+        "ExportOptions": "clo_export.export.exporter",
+        "ExportResult": "clo_export.export.exporter",
+        "QuantizeOptions": "clo_export.quantization.quantize",
+        "QuantizeResult": "clo_export.quantization.quantize",
+        "BuildRequest": "clo_export.engine.plan",
+        "EngineBuild": "clo_export.engine.build",
+        "ModelInfo": "clo_export.artifacts",
+        "Runner": "clo_export.backends.base",
+        "CloExportError": "clo_export.errors",
+    },
+)
 
-__all__ = ["__version__", "load", "export_onnx", "quantize", "build_engine", "load_runner", "LoadedModel",
-           "ExportOptions", "ExportResult", "QuantizeOptions", "QuantizeResult", "BuildRequest", "EngineBuild",
-           "ModelInfo", "Runner", "CloExportError"]
+__all__ = [
+    "__version__",
+    "load",
+    "export_onnx",
+    "quantize",
+    "build_engine",
+    "load_runner",
+    "LoadedModel",
+    "ExportOptions",
+    "ExportResult",
+    "QuantizeOptions",
+    "QuantizeResult",
+    "BuildRequest",
+    "EngineBuild",
+    "ModelInfo",
+    "Runner",
+    "CloExportError",
+]
 
 
 def load(path: PathLike, cfg: Optional[PathLike] = None, plugins: Sequence[PathLike] = ()) -> LoadedModel:
@@ -64,9 +82,14 @@ def load(path: PathLike, cfg: Optional[PathLike] = None, plugins: Sequence[PathL
     return load_checkpoint(path, cfg, tuple(plugins))
 
 
-def export_onnx(model: Union[LoadedModel, PathLike], out: Optional[PathLike] = None,
-                options: Optional[ExportOptions] = None, *, check: bool = True,
-                source: Optional[PathLike] = None) -> ExportResult:
+def export_onnx(
+    model: Union[LoadedModel, PathLike],
+    out: Optional[PathLike] = None,
+    options: Optional[ExportOptions] = None,
+    *,
+    check: bool = True,
+    source: Optional[PathLike] = None,
+) -> ExportResult:
     """``clo-export onnx``: a static-shape ONNX (``out``, default beside the checkpoint) and its sidecar JSON.
 
     ``model`` is a :func:`load` result or a checkpoint path. The input size is ``options.imgsz``,
@@ -75,7 +98,8 @@ def export_onnx(model: Union[LoadedModel, PathLike], out: Optional[PathLike] = N
     frames (``source``'s, else the bundled samples): ``result.parity`` is the Report, truthy only when
     its verdict is passed (not when failed or inconclusive; the file is still written, to inspect it).
     """
-    from clo_export.export.exporter import ExportOptions, export_onnx as export
+    from clo_export.export.exporter import ExportOptions
+    from clo_export.export.exporter import export_onnx as export
     from clo_export.export.parity import parity_batches
     from clo_export.imgsz import check_memory
 
@@ -89,19 +113,30 @@ def export_onnx(model: Union[LoadedModel, PathLike], out: Optional[PathLike] = N
     return export(loaded, Path(out) if out else None, opts, inputs)
 
 
-def quantize(onnx: PathLike, images: Union[PathLike, Sequence[PathLike]], out: Optional[PathLike] = None,
-             options: Optional[QuantizeOptions] = None) -> QuantizeResult:
+def quantize(
+    onnx: PathLike,
+    images: Union[PathLike, Sequence[PathLike]],
+    out: Optional[PathLike] = None,
+    options: Optional[QuantizeOptions] = None,
+) -> QuantizeResult:
     """``clo-export quantize``: an INT8 Q/DQ ONNX calibrated on ``images`` (folders, files or globs).
 
     Method and float fallback are chosen on a held-out split; the result carries its mAP report.
     """
-    from clo_export.quantization.quantize import QuantizeOptions, quantize as run
+    from clo_export.quantization.quantize import QuantizeOptions
+    from clo_export.quantization.quantize import quantize as run
 
     return run(onnx, images, out, options or QuantizeOptions())
 
 
-def build_engine(onnx: PathLike, request: Optional[BuildRequest] = None, out: Optional[PathLike] = None, *,
-                 calib: Sequence[str] = (), verbose: bool = False) -> EngineBuild:
+def build_engine(
+    onnx: PathLike,
+    request: Optional[BuildRequest] = None,
+    out: Optional[PathLike] = None,
+    *,
+    calib: Sequence[str] = (),
+    verbose: bool = False,
+) -> EngineBuild:
     """``clo-export trt``: a TensorRT engine for the installed TensorRT and this GPU, with its sidecar JSON."""
     from clo_export.engine.build import build_engine as build
     from clo_export.engine.plan import BuildRequest
@@ -109,8 +144,14 @@ def build_engine(onnx: PathLike, request: Optional[BuildRequest] = None, out: Op
     return build(onnx, request or BuildRequest(), out, calib=calib, verbose=verbose)
 
 
-def load_runner(model: PathLike, device: Optional[str] = None, *, imgsz: Optional[Tuple[int, int]] = None,
-                providers: Optional[Sequence[str]] = None, threads: Optional[int] = None) -> Tuple[Runner, ModelInfo]:
+def load_runner(
+    model: PathLike,
+    device: Optional[str] = None,
+    *,
+    imgsz: Optional[Tuple[int, int]] = None,
+    providers: Optional[Sequence[str]] = None,
+    threads: Optional[int] = None,
+) -> Tuple[Runner, ModelInfo]:
     """A Runner (use it as a context manager) and the ModelInfo for a ``.pt``, ``.onnx`` or ``.engine`` file.
 
     ``runner.infer({info.input_name: batch})`` takes letterboxed NCHW float32 (see

@@ -48,16 +48,22 @@ def load_onnx(path: PathLike, load_external_data: bool = True) -> onnx.ModelProt
     onnx = lazy_import("onnx")
     path = Path(path)
     if not path.is_file():
-        raise CloExportError(f"model '{path}' does not exist{' (it is a folder)' if path.is_dir() else ''}; "
-                             "export one with clo-export onnx")
+        raise CloExportError(
+            f"model '{path}' does not exist{' (it is a folder)' if path.is_dir() else ''}; "
+            "export one with clo-export onnx"
+        )
     try:
         model = onnx.load(os.fspath(path), load_external_data=load_external_data)
     except Exception as e:  # DecodeError, RuntimeError, OSError: all mean the same to the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CloExportError(f"'{path}' is not a readable ONNX model ({first}); the file is truncated or of another "
-                             "format: export it again with clo-export onnx") from e
+        raise CloExportError(
+            f"'{path}' is not a readable ONNX model ({first}); the file is truncated or of another "
+            "format: export it again with clo-export onnx"
+        ) from e
     if not model.graph.node:
-        raise CloExportError(f"'{path}' holds no ONNX graph (empty or another format); export it again with clo-export onnx")
+        raise CloExportError(
+            f"'{path}' holds no ONNX graph (empty or another format); export it again with clo-export onnx"
+        )
     return model
 
 
@@ -147,7 +153,11 @@ def write_metadata(model: onnx.ModelProto, meta: ModelMeta) -> None:
     """Set YOLOv5's stride/names and our clo_export.* keys on `model` (in place, replacing old ones)."""
     import onnx
 
-    kept = {p.key: p.value for p in model.metadata_props if p.key not in ("stride", "names") and not p.key.startswith(PREFIX)}
+    kept = {
+        p.key: p.value
+        for p in model.metadata_props
+        if p.key not in ("stride", "names") and not p.key.startswith(PREFIX)
+    }
     onnx.helper.set_model_props(model, {**kept, **_props(meta, model)})
 
 
@@ -167,7 +177,9 @@ def _parse_names(text: str) -> dict[int, str]:
 
 
 def _bad(key: str, value: str, want: str) -> CloExportError:
-    return CloExportError(f"ONNX metadata '{key}' is {value[:60]!r}, not {want}; the file was edited or damaged: {REEXPORT}")
+    return CloExportError(
+        f"ONNX metadata '{key}' is {value[:60]!r}, not {want}; the file was edited or damaged: {REEXPORT}"
+    )
 
 
 def _number(props: dict[str, str], key: str, kind: type, low: float | None = None, high: float | None = None) -> Any:
@@ -208,12 +220,17 @@ def _precision(value: str | None) -> str | None:
 
 
 def _is_size(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 1 << 15 for x in v)
+    return (
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 1 << 15 for x in v)
+    )
 
 
 def _is_anchors(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(lv, list) and all(isinstance(a, (int, float)) and not isinstance(a, bool)
-                                                                    for a in lv) for lv in v)
+    return isinstance(v, list) and all(
+        isinstance(lv, list) and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in lv) for lv in v
+    )
 
 
 def input_precision(model: onnx.ModelProto) -> str | None:
@@ -229,12 +246,17 @@ def read_metadata(model_or_path: Any) -> ModelMeta:
 
     Takes an ``onnx.ModelProto`` or a path (read without external weights).
     """
-    model = load_onnx(model_or_path, load_external_data=False) if isinstance(model_or_path, (str, os.PathLike)) \
+    model = (
+        load_onnx(model_or_path, load_external_data=False)
+        if isinstance(model_or_path, (str, os.PathLike))
         else model_or_path
+    )
     props = {p.key: p.value for p in model.metadata_props}
     if "stride" not in props or "names" not in props:
-        raise CloExportError("ONNX model has no YOLOv5 metadata (stride, names); export it with clo-export onnx or YOLOv5's export.py")
-    ours = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
+        raise CloExportError(
+            "ONNX model has no YOLOv5 metadata (stride, names); export it with clo-export onnx or YOLOv5's export.py"
+        )
+    ours = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
     names = _parse_names(props["names"])
     inp = graph_input(model)
     dims = dims_of(inp) if inp is not None else ()
@@ -380,18 +402,26 @@ def check_contract(artifact: ModelInfo, checkpoint: ModelInfo) -> None:
     """
     a, c = Path(artifact.path).name, Path(checkpoint.path).name
     if len(artifact.names) != len(checkpoint.names):
-        raise CloExportError(f"number of classes differs: {a} has {len(artifact.names)}, {c} has "
-                             f"{len(checkpoint.names)}; check against the checkpoint the model was exported from")
+        raise CloExportError(
+            f"number of classes differs: {a} has {len(artifact.names)}, {c} has "
+            f"{len(checkpoint.names)}; check against the checkpoint the model was exported from"
+        )
     wrong = [k for k in sorted(checkpoint.names) if artifact.names.get(k) != checkpoint.names[k]]
     if wrong:
         k = wrong[0]
-        raise CloExportError(f"class names differ: class {k} is {artifact.names.get(k)!r} in {a} but "
-                             f"{checkpoint.names[k]!r} in {c} ({len(wrong)} of {len(checkpoint.names)} names differ); "
-                             "check against the checkpoint the model was exported from")
+        raise CloExportError(
+            f"class names differ: class {k} is {artifact.names.get(k)!r} in {a} but "
+            f"{checkpoint.names[k]!r} in {c} ({len(wrong)} of {len(checkpoint.names)} names differ); "
+            "check against the checkpoint the model was exported from"
+        )
     if int(artifact.stride) != int(checkpoint.stride):
-        raise CloExportError(f"stride differs: {a} has {artifact.stride}, {c} has {checkpoint.stride}; "
-                             "check against the checkpoint the model was exported from")
+        raise CloExportError(
+            f"stride differs: {a} has {artifact.stride}, {c} has {checkpoint.stride}; "
+            "check against the checkpoint the model was exported from"
+        )
     if tuple(artifact.imgsz) != tuple(checkpoint.imgsz):
         (h, w), (ch, cw) = artifact.imgsz, checkpoint.imgsz
-        raise CloExportError(f"input size differs: {a} takes {h}x{w}, {c} runs at {ch}x{cw} (its training size, or "
-                             f"--imgsz); re-export at {ch},{cw}, or pass --imgsz {h},{w} if {h}x{w} was meant")
+        raise CloExportError(
+            f"input size differs: {a} takes {h}x{w}, {c} runs at {ch}x{cw} (its training size, or "
+            f"--imgsz); re-export at {ch},{cw}, or pass --imgsz {h},{w} if {h}x{w} was meant"
+        )

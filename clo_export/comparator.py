@@ -42,8 +42,10 @@ def feed_for(runner: Runner, feed: Feed) -> Feed:
         return feed
     if len(names) == 1 and len(feed) == 1:
         return {names[0]: next(iter(feed.values()))}
-    raise CloExportError(f"the feed has inputs {sorted(feed)} but the {runner.name} model takes {names}; "
-                         "feed it the model's own input names")
+    raise CloExportError(
+        f"the feed has inputs {sorted(feed)} but the {runner.name} model takes {names}; "
+        "feed it the model's own input names"
+    )
 
 
 def run_feeds(runner: Runner, feeds: Iterable[Feed]) -> Iterator[Outputs]:
@@ -68,9 +70,11 @@ class Thresholds:
         """
         if not model.nms:
             return self
-        return Thresholds(self.conf if model.nms_conf is None else model.nms_conf,
-                          self.iou if model.nms_iou is None else model.nms_iou,
-                          model.nms_max_det or self.max_det)
+        return Thresholds(
+            self.conf if model.nms_conf is None else model.nms_conf,
+            self.iou if model.nms_iou is None else model.nms_iou,
+            model.nms_max_det or self.max_det,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,19 @@ class Comparison:
 
     def __call__(self, ref: Outputs, test: Outputs) -> Compared:
         t = self.thresholds
-        test = {k: np.asarray(v, dtype=np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
-                for k, v in test.items()}
+        test = {
+            k: np.asarray(v, dtype=np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+            for k, v in test.items()
+        }
         ref_dets = detections(ref, t.conf, t.iou, t.max_det)
         test_dets = detections(test, t.conf, t.iou, t.max_det)
         agreement = detection_agreement(ref_dets, test_dets)
         tensors = {k: v for k, v in test.items() if k not in NMS_OUTPUTS} if has_nms_outputs(test) else test
-        report = (compare_tensors(ref, tensors, self.precision, self.tolerance) if tensors
-                  else Report(self.precision, self.tolerance))
+        report = (
+            compare_tensors(ref, tensors, self.precision, self.tolerance)
+            if tensors
+            else Report(self.precision, self.tolerance)
+        )
         report = replace(report, detections=agreement, nonfinite=nonfinite_outputs(ref, test))
         return Compared(report, ref_dets, test_dets)
 

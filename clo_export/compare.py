@@ -157,10 +157,21 @@ class Tolerance:
 
     def describe(self) -> str:
         """The limits in one line, for tables and reports."""
-        box = f"{self.box_max_abs:g} px + {self.box_rtol:g} x |value|" if self.box_rtol is not None else f"{self.box_max_abs:g}"
-        parts = [f"{k} |diff| <= {v}" for k, v in (("boxes", box if self.box_max_abs is not None else None),
-                                                  ("objectness", self.obj_max_abs), ("classes", self.cls_max_abs),
-                                                  ("other outputs", self.other_max_abs)) if v is not None]
+        box = (
+            f"{self.box_max_abs:g} px + {self.box_rtol:g} x |value|"
+            if self.box_rtol is not None
+            else f"{self.box_max_abs:g}"
+        )
+        parts = [
+            f"{k} |diff| <= {v}"
+            for k, v in (
+                ("boxes", box if self.box_max_abs is not None else None),
+                ("objectness", self.obj_max_abs),
+                ("classes", self.cls_max_abs),
+                ("other outputs", self.other_max_abs),
+            )
+            if v is not None
+        ]
         floor = [f"boxes and classes where reference objectness >= {self.score_floor:g}"] if self.score_floor else []
         return ", ".join(parts + floor + [f"detection F1 >= {self.min_f1:g}"])
 
@@ -188,8 +199,10 @@ class Tolerance:
         if rtol is not None and stats.max_excess is not None:
             if stats.max_excess <= limit:
                 return None
-            return (f"{stats.name}: |diff| exceeds {limit:g} + {rtol:g} x |value| by {stats.max_excess - limit:.3g} "
-                    f"(max |diff| {stats.max_abs:.3g})")
+            return (
+                f"{stats.name}: |diff| exceeds {limit:g} + {rtol:g} x |value| by {stats.max_excess - limit:.3g} "
+                f"(max |diff| {stats.max_abs:.3g})"
+            )
         if stats.max_abs <= limit:
             return None
         return f"{stats.name}: max |diff| {stats.max_abs:.3g} > {limit:.3g} allowed"
@@ -216,9 +229,18 @@ class Tolerance:
 # - int8: per-element errors are large by design and say little; only the detections are judged, and
 #   accuracy belongs to mAP on a labelled set.
 TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(box_max_abs=1e-2, obj_max_abs=2e-5, cls_max_abs=2e-5, other_max_abs=1e-4, min_f1=0.999, box_rtol=1e-4),
-    "fp16": Tolerance(box_max_abs=1.25, obj_max_abs=2.5e-2, cls_max_abs=2e-2, other_max_abs=1e-2, min_f1=0.98,
-                      box_rtol=7e-3, score_floor=1e-3),
+    "fp32": Tolerance(
+        box_max_abs=1e-2, obj_max_abs=2e-5, cls_max_abs=2e-5, other_max_abs=1e-4, min_f1=0.999, box_rtol=1e-4
+    ),
+    "fp16": Tolerance(
+        box_max_abs=1.25,
+        obj_max_abs=2.5e-2,
+        cls_max_abs=2e-2,
+        other_max_abs=1e-2,
+        min_f1=0.98,
+        box_rtol=7e-3,
+        score_floor=1e-3,
+    ),
     "int8": Tolerance(box_max_abs=None, obj_max_abs=None, cls_max_abs=None, other_max_abs=None, min_f1=0.9),
 }
 
@@ -288,8 +310,11 @@ class Report:
     @property
     def failures(self) -> list[str]:
         """Human-readable reasons the comparison is out of tolerance (empty when it passes)."""
-        out = [f"{side} output '{name}' has {_count_text(*counts)} values"
-               for side, names in self.nonfinite.items() for name, counts in names.items()]
+        out = [
+            f"{side} output '{name}' has {_count_text(*counts)} values"
+            for side, names in self.nonfinite.items()
+            for name, counts in names.items()
+        ]
         out += [f"output '{name}' is missing from the test outputs" for name in self.missing]
         for stats in self.tensors.values():
             if self.nonfinite and not np.isfinite(stats.max_abs):
@@ -313,8 +338,10 @@ class Report:
         if not self.tensors and det is None:
             return [f"nothing was compared on {self.n_inputs} input(s)"]
         if det is not None and det.n_ref == 0:
-            return [f"the reference found no detections on any of {self.n_inputs} input(s), so detections were not "
-                    "compared; compare on frames showing objects the model detects"]
+            return [
+                f"the reference found no detections on any of {self.n_inputs} input(s), so detections were not "
+                "compared; compare on frames showing objects the model detects"
+            ]
         return []
 
     @property
@@ -392,14 +419,22 @@ class Report:
         return cls(
             precision=data["precision"],
             tolerance=Tolerance(**data["tolerance"]),
-            tensors={k: TensorStats(**{**v, "shape": tuple(v["shape"]),  # strict JSON wrote NaN/Inf as null
-                                        **{f: float("nan") for f in ("max_abs", "mean_abs", "cosine") if v.get(f) is None}})
-                     for k, v in data["tensors"].items()},
+            tensors={
+                k: TensorStats(
+                    **{
+                        **v,
+                        "shape": tuple(v["shape"]),  # strict JSON wrote NaN/Inf as null
+                        **{f: float("nan") for f in ("max_abs", "mean_abs", "cosine") if v.get(f) is None},
+                    }
+                )
+                for k, v in data["tensors"].items()
+            },
             detections=DetectionAgreement(**data["detections"]) if data["detections"] is not None else None,
             missing=tuple(data["missing"]),
             n_inputs=data["n_inputs"],
-            nonfinite={side: {k: tuple(v) for k, v in names.items()}
-                       for side, names in data.get("nonfinite", {}).items()},
+            nonfinite={
+                side: {k: tuple(v) for k, v in names.items()} for side, names in data.get("nonfinite", {}).items()
+            },
         )
 
     @classmethod
@@ -409,7 +444,8 @@ class Report:
 
 
 def detection_stats(ref: np.ndarray, test: np.ndarray, tolerance: Tolerance | None = None) -> dict[str, TensorStats]:
-    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores (with the tolerance's relative parts).
+    """Per-field stats of a decoded YOLOv5 output: boxes, objectness, class scores (with the tolerance's relative
+    parts).
 
     With the tolerance's ``score_floor``, boxes and class scores count only on rows whose reference objectness
     reaches it (objectness counts on every row); a NaN or Inf anywhere in a field still reaches its statistic.

@@ -10,11 +10,22 @@ class CloExportError(Exception):
     """Raised by library code for anything the user can fix; the CLI prints it on one line."""
 
 
-MEMORY_SIGNS = ("out of memory", "can't allocate", "insufficient memory", "failed to allocate", "bad allocation",
-                "unable to allocate", "bad_alloc")
+MEMORY_SIGNS = (
+    "out of memory",
+    "can't allocate",
+    "insufficient memory",
+    "failed to allocate",
+    "bad allocation",
+    "unable to allocate",
+    "bad_alloc",
+)
 _SIZE = re.compile(r"(\d+(?:\.\d*)?\s*[KMGTP]i?B)\b|(\d{4,})\s*bytes|buffer of size\s*(\d+)", re.IGNORECASE)
-_SIGNS = (("Allocator", "PyTorch"), ("CUDA out of memory", "PyTorch"), ("OpenCV", "OpenCV"),
-          ("ONNXRuntime", "ONNX Runtime"))
+_SIGNS = (
+    ("Allocator", "PyTorch"),
+    ("CUDA out of memory", "PyTorch"),
+    ("OpenCV", "OpenCV"),
+    ("ONNXRuntime", "ONNX Runtime"),
+)
 _LIBRARIES = (("torch", "PyTorch"), ("cv2", "OpenCV"), ("onnxruntime", "ONNX Runtime"), ("numpy", "NumPy"))
 
 
@@ -43,5 +54,7 @@ def memory_error_text(e: BaseException) -> Optional[str]:
         size = match.group(1)
     else:
         size = _human(float(match.group(2) or match.group(3)))
-    return (f"out of memory: {who} needed {size} and could not get it; use a smaller --imgsz, --infer-batch, "
-            "--max-pixels or fewer --workers, close other programs, or use a machine with more memory")
+    return (
+        f"out of memory: {who} needed {size} and could not get it; use a smaller --imgsz, --infer-batch, "
+        "--max-pixels or fewer --workers, close other programs, or use a machine with more memory"
+    )

@@ -51,11 +51,16 @@ FOLDER_FILE_SUFFIXES = IMAGE_SUFFIXES + (".mp4", ".avi", ".mkv", ".mov")
 def os_error_text(e: OSError) -> str:
     """'No space left on device' style cause of an OSError, with the usual fix."""
     cause = e.strerror or str(e) or type(e).__name__
-    hint = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
-            errno.EROFS: "the filesystem is read-only; write elsewhere", errno.EACCES: "check the permissions",
-            errno.EPERM: "check the permissions", errno.EISDIR: "a folder is in the way; choose a file name",
-            errno.ENOTDIR: "a parent of the path is a file, not a folder",
-            errno.EEXIST: "a parent of the path is a file, not a folder"}.get(e.errno or 0)
+    hint = {
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EDQUOT: "free some space or write elsewhere",
+        errno.EROFS: "the filesystem is read-only; write elsewhere",
+        errno.EACCES: "check the permissions",
+        errno.EPERM: "check the permissions",
+        errno.EISDIR: "a folder is in the way; choose a file name",
+        errno.ENOTDIR: "a parent of the path is a file, not a folder",
+        errno.EEXIST: "a parent of the path is a file, not a folder",
+    }.get(e.errno or 0)
     return f"{cause}; {hint}" if hint else cause
 
 
@@ -86,8 +91,10 @@ def check_name_length(label: str, path: PathLike, extra: int = 0) -> None:
     for i, part in enumerate(path.parts):
         size = len(os.fsencode(part)) + (extra if i == len(path.parts) - 1 else 0)
         if size > limit:
-            raise CloExportError(f"{label} '{path}': the name '{part[:40]}…' is {size} bytes, more than the "
-                                 f"filesystem's {limit}; choose a shorter name")
+            raise CloExportError(
+                f"{label} '{path}': the name '{part[:40]}…' is {size} bytes, more than the "
+                f"filesystem's {limit}; choose a shorter name"
+            )
 
 
 def _part_stem(name: str) -> str:
@@ -131,16 +138,21 @@ def remove_stale_parts(path: PathLike) -> list:
     removed = []
     for p in [path.parent / n for n in _PARTS_SEEN[folder]]:
         m = _PART.match(p.name)
-        ours = m and (m["stem"] == _part_stem(path.name)
-                      or (m["stem"] == _part_stem(path.stem) and p.suffix == path.suffix))
+        ours = m and (
+            m["stem"] == _part_stem(path.name) or (m["stem"] == _part_stem(path.stem) and p.suffix == path.suffix)
+        )
         if ours and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
             with contextlib.suppress(OSError):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
                 removed.append(p)
                 _PARTS_SEEN[folder].remove(p.name)
     if removed:
-        log.warning("removed %d temporary file(s) of %s left by a stopped process: %s", len(removed), path,
-                    ", ".join(p.name for p in removed))
+        log.warning(
+            "removed %d temporary file(s) of %s left by a stopped process: %s",
+            len(removed),
+            path,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 
@@ -160,10 +172,18 @@ def output_target(label: str, path: PathLike) -> Tuple[str, Path]:
         return "file", real
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return "stream", path
-    kind = "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else \
-        "a block device" if stat.S_ISBLK(mode) else "not a regular file"
-    raise CloExportError(f"{label} '{path}' is {kind}; give a file name (or a character device or pipe such as "
-                         "/dev/null)")
+    kind = (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    raise CloExportError(
+        f"{label} '{path}' is {kind}; give a file name (or a character device or pipe such as /dev/null)"
+    )
 
 
 def is_stream(path: PathLike) -> bool:
@@ -286,8 +306,10 @@ def is_ours(path: PathLike) -> bool:
 def check_sidecar(path: PathLike) -> None:
     """Refuse to replace a file at a sidecar's path that clo-export did not write."""
     if not is_ours(path):
-        raise CloExportError(f"'{path}' exists and was not written by clo-export (no '{SIDECAR_MARKER}' key); "
-                             "it is kept: move it away or write the model under another name with -o")
+        raise CloExportError(
+            f"'{path}' exists and was not written by clo-export (no '{SIDECAR_MARKER}' key); "
+            "it is kept: move it away or write the model under another name with -o"
+        )
 
 
 def write_sidecar(path: PathLike, facts: Mapping[str, Any], named_by_user: bool = False) -> Path:
@@ -365,7 +387,9 @@ def check_output_path(label: str, path: PathLike) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise CloExportError(f"{label} '{path}': '{parent}' is a file, not a folder; choose another path")
-            if not os.access(parent, os.W_OK | os.X_OK):  # read-only filesystem or no permission: say so before any work
+            if not os.access(
+                parent, os.W_OK | os.X_OK
+            ):  # read-only filesystem or no permission: say so before any work
                 cause = "Read-only file system" if _read_only(parent) else "Permission denied"
                 raise CloExportError(f"cannot write '{path}': {cause}; write elsewhere")
             break
@@ -378,9 +402,11 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
-def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]],
-                  outputs: Mapping[str, Optional[PathLike]],
-                  out_dirs: Mapping[str, Optional[PathLike]] = {}) -> None:  # noqa: B006 (read only)
+def check_outputs(
+    inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]],
+    outputs: Mapping[str, Optional[PathLike]],
+    out_dirs: Mapping[str, Optional[PathLike]] = {},
+) -> None:  # noqa: B006 (read only)
     """Refuse, before any work, an output that would replace or sit among a command's inputs.
 
     ``inputs`` maps an option label to a path or a list of paths (files or folders; missing ones
@@ -403,34 +429,49 @@ def check_outputs(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]
         for in_label, inp in ins:
             if _same(out, inp):
                 how = "" if out.absolute() == inp.absolute() else " (through a link)"
-                raise CloExportError(f"{label} '{out}' is the input {in_label} '{inp}'{how}; writing it would destroy "
-                                     "the input: choose another output path")
+                raise CloExportError(
+                    f"{label} '{out}' is the input {in_label} '{inp}'{how}; writing it would destroy "
+                    "the input: choose another output path"
+                )
             if inp.is_dir() and out.is_file() and _inside(out, inp):
-                raise CloExportError(f"{label} '{out}' is a file inside the input {in_label} '{inp}'; writing it would "
-                                     "destroy an input: choose another output path")
+                raise CloExportError(
+                    f"{label} '{out}' is a file inside the input {in_label} '{inp}'; writing it would "
+                    "destroy an input: choose another output path"
+                )
     for i, (label, out) in enumerate(outs):
-        for other_label, other in outs[i + 1:]:
+        for other_label, other in outs[i + 1 :]:
             if _same(out, other):
-                raise CloExportError(f"{label} '{out}' and {other_label} '{other}' are the same file; give them different paths")
+                raise CloExportError(
+                    f"{label} '{out}' and {other_label} '{other}' are the same file; give them different paths"
+                )
     for label, folder in dirs:
         if folder.exists() and not folder.is_dir():
             raise CloExportError(f"{label} '{folder}' is a file, not a folder; choose a folder path")
         check_name_length(label, folder)
         for out_label, out in outs:
             if out.suffix.lower() in FOLDER_FILE_SUFFIXES and _inside(out.parent, folder):
-                raise CloExportError(f"{out_label} '{out}' lies in {label} '{folder}' under a name annotated files can "
-                                     f"take; one output of a run would replace another: put {out_label} elsewhere")
+                raise CloExportError(
+                    f"{out_label} '{out}' lies in {label} '{folder}' under a name annotated files can "
+                    f"take; one output of a run would replace another: put {out_label} elsewhere"
+                )
         for in_label, inp in ins:
             if inp.is_dir() and _inside(folder, inp):
-                raise CloExportError(f"{label} '{folder}' lies inside the input {in_label} '{inp}'; annotated files would "
-                                     "mix with (or replace) the inputs: choose a folder outside it")
+                raise CloExportError(
+                    f"{label} '{folder}' lies inside the input {in_label} '{inp}'; annotated files would "
+                    "mix with (or replace) the inputs: choose a folder outside it"
+                )
             if not inp.is_dir() and _identity(folder) is not None and _identity(inp.parent) == _identity(folder):
-                raise CloExportError(f"{label} '{folder}' holds the input {in_label} '{inp}'; annotated files would "
-                                     "replace the inputs: choose another folder")
+                raise CloExportError(
+                    f"{label} '{folder}' holds the input {in_label} '{inp}'; annotated files would "
+                    "replace the inputs: choose another folder"
+                )
 
 
-def check_artifact(inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]], out: PathLike,
-                   extra: Mapping[str, Optional[PathLike]] = {}) -> None:  # noqa: B006 (read only)
+def check_artifact(
+    inputs: Mapping[str, Union[PathLike, Iterable[PathLike], None]],
+    out: PathLike,
+    extra: Mapping[str, Optional[PathLike]] = {},
+) -> None:  # noqa: B006 (read only)
     """The pre-work check of a command writing ``out`` and its sidecar (plus ``extra`` outputs)."""
     if is_stream(out):  # a device or pipe gets the artifact only: no sidecars beside it
         check_outputs(inputs, {"-o": out, **extra})

@@ -45,21 +45,29 @@ def resolve_imgsz(name: str, trained: tuple[int, int] | None, requested: tuple[i
         if trained is None:
             log.info("imgsz %s: as requested (%s records no training size)", size_text(size), name)
         elif tuple(trained) != size:
-            log.warning("imgsz %s as requested, but %s was trained at %s: its detections differ at another size",
-                        size_text(size), name, size_text(trained))
+            log.warning(
+                "imgsz %s as requested, but %s was trained at %s: its detections differ at another size",
+                size_text(size),
+                name,
+                size_text(trained),
+            )
         else:
             log.info("imgsz %s: the checkpoint's training size", size_text(size))
         return size
     if trained is not None:
         log.info("imgsz %s: the checkpoint's training size", size_text(trained))
         return (int(trained[0]), int(trained[1]))
-    log.info("imgsz %s: %s records no training size; YOLOv5's default (pass --imgsz H,W with the size it was "
-             "trained at)", size_text(DEFAULT_IMGSZ), name)
+    log.info(
+        "imgsz %s: %s records no training size; YOLOv5's default (pass --imgsz H,W with the size it was trained at)",
+        size_text(DEFAULT_IMGSZ),
+        name,
+    )
     return DEFAULT_IMGSZ
 
 
-def runner_imgsz(model: str | Path, requested: tuple[int, int] | None,
-                 checkpoint: tuple[int, int]) -> tuple[int, int] | None:
+def runner_imgsz(
+    model: str | Path, requested: tuple[int, int] | None, checkpoint: tuple[int, int]
+) -> tuple[int, int] | None:
     """The size to run ``model`` at beside its checkpoint: ``requested``; an ONNX fixing none runs at ``checkpoint``."""
     if requested is not None or Path(model).suffix.lower() != ".onnx":
         return requested
@@ -77,12 +85,16 @@ def model_imgsz(model_name: str, known: tuple[int, int] | None, requested: tuple
     """
     if known is not None:
         if requested is not None and tuple(requested) != tuple(known):
-            raise CloExportError(f"'{model_name}' takes {known[0]}x{known[1]} inputs only; drop --imgsz or re-export at "
-                                 f"{requested[0]},{requested[1]}")
+            raise CloExportError(
+                f"'{model_name}' takes {known[0]}x{known[1]} inputs only; drop --imgsz or re-export at "
+                f"{requested[0]},{requested[1]}"
+            )
         return (int(known[0]), int(known[1]))
     if requested is None:
-        raise CloExportError(f"'{model_name}' has no fixed input size and no imgsz in its metadata (a --dynamic export); "
-                             "pass --imgsz H,W with the size it was trained at")
+        raise CloExportError(
+            f"'{model_name}' has no fixed input size and no imgsz in its metadata (a --dynamic export); "
+            "pass --imgsz H,W with the size it was trained at"
+        )
     return (int(requested[0]), int(requested[1]))
 
 
@@ -110,10 +122,7 @@ def check_stride_multiple(imgsz: tuple[int, int], stride: int, valid_multiple: i
 
 def window_error(layer: int, name: str, map_hw: tuple[int, int], window: int, in_stride: int | None) -> CloExportError:
     """The error for a feature map that a windowed block cannot split into whole windows."""
-    msg = (
-        f"layer {layer} {name}: its {map_hw[0]}x{map_hw[1]} feature map is not divisible by "
-        f"window_size {window}"
-    )
+    msg = f"layer {layer} {name}: its {map_hw[0]}x{map_hw[1]} feature map is not divisible by window_size {window}"
     if in_stride:
         multiple = in_stride * window
         img = (map_hw[0] * in_stride, map_hw[1] * in_stride)
@@ -179,4 +188,6 @@ def check_memory(model, imgsz: tuple[int, int], batch: int = 1, factor: int = EX
     if free is not None and need > free:
         raise CloExportError(
             f"--imgsz {imgsz[0]},{imgsz[1]} (batch {batch}) needs about {need / 2**30:.1f} GiB for exporting, but only "
-            f"{free / 2**30:.1f} GiB of memory is available; use a smaller --imgsz (640 is YOLOv5's default) or --export-batch")
+            f"{free / 2**30:.1f} GiB of memory is available; use a smaller --imgsz (640 is YOLOv5's default) or "
+            f"--export-batch"
+        )

@@ -103,7 +103,7 @@ def _match_coco(det: np.ndarray, iou: np.ndarray, same: np.ndarray, iouv: np.nda
 
 
 def _coco_top(det: np.ndarray) -> np.ndarray:
-    """One image's detections by score, at most COCO_MAX_DETS per class (COCOeval keeps maxDets per image and category)."""
+    """One image's detections by score, at most COCO_MAX_DETS per class (COCOeval: maxDets per image and category)."""
     det = det[np.argsort(-det[:, 4], kind="mergesort")]
     keep = np.zeros(len(det), dtype=bool)
     for c in np.unique(det[:, 5]):
@@ -184,7 +184,9 @@ def evaluate(
     if definition == "coco":
         dets = [_coco_top(d) for d in dets]
     gts = [_as_rows(g, 5, "ground truths") for g in ground_truths]
-    correct = np.concatenate([match_image(d, g, iouv, definition) for d, g in zip(dets, gts)] + [np.zeros((0, len(iouv)), bool)])
+    correct = np.concatenate(
+        [match_image(d, g, iouv, definition) for d, g in zip(dets, gts)] + [np.zeros((0, len(iouv)), bool)]
+    )
     all_dets = np.concatenate(dets + [np.zeros((0, 6))])
     gt_cls = np.concatenate([g[:, 0] for g in gts] + [np.zeros(0)])
     order = np.argsort(-all_dets[:, 4], kind="stable")

@@ -1,6 +1,7 @@
 """YOLOv5 box utilities, non-maximum suppression and model outputs → detections, in NumPy (runs where torch is absent).
 
-Imports only errors.py and (lazily) data/preprocess.py of the package: Triton's postprocessing model vendors these three files.
+Imports only errors.py and (lazily) data/preprocess.py of the package: Triton's postprocessing model vendors
+these three files.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(min=0)
     h = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(min=0)
     inter = w * h
-    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    union = (
+        (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    )
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -69,8 +72,9 @@ def _overlapping_pairs(x1: np.ndarray, x2: np.ndarray, budget: int) -> tuple[np.
     return order[first], order[first + 1 + step]
 
 
-def _greedy_nms_loop(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, iou_thres: float,
-                     max_det: int) -> np.ndarray:
+def _greedy_nms_loop(
+    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, iou_thres: float, max_det: int
+) -> np.ndarray:
     """Greedy NMS box by box: each kept box against all boxes still left (for very dense frames)."""
     area = (x2 - x1) * (y2 - y1)
     order = np.arange(len(x1))
@@ -119,13 +123,11 @@ def _greedy_nms(boxes: np.ndarray, iou_thres: float, max_det: int) -> np.ndarray
         if len(keep) == max_det:
             break
         if starts[i] != starts[i + 1]:
-            suppressed[neighbours[starts[i]:starts[i + 1]]] = True
+            suppressed[neighbours[starts[i] : starts[i + 1]]] = True
     return np.asarray(keep, dtype=np.intp)
 
 
-def _candidates(
-    x: np.ndarray, conf_thres: float, multi_label: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _candidates(x: np.ndarray, conf_thres: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes (xyxy), scores and labels of one image's rows whose obj*cls score passes `conf_thres`."""
     x = x[x[:, 4] > conf_thres]
     scores = x[:, 5:] * x[:, 4:5]
@@ -188,9 +190,7 @@ def nms(
         )
     pred = pred.astype(np.float32, copy=False)
     multi_label = multi_label and pred.shape[2] > 6
-    return [
-        _nms_image(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms) for x in pred
-    ]
+    return [_nms_image(x, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms) for x in pred]
 
 
 def detections_from_nms_outputs(outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -218,12 +218,20 @@ def decoded_output(outputs: dict[str, np.ndarray]) -> np.ndarray:
         if np.ndim(value) == 3 and np.shape(value)[2] >= 6:
             return value
     shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in outputs.items())
-    raise CloExportError(f"no output of shape (batch, anchors, 5 + classes) among {shapes or 'none'}; "
-                         "export with the Detect head in inference mode (output0) or with --nms")
+    raise CloExportError(
+        f"no output of shape (batch, anchors, 5 + classes) among {shapes or 'none'}; "
+        "export with the Detect head in inference mode (output0) or with --nms"
+    )
 
 
-def detections(outputs: dict[str, np.ndarray], conf: float = 0.25, iou: float = 0.45, max_det: int = 300,
-               classes: Sequence[int] | None = None, agnostic: bool = False) -> list[np.ndarray]:
+def detections(
+    outputs: dict[str, np.ndarray],
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 300,
+    classes: Sequence[int] | None = None,
+    agnostic: bool = False,
+) -> list[np.ndarray]:
     """Per-image (n, 6) [x1, y1, x2, y2, conf, cls] detections of any model's outputs.
 
     In-graph NMS outputs are read as the graph wrote them (its own thresholds); a raw model's decoded

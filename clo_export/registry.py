@@ -96,8 +96,14 @@ class Registry:
         """Register ``block``; replacing a different block of the same name warns unless ``override``."""
         old = self.blocks.get(block.name)
         if old is not None and old.cls is not block.cls and not override:
-            log.warning("block '%s': %s (%s) replaces %s (%s); pass override=True to register_block to silence this",
-                        block.name, qualname(block.cls), block.source, qualname(old.cls), old.source)
+            log.warning(
+                "block '%s': %s (%s) replaces %s (%s); pass override=True to register_block to silence this",
+                block.name,
+                qualname(block.cls),
+                block.source,
+                qualname(old.cls),
+                old.source,
+            )
         self.blocks[block.name] = block
 
 

@@ -107,14 +107,30 @@ def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None
 
     specs = [sources] if isinstance(sources, (str, Path)) else list(sources)
     inputs = {"MODEL": model, "--calib": [p for s in specs for p in local_inputs(s)]}
-    check_artifact(inputs, out, {"--cache": cache, "report": out.with_name(out.stem + ".accuracy.json"),
-                                 "--sensitivity": out.with_name(out.stem + ".sensitivity.json")})
+    check_artifact(
+        inputs,
+        out,
+        {
+            "--cache": cache,
+            "report": out.with_name(out.stem + ".accuracy.json"),
+            "--sensitivity": out.with_name(out.stem + ".sensitivity.json"),
+        },
+    )
     if cache is not None:  # none beside a device or pipe
         check_sidecar(cache)
 
 
-def check_check_options(model: Path, weights: Path, source: str, limit: int, frames: int, min_f1: Optional[float],
-                        json_out: Path, json_named: bool, report: Optional[Path]) -> None:
+def check_check_options(
+    model: Path,
+    weights: Path,
+    source: str,
+    limit: int,
+    frames: int,
+    min_f1: Optional[float],
+    json_out: Path,
+    json_named: bool,
+    report: Optional[Path],
+) -> None:
     """``clo-export check``: values, inputs, and the JSON/HTML outputs against the inputs."""
     from clo_export.fileio import check_outputs, check_sidecar
 
@@ -124,14 +140,23 @@ def check_check_options(model: Path, weights: Path, source: str, limit: int, fra
     existing_file("MODEL", model, "pass the .onnx or .engine to check")
     existing_file("--weights", weights, "pass the best.pt the model was exported from")
     existing_sources("--source", [source], "pass images, a folder, a glob or a video")
-    check_outputs({"MODEL": model, "--weights": weights, "--source": local_inputs(source)},
-                  {"--json": json_out, "--report": report})
+    check_outputs(
+        {"MODEL": model, "--weights": weights, "--source": local_inputs(source)},
+        {"--json": json_out, "--report": report},
+    )
     if not json_named:
         check_sidecar(json_out)
 
 
-def check_infer_options(source: str, model: Union[str, Path], check: Optional[Path], save: Optional[Path], save_dir: Optional[Path],
-                        json_path: Optional[Path], **values: Optional[float]) -> None:
+def check_infer_options(
+    source: str,
+    model: Union[str, Path],
+    check: Optional[Path],
+    save: Optional[Path],
+    save_dir: Optional[Path],
+    json_path: Optional[Path],
+    **values: Optional[float],
+) -> None:
     """``clo-infer``: every number, the model and source, and each output against each input."""
     from clo_export.fileio import check_outputs
 
@@ -145,9 +170,15 @@ def check_infer_options(source: str, model: Union[str, Path], check: Optional[Pa
     existing_file("--model", local_model, "pass a .pt, .onnx, .engine or triton://host:port/name")
     existing_file("--check", check, "pass the best.pt the model was exported from")
     existing_sources("SOURCE", [source], "pass a video, an image, a folder, a glob, a webcam index or a stream URL")
-    check_outputs({"--model": local_model, "SOURCE": local_inputs(source), "--check": check}, {"--save": save, "--json": json_path})
-    check_outputs({"SOURCE": local_inputs(source)}, {"--save": save, "--json": json_path},  # annotated files take the
-                  {"--save-dir": save_dir})  # source's names, and no other output may be one of them
+    check_outputs(
+        {"--model": local_model, "SOURCE": local_inputs(source), "--check": check},
+        {"--save": save, "--json": json_path},
+    )
+    check_outputs(
+        {"SOURCE": local_inputs(source)},
+        {"--save": save, "--json": json_path},  # annotated files take the
+        {"--save-dir": save_dir},
+    )  # source's names, and no other output may be one of them
 
 
 def check_demo_options(out: Path, frames: Optional[int], calib: Optional[int], check_every: int) -> None:

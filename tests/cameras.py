@@ -10,6 +10,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi; the project's venv has 
 CAMERA = Path(__file__).with_name("rtsp_camera.py")
 MISSING_EXIT = 3  # rtsp_camera.py: a GStreamer package is missing
 
+
 class Camera:
     """tests/rtsp_camera.py as a subprocess: start, kill (the camera goes away), start again on the same port."""
 
@@ -25,8 +26,12 @@ class Camera:
         """Start serving; returns once clients can connect (bounded: 20 s)."""
         if not Path(SYSTEM_PYTHON).exists():
             raise LookupError(f"{SYSTEM_PYTHON} not found")
-        proc = subprocess.Popen([SYSTEM_PYTHON, str(CAMERA), "--port", str(self.port), "--seconds", str(seconds)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(CAMERA), "--port", str(self.port), "--seconds", str(seconds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         box: list[str] = []
         reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
         reader.start()

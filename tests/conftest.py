@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import randomize
 
 torch = pytest.importorskip("torch")
@@ -84,7 +85,9 @@ def tally():
 
     yield
     total = sum(FAULTS.values())
-    sys.stderr.write(f"\nfault-injection cases: {total} ({dict(FAULTS)}); 0 tracebacks, 0 damaged inputs, 0 leftovers\n")
+    sys.stderr.write(
+        f"\nfault-injection cases: {total} ({dict(FAULTS)}); 0 tracebacks, 0 damaged inputs, 0 leftovers\n"
+    )
 
 
 @pytest.fixture

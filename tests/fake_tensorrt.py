@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import types
 
+
 class Rec:
     """Any TensorRT object: attributes are recorded and cached (so enum members compare by identity)."""
 
@@ -83,11 +84,13 @@ def forget_tensorrt() -> None:
         lazy = vars(module).get("trt") if name.startswith("polygraphy") and module is not None else None
         if type(lazy).__name__ == "LazyModule":
             object.__setattr__(lazy, "module", None)
+
+
 SOFTMAX_NODE, CONV_NODE = "/model.9/Softmax", "/model.24/m.0/Conv"
 
 
 def install(monkeypatch, version: str) -> types.SimpleNamespace:
-    """Make ``import tensorrt`` give a recording stand-in of ``version`` whose network holds a Softmax and a Conv layer."""
+    """Make ``import tensorrt`` give a recording stand-in of ``version`` (its network: a Softmax and a Conv layer)."""
     root = Rec()
     classes: dict = {}
 
@@ -100,9 +103,16 @@ def install(monkeypatch, version: str) -> types.SimpleNamespace:
     mod = types.ModuleType("tensorrt")
     mod.__version__ = version
     mod.__getattr__ = module_attr
-    layers = [Rec("softmax", name=SOFTMAX_NODE, type=root.LayerType.SOFTMAX, num_outputs=1,
-                  set_output_type=lambda j, t: Rec.touched.append("set_output_type")),
-              Rec("conv", name=CONV_NODE, type=root.LayerType.CONVOLUTION, num_outputs=1)]
+    layers = [
+        Rec(
+            "softmax",
+            name=SOFTMAX_NODE,
+            type=root.LayerType.SOFTMAX,
+            num_outputs=1,
+            set_output_type=lambda j, t: Rec.touched.append("set_output_type"),
+        ),
+        Rec("conv", name=CONV_NODE, type=root.LayerType.CONVOLUTION, num_outputs=1),
+    ]
     network = Rec("network")
     object.__setattr__(network, "_items", layers)
     NETWORK[:] = [network]

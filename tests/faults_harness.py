@@ -93,8 +93,15 @@ def _as_foreground() -> None:
 
 def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     """Start a command as a foreground job would run; its output lines are collected by a thread."""
-    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"}, preexec_fn=_as_foreground)
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=_as_foreground,
+    )
     lines: list[str] = []
     proc.reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     proc.reader.start()

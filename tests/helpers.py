@@ -39,8 +39,14 @@ def scene(rng: np.random.Generator, size: tuple[int, int] = (320, 240)) -> np.nd
     return img
 
 
-def make_video(path: Path, frames: int = 24, fps: float = 12.0, size: tuple[int, int] = (320, 240), seed: int = 0,
-               fourcc: str = "mp4v") -> Path:
+def make_video(
+    path: Path,
+    frames: int = 24,
+    fps: float = 12.0,
+    size: tuple[int, int] = (320, 240),
+    seed: int = 0,
+    fourcc: str = "mp4v",
+) -> Path:
     """A short video written with cv2.VideoWriter."""
     rng = np.random.default_rng(seed)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
@@ -78,8 +84,8 @@ def detector(seed: int = 0):
     """The seed architecture (nc=3), untrained but detecting some 10 boxes per frame that move with the content."""
     import torch
 
-    from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
     from clo_export.blocks import load_plugins
+    from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
 
     load_plugins()
     cfg = load_cfg(DEFAULT_CFG)
@@ -179,10 +185,10 @@ def small_onnx() -> Path:
     At 128 the P5 map is one attention window and onnxsim folds the softmax away, hence 256."""
     import torch
 
+    from clo_export.blocks import load_plugins
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load, save_yolov5
     from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
-    from clo_export.blocks import load_plugins
 
     load_plugins()
     cfg = copy.deepcopy(load_cfg(DEFAULT_CFG))

@@ -49,7 +49,9 @@ def test_export_onnx_takes_a_path_and_load_runner_runs_the_result(tmp_path):
     import clo_export
     from clo_export.demo.run import BUNDLED_MODEL
 
-    result = clo_export.export_onnx(BUNDLED_MODEL, tmp_path / "m.onnx", clo_export.ExportOptions(imgsz=(256, 256)), check=False)
+    result = clo_export.export_onnx(
+        BUNDLED_MODEL, tmp_path / "m.onnx", clo_export.ExportOptions(imgsz=(256, 256)), check=False
+    )
     assert result.path.is_file() and result.parity is None
     runner, info = clo_export.load_runner(result.path)
     assert info.imgsz == (256, 256) and info.backend == "onnxruntime"

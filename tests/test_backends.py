@@ -43,10 +43,18 @@ def test_onnx_info_comes_from_the_metadata(art):
         load_runner(art.onnx, "cpu", imgsz=(256, 256))
 
 
-@pytest.mark.parametrize("workers, threads, cores, plan", [
-    (None, None, 2, (2, 1)), (None, None, 16, (2, 8)), (None, None, 1, (1, None)),
-    (1, None, 16, (1, None)), (3, None, 16, (3, 5)), (4, None, 2, (4, 1)), (None, 3, 16, (2, 3)),
-])
+@pytest.mark.parametrize(
+    "workers, threads, cores, plan",
+    [
+        (None, None, 2, (2, 1)),
+        (None, None, 16, (2, 8)),
+        (None, None, 1, (1, None)),
+        (1, None, 16, (1, None)),
+        (3, None, 16, (3, 5)),
+        (4, None, 2, (4, 1)),
+        (None, 3, 16, (2, 3)),
+    ],
+)
 def test_cpu_streams_split_the_cores(workers, threads, cores, plan):
     assert plan_streams(workers, threads, cores) == plan
 
@@ -110,10 +118,21 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error(art):
 def _engine_with_sidecar(tmp_path, output_names=("output0",)):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not really an engine")
-    side = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": [8, 7], "precision": "fp16",
-            "input_name": "images", "input_shape": [1, 3, 128, 128], "output_names": list(output_names),
-            "names": NAMES, "stride": 32, "imgsz": [128, 128], "source_onnx": "m.onnx", "source_onnx_sha256": "0",
-            "build_seconds": 1.0}
+    side = {
+        "tensorrt_version": "10.3.0",
+        "gpu_name": "Orin",
+        "compute_capability": [8, 7],
+        "precision": "fp16",
+        "input_name": "images",
+        "input_shape": [1, 3, 128, 128],
+        "output_names": list(output_names),
+        "names": NAMES,
+        "stride": 32,
+        "imgsz": [128, 128],
+        "source_onnx": "m.onnx",
+        "source_onnx_sha256": "0",
+        "build_seconds": 1.0,
+    }
     (tmp_path / "m.engine.json").write_text(json.dumps(side))
     return engine
 

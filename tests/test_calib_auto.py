@@ -13,17 +13,15 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from clo_export.quantization.graph import GraphIndex, attention_nodes
 from clo_export.quantization.accuracy import Score
+from clo_export.quantization.calibset import split_sources
+from clo_export.quantization.graph import GraphIndex, attention_nodes
 from clo_export.quantization.macs import int8_conv_share, int8_nodes, node_macs
 from clo_export.quantization.quantize import QuantizeOptions, quantize
 from clo_export.quantization.ranges import METHODS
 from clo_export.quantization.rules import check_qdq
 from clo_export.quantization.sensitivity import Site, SiteResult, choose_float, choose_method, measure, rank
-from clo_export.quantization.calibset import split_sources
-from tests.helpers import small_onnx
-from tests.helpers import write_images
-from tests.helpers import make_app
+from tests.helpers import make_app, small_onnx, write_images
 
 
 def test_conv_macs_follow_the_shapes():
@@ -58,7 +56,9 @@ def test_sensitivity_table_has_every_site_with_its_mac_share(auto_run):
     names = [s.site.name for s in r.sites]
     assert {"/model.25/m.0/Conv", "/model.25/m.1/Conv", "/model.25/m.2/Conv"} <= set(names)  # output convs: own sites
     assert {"model.2/cv1", "model.2/m", "model.2/cv3"} <= set(names)  # a C3's parts are sites of their own
-    assert "Add" in next(s.site.ops for s in r.sites if s.site.name == "model.2/m")  # bottlenecks with their residual Adds
+    assert "Add" in next(
+        s.site.ops for s in r.sites if s.site.name == "model.2/m"
+    )  # bottlenecks with their residual Adds
     assert "model.0" in names  # a plain Conv module is one site
     shares = [s.mac_share for s in r.sites]
     assert all(0 <= v < 1 for v in shares) and 0.9 < sum(shares) <= 1.0  # the float attention convs make the rest
@@ -81,7 +81,9 @@ def test_sensitivity_table_prints_every_site_with_what_it_was_measured_on(auto_r
     table = json.loads(r.sensitivity_path.read_text())
     heads = [s for s in table["sites"] if s["output_conv"]]
     assert len(heads) == 3 and all(s["measured_on"] == "all INT8" for s in heads)
-    assert all(s["measured_on"] == "output convs float" and s["int8_alone"] for s in table["sites"] if not s["output_conv"])
+    assert all(
+        s["measured_on"] == "output convs float" and s["int8_alone"] for s in table["sites"] if not s["output_conv"]
+    )
     kept = [line for line in text.splitlines() if line.rstrip(" │").endswith("yes")]
     assert len(kept) == len(r.choice.float_sites)
 
@@ -89,7 +91,9 @@ def test_sensitivity_table_prints_every_site_with_what_it_was_measured_on(auto_r
 def test_fallback_keeps_sites_float_within_the_mac_floor(auto_run):
     root, r = auto_run
     c = r.choice
-    assert c is not None and c.float_sites and c.met == (c.score.drop50_95 <= 0.0)  # target 0: met only by a lossless model
+    assert (
+        c is not None and c.float_sites and c.met == (c.score.drop50_95 <= 0.0)
+    )  # target 0: met only by a lossless model
     assert r.int8_share >= 0.9 and c.score.box_error < r.method_scores[r.method].box_error
     kept = [s for s in c.steps if s.get("kept")]
     assert all(b["box_error"] <= a["box_error"] * 0.98 for a, b in zip(kept, kept[1:]))  # each kept step cut it >= 2 %
@@ -100,9 +104,13 @@ def test_fallback_keeps_sites_float_within_the_mac_floor(auto_run):
     saved = json.loads(r.accuracy_path.read_text())
     attn = attention_nodes(onnx.load(root / "small.onnx"))
     assert set(saved["float_nodes"]) == attn | set(c.float_nodes)  # the key clo-export trt --keep-float reads
-    assert saved["fallback"]["float_sites"] == c.float_sites and saved["int8_conv_mac_share"] == pytest.approx(r.int8_share)
+    assert saved["fallback"]["float_sites"] == c.float_sites and saved["int8_conv_mac_share"] == pytest.approx(
+        r.int8_share
+    )
     if c.float_sites:
-        assert r.report.int8.map50_95 == pytest.approx(c.score.map50_95)  # the report measures the model that was written
+        assert r.report.int8.map50_95 == pytest.approx(
+            c.score.map50_95
+        )  # the report measures the model that was written
 
 
 def test_bad_calibration_set_fails_the_default_bar(tmp_path):
@@ -117,8 +125,19 @@ def test_bad_calibration_set_fails_the_default_bar(tmp_path):
     held = split_sources(calib, 16, 16, 0).holdout  # the seeded split: these become real frames
     for item, src in zip(held, real):
         shutil.copy(src, item.path)
-    args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(calib), "--num", "16", "--holdout", "16",
-            "--method", "minmax", "--all-int8"]
+    args = [
+        "quantize",
+        str(tmp_path / "m.onnx"),
+        "--calib",
+        str(calib),
+        "--num",
+        "16",
+        "--holdout",
+        "16",
+        "--method",
+        "minmax",
+        "--all-int8",
+    ]
     bad = CliRunner().invoke(make_app(), args)
     out = " ".join(bad.output.split())
     assert bad.exit_code == 1 and "below --min-agreement 0.95" in out and "Traceback" not in out, bad.output
@@ -127,20 +146,33 @@ def test_bad_calibration_set_fails_the_default_bar(tmp_path):
 
 
 def _site(name: str, share: float, box_error: float, base: float = 5.0, output: bool = False) -> SiteResult:
-    return SiteResult(Site(name, (name,), 0, "1 Conv", output), share, Score(0.0, 0.0, 0.0, 2.0, box_error),
-                      base=Score(0.0, 0.0, 0.0, 2.0, base))
+    return SiteResult(
+        Site(name, (name,), 0, "1 Conv", output),
+        share,
+        Score(0.0, 0.0, 0.0, 2.0, box_error),
+        base=Score(0.0, 0.0, 0.0, 2.0, base),
+    )
 
 
 def test_float_candidates_are_ranked_by_box_error_recovery_per_mac():
-    sites = [_site("big", 0.10, 4.0), _site("worse", 0.01, 5.1), _site("small", 0.005, 4.8), _site("flat", 0.01, 5.0),
-             _site("head", 0.01, 7.0, base=8.0, output=True)]
+    sites = [
+        _site("big", 0.10, 4.0),
+        _site("worse", 0.01, 5.1),
+        _site("small", 0.005, 4.8),
+        _site("flat", 0.01, 5.0),
+        _site("head", 0.01, 7.0, base=8.0, output=True),
+    ]
     # output convs first; then gain per MAC share: small 0.2 / 0.005 = 40 before big 1.0 / 0.10 = 10; each against its
     # own base; sites that recover nothing are no candidates
     assert [r.site.name for r in rank(sites)] == ["head", "small", "big"]
 
 
 def test_sites_upstream_are_measured_with_the_output_convs_float():
-    sites = [Site("a", ("a",), 10, "1 Conv"), Site("h1", ("h1",), 1, "1 Conv", True), Site("h2", ("h2",), 1, "1 Conv", True)]
+    sites = [
+        Site("a", ("a",), 10, "1 Conv"),
+        Site("h1", ("h1",), 1, "1 Conv", True),
+        Site("h2", ("h2",), 1, "1 Conv", True),
+    ]
     err = {"a": 0.5, "h1": 2.0, "h2": 1.0}  # box error each site adds when INT8
     asked = []
 

@@ -4,8 +4,8 @@ metadata and sidecar, cache hit and stale cache, accuracy report."""
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,16 @@ import onnx
 import pytest
 
 from clo_export.artifacts import read_metadata
+from clo_export.errors import CloExportError
 from clo_export.quantization.graph import attention_nodes, find_targets
 from clo_export.quantization.quantize import CALIBRATION_KEY, QuantizeOptions, quantize
 from clo_export.quantization.rules import check_qdq
-from clo_export.errors import CloExportError
 from tests.helpers import small_onnx
 
 IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away
-OPTS = QuantizeOptions(method="minmax", num=16, holdout=4, target_drop=None)  # automatic precision: tests/test_calib_auto.py
+OPTS = QuantizeOptions(
+    method="minmax", num=16, holdout=4, target_drop=None
+)  # automatic precision: tests/test_calib_auto.py
 
 
 @pytest.fixture()
@@ -67,7 +69,11 @@ def test_quantize_writes_a_checked_qdq_model_that_onnxruntime_runs(model_dir):
     calib = json.loads({p.key: p.value for p in q.metadata_props}[CALIBRATION_KEY])
     assert calib["method"] == "minmax" and calib["images"] == 16 and calib["keep_attention_fp"] is True
     side = json.loads(r.sidecar.read_text())
-    assert side["precision"] == "int8" and side["calibration"]["images"] == 16 and side["accuracy"]["file"] == r.accuracy_path.name
+    assert (
+        side["precision"] == "int8"
+        and side["calibration"]["images"] == 16
+        and side["accuracy"]["file"] == r.accuracy_path.name
+    )
     x = np.random.default_rng(0).random((1, 3, *IMGSZ), dtype=np.float32)
     with OnnxRuntimeRunner(r.path, providers=["CPUExecutionProvider"]) as runner:
         out = runner.infer({"images": x})["output0"]
@@ -85,9 +91,14 @@ def test_accuracy_report_on_held_out_images(model_dir):
     assert 0.5 < rep.agreement.f1 <= 1.0 and 0.3 < rep.map50 <= 1.0
     assert 0.5 < rep.fp32.map50_95 <= 1 and rep.score == pytest.approx(rep.int8.map50_95 / rep.fp32.map50_95)
     assert rep.int8.drop50_95 == pytest.approx(100 * (rep.fp32.map50_95 - rep.int8.map50_95))
-    assert rep.box_iou.n == rep.agreement.n_matched and 0.5 <= rep.box_iou.min <= rep.box_iou.p10 <= rep.box_iou.mean <= 1
+    assert (
+        rep.box_iou.n == rep.agreement.n_matched and 0.5 <= rep.box_iou.min <= rep.box_iou.p10 <= rep.box_iou.mean <= 1
+    )
     saved = json.loads(r.accuracy_path.read_text())
-    assert saved["agreement_map50_95"] == pytest.approx(rep.score) and saved["detections_at_deploy"]["n_ref"] == rep.agreement.n_ref
+    assert (
+        saved["agreement_map50_95"] == pytest.approx(rep.score)
+        and saved["detections_at_deploy"]["n_ref"] == rep.agreement.n_ref
+    )
     assert saved["drop_map50_95_points"] == pytest.approx(rep.int8.drop50_95) and saved["box_iou"]["n"] == rep.box_iou.n
     assert 0 < rep.int8.box_error < 100 and saved["int8_vs_fp32"]["box_error"] == pytest.approx(rep.int8.box_error)
     assert saved["float_nodes"] == sorted(attention_nodes(onnx.load(model_dir / "small.onnx")))
@@ -99,7 +110,9 @@ def test_box_error_is_one_minus_iou_of_the_same_anchors(model_dir):
     from clo_export.quantization.accuracy import HeldOut
     from clo_export.quantization.calibset import CalibrationData, split_sources
 
-    held = HeldOut(str(model_dir / "small.onnx"), CalibrationData(split_sources(model_dir / "calib", 16, 4, 0).holdout, IMGSZ))
+    held = HeldOut(
+        str(model_dir / "small.onnx"), CalibrationData(split_sources(model_dir / "calib", 16, 4, 0).holdout, IMGSZ)
+    )
     assert held.box_error(held.ref) == 0.0 and held.score(str(model_dir / "small.onnx")).box_error == 0.0
     d = 2.0
     moved = [{k: v.copy() for k, v in out.items()} for out in held.ref]
@@ -119,11 +132,17 @@ def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplo
     calls = []
     real = qmod.calibrate
     monkeypatch.setattr(qmod, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("minmax", 16, 4, keep_attention_fp=False, target_drop=None))
+    again = quantize(
+        model_dir / "small.onnx",
+        model_dir / "calib",
+        opts=QuantizeOptions("minmax", 16, 4, keep_attention_fp=False, target_drop=None),
+    )
     assert again.cache.status == "hit" and not calls  # one cache serves both attention modes
     assert again.n_qdq_tensors > first.n_qdq_tensors
     with caplog.at_level(logging.WARNING, logger="clo_export"):
-        stale = quantize(model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("percentile", 16, 4, target_drop=None))
+        stale = quantize(
+            model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("percentile", 16, 4, target_drop=None)
+        )
     assert stale.cache.status == "stale" and calls == [1] and "differs in: method" in caplog.text
 
 

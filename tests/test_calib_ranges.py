@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
+from clo_export.errors import CloExportError
 from clo_export.quantization.cache import CacheKey, load_ranges, preprocess_params, save_ranges
 from clo_export.quantization.ranges import AbsHistogram, RangeCollector, amax_from
-from clo_export.errors import CloExportError
 
 
 def gaussian_hist(seed: int = 0, outlier: float = 40.0) -> AbsHistogram:
@@ -63,8 +63,12 @@ def test_cache_hit_miss_and_every_kind_of_stale(tmp_path, caplog):
     save_ranges(path, key(), {"t": 1.5, "u": 2.0}, 10)
     hit = load_ranges(path, key(), ["t"])
     assert hit.status == "hit" and hit.ranges == {"t": 1.5}
-    cases = {"model_sha256": key(model_sha256="b" * 64), "method": key(method="minmax"),
-             "preprocess": key(preprocess=preprocess_params((320, 320))), "images": key(images="d2")}
+    cases = {
+        "model_sha256": key(model_sha256="b" * 64),
+        "method": key(method="minmax"),
+        "preprocess": key(preprocess=preprocess_params((320, 320))),
+        "images": key(images="d2"),
+    }
     for field, other in cases.items():
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="clo_export"):

@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from clo_export.errors import CloExportError
 from clo_export.quantization.graph import activation_tensors, find_targets
 from clo_export.quantization.qdq import insert_qdq, quantize_weight
 from clo_export.quantization.rules import check_qdq, require_trt_qdq
-from clo_export.errors import CloExportError
 
 RNG = np.random.default_rng(0)
 
@@ -19,10 +19,17 @@ def conv_model(opset: int = 17) -> onnx.ModelProto:
     """x -> Conv(w, b) -> Sigmoid -> y, float, the smallest detector-like graph."""
     w = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     b = numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b")
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Sigmoid", ["c"], ["y"], name="sig")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, b])
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["y"], name="sig"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w, b],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -98,8 +105,13 @@ def test_asymmetric_activations_fail():
 
 def test_quantized_bias_fails():
     q = ours()
-    q.graph.initializer.extend([const("b_q", np.array([3, -2, 7, 1], np.int32)), const("b_s", np.full(4, 0.01, np.float32)),
-                                const("b_zp", np.zeros(4, np.int32))])
+    q.graph.initializer.extend(
+        [
+            const("b_q", np.array([3, -2, 7, 1], np.int32)),
+            const("b_s", np.full(4, 0.01, np.float32)),
+            const("b_zp", np.zeros(4, np.int32)),
+        ]
+    )
     dq = helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_zp"], ["b_dq"], name="bias_DequantizeLinear", axis=0)
     q.graph.node.insert(0, dq)
     conv = next(n for n in q.graph.node if n.op_type == "Conv")

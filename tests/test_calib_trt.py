@@ -14,10 +14,10 @@ import types
 import numpy as np
 import pytest
 
-from clo_export.quantization.calibset import CalibrationData, Item
-from clo_export.quantization.trt_calibrator import make_calibrator, read_cache, save_cache
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
+from clo_export.quantization.calibset import CalibrationData, Item
+from clo_export.quantization.trt_calibrator import make_calibrator, read_cache, save_cache
 from tests.helpers import write_images
 
 ENTROPY = b"TRT-8502-EntropyCalibration2\nimages: 3c010a14\n"

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from clo_export.quantization.calibset import CalibrationData, Item, read_items, split_sources
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
+from clo_export.quantization.calibset import CalibrationData, Item, read_items, split_sources
 from tests.helpers import write_images
 
 
@@ -40,7 +40,10 @@ def test_folder_is_recursive_and_split_is_disjoint_and_seeded(tmp_path):
     assert any("sub" in str(i.path) for i in a.calib + a.holdout)
     short = split_sources(tmp_path, num=20, holdout=15, seed=1, min_holdout=4)  # 30 < 35: --num kept, the rest held out
     assert (len(short.calib), len(short.holdout)) == (20, 10)
-    assert [len(split_sources(tmp_path, num=n, holdout=15, min_holdout=4).holdout) for n in (28, 40)] == [6, 6]  # a fifth at least
+    assert [len(split_sources(tmp_path, num=n, holdout=15, min_holdout=4).holdout) for n in (28, 40)] == [
+        6,
+        6,
+    ]  # a fifth at least
 
 
 def test_glob_and_txt_list(tmp_path):
@@ -78,7 +81,9 @@ def test_empty_and_too_small_sets_are_errors_with_counts(tmp_path):
         split_sources(tmp_path / "empty")
     write_images(tmp_path / "few", 6)
     (tmp_path / "few" / "bad.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(CloExportError, match=r"found 6 usable calibration images .*1 unreadable.*at least 16.*200\+ recommended"):
+    with pytest.raises(
+        CloExportError, match=r"found 6 usable calibration images .*1 unreadable.*at least 16.*200\+ recommended"
+    ):
         split_sources(tmp_path / "few")
 
 

@@ -15,8 +15,24 @@ cli = CliRunner()
 
 
 def test_check_passes_and_writes_json_and_html(art, tmp_path):
-    res = cli.invoke(app, [str(art.onnx), "--weights", str(art.pt), "--source", str(art.video), "--limit", "6",
-                           "--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "r.html"), "--frames", "2"])
+    res = cli.invoke(
+        app,
+        [
+            str(art.onnx),
+            "--weights",
+            str(art.pt),
+            "--source",
+            str(art.video),
+            "--limit",
+            "6",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--report",
+            str(tmp_path / "r.html"),
+            "--frames",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "output0.boxes" in res.output and "detections (F1)" in res.output and "within tolerance" in res.output
     data = json.loads((tmp_path / "r.json").read_text())
@@ -27,8 +43,9 @@ def test_check_passes_and_writes_json_and_html(art, tmp_path):
 
 
 def test_check_fails_against_the_wrong_checkpoint_and_shows_the_worst_frames(art, tmp_path):
-    res = cli.invoke(app, [str(art.nms_onnx), "-w", str(art.other_pt), "-s", str(art.images),
-                           "--report", str(tmp_path / "r.html")])
+    res = cli.invoke(
+        app, [str(art.nms_onnx), "-w", str(art.other_pt), "-s", str(art.images), "--report", str(tmp_path / "r.html")]
+    )
     assert res.exit_code == 1 and "check failed: " in res.output and "detections: F1" in res.output
     assert (art.nms_onnx.parent / (art.nms_onnx.name + ".check.json")).exists()
     page = (tmp_path / "r.html").read_text()

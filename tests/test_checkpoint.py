@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from clo_export.demo.run import BUNDLED_MODEL as DEMO_MODEL
 from clo_export.errors import CloExportError
 from clo_export.models import checkpoint
 from clo_export.models.checkpoint import load, save_yolov5
-from clo_export.demo.run import BUNDLED_MODEL as DEMO_MODEL
 from clo_export.models.yolo import DetectionModel
 from tests import yolov5_standin
 
@@ -32,7 +31,9 @@ def fp16_rounded(model: DetectionModel) -> DetectionModel:
 @pytest.mark.parametrize("layout", ["stripped", "training"])
 @pytest.mark.parametrize("attention_module", ["models.common", "models.CloAttention"])
 def test_yolov5_checkpoint_round_trip(small_model, tmp_path, layout, attention_module):
-    path = save_yolov5(small_model, tmp_path / "best.pt", layout=layout, opt={"imgsz": 640}, attention_module=attention_module)
+    path = save_yolov5(
+        small_model, tmp_path / "best.pt", layout=layout, opt={"imgsz": 640}, attention_module=attention_module
+    )
     raw = zipfile.ZipFile(path).read(next(n for n in zipfile.ZipFile(path).namelist() if n.endswith("data.pkl")))
     for name in (b"models.yolo", b"DetectionModel", attention_module.encode()):
         assert name in raw

@@ -60,7 +60,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_plugin_option_reaches_the_model(tmp_path):
     plugin = tmp_path / "identity_block.py"
-    plugin.write_text(textwrap.dedent("""
+    plugin.write_text(
+        textwrap.dedent("""
         from torch import nn
         from clo_export.registry import register_block
 
@@ -70,7 +71,8 @@ def test_plugin_option_reaches_the_model(tmp_path):
                 super().__init__()
             def forward(self, x):
                 return x
-    """))
+    """)
+    )
     import yaml
 
     from clo_export.models.yolo import DEFAULT_CFG, load_cfg

@@ -22,8 +22,9 @@ def help_text(target, argv):
     return result.output
 
 
-@pytest.mark.parametrize("target, argv", [(app, ["--help"]), (infer_app, ["--help"])]
-                         + [(app, [c, "--help"]) for c in COMMANDS])
+@pytest.mark.parametrize(
+    "target, argv", [(app, ["--help"]), (infer_app, ["--help"])] + [(app, [c, "--help"]) for c in COMMANDS]
+)
 def test_help_is_clean(target, argv):
     text = help_text(target, argv)
     usage = next(line for line in text.splitlines() if "Usage:" in line)
@@ -33,8 +34,14 @@ def test_help_is_clean(target, argv):
         assert flag in text
 
 
-@pytest.mark.parametrize("argv, usage", [(["onnx", "--help"], "[OPTIONS] WEIGHTS"), (["trt", "--help"], "[OPTIONS] MODEL"),
-                                         (["info", "--help"], "[OPTIONS] [WEIGHTS]")])
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["onnx", "--help"], "[OPTIONS] WEIGHTS"),
+        (["trt", "--help"], "[OPTIONS] MODEL"),
+        (["info", "--help"], "[OPTIONS] [WEIGHTS]"),
+    ],
+)
 def test_usage_names_the_arguments(argv, usage):
     assert usage in help_text(app, argv)
 
@@ -49,7 +56,9 @@ def test_version_on_both_apps(target, argv):
     assert result.exit_code == 0 and result.output.strip().endswith(__version__)
 
 
-@pytest.mark.parametrize("argv, flags", [(["onnx", "--help"], ["--export-batch"]), (["trt", "--help"], ["--batch-range"])])
+@pytest.mark.parametrize(
+    "argv, flags", [(["onnx", "--help"], ["--export-batch"]), (["trt", "--help"], ["--batch-range"])]
+)
 def test_batch_names(argv, flags):
     text = help_text(app, argv)
     assert all(f in text for f in flags) and "--infer-batch" not in text
@@ -66,14 +75,21 @@ def test_debug_before_or_after_the_command(argv, tmp_path):
     assert result.exit_code == 1 and type(result.exception).__name__ == "CloExportError"
 
 
-@pytest.mark.parametrize("argv", [["--debug", "{missing}", "-m", "{missing}"], ["{missing}", "-m", "{missing}", "--debug"]])
+@pytest.mark.parametrize(
+    "argv", [["--debug", "{missing}", "-m", "{missing}"], ["{missing}", "-m", "{missing}", "--debug"]]
+)
 def test_debug_anywhere_on_clo_infer(argv, tmp_path):
     result = runner.invoke(infer_app, [a.format(missing=tmp_path / "missing.mp4") for a in argv])
     assert result.exit_code == 1 and type(result.exception).__name__ == "CloExportError"
 
 
-@pytest.mark.parametrize("argv", [["-v", "trt", "{model}", "--dry-run", "--target", "10.3"],
-                                  ["trt", "{model}", "--dry-run", "--target", "10.3", "-v"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-v", "trt", "{model}", "--dry-run", "--target", "10.3"],
+        ["trt", "{model}", "--dry-run", "--target", "10.3", "-v"],
+    ],
+)
 def test_verbose_before_or_after_trt(argv, tmp_path):
     """trt has no -v of its own: the global flag sets DEBUG logging (and TensorRT's verbose log) in either position."""
     from tests.test_trt_cli import tiny_onnx
@@ -107,11 +123,11 @@ def test_help_ends_with_examples_whose_options_exist(name):
     target, argv = (infer_app, ["--help"]) if name == "clo-infer" else (app, [name, "--help"])
     text = help_text(target, argv)
     assert 2 <= len(EXAMPLES[name]) <= 4
-    tail = text[text.index("Examples:"):]
+    tail = text[text.index("Examples:") :]
     known = {opt for p in _command(name).params for opt in (*p.opts, *p.secondary_opts)}
     prefix = ["clo-infer"] if name == "clo-infer" else ["clo-export", name]
     for line, what in EXAMPLES[name]:
         assert line in tail and what in tail and "[" not in line + what
         words = line.split()
-        assert words[:len(prefix)] == prefix
+        assert words[: len(prefix)] == prefix
         assert {w for w in words if w.startswith("-")} <= known, line

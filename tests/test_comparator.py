@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clo_export.backends.select import load_runner
 from clo_export.backends.pytorch import TorchRunner
+from clo_export.backends.select import load_runner
 from clo_export.comparator import Comparator, Comparison, Thresholds, feed_for
 from clo_export.data.preprocess import preprocess_batch
 from clo_export.errors import CloExportError
@@ -35,10 +35,15 @@ def test_both_runners_get_each_feed_under_their_own_input_name(art):
 
 def test_in_graph_nms_is_judged_on_detections_at_the_graphs_thresholds(art):
     runner, info = load_runner(art.nms_onnx, "cpu")
-    assert info.nms and Thresholds(conf=0.9).for_model(info) == Thresholds(info.nms_conf, info.nms_iou, info.nms_max_det)
+    assert info.nms and Thresholds(conf=0.9).for_model(info) == Thresholds(
+        info.nms_conf, info.nms_iou, info.nms_max_det
+    )
     with runner, TorchRunner(load(art.pt).model, "cpu") as reference:
-        compared = list(Comparator(reference, Comparison("fp32", Thresholds(conf=0.9).for_model(info))).run(
-            runner, [{"images": x} for x in frames(2)]))
+        compared = list(
+            Comparator(reference, Comparison("fp32", Thresholds(conf=0.9).for_model(info))).run(
+                runner, [{"images": x} for x in frames(2)]
+            )
+        )
     assert [c.report.tensors for c in compared] == [{}, {}]  # padded fixed-size outputs: detections only
     assert all(c.report and c.report.detections.f1 == 1.0 for c in compared)
     assert sum(len(c.ref_dets[0]) for c in compared) > 0
@@ -46,12 +51,16 @@ def test_in_graph_nms_is_judged_on_detections_at_the_graphs_thresholds(art):
 
 def test_a_feed_that_does_not_fit_the_model_is_refused_with_its_names(art):
     runner, _ = load_runner(art.onnx, "cpu")
-    with runner, pytest.raises(CloExportError, match=r"inputs \['a', 'b'\] but the onnxruntime model takes \['images'\]"):
+    with runner, pytest.raises(
+        CloExportError, match=r"inputs \['a', 'b'\] but the onnxruntime model takes \['images'\]"
+    ):
         feed_for(runner, {"a": np.zeros(1), "b": np.zeros(1)})
 
 
 def test_outputs_without_a_decoded_tensor_are_refused() -> None:
-    with pytest.raises(CloExportError, match=r"no output of shape \(batch, anchors, 5 \+ classes\) among feat \(1, 8\)"):
+    with pytest.raises(
+        CloExportError, match=r"no output of shape \(batch, anchors, 5 \+ classes\) among feat \(1, 8\)"
+    ):
         decoded_output({"feat": np.zeros((1, 8), np.float32)})
 
 

@@ -13,7 +13,9 @@ from clo_export.demo.run import BUNDLED_MODEL, INT8_MAX_DROP, demo_targets
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled demo model not built (python tools/make_demo_model.py)")
+@pytest.mark.skipif(
+    not BUNDLED_MODEL.is_file(), reason="bundled demo model not built (python tools/make_demo_model.py)"
+)
 def test_quick_demo_runs_the_whole_chain(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -53,10 +55,16 @@ def test_a_failed_parity_is_a_missed_target_never_met():
     limit = TOLERANCES["fp32"].limit_for("output0.boxes")
     stats = TensorStats("output0.boxes", max_abs=10 * limit, mean_abs=0.0, cosine=1.0, shape=(1, 3, 6))
     failed = Report("fp32", TOLERANCES["fp32"], tensors={"output0.boxes": stats})
-    target, = demo_targets([], failed)
+    (target,) = demo_targets([], failed)
     assert not target.met and "parity" in target.text and "output0.boxes" in target.text
-    target, = demo_targets([], Report("fp32", TOLERANCES["fp32"], tensors={"output0.boxes": stats.__class__(
-        "output0.boxes", 0.0, 0.0, 1.0, (1, 3, 6))}))
+    (target,) = demo_targets(
+        [],
+        Report(
+            "fp32",
+            TOLERANCES["fp32"],
+            tensors={"output0.boxes": stats.__class__("output0.boxes", 0.0, 0.0, 1.0, (1, 3, 6))},
+        ),
+    )
     assert target.met
 
 

@@ -40,16 +40,19 @@ def export(loaded, tmp_path, sizes=(1,), **kw):
     return export_onnx(loaded, tmp_path / "m.onnx", opts, parity_batches(opts.imgsz, sizes))
 
 
-@pytest.mark.parametrize("kw,sizes", [
-    ({}, (1,)),
-    ({"imgsz": (256, 384)}, (1,)),
-    ({"dynamic_batch": True}, (1, 3)),
-    ({"batch": 2}, (2,)),
-    ({"simplifier": "onnxslim"}, (1,)),
-    ({"simplifier": "none"}, (1,)),
-    ({"opset": 13}, (1,)),
-    ({"opset": 20}, (1,)),
-])
+@pytest.mark.parametrize(
+    "kw,sizes",
+    [
+        ({}, (1,)),
+        ({"imgsz": (256, 384)}, (1,)),
+        ({"dynamic_batch": True}, (1, 3)),
+        ({"batch": 2}, (2,)),
+        ({"simplifier": "onnxslim"}, (1,)),
+        ({"simplifier": "none"}, (1,)),
+        ({"opset": 13}, (1,)),
+        ({"opset": 20}, (1,)),
+    ],
+)
 def test_fp32_export_matches_pytorch(loaded, tmp_path, kw, sizes):
     result = export(loaded, tmp_path, sizes, **kw)
     report = result.parity
@@ -126,17 +129,22 @@ def test_seed_model_at_640(seed_cfg, tmp_path, dynamic):
 
     path = save_yolov5(DetectionModel(seed_cfg).eval(), tmp_path / "seed.pt")
     opts = ExportOptions(imgsz=(640, 640), dynamic_batch=dynamic)
-    result = export_onnx(load(path), tmp_path / "seed.onnx", opts, parity_batches((640, 640), (1, 2) if dynamic else (1,), n_random=1))
+    result = export_onnx(
+        load(path), tmp_path / "seed.onnx", opts, parity_batches((640, 640), (1, 2) if dynamic else (1,), n_random=1)
+    )
     assert result.parity.failures == []  # tensors agree; an untrained model's detections may leave it inconclusive
     assert result.parity.tensors["output0.boxes"].shape[1] == 25200
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--imgsz", "500"], "not a multiple of the model stride 32"),
-    (["--imgsz", "480,640"], "layer 9 EfficientAttention: its 15x20 feature map is not divisible by window_size 4"),
-    (["--opset", "9"], "--opset 9 is out of range"),
-    (["--simplifier", "magic"], "--simplifier magic is unknown"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--imgsz", "500"], "not a multiple of the model stride 32"),
+        (["--imgsz", "480,640"], "layer 9 EfficientAttention: its 15x20 feature map is not divisible by window_size 4"),
+        (["--opset", "9"], "--opset 9 is out of range"),
+        (["--simplifier", "magic"], "--simplifier magic is unknown"),
+    ],
+)
 def test_bad_options_are_one_line_errors_and_write_nothing(small_ckpt, tmp_path, args, message):
     out = tmp_path / "x.onnx"
     result = runner.invoke(app, ["onnx", str(small_ckpt), "-o", str(out), *args])

@@ -38,7 +38,17 @@ from hypothesis import strategies as st
 
 from clo_export.errors import CloExportError
 from tests.faults_harness import (
-    FAST, FAULTS, assert_refused, cli_path, error_lines, export, finish, infer, snapshot, start, wait_for,
+    FAST,
+    FAULTS,
+    assert_refused,
+    cli_path,
+    error_lines,
+    export,
+    finish,
+    infer,
+    snapshot,
+    start,
+    wait_for,
 )
 from tests.helpers import artifacts, make_video
 
@@ -54,7 +64,7 @@ def run_case(ws: Path, cli, args, match: str, setup=None, code: int = 1, kind: s
     assert_refused(cli(*args), before, ws, match, code, kind)
 
 
-# ---------------------------------------------------------------------------------------------- 1. outputs never replace inputs
+# ------------------------------------------------------------------------------ 1. outputs never replace inputs
 
 
 def hard(name: str, target: str):
@@ -74,16 +84,41 @@ CLASHES = [
     (export, ["onnx", "m.pt", "-o", "hard.pt", "--imgsz", "128"], "through a link", hard("hard.pt", "m.pt")),
     (export, ["onnx", "m.pt", "-o", "soft.pt", "--imgsz", "128"], "through a link", soft("soft.pt", "m.pt")),
     (export, ["onnx", "m.pt", "-o", "imgs/img0.jpg", "--source", "imgs"], "inside the input --source", None),
-    (export, ["onnx", "m.pt", "-o", "new.onnx", "--imgsz", "128"], "was not written by clo-export", foreign("new.onnx.json")),
+    (
+        export,
+        ["onnx", "m.pt", "-o", "new.onnx", "--imgsz", "128"],
+        "was not written by clo-export",
+        foreign("new.onnx.json"),
+    ),
     (export, ["quantize", "m.onnx", "--calib", "imgs", "-o", "m.onnx"], "is the input MODEL", None),
-    (export, ["quantize", "m.onnx", "--calib", "imgs", "--cache", "m.onnx"], "--cache 'm.onnx' is the input MODEL", None),
+    (
+        export,
+        ["quantize", "m.onnx", "--calib", "imgs", "--cache", "m.onnx"],
+        "--cache 'm.onnx' is the input MODEL",
+        None,
+    ),
     (export, ["quantize", "m.onnx", "--calib", "imgs", "--cache", "imgs/img1.png"], "inside the input --calib", None),
     (export, ["quantize", "m.onnx", "--calib", "imgs", "-o", "q.onnx", "--cache", "q.onnx"], "are the same file", None),
-    (export, ["quantize", "m.onnx", "--calib", "imgs", "--cache", "c.json"], "was not written by clo-export", foreign("c.json")),
+    (
+        export,
+        ["quantize", "m.onnx", "--calib", "imgs", "--cache", "c.json"],
+        "was not written by clo-export",
+        foreign("c.json"),
+    ),
     (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--json", "m.onnx"], "is the input MODEL", None),
     (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--report", "m.pt"], "is the input --weights", None),
-    (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--json", "r.json"], "through a link", soft("r.json", "m.pt")),
-    (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs"], "was not written by clo-export", foreign("m.onnx.check.json")),
+    (
+        export,
+        ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--json", "r.json"],
+        "through a link",
+        soft("r.json", "m.pt"),
+    ),
+    (
+        export,
+        ["check", "m.onnx", "-w", "m.pt", "-s", "imgs"],
+        "was not written by clo-export",
+        foreign("m.onnx.check.json"),
+    ),
     (infer, ["v.mp4", "-m", "m.onnx", "--save", "v.mp4"], "is the input SOURCE", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--save", "link.mp4"], "through a link", soft("link.mp4", "v.mp4")),
     (infer, ["v.mp4", "-m", "m.onnx", "--save", "hard.mp4"], "through a link", hard("hard.mp4", "v.mp4")),
@@ -103,7 +138,7 @@ def test_an_output_never_replaces_an_input(ws, cli, args, match, setup):
 
 
 def test_the_sidecar_beside_a_checkpoint_is_never_clobbered(ws):
-    """demo-shapes.json (the training history) beside demo-shapes.pt survives an export: sidecars are MODEL.onnx.json."""
+    """demo-shapes.json (training history) beside demo-shapes.pt survives an export: sidecars are MODEL.onnx.json."""
     (ws / "m.json").write_text('{"history": "mine"}\n')
     result = export("onnx", "m.pt", "--imgsz", "128", "-o", "out.onnx", "--no-check", "--simplifier", "none")
     assert result.exit_code == 0, result.output
@@ -146,6 +181,7 @@ def with_metadata(name: str, **props: str):
         kept = {p.key: p.value for p in model.metadata_props}
         onnx.helper.set_model_props(model, {**kept, **props})
         onnx.save(model, str(ws / name))
+
     return make
 
 
@@ -160,6 +196,7 @@ def cfg_file(name: str, **changes):
             else:
                 d[k] = v
         (ws / name).write_text(yaml.safe_dump(d))
+
     return make
 
 
@@ -195,7 +232,12 @@ BAD_INPUTS = [
     (infer, ["v.mp4", "-m", "x.onnx"], "not a readable ONNX model", not_onnx("x.onnx")),
     (infer, ["v.mp4", "-m", "e.onnx"], "holds no ONNX graph", lambda ws: (ws / "e.onnx").write_bytes(b"")),
     (infer, ["v.mp4", "-m", "c.onnx"], "'names' must map class ids", with_metadata("c.onnx", names="{'a': 'person'}")),
-    (infer, ["v.mp4", "-m", "c.onnx"], "metadata 'imgsz' is '[128,'", with_metadata("c.onnx", **{"clo_export.imgsz": "[128,"})),
+    (
+        infer,
+        ["v.mp4", "-m", "c.onnx"],
+        "metadata 'imgsz' is '[128,'",
+        with_metadata("c.onnx", **{"clo_export.imgsz": "[128,"}),
+    ),
     (infer, ["v.mp4", "-m", "c.onnx"], "'stride' is 'abc'", with_metadata("c.onnx", stride="abc")),
     (infer, ["v.mp4", "-m", "c.onnx"], "positive integers", with_metadata("c.onnx", **{"clo_export.imgsz": "[0, 0]"})),
     (infer, ["v.mp4", "-m", "c.onnx"], "'nc'", with_metadata("c.onnx", **{"clo_export.nc": "7"})),
@@ -210,7 +252,12 @@ BAD_INPUTS = [
     (infer, ["v.mp4", "-m", "m.pt", "--imgsz", "12800"], "of memory is available", None),
     (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "f/x.onnx"], "is a file, not a folder", a_file("f")),
     (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "d"], "is a folder", a_dir("d")),
-    (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--json", "f/r.json"], "is a file, not a folder", a_file("f")),
+    (
+        export,
+        ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--json", "f/r.json"],
+        "is a file, not a folder",
+        a_file("f"),
+    ),
     (infer, ["v.mp4", "-m", "m.onnx", "--save", "f/o.mp4"], "is a file, not a folder", a_file("f")),
     (infer, ["v.mp4", "-m", "m.onnx", "--save", "d.mp4"], "is a folder", a_dir("d.mp4")),
     (infer, ["v.mp4", "-m", "m.onnx", "--json", "f/o.jsonl"], "is a file, not a folder", a_file("f")),
@@ -219,7 +266,12 @@ BAD_INPUTS = [
     (export, ["onnx", "m.pt", "--plugin", "nope.py"], "nope.py' does not exist", None),
     (export, ["onnx", "m.pt", "--imgsz", "128", "--source", "junk"], "could be read", junk_images),
     (export, ["onnx", "m.pt", "--imgsz", "128", "--source", "nowhere"], "'nowhere' does not exist", None),
-    (export, ["quantize", "m.onnx", "--calib", "half", "--num", "16", "--holdout", "16"], "held-out images", half_unreadable),
+    (
+        export,
+        ["quantize", "m.onnx", "--calib", "half", "--num", "16", "--holdout", "16"],
+        "held-out images",
+        half_unreadable,
+    ),
     (export, ["quantize", "m.onnx", "--calib", "junk", "--num", "16", "--holdout", "16"], "could be read", junk_images),
     (export, ["quantize", "m.onnx", "--calib", "imgs", "--holdout", "4"], "--holdout 4 must be at least 16", None),
     (export, ["quantize", "m.onnx", "--calib", "imgs", "--seed", "-1"], "--seed -1", None),
@@ -243,12 +295,14 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("cli,args,match,setup", BAD_INPUTS, ids=[f"{i}-{' '.join(c[1][:3])}" for i, c in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    "cli,args,match,setup", BAD_INPUTS, ids=[f"{i}-{' '.join(c[1][:3])}" for i, c in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_is_one_line(ws, cli, args, match, setup):
     run_case(ws, cli, args, match, setup)
 
 
-# ---------------------------------------------------------------------------------------------- 2. full and read-only filesystems
+# ------------------------------------------------------------------------------ 2. full and read-only filesystems
 
 
 @pytest.fixture
@@ -265,7 +319,9 @@ def mounted(ws):
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
         if r.returncode:
             target.rmdir()
-            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); a container without CAP_SYS_ADMIN")
+            pytest.skip(
+                f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); a container without CAP_SYS_ADMIN"
+            )
         mounts.append(target)
         return target
 
@@ -280,7 +336,23 @@ FULL_FS = [
     (infer, ["v.mp4", "-m", "m.onnx", "-q", "--save-dir", "full/new"]),
     (infer, ["imgs", "-m", "m.onnx", "-q", "--save-dir", "full/ann"]),
     (export, ["onnx", "m.pt", "--imgsz", "128", "--no-check", "--simplifier", "none", "-o", "full/sub/m.onnx"]),
-    (export, ["check", "m.onnx", "-w", "m.pt", "-s", "imgs", "--limit", "2", "--json", "full/r.json", "--report", "full/r.html"]),
+    (
+        export,
+        [
+            "check",
+            "m.onnx",
+            "-w",
+            "m.pt",
+            "-s",
+            "imgs",
+            "--limit",
+            "2",
+            "--json",
+            "full/r.json",
+            "--report",
+            "full/r.html",
+        ],
+    ),
 ]
 
 
@@ -328,8 +400,9 @@ def test_a_read_only_target_is_one_line_and_leaves_nothing(ws, mounted, cli, arg
 def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
     make_video(ws / "long.mp4", frames=300)
     before = snapshot(ws)
-    proc, lines = start([str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4",
-                         "--json", "out.jsonl"], ws)
+    proc, lines = start(
+        [str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4", "--json", "out.jsonl"], ws
+    )
     wait_for(lambda: any(".part" in p.name and p.stat().st_size > 20_000 for p in ws.iterdir()))  # frames are flowing
     proc.send_signal(sig)
     code, out = finish(proc, lines)
@@ -364,7 +437,7 @@ def test_a_signal_mid_export_leaves_nothing(ws, sig):
 # ---------------------------------------------------------------------------------------------- 3. the safe loader
 
 
-BOMB = (b"\x80\x02ctorch.nn.modules.linear\nLinear\nq\x00M N" b"M N\x86Rh\x00M NM N\x86Rh\x00M NM N\x86R\x87.")
+BOMB = b"\x80\x02ctorch.nn.modules.linear\nLinear\nq\x00M NM N\x86Rh\x00M NM N\x86Rh\x00M NM N\x86R\x87."
 
 
 def test_a_memory_bomb_pickle_is_refused_fast_and_small(tmp_path):
@@ -383,7 +456,8 @@ def test_a_memory_bomb_pickle_is_refused_fast_and_small(tmp_path):
             message = None
         except CloExportError as e:
             message = str(e)
-        print(json.dumps({{"seconds": time.perf_counter() - t0, "grew_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "message": message}}))
+        grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        print(json.dumps({{"seconds": time.perf_counter() - t0, "grew_mb": grew, "message": message}}))
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     facts = json.loads(r.stdout.strip().splitlines()[-1])
@@ -408,11 +482,14 @@ class _Tensor:
     def __reduce__(self):
         import torch
 
-        return (torch._utils._rebuild_tensor_v2, (self.storage, 0, (self.numel,), (1,), False, collections.OrderedDict()))
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (self.storage, 0, (self.numel,), (1,), False, collections.OrderedDict()),
+        )
 
 
 def crafted_checkpoint(path: Path, obj, claim: int) -> None:
-    """A real torch zip checkpoint whose data.pkl is replaced by ``obj`` pickled with storages claiming ``claim`` floats."""
+    """A real torch zip checkpoint whose data.pkl is ``obj`` pickled with storages claiming ``claim`` floats."""
     import torch
 
     buf = io.BytesIO()
@@ -455,7 +532,8 @@ def test_hooks_and_constructors_from_a_pickle_are_refused(tmp_path):
         "ndarray": b"\x80\x02cnumpy\nndarray\nM N\x85R.",
         "reconstruct": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nM N\x85C\x01b\x87R.",
         "newobj-args": b"\x80\x02ctorch.nn.modules.linear\nLinear\nM NM N\x86\x81.",
-        "hooks": b"\x80\x02ctorch.nn.modules.linear\nIdentity\n)\x81}X\x0e\x00\x00\x00_forward_hooksK\x00ccollections\nOrderedDict\n\x85s\x62.",
+        "hooks": b"\x80\x02ctorch.nn.modules.linear\nIdentity\n)\x81}X\x0e\x00\x00\x00_forward_hooksK\x00"
+        b"ccollections\nOrderedDict\n\x85s\x62.",
         "os.system": b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R.",
     }
     for name, data in cases.items():
@@ -489,10 +567,23 @@ def test_hypothesis_random_pickles_never_escape(data):
     FAULTS["hypothesis: pickle"] += 1
 
 
-CALLABLES = ["torch.nn.modules.linear\nLinear", "torch.nn.modules.conv\nConv2d", "torch\nTensor", "numpy\nndarray",
-             "torch._utils\n_rebuild_tensor_v2", "torch._utils\n_rebuild_parameter", "collections\ndefaultdict",
-             "copyreg\n_reconstructor", "argparse\nNamespace", "torch\nSize", "numpy\ndtype", "torch\ndevice",
-             "numpy.core.multiarray\n_reconstruct", "torch.nn.parameter\nParameter", "builtins\nobject"]
+CALLABLES = [
+    "torch.nn.modules.linear\nLinear",
+    "torch.nn.modules.conv\nConv2d",
+    "torch\nTensor",
+    "numpy\nndarray",
+    "torch._utils\n_rebuild_tensor_v2",
+    "torch._utils\n_rebuild_parameter",
+    "collections\ndefaultdict",
+    "copyreg\n_reconstructor",
+    "argparse\nNamespace",
+    "torch\nSize",
+    "numpy\ndtype",
+    "torch\ndevice",
+    "numpy.core.multiarray\n_reconstruct",
+    "torch.nn.parameter\nParameter",
+    "builtins\nobject",
+]
 
 
 @FAST
@@ -521,20 +612,57 @@ def test_hypothesis_allowed_globals_cannot_be_called_with_chosen_arguments(targe
 def tiny_proto(props: dict[str, str]) -> onnx.ModelProto:
     """A one-node ONNX (Identity on a 1x3x64x64 input) carrying ``props`` as metadata."""
     h = onnx.helper
-    graph = h.make_graph([h.make_node("Identity", ["images"], ["output0"])], "g",
-                         [h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
-                         [h.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 3, 64, 64])])
+    graph = h.make_graph(
+        [h.make_node("Identity", ["images"], ["output0"])],
+        "g",
+        [h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
+        [h.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 3, 64, 64])],
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     h.set_model_props(model, props)
     return model
 
 
-META_KEYS = ["stride", "names", "clo_export.imgsz", "clo_export.nc", "clo_export.anchors", "clo_export.opset",
-             "clo_export.precision", "clo_export.nms", "clo_export.nms_conf", "clo_export.nms_max_det",
-             "clo_export.dynamic_batch"]
-META_VALUES = st.one_of(st.text(max_size=20), st.sampled_from(
-    ["32", "abc", "-1", "1e400", "nan", "{0: 'a'}", "{'a': 0}", "[0, 0]", "[64, 64]", "[64,", "true", "3", "[[10, 13]]",
-     "{0: 'a', 1: 'b'}", "['x', 'y']", "fp16", "0.5", "1e9", "null", "{}"]))
+META_KEYS = [
+    "stride",
+    "names",
+    "clo_export.imgsz",
+    "clo_export.nc",
+    "clo_export.anchors",
+    "clo_export.opset",
+    "clo_export.precision",
+    "clo_export.nms",
+    "clo_export.nms_conf",
+    "clo_export.nms_max_det",
+    "clo_export.dynamic_batch",
+]
+META_VALUES = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "32",
+            "abc",
+            "-1",
+            "1e400",
+            "nan",
+            "{0: 'a'}",
+            "{'a': 0}",
+            "[0, 0]",
+            "[64, 64]",
+            "[64,",
+            "true",
+            "3",
+            "[[10, 13]]",
+            "{0: 'a', 1: 'b'}",
+            "['x', 'y']",
+            "fp16",
+            "0.5",
+            "1e9",
+            "null",
+            "{}",
+        ]
+    ),
+)
 
 
 @FAST
@@ -594,28 +722,77 @@ def test_hypothesis_malformed_model_yaml_is_one_error(key, value):
 
 
 @FAST
-@given(limit=st.integers(-2, 3), batch=st.integers(-2, 3), threads=st.integers(-1, 2), workers=st.integers(-1, 2),
-       max_det=st.integers(-1, 2), check_every=st.integers(-1, 2), conf=st.floats(-1, 2), iou=st.floats(-1, 2))
-def test_hypothesis_infer_options_are_checked_before_work(tmp_path_factory, limit, batch, threads, workers, max_det,
-                                                          check_every, conf, iou):
+@given(
+    limit=st.integers(-2, 3),
+    batch=st.integers(-2, 3),
+    threads=st.integers(-1, 2),
+    workers=st.integers(-1, 2),
+    max_det=st.integers(-1, 2),
+    check_every=st.integers(-1, 2),
+    conf=st.floats(-1, 2),
+    iou=st.floats(-1, 2),
+)
+def test_hypothesis_infer_options_are_checked_before_work(
+    tmp_path_factory, limit, batch, threads, workers, max_det, check_every, conf, iou
+):
     """Any combination of numbers: one error line naming an option or the missing source, nothing written."""
     root = tmp_path_factory.mktemp("opts")
     shutil.copy(artifacts().onnx, root / "m.onnx")
     before = snapshot(root)
-    result = infer(str(root / "nowhere.mp4"), "-m", str(root / "m.onnx"), "--limit", limit, "--infer-batch", batch,
-                   "--threads", threads, "--workers", workers, "--max-det", max_det, "--check-every", check_every,
-                   "--conf", conf, "--iou", iou, "--save", str(root / "o.mp4"), "--json", str(root / "o.jsonl"))
+    result = infer(
+        str(root / "nowhere.mp4"),
+        "-m",
+        str(root / "m.onnx"),
+        "--limit",
+        limit,
+        "--infer-batch",
+        batch,
+        "--threads",
+        threads,
+        "--workers",
+        workers,
+        "--max-det",
+        max_det,
+        "--check-every",
+        check_every,
+        "--conf",
+        conf,
+        "--iou",
+        iou,
+        "--save",
+        str(root / "o.mp4"),
+        "--json",
+        str(root / "o.jsonl"),
+    )
     assert_refused(result, before, root, kind="hypothesis: CLI options")
 
 
 @FAST
-@given(imgsz=st.text(max_size=8), batch=st.integers(-2, 4), opset=st.integers(0, 30), conf=st.floats(-1, 2),
-       max_det=st.integers(-2, 2), nms=st.booleans())
+@given(
+    imgsz=st.text(max_size=8),
+    batch=st.integers(-2, 4),
+    opset=st.integers(0, 30),
+    conf=st.floats(-1, 2),
+    max_det=st.integers(-2, 2),
+    nms=st.booleans(),
+)
 def test_hypothesis_onnx_options_are_checked_before_work(tmp_path_factory, imgsz, batch, opset, conf, max_det, nms):
     root = tmp_path_factory.mktemp("opts")
     before = snapshot(root)
-    args = ["onnx", str(root / "missing.pt"), "--imgsz", imgsz, "--export-batch", batch, "--opset", opset, "--conf", conf,
-            "--max-det", max_det] + (["--nms"] if nms else [])
+    args = [
+        "onnx",
+        str(root / "missing.pt"),
+        "--imgsz",
+        imgsz,
+        "--export-batch",
+        batch,
+        "--opset",
+        opset,
+        "--conf",
+        conf,
+        "--max-det",
+        max_det,
+    ] + (["--nms"] if nms else [])
     result = export(*args)
     if result.exit_code == 2:  # click refused the value itself (e.g. '--imgsz -x' parsed as an option): one usage line
         assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
@@ -630,7 +807,9 @@ def test_hypothesis_demo_options_are_checked_before_work(tmp_path_factory, frame
     """--calib below 16 always: the demo must refuse before writing anything (0 is never the default)."""
     root = tmp_path_factory.mktemp("demo")
     before = snapshot(root)
-    result = export("demo", "--out", str(root / "out"), "--frames", frames, "--calib", calib, "--check-every", check_every)
+    result = export(
+        "demo", "--out", str(root / "out"), "--frames", frames, "--calib", calib, "--check-every", check_every
+    )
     assert_refused(result, before, root, kind="hypothesis: CLI options")
 
 
@@ -640,8 +819,18 @@ def test_hypothesis_quantize_options_are_checked_before_work(tmp_path_factory, n
     root = tmp_path_factory.mktemp("q")
     shutil.copy(artifacts().onnx, root / "m.onnx")
     before = snapshot(root)
-    result = export("quantize", str(root / "m.onnx"), "--calib", str(root / "nowhere"), "--num", num, "--holdout", holdout,
-                    "--seed", seed)
+    result = export(
+        "quantize",
+        str(root / "m.onnx"),
+        "--calib",
+        str(root / "nowhere"),
+        "--num",
+        num,
+        "--holdout",
+        holdout,
+        "--seed",
+        seed,
+    )
     assert_refused(result, before, root, kind="hypothesis: CLI options")
 
 
@@ -653,14 +842,16 @@ def test_counts_unreadable_files_and_warns(ws, caplog):
     with caplog.at_level("WARNING", logger="clo_export"):
         frames = list(read_images(ws / "imgs"))
     assert len(frames) == 3
-    assert any("1 unreadable file(s) skipped" in r.getMessage() and "3 image(s) read" in r.getMessage() for r in caplog.records)
+    assert any(
+        "1 unreadable file(s) skipped" in r.getMessage() and "3 image(s) read" in r.getMessage() for r in caplog.records
+    )
     FAULTS["bad input"] += 1
 
 
 def test_a_video_that_cannot_be_finalized_is_not_reported(tmp_path):
     """VideoSink.close() checks the file plays; a broken one raises and is removed (never 'wrote …')."""
-    from clo_export.data.sinks import VideoSink, video_problem
     from clo_export.data.readers import Frame
+    from clo_export.data.sinks import VideoSink, video_problem
 
     sink = VideoSink(tmp_path / "v.mp4", 12.0, (64, 48))
     img = np.zeros((48, 64, 3), np.uint8)

@@ -43,8 +43,15 @@ class Ran:
 def run_bounded(args: list[str], cwd: Path, env: dict | None = None, limit: float = 120.0) -> Ran:
     """Run a command as a subprocess; a case that blocks fails at ``limit`` instead of hanging the suite."""
     t0 = time.monotonic()
-    proc = subprocess.run(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=limit,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=limit,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
     return Ran(proc, time.monotonic() - t0)
 
 
@@ -94,11 +101,23 @@ def test_sockets_and_devices_are_refused_by_kind(ws):
         (ws / "list.txt").write_text("imgs/img0.jpg\nz.jpg\n")
         before = snapshot(ws)
         assert_refused(infer("s.mp4", "-m", "m.onnx"), before, ws, "SOURCE 's.mp4' is a socket", kind="FIFO")
-        assert_refused(infer("/dev/null", "-m", "m.onnx"), before, ws, "SOURCE '/dev/null' is a character device", kind="FIFO")
-        assert_refused(export("check", "m.onnx", "-w", "m.pt", "--source", "/dev/zero"), before, ws, "is a character device",
-                kind="FIFO")
-        assert_refused(export("quantize", "m.onnx", "--calib", "list.txt"), before, ws, "file 'z.jpg' is a character device",
-                kind="FIFO")
+        assert_refused(
+            infer("/dev/null", "-m", "m.onnx"), before, ws, "SOURCE '/dev/null' is a character device", kind="FIFO"
+        )
+        assert_refused(
+            export("check", "m.onnx", "-w", "m.pt", "--source", "/dev/zero"),
+            before,
+            ws,
+            "is a character device",
+            kind="FIFO",
+        )
+        assert_refused(
+            export("quantize", "m.onnx", "--calib", "list.txt"),
+            before,
+            ws,
+            "file 'z.jpg' is a character device",
+            kind="FIFO",
+        )
         assert_refused(infer("z.jpg", "-m", "m.onnx"), before, ws, "SOURCE 'z.jpg' is a character device", kind="FIFO")
     finally:
         sock.close()
@@ -107,7 +126,9 @@ def test_sockets_and_devices_are_refused_by_kind(ws):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
 def test_a_video_device_path_is_answered_with_the_webcam_index(ws):
     os.mknod(ws / "video3", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # a copy of /dev/null named like /dev/video3
-    assert_refused(infer("video3", "-m", "m.onnx"), snapshot(ws), ws, "a camera is opened by its index: pass 3", kind="FIFO")
+    assert_refused(
+        infer("video3", "-m", "m.onnx"), snapshot(ws), ws, "a camera is opened by its index: pass 3", kind="FIFO"
+    )
 
 
 def test_a_fifo_inside_a_folder_is_left_out_and_the_images_are_read(ws):
@@ -123,6 +144,7 @@ def test_a_fifo_inside_a_folder_is_left_out_and_the_images_are_read(ws):
 
 def png_bomb(path: Path, width: int, height: int) -> Path:
     """A valid grayscale PNG of ``width`` x ``height`` black pixels: a few hundred KB that decode to GBs."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -139,7 +161,7 @@ def jpeg_claiming(path: Path, width: int, height: int) -> Path:
     ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
     data = bytearray(buf.tobytes())
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     path.write_bytes(bytes(data))
     return path
 
@@ -160,8 +182,14 @@ def test_the_png_bomb_is_what_it_claims(bomb):
 def test_header_sizes_match_what_opencv_decodes(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (123, 457, 3), dtype=np.uint8)
-    cases = {"a.png": [], "b.jpg": [], "c.jpg": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "d.bmp": [],
-             "e.webp": [cv2.IMWRITE_WEBP_QUALITY, 80], "f.webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+    cases = {
+        "a.png": [],
+        "b.jpg": [],
+        "c.jpg": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+        "d.bmp": [],
+        "e.webp": [cv2.IMWRITE_WEBP_QUALITY, 80],
+        "f.webp": [cv2.IMWRITE_WEBP_QUALITY, 101],
+    }
     for name, params in cases.items():
         cv2.imwrite(str(tmp_path / name), img, params)
     cv2.imwrite(str(tmp_path / "g.webp"), np.dstack([img, img[..., :1]]), [cv2.IMWRITE_WEBP_QUALITY, 80])  # VP8X
@@ -178,18 +206,27 @@ def bomb_in(name: str, where: str = ""):
     def setup(ws: Path) -> None:
         folder = ws / where if where else ws
         shutil.copy(setup.bomb, folder / name)
+
     return setup
 
 
 BOMBS = [
     (infer, ["bomb.png", "-m", "m.onnx", "--json", "o.jsonl"], "20000x20000 = 400 MP", bomb_in("bomb.png")),
     (infer, ["imgs", "-m", "m.onnx", "--save-dir", "out"], "over the 100 MP limit", bomb_in("bomb.png", "imgs")),
-    (infer, ["imgs", "-m", "m.onnx", "--json", "o.jsonl", "--max-pixels", "300000000"], "over the 300 MP limit",
-     bomb_in("bomb.png", "imgs")),
+    (
+        infer,
+        ["imgs", "-m", "m.onnx", "--json", "o.jsonl", "--max-pixels", "300000000"],
+        "over the 300 MP limit",
+        bomb_in("bomb.png", "imgs"),
+    ),
     (export, ["check", "m.onnx", "-w", "m.pt", "--source", "bomb.png"], "over the 100 MP limit", bomb_in("bomb.png")),
     (export, ["quantize", "m.onnx", "--calib", "imgs"], "over the 100 MP limit", bomb_in("bomb.png", "imgs")),
-    (export, ["onnx", "m.pt", "--imgsz", "128", "--source", "imgs"], "over the 100 MP limit",
-     bomb_in("bomb.png", "imgs")),
+    (
+        export,
+        ["onnx", "m.pt", "--imgsz", "128", "--source", "imgs"],
+        "over the 100 MP limit",
+        bomb_in("bomb.png", "imgs"),
+    ),
     (infer, ["big.jpg", "-m", "m.onnx"], "60000x50000", lambda ws: jpeg_claiming(ws / "big.jpg", 60000, 50000)),
     (infer, ["imgs", "-m", "m.onnx", "--max-pixels", "1000"], "over the 0.001 MP limit", None),
     (infer, ["imgs", "-m", "m.onnx", "--max-pixels", "0"], "--max-pixels 0", None),
@@ -218,8 +255,9 @@ def test_the_limit_can_be_raised_and_set_by_environment(ws, monkeypatch):
     result = infer("imgs/img0.jpg", "-m", "m.onnx", "-q", "--json", "o.jsonl", "--max-pixels", str(w * h))
     assert result.exit_code == 0, result.output
     monkeypatch.setenv("CLO_EXPORT_MAX_PIXELS", "many")
-    assert_refused(infer("imgs/img0.jpg", "-m", "m.onnx"), snapshot(ws), ws, "CLO_EXPORT_MAX_PIXELS='many'",
-            kind="pixel limit")
+    assert_refused(
+        infer("imgs/img0.jpg", "-m", "m.onnx"), snapshot(ws), ws, "CLO_EXPORT_MAX_PIXELS='many'", kind="pixel limit"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- paths as they are
@@ -253,9 +291,16 @@ def test_threads_and_workers_are_bounded_by_the_cores(ws, option):
     top = 4 * usable_cores()
     before = snapshot(ws)
     t0 = time.monotonic()
-    assert_refused(infer("v.mp4", "-m", "m.onnx", option, "100000"), before, ws, f"{option} 100000 must be at most {top}",
-            kind="threads")
-    assert_refused(infer("v.mp4", "-m", "m.onnx", option, str(top + 1)), before, ws, f"must be at most {top}", kind="threads")
+    assert_refused(
+        infer("v.mp4", "-m", "m.onnx", option, "100000"),
+        before,
+        ws,
+        f"{option} 100000 must be at most {top}",
+        kind="threads",
+    )
+    assert_refused(
+        infer("v.mp4", "-m", "m.onnx", option, str(top + 1)), before, ws, f"must be at most {top}", kind="threads"
+    )
     assert time.monotonic() - t0 < 30
 
 
@@ -272,8 +317,12 @@ def ort_allocation_failure() -> None:
 
     value = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
     node = helper.make_node("ConstantOfShape", ["s"], ["y"], value=value)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -306,10 +355,29 @@ def test_an_out_of_memory_decode_is_one_line(ws, bomb):
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
-    args = [str(cli_path("clo-infer")), "bomb.png", "-m", "m.onnx", "-q", "--max-pixels", "500000000", "--workers", "1",
-            "--threads", "1"]
-    proc = subprocess.run(args, cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-                          preexec_fn=limit, env={**os.environ, "COLUMNS": "200"})
+    args = [
+        str(cli_path("clo-infer")),
+        "bomb.png",
+        "-m",
+        "m.onnx",
+        "-q",
+        "--max-pixels",
+        "500000000",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.run(
+        args,
+        cwd=ws,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert_refused(Ran(proc, 0), before, ws, "out of memory:", kind="memory")
 
 
@@ -325,8 +393,12 @@ def foreign_onnx(path: Path, inputs: list, out_shape: list, names: str = "{0: 'a
         nodes.append(helper.make_node("Add", [inputs[0][0], inputs[1][0]], ["sum"]))
         first = "sum"
     nodes += [helper.make_node("Reshape", [first, "shape"], ["output0"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     for key, value in (("stride", "32"), ("names", names)):
@@ -356,8 +428,12 @@ ODD = [
     (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], LAYOUT, nhwc_model),
     (infer, ["v.mp4", "-m", "f.onnx", "--save", "o.mp4"], "takes 2 inputs ('images' 1x3x128x128", two_inputs),
     (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], "takes 2 inputs", two_inputs),
-    (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "no output of shape (batch, anchors, 5 + classes)",
-     classifier),
+    (
+        infer,
+        ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"],
+        "no output of shape (batch, anchors, 5 + classes)",
+        classifier,
+    ),
     (infer, ["v.mp4", "-m", "m.onnx", "--classes", "²"], "--classes '²' is neither a class id", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--classes", "١"], "--classes '١' is neither a class id", None),
     (infer, ["v.mp4", "-m", "m.onnx", "--classes", ","], "names no class", None),
@@ -404,9 +480,14 @@ def test_printing_never_fails_on_an_ascii_terminal(ws):
     assert_refused(ran, before, ws, "SOURCE 'n\\xf6pe.mp4' does not exist", kind="environment")
 
 
-@pytest.mark.parametrize("args", [["clo-infer", "../v.mp4", "-m", "../m.onnx", "-q", "--json", "o.jsonl"],
-                                  ["clo-export", "onnx", "../m.pt", "--imgsz", "128", "-o", "../x.onnx"],
-                                  ["clo-export", "trt", "../m.onnx", "--dry-run"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clo-infer", "../v.mp4", "-m", "../m.onnx", "-q", "--json", "o.jsonl"],
+        ["clo-export", "onnx", "../m.pt", "--imgsz", "128", "-o", "../x.onnx"],
+        ["clo-export", "trt", "../m.onnx", "--dry-run"],
+    ],
+)
 def test_a_deleted_working_folder_is_one_line(ws, args):
     before = snapshot(ws)
     script = 'cd gone && rmdir ../gone && exec "$@"'
@@ -417,6 +498,7 @@ def test_a_deleted_working_folder_is_one_line(ws, args):
 
 def test_sighup_mid_video_closes_the_outputs_like_ctrl_c(ws):
     from tests.helpers import make_video
+
     make_video(ws / "long.mp4", frames=300)
     before = snapshot(ws)
     proc, lines = start([str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--json", "out.jsonl"], ws)

@@ -26,8 +26,11 @@ import pytest
 from clo_export.fileio import json_text, remove_stale_parts
 from tests.faults_harness import FAULTS, assert_refused, cli_path, error_lines, export, infer, snapshot, start, wait_for
 from tests.helpers import make_video
+
+
 def assert_one_error(result, before: dict[str, str], root: Path, match: str, kind: str) -> None:
     assert_refused(result, before, root, match, kind=kind)
+
 
 pytestmark = pytest.mark.usefixtures("tally")
 
@@ -48,8 +51,10 @@ def device(path: Path, minor: int) -> Path:
 
 def strict_lines(text: str) -> list[dict]:
     """JSON Lines parsed as strict JSON (NaN, Infinity rejected, as Node's JSON.parse does)."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
+
     return [json.loads(line, parse_constant=refuse) for line in text.splitlines()]
 
 
@@ -64,8 +69,14 @@ def test_json_to_a_null_device_keeps_the_device_and_writes_nothing_beside_it(ws)
     FAULTS["device target"] += 1
 
 
-@pytest.mark.parametrize("cli, args", [(infer, ["imgs", "-m", "m.onnx", "-q", "--json", "full"]),
-                                       (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "full"])], ids=["infer", "onnx"])
+@pytest.mark.parametrize(
+    "cli, args",
+    [
+        (infer, ["imgs", "-m", "m.onnx", "-q", "--json", "full"]),
+        (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "full"]),
+    ],
+    ids=["infer", "onnx"],
+)
 def test_a_full_device_is_one_line_and_stays_a_device(ws, cli, args):
     device(ws / "full", 7)
     before = snapshot(ws)
@@ -87,8 +98,9 @@ def test_quantize_to_a_device_drops_no_report_or_cache(ws):
     for i in range(36):
         cv2.imwrite(str(ws / "cal" / f"c{i:02d}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     before = snapshot(ws)
-    result = export("quantize", "m.onnx", "--calib", "cal", "--num", "16", "--holdout", "16", "--min-agreement", "0",
-                    "-o", "null")
+    result = export(
+        "quantize", "m.onnx", "--calib", "cal", "--num", "16", "--holdout", "16", "--min-agreement", "0", "-o", "null"
+    )
     assert_ok(result)
     assert snapshot(ws) == before  # no null.accuracy.json, null.calib.json, null.json
     FAULTS["device target"] += 1
@@ -140,12 +152,16 @@ def a_block_device(ws: Path) -> None:
         pytest.skip("making device nodes needs root")
 
 
-@pytest.mark.parametrize("make, what", [(a_socket, "a socket"), (a_block_device, "a block device"),
-                                        (lambda ws: (ws / "sock").mkdir(), "folder")],
-                         ids=["socket", "block", "folder"])
-@pytest.mark.parametrize("cli, args", [(infer, ["imgs", "-m", "m.onnx", "--json", "sock"]),
-                                       (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "sock"])],
-                         ids=["infer", "onnx"])
+@pytest.mark.parametrize(
+    "make, what",
+    [(a_socket, "a socket"), (a_block_device, "a block device"), (lambda ws: (ws / "sock").mkdir(), "folder")],
+    ids=["socket", "block", "folder"],
+)
+@pytest.mark.parametrize(
+    "cli, args",
+    [(infer, ["imgs", "-m", "m.onnx", "--json", "sock"]), (export, ["onnx", "m.pt", "--imgsz", "128", "-o", "sock"])],
+    ids=["infer", "onnx"],
+)
 def test_other_special_targets_are_refused(ws, make, what, cli, args):
     make(ws)
     before = snapshot(ws)
@@ -167,8 +183,9 @@ def test_triton_overwrite_replaces_only_what_it_wrote(ws):
     (ws / "repo" / "det_model" / "1" / "model.plan").write_bytes(b"my plan")
     user = {k: v for k, v in snapshot(ws).items() if "NOTES" in k or "/2" in k or "plan" in k or k == "repo/README.md"}
     before = snapshot(ws)
-    assert_one_error(export("triton", "m.onnx", "-o", "repo", "--name", "det"), before, ws, "--overwrite",
-                     "triton overwrite")
+    assert_one_error(
+        export("triton", "m.onnx", "-o", "repo", "--name", "det"), before, ws, "--overwrite", "triton overwrite"
+    )
     again = export("triton", "m.onnx", "-o", "repo", "--name", "det", "--overwrite")
     assert_ok(again)
     after = snapshot(ws)
@@ -197,14 +214,20 @@ def test_triton_overwrite_never_replaces_a_file_it_did_not_write(ws):
     (ws / "repo" / "det_model").mkdir(parents=True)
     (ws / "repo" / "det_model" / "config.pbtxt").write_text('name: "det_model"\nplatform: "onnxruntime_onnx"\n')
     before = snapshot(ws)
-    assert_one_error(export("triton", "m.onnx", "-o", "repo", "--name", "det", "--overwrite"), before, ws,
-                     "not written by clo-export", "triton overwrite")
+    assert_one_error(
+        export("triton", "m.onnx", "-o", "repo", "--name", "det", "--overwrite"),
+        before,
+        ws,
+        "not written by clo-export",
+        "triton overwrite",
+    )
 
 
 def test_triton_name_too_long_is_refused_before_any_folder(ws):
     before = snapshot(ws)
-    assert_one_error(export("triton", "m.onnx", "-o", "newrepo", "--name", "n" * 250), before, ws, "shorter name",
-                     "name too long")
+    assert_one_error(
+        export("triton", "m.onnx", "-o", "newrepo", "--name", "n" * 250), before, ws, "shorter name", "name too long"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 3. names that clash
@@ -217,8 +240,11 @@ def test_same_file_names_in_different_folders_give_different_outputs(ws):
         cv2.imwrite(str(ws / "clash" / rel), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     result = infer("clash", "-m", "m.onnx", "-q", "--save-dir", "ann")
     assert_ok(result)
-    assert sorted(p.relative_to(ws / "ann").as_posix() for p in (ws / "ann").rglob("*.jpg")) == \
-        ["a/x.jpg", "a/x_2.jpg", "b/x.jpg"]
+    assert sorted(p.relative_to(ws / "ann").as_posix() for p in (ws / "ann").rglob("*.jpg")) == [
+        "a/x.jpg",
+        "a/x_2.jpg",
+        "b/x.jpg",
+    ]
     wrote = [line for line in result.output.splitlines() if line.startswith("wrote")]
     assert len(set(wrote)) == 3
     FAULTS["clashing names"] += 1
@@ -226,8 +252,13 @@ def test_same_file_names_in_different_folders_give_different_outputs(ws):
 
 def test_an_output_that_another_output_could_replace_is_refused(ws):
     before = snapshot(ws)
-    assert_one_error(infer("imgs", "-m", "m.onnx", "--json", "ann/img0.jpg", "--save-dir", "ann"), before, ws,
-                     "--save-dir", "clashing names")
+    assert_one_error(
+        infer("imgs", "-m", "m.onnx", "--json", "ann/img0.jpg", "--save-dir", "ann"),
+        before,
+        ws,
+        "--save-dir",
+        "clashing names",
+    )
 
 
 def test_demo_refuses_a_folder_with_the_users_files(ws):
@@ -287,8 +318,7 @@ def test_non_finite_detections_are_dropped_counted_and_never_written(ws, channel
 def test_reports_are_strict_json_with_the_reason():
     text = json_text({"max_abs": float("nan"), "stats": [1.0, float("inf")], "ok": 1}, indent=2)
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
-    assert data == {"max_abs": None, "stats": [1.0, None], "ok": 1,
-                    "non_finite": {"max_abs": "nan", "stats[1]": "inf"}}
+    assert data == {"max_abs": None, "stats": [1.0, None], "ok": 1, "non_finite": {"max_abs": "nan", "stats[1]": "inf"}}
 
 
 def test_a_check_of_an_inf_model_writes_a_strict_report(ws):
@@ -306,8 +336,9 @@ def test_a_check_of_an_inf_model_writes_a_strict_report(ws):
 def test_sighup_mid_video_leaves_complete_outputs(ws):
     make_video(ws / "long.mp4", frames=300)
     before = snapshot(ws)
-    proc, lines = start([str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4",
-                         "--json", "out.jsonl"], ws)
+    proc, lines = start(
+        [str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4", "--json", "out.jsonl"], ws
+    )
     wait_for(lambda: any(".part" in p.name and p.stat().st_size > 20_000 for p in ws.iterdir()))
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(60) == 130, "".join(lines)
@@ -351,14 +382,26 @@ def test_a_staging_folder_of_a_killed_triton_run_is_removed_by_the_next(ws):
 
 def test_a_name_too_long_is_refused_before_any_work_or_folder(ws):
     before = snapshot(ws)
-    assert_one_error(infer("imgs", "-m", "m.onnx", "--json", "new/" + "n" * 300 + ".jsonl"), before, ws,
-                     "shorter name", "name too long")
-    assert_one_error(export("onnx", "m.pt", "--imgsz", "128", "-o", "new/" + "n" * 248 + ".onnx"), before, ws,
-                     "shorter name", "name too long")  # the sidecar's name (+ .json) is what does not fit
-    assert_one_error(infer("imgs", "-m", "m.onnx", "--save-dir", "new/" + "n" * 300), before, ws, "shorter name",
-                     "name too long")
-    assert_one_error(export("demo", "--quick", "--out", "new/" + "n" * 300), before, ws, "shorter name",
-                     "name too long")
+    assert_one_error(
+        infer("imgs", "-m", "m.onnx", "--json", "new/" + "n" * 300 + ".jsonl"),
+        before,
+        ws,
+        "shorter name",
+        "name too long",
+    )
+    assert_one_error(
+        export("onnx", "m.pt", "--imgsz", "128", "-o", "new/" + "n" * 248 + ".onnx"),
+        before,
+        ws,
+        "shorter name",
+        "name too long",
+    )  # the sidecar's name (+ .json) is what does not fit
+    assert_one_error(
+        infer("imgs", "-m", "m.onnx", "--save-dir", "new/" + "n" * 300), before, ws, "shorter name", "name too long"
+    )
+    assert_one_error(
+        export("demo", "--quick", "--out", "new/" + "n" * 300), before, ws, "shorter name", "name too long"
+    )
 
 
 def test_a_long_name_that_fits_is_written(ws):

@@ -40,7 +40,9 @@ def exported() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, x, f, opset_version=17, dynamo=False, input_names=["images"], output_names=["output0"])
+        torch.onnx.export(
+            module, x, f, opset_version=17, dynamo=False, input_names=["images"], output_names=["output0"]
+        )
     model = onnx.load_from_string(f.getvalue())
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     return model, x.numpy(), sess.run(None, {"images": x.numpy()})[0]
@@ -89,9 +91,14 @@ def test_no_float32_left_outside_kept_ops(exported):
     allowed = {name for n in half.graph.node if n.op_type == "Softmax" for name in [*n.input, *n.output]}
     allowed |= set(resize.input[1:])  # Resize roi/scales are float32 by the spec
     assert fp32 <= allowed
-    assert any(n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT16 and "Softmax" not in n.name for n in half.graph.node)
+    assert any(
+        n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT16 and "Softmax" not in n.name
+        for n in half.graph.node
+    )
     for node in half.graph.node:
-        if node.op_type == "Cast" and not node.name.startswith(tuple(n.name for n in half.graph.node if n.op_type == "Softmax")):
+        if node.op_type == "Cast" and not node.name.startswith(
+            tuple(n.name for n in half.graph.node if n.op_type == "Softmax")
+        ):
             assert next(a.i for a in node.attribute if a.name == "to") != TensorProto.FLOAT
 
 

@@ -11,9 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clo_export.cli.infer import app
-from tests.helpers import NAMES
-from tests.helpers import InterruptingSource
-from tests.helpers import read_video
+from tests.helpers import NAMES, InterruptingSource, read_video
 
 cli = CliRunner()
 
@@ -27,8 +25,18 @@ def records(path):
 
 
 def test_video_to_annotated_mp4_and_jsonl_keeps_frames_and_fps(art, tmp_path):
-    res = invoke(art.video, "-m", art.onnx, "--save", tmp_path / "out.mp4", "--json", tmp_path / "d.jsonl", "-q",
-                 "--workers", "2")
+    res = invoke(
+        art.video,
+        "-m",
+        art.onnx,
+        "--save",
+        tmp_path / "out.mp4",
+        "--json",
+        tmp_path / "d.jsonl",
+        "-q",
+        "--workers",
+        "2",
+    )
     assert res.exit_code == 0, res.output
     assert "FPS end-to-end" in res.output and "inference" in res.output and "p95" in res.output
     assert "2 streams" in res.output
@@ -43,8 +51,20 @@ def test_video_to_annotated_mp4_and_jsonl_keeps_frames_and_fps(art, tmp_path):
 
 
 def test_high_threshold_gives_empty_frames_and_still_a_full_video(art, tmp_path):
-    res = invoke(art.video, "-m", art.nms_onnx, "--conf", "0.99", "--save-dir", tmp_path, "--json", tmp_path / "d.jsonl",
-                 "--limit", "5", "-q")
+    res = invoke(
+        art.video,
+        "-m",
+        art.nms_onnx,
+        "--conf",
+        "0.99",
+        "--save-dir",
+        tmp_path,
+        "--json",
+        tmp_path / "d.jsonl",
+        "--limit",
+        "5",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert read_video(tmp_path / "v.mp4")[0] == 5
     assert [r["detections"] for r in records(tmp_path / "d.jsonl")] == [[]] * 5
@@ -56,8 +76,18 @@ def test_image_folder_with_an_unreadable_file(art, tmp_path):
     for p in art.images.iterdir():
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8 garbage")
-    res = invoke(folder, "-m", art.nms_onnx, "--save-dir", tmp_path / "out", "--json", tmp_path / "d.jsonl",
-                 "--classes", "circle,2", "-q")
+    res = invoke(
+        folder,
+        "-m",
+        art.nms_onnx,
+        "--save-dir",
+        tmp_path / "out",
+        "--json",
+        tmp_path / "d.jsonl",
+        "--classes",
+        "circle,2",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert "1 unreadable" in res.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in art.images.iterdir())
@@ -80,15 +110,18 @@ def test_live_check_against_pytorch_passes_and_a_wrong_reference_fails(art):
     assert res.exit_code == 1 and "live check on 2 frame(s) failed: " in res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--save", "x.mp4", "--save-dir", "d"], "not both"),
-    (["--infer-batch", "2"], "fixed batch of 1"),
-    (["--classes", "dog"], "neither a class id"),
-    (["--conf", "1.5"], "must lie in [0, 1]"),
-    (["--imgsz", "256"], "takes 128x128 inputs only"),
-    (["--workers", "0"], "must be at least 1"),
-    (["--sequential", "--workers", "2"], "drop --workers 2 or --sequential"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--save", "x.mp4", "--save-dir", "d"], "not both"),
+        (["--infer-batch", "2"], "fixed batch of 1"),
+        (["--classes", "dog"], "neither a class id"),
+        (["--conf", "1.5"], "must lie in [0, 1]"),
+        (["--imgsz", "256"], "takes 128x128 inputs only"),
+        (["--workers", "0"], "must be at least 1"),
+        (["--sequential", "--workers", "2"], "drop --workers 2 or --sequential"),
+    ],
+)
 def test_bad_options_are_one_line_errors(art, tmp_path, args, message):
     res = invoke(art.video, "-m", art.onnx, *args)
     assert res.exit_code == 1

@@ -11,16 +11,12 @@ import pytest
 from clo_export.backends.base import Runner, TensorSpec
 from clo_export.backends.select import load_runner
 from clo_export.data.preprocess import LetterboxInfo
-from clo_export.data.sinks import JsonlSink, VideoSink
 from clo_export.data.readers import open_source
+from clo_export.data.sinks import JsonlSink, VideoSink
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline, StageTimer
 from clo_export.postprocess import Postprocessor
-from tests.helpers import InterruptingSource
-from tests.helpers import read_video
-
-
-
+from tests.helpers import InterruptingSource, read_video
 
 
 class FixedBatchRunner(Runner):
@@ -45,7 +41,7 @@ class FixedBatchRunner(Runner):
         x = feed["images"]
         assert x.shape[0] == 4
         self.batches.append(x)
-        outs = [self.inner.infer({"images": x[i:i + 1]})["output0"] for i in range(4)]
+        outs = [self.inner.infer({"images": x[i : i + 1]})["output0"] for i in range(4)]
         return {"output0": np.concatenate(outs)}
 
 
@@ -96,8 +92,9 @@ def run(art, threaded=True, batch=1, runner=None, sinks=(), source=None, limit=N
     r, info = load_runner(art.onnx, "cpu")
     runner = runner or r
     with runner:
-        return Pipeline(source or open_source(art.video, limit), runner, info, list(sinks),
-                        InferOptions(batch=batch)).run(threaded=threaded), runner
+        return Pipeline(
+            source or open_source(art.video, limit), runner, info, list(sinks), InferOptions(batch=batch)
+        ).run(threaded=threaded), runner
 
 
 def lines(path):
@@ -124,8 +121,12 @@ def test_several_inference_streams_keep_the_source_order_and_a_bounded_lead(art,
     run(art, threaded=False, sinks=[JsonlSink(tmp_path / "seq.jsonl", {})])
     runners = streams(art, [0.3, 0.0, 0.0])  # stream 0 holds frame 0 while the others run ahead
     src = open_source(art.video)
-    res = run_streams(art, runners, [JsonlSink(tmp_path / "multi.jsonl", {}),
-                                     VideoSink(tmp_path / "multi.mp4", src.fps, src.size)], src)
+    res = run_streams(
+        art,
+        runners,
+        [JsonlSink(tmp_path / "multi.jsonl", {}), VideoSink(tmp_path / "multi.mp4", src.fps, src.size)],
+        src,
+    )
     assert res.streams == 3 and res.frames == 24 and res.stages["inference"].count == 24
     ahead = sum(t < runners[0].released for r in runners[1:] for t in r.started)
     assert ahead == InferOptions().queue_size + 3 - 1  # overtaken, but only as far as the free slots allow
@@ -208,9 +209,12 @@ def test_postprocess_raw_output_maps_boxes_to_the_original_frame_and_handles_emp
 
 
 def test_postprocess_in_graph_nms_outputs_respects_conf_classes_and_max_det():
-    outputs = {"num_dets": np.array([[3]], np.int64),
-               "boxes": np.array([[[0, 16, 10, 26], [20, 36, 30, 46], [40, 56, 50, 66], [0, 0, 0, 0]]], np.float32),
-               "scores": np.array([[0.9, 0.5, 0.3, 0]], np.float32), "classes": np.array([[0, 1, 0, 0]], np.int64)}
+    outputs = {
+        "num_dets": np.array([[3]], np.int64),
+        "boxes": np.array([[[0, 16, 10, 26], [20, 36, 30, 46], [40, 56, 50, 66], [0, 0, 0, 0]]], np.float32),
+        "scores": np.array([[0.9, 0.5, 0.3, 0]], np.float32),
+        "classes": np.array([[0, 1, 0, 0]], np.int64),
+    }
     post = Postprocessor(InferOptions(conf=0.4))
     np.testing.assert_allclose(post(outputs, [LB])[0], [[0, 0, 20, 20, 0.9, 0], [40, 40, 60, 60, 0.5, 1]])
     assert len(Postprocessor(InferOptions(classes=(1,)))(outputs, [LB])[0]) == 1

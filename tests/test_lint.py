@@ -21,7 +21,13 @@ def _export(module: torch.nn.Module, x: torch.Tensor, dynamic_axes: dict[int, st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module.eval(), x, f, opset_version=17, dynamo=False, input_names=["images"], output_names=["output0"],
+            module.eval(),
+            x,
+            f,
+            opset_version=17,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["output0"],
             dynamic_axes={"images": dynamic_axes, "output0": dynamic_axes} if dynamic_axes else None,
         )
     return onnx.load_from_string(f.getvalue())
@@ -82,7 +88,9 @@ def test_static_export_of_shape_reshape_passes():
 
 def _graph(nodes, inputs, inits=()):
     out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, None)
-    return helper.make_model(helper.make_graph(nodes, "g", inputs, [out], list(inits)), opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(
+        helper.make_graph(nodes, "g", inputs, [out], list(inits)), opset_imports=[helper.make_opsetid("", 17)]
+    )
 
 
 def test_reshape_from_computed_tensor_and_taint_propagation():

@@ -23,12 +23,19 @@ from typer.testing import CliRunner
 from clo_export.cli.infer import app
 from tests.helpers import read_video
 
+
 def infer(args: list, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
     """clo-infer as its own process (signals, exit code), run as a foreground job would; output lines collected."""
     cmd = [sys.executable, "-c", "from clo_export.cli.infer import main; main()", *map(str, args)]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "400"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines
@@ -70,15 +77,20 @@ def no_leftovers(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if ".part" in p.name]
 
 
-@pytest.mark.parametrize("how, reconnect", [("kill", 3.0), ("kill", 0.0), ("stall", 0.0)],
-                         ids=["killed-retried-then-given-up", "killed-reconnect-0", "stalled-reconnect-0"])
+@pytest.mark.parametrize(
+    "how, reconnect",
+    [("kill", 3.0), ("kill", 0.0), ("stall", 0.0)],
+    ids=["killed-retried-then-given-up", "killed-reconnect-0", "stalled-reconnect-0"],
+)
 @pytest.mark.slow
 @pytest.mark.server
 def test_a_camera_that_never_returns_ends_the_run_with_exit_1_and_one_line(art, camera, tmp_path, how, reconnect):
     from clo_export.data.live import READ_TIMEOUT
 
-    proc, lines = infer([camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--save", "out.mp4",
-                         "--reconnect", reconnect], tmp_path)
+    proc, lines = infer(
+        [camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--save", "out.mp4", "--reconnect", reconnect],
+        tmp_path,
+    )
     wait_for_frames(tmp_path, proc)
     if how == "kill":
         camera.kill()  # the connection closes
@@ -104,8 +116,9 @@ def test_a_camera_that_never_returns_ends_the_run_with_exit_1_and_one_line(art, 
 @pytest.mark.server
 def test_a_camera_that_returns_resumes_the_run_and_is_counted(art, camera, tmp_path):
     limit = 80  # ~5 s at the camera's 15 fps: the run goes on well past the outage
-    proc, lines = infer([camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", 20, "--limit", limit],
-                        tmp_path)
+    proc, lines = infer(
+        [camera.url, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", 20, "--limit", limit], tmp_path
+    )
     wait_for_frames(tmp_path, proc)
     camera.kill()
     killed = time.monotonic()

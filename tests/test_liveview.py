@@ -54,9 +54,14 @@ def longer_video(tmp_path_factory) -> Path:
 def start_infer(args: list) -> tuple[subprocess.Popen, list[str]]:
     """clo-infer as its own process (Ctrl-C works even under a background pytest); output lines collected."""
     cmd = [sys.executable, "-c", "from clo_export.cli.infer import main; main()", *map(str, args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "400"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines
@@ -93,7 +98,7 @@ def read_part(stream) -> tuple[dict, bytes] | None:
         return None
     assert line.strip() == f"--{BOUNDARY}".encode(), line
     headers = {}
-    while (h := stream.readline().strip()):
+    while h := stream.readline().strip():
         k, v = h.decode().split(":", 1)
         headers[k.strip().lower()] = v.strip()
     data = stream.read(int(headers["content-length"]))
@@ -144,18 +149,37 @@ def refused(port: int) -> bool:
 
 
 # ---- the address rule
-@pytest.mark.parametrize("text, want", [("8080", ("127.0.0.1", 8080)), (":8080", ("127.0.0.1", 8080)),
-                                        ("0.0.0.0:80", ("0.0.0.0", 80)), ("localhost:65535", ("localhost", 65535)),
-                                        ("[::1]:8080", ("::1", 8080)), (" 127.0.0.1:1 ", ("127.0.0.1", 1))])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        (":8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("localhost:65535", ("localhost", 65535)),
+        ("[::1]:8080", ("::1", 8080)),
+        (" 127.0.0.1:1 ", ("127.0.0.1", 1)),
+    ],
+)
 def test_serve_addresses_that_parse(text, want):
     assert parse_serve(text) == want
 
 
-@pytest.mark.parametrize("text, words", [("", "not a number"), ("host:", "not a number"), (":http", "not a number"),
-                                         ("0", "outside 1-65535"), ("127.0.0.1:65536", "outside 1-65535"),
-                                         ("::1:8080", "brackets"), ("[::1]", "brackets"), ("a b:80", "not a host"),
-                                         ("http://x:80", "brackets"), ("x/y:80", "not a host"),
-                                         ("8080²", "not a number")])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "not a number"),
+        ("host:", "not a number"),
+        (":http", "not a number"),
+        ("0", "outside 1-65535"),
+        ("127.0.0.1:65536", "outside 1-65535"),
+        ("::1:8080", "brackets"),
+        ("[::1]", "brackets"),
+        ("a b:80", "not a host"),
+        ("http://x:80", "brackets"),
+        ("x/y:80", "not a host"),
+        ("8080²", "not a number"),
+    ],
+)
 def test_bad_serve_addresses_are_one_line(text, words):
     with pytest.raises(CloExportError) as e:
         parse_serve(text)
@@ -173,8 +197,9 @@ def test_a_port_in_use_and_an_unknown_host_are_one_line_before_the_model_loads(a
             check_serve(f"127.0.0.1:{port}")
         res = CliRunner().invoke(app, [str(art.video), "-m", str(broken), "--serve", f"127.0.0.1:{port}", "-q"])
     assert res.exit_code == 1
-    assert res.output.strip().splitlines() == [f"error: --serve 127.0.0.1:{port}: port {port} is in use; "
-                                               "choose another port or stop the program holding it"]
+    assert res.output.strip().splitlines() == [
+        f"error: --serve 127.0.0.1:{port}: port {port} is in use; choose another port or stop the program holding it"
+    ]
     res = CliRunner().invoke(app, [str(art.video), "-m", str(broken), "--serve", "no-such-host.invalid:8080"])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "not a known host" in res.output
     res = CliRunner().invoke(app, [str(art.video), "-m", str(broken), "--serve", "127.0.0.1:0"])
@@ -185,8 +210,22 @@ def test_a_port_in_use_and_an_unknown_host_are_one_line_before_the_model_loads(a
 def test_a_run_serves_its_annotated_frames_and_stats_then_stops(art, long_video, tmp_path):
     port = free_port()
     jsonl = tmp_path / "d.jsonl"
-    proc, lines = start_infer([long_video, "-m", art.onnx, "--serve", f"127.0.0.1:{port}", "--json", jsonl,
-                               "--workers", "1", "--threads", "1", "-q"])
+    proc, lines = start_infer(
+        [
+            long_video,
+            "-m",
+            art.onnx,
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--json",
+            jsonl,
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "-q",
+        ]
+    )
     try:
         wait_for_server(port, proc, lines)
         status, ctype, page = get(port, "/")
@@ -385,9 +424,22 @@ def chromium() -> str:
 
 def screenshot(browser: str, url: str, png: Path) -> np.ndarray:
     """A 1280x800 screenshot of ``url`` by headless Chromium, 3 s after it started loading."""
-    shown = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={png}",
-                            "--window-size=1280,800", "--timeout=3000", f"--user-data-dir={png.parent / 'profile'}",
-                            url], capture_output=True, text=True, timeout=45)
+    shown = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            f"--screenshot={png}",
+            "--window-size=1280,800",
+            "--timeout=3000",
+            f"--user-data-dir={png.parent / 'profile'}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
     assert shown.returncode == 0 and png.is_file(), shown.stderr[-2000:]
     img = cv2.imread(str(png))
     assert img.shape == (800, 1280, 3)
@@ -399,8 +451,9 @@ def screenshot(browser: str, url: str, png: Path) -> np.ndarray:
 def test_headless_chromium_shows_the_stream_with_boxes(art, longer_video, tmp_path):
     browser = chromium()
     port = free_port()
-    proc, lines = start_infer([longer_video, "-m", art.onnx, "--serve", str(port), "--workers", "1", "--threads",
-                               "1", "-q"])
+    proc, lines = start_infer(
+        [longer_video, "-m", art.onnx, "--serve", str(port), "--workers", "1", "--threads", "1", "-q"]
+    )
     try:
         wait_for_server(port, proc, lines)
         png = screenshot(browser, f"http://127.0.0.1:{port}/", tmp_path / "page.png")
@@ -440,6 +493,6 @@ def test_headless_chromium_shows_six_streams_as_snapshots(art, tmp_path):
     box = np.array([151, 157, 255])  # FF9D97 in BGR
     for row in range(2):
         for col in range(3):
-            cell = png[row * h + 60: (row + 1) * h - 10, col * w + 10: (col + 1) * w - 10]
+            cell = png[row * h + 60 : (row + 1) * h - 10, col * w + 10 : (col + 1) * w - 10]
             assert len(np.unique(cell.reshape(-1, 3) // 32, axis=0)) > 15, (row, col)
             assert (np.abs(cell.astype(int) - box).sum(axis=2) < 40).sum() > 200, (row, col)

@@ -26,8 +26,16 @@ def _model(batch: int | str = 1, h: int = 480, w: int = 640) -> onnx.ModelProto:
 
 def test_round_trip(tmp_path: Path):
     meta = ModelMeta(
-        stride=32, names=NAMES, imgsz=(480, 640), anchors=[[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119]],
-        source_sha256="ab" * 32, precision="fp16", nms=True, nms_conf=0.25, nms_iou=0.45, nms_max_det=300,
+        stride=32,
+        names=NAMES,
+        imgsz=(480, 640),
+        anchors=[[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119]],
+        source_sha256="ab" * 32,
+        precision="fp16",
+        nms=True,
+        nms_conf=0.25,
+        nms_iou=0.45,
+        nms_max_det=300,
         dynamic_batch=True,
     )
     model = _model("batch")
@@ -104,21 +112,65 @@ def test_onnx_sidecar_round_trip(tmp_path: Path):
 # What clo-export 0.1.0 wrote before the sidecars were typed (exporter with --no-check, then quantize), and
 # an older export without the NMS and dynamic-batch keys, with a key this version does not know.
 OLD_SIDECARS = {
-    "export": {"clo_export_version": "0.1.0", "stride": 32, "names": {"0": "circle", "1": "square", "2": "star"},
-               "imgsz": [256, 256], "nc": 3, "anchors": [[10.0, 13.0, 16.0, 30.0, 33.0, 23.0]], "source_sha256": "ab",
-               "opset": 17, "precision": "fp32", "version": "0.1.0", "nms": False, "nms_conf": None, "nms_iou": None,
-               "nms_max_det": None, "dynamic_batch": False, "onnx": "m.onnx", "source": "m.pt", "export_seconds": 3.1,
-               "parity": None},
-    "quantize": {"clo_export_version": "0.1.0", "stride": 32, "names": {"0": "circle", "1": "square", "2": "star"},
-                 "imgsz": [256, 256], "nc": 3, "anchors": None, "source_sha256": "ab", "opset": 17, "precision": "int8",
-                 "version": "0.1.0", "nms": False, "nms_conf": None, "nms_iou": None, "nms_max_det": None,
-                 "dynamic_batch": False, "onnx": "m.int8.onnx", "source": "m.onnx",
-                 "calibration": {"method": "minmax", "images": 16}, "float_nodes": ["/attn/Softmax"],
-                 "qdq": {"activation_tensors": 60, "weights": 57, "float_attention_nodes": []},
-                 "accuracy": {"file": "m.int8.accuracy.json", "agreement_map50_95": 0.9, "drop_map50_95_points": 1.2,
-                              "drop_map50_points": 0.4}},
-    "older": {"clo_export_version": "0.0.9", "stride": 32, "names": {"0": "person"}, "imgsz": [640, 640],
-              "precision": "fp16", "onnx": "best.onnx", "source": "best.pt", "simplifier": "onnxsim"},
+    "export": {
+        "clo_export_version": "0.1.0",
+        "stride": 32,
+        "names": {"0": "circle", "1": "square", "2": "star"},
+        "imgsz": [256, 256],
+        "nc": 3,
+        "anchors": [[10.0, 13.0, 16.0, 30.0, 33.0, 23.0]],
+        "source_sha256": "ab",
+        "opset": 17,
+        "precision": "fp32",
+        "version": "0.1.0",
+        "nms": False,
+        "nms_conf": None,
+        "nms_iou": None,
+        "nms_max_det": None,
+        "dynamic_batch": False,
+        "onnx": "m.onnx",
+        "source": "m.pt",
+        "export_seconds": 3.1,
+        "parity": None,
+    },
+    "quantize": {
+        "clo_export_version": "0.1.0",
+        "stride": 32,
+        "names": {"0": "circle", "1": "square", "2": "star"},
+        "imgsz": [256, 256],
+        "nc": 3,
+        "anchors": None,
+        "source_sha256": "ab",
+        "opset": 17,
+        "precision": "int8",
+        "version": "0.1.0",
+        "nms": False,
+        "nms_conf": None,
+        "nms_iou": None,
+        "nms_max_det": None,
+        "dynamic_batch": False,
+        "onnx": "m.int8.onnx",
+        "source": "m.onnx",
+        "calibration": {"method": "minmax", "images": 16},
+        "float_nodes": ["/attn/Softmax"],
+        "qdq": {"activation_tensors": 60, "weights": 57, "float_attention_nodes": []},
+        "accuracy": {
+            "file": "m.int8.accuracy.json",
+            "agreement_map50_95": 0.9,
+            "drop_map50_95_points": 1.2,
+            "drop_map50_points": 0.4,
+        },
+    },
+    "older": {
+        "clo_export_version": "0.0.9",
+        "stride": 32,
+        "names": {"0": "person"},
+        "imgsz": [640, 640],
+        "precision": "fp16",
+        "onnx": "best.onnx",
+        "source": "best.pt",
+        "simplifier": "onnxsim",
+    },
 }
 
 
@@ -130,7 +182,9 @@ def test_sidecars_written_before_the_typed_format_still_load(tmp_path: Path, kin
     if kind == "export":
         assert side.export_seconds == 3.1 and side.parity is None and side.calibration is None and not side.meta.nms
     if kind == "quantize":
-        assert side.meta.precision == "int8" and side.calibration["images"] == 16 and side.float_nodes == ["/attn/Softmax"]
+        assert (
+            side.meta.precision == "int8" and side.calibration["images"] == 16 and side.float_nodes == ["/attn/Softmax"]
+        )
         assert side.accuracy["drop_map50_95_points"] == 1.2 and side.source == "m.onnx"
     if kind == "older":
         assert side.meta.precision == "fp16" and side.meta.nc is None and side.meta.dynamic_batch is False

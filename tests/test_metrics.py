@@ -74,7 +74,9 @@ def test_iou_between_0p6_and_0p65_counts_at_three_thresholds() -> None:
     r = evaluate([np.array([det([0, 0, 100, 62.5], 0.9)])], [np.array([GT_A])], definition="coco")
     assert r.map50 == 1.0
     assert r.map50_95 == pytest.approx(0.3)
-    assert evaluate([np.array([det([0, 0, 100, 62.5], 0.9)])], [np.array([GT_A])]).map50_95 == pytest.approx(0.3 * 0.995)
+    assert evaluate([np.array([det([0, 0, 100, 62.5], 0.9)])], [np.array([GT_A])]).map50_95 == pytest.approx(
+        0.3 * 0.995
+    )
 
 
 def test_wrong_class_and_duplicates_are_false_positives() -> None:
@@ -145,7 +147,9 @@ def random_scenes(seed: int, n_images: int = 60, nc: int = 3) -> tuple[list[np.n
                 rows.append([*(g[1:5] + jitter), rng.uniform(0.05, 1.0), cls])
         for _ in range(int(rng.integers(0, 5))):
             x, y = rng.uniform(0, 550, 2)
-            rows.append([x, y, x + rng.uniform(5, 100), y + rng.uniform(5, 100), rng.uniform(0.001, 0.6), rng.integers(0, nc)])
+            rows.append(
+                [x, y, x + rng.uniform(5, 100), y + rng.uniform(5, 100), rng.uniform(0.001, 0.6), rng.integers(0, nc)]
+            )
         gts.append(gt.reshape(-1, 5))
         dets.append(np.array(rows, dtype=np.float64).reshape(-1, 6))
     return dets, gts
@@ -160,11 +164,25 @@ def pycocotools_map(dets: list[np.ndarray], gts: list[np.ndarray], nc: int) -> t
     from pycocotools.cocoeval import COCOeval
 
     images = [{"id": i + 1, "width": 700, "height": 700} for i in range(len(gts))]
-    anns = [{"id": len(anns_id) + 1, "image_id": i + 1, "category_id": int(g[0]) + 1, "iscrowd": 0,
-             "bbox": [g[1], g[2], g[3] - g[1], g[4] - g[2]], "area": (g[3] - g[1]) * (g[4] - g[2])}
-            for anns_id in [[]] for i, gt in enumerate(gts) for g in gt if not anns_id.append(1)]
-    results = [{"image_id": i + 1, "category_id": int(d[5]) + 1, "bbox": [d[0], d[1], d[2] - d[0], d[3] - d[1]], "score": d[4]}
-               for i, det in enumerate(dets) for d in det]
+    anns = [
+        {
+            "id": len(anns_id) + 1,
+            "image_id": i + 1,
+            "category_id": int(g[0]) + 1,
+            "iscrowd": 0,
+            "bbox": [g[1], g[2], g[3] - g[1], g[4] - g[2]],
+            "area": (g[3] - g[1]) * (g[4] - g[2]),
+        }
+        for anns_id in [[]]
+        for i, gt in enumerate(gts)
+        for g in gt
+        if not anns_id.append(1)
+    ]
+    results = [
+        {"image_id": i + 1, "category_id": int(d[5]) + 1, "bbox": [d[0], d[1], d[2] - d[0], d[3] - d[1]], "score": d[4]}
+        for i, det in enumerate(dets)
+        for d in det
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": c + 1} for c in range(nc)]}
@@ -193,5 +211,9 @@ def test_coco_keeps_100_detections_per_image_and_class() -> None:
     gt = np.array([[0, 0, 0, 50, 50]], float)
     clutter = [[200 + i, 200, 250 + i, 250, 0.9, 0] for i in range(120)] + [[300, 300, 350, 350, 0.95, 1]]
     dets = [np.array(clutter + [[0, 0, 50, 50, 0.5, 0]])]  # the hit ranks 121st in class 0: COCO never sees it
-    assert evaluate(dets, [gt], definition="coco").map50 == pytest.approx(pycocotools_map(dets, [gt], 2)[0], abs=1e-4) == 0.0
+    assert (
+        evaluate(dets, [gt], definition="coco").map50
+        == pytest.approx(pycocotools_map(dets, [gt], 2)[0], abs=1e-4)
+        == 0.0
+    )
     assert evaluate(dets, [gt]).map50 > 0  # val.py scores every detection NMS kept

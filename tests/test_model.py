@@ -30,10 +30,19 @@ def test_layer_attributes_and_state_dict_names_follow_yolov5(seed_cfg):
     assert model.save == [4, 6, 11, 14, 18, 21, 24]
     keys = set(model.state_dict())
     for key in (
-        "model.0.conv.weight", "model.0.bn.running_var", "model.2.m.0.cv1.conv.weight", "model.10.cv2.bn.bias",
-        "model.9.convs.0.weight", "model.9.act_blocks.0.act_block.0.weight", "model.9.act_blocks.0.act_block.2.bias",
-        "model.9.qkvs.0.weight", "model.9.global_q.weight", "model.9.global_kv.bias", "model.9.proj.weight",
-        "model.25.anchors", "model.25.m.2.weight",
+        "model.0.conv.weight",
+        "model.0.bn.running_var",
+        "model.2.m.0.cv1.conv.weight",
+        "model.10.cv2.bn.bias",
+        "model.9.convs.0.weight",
+        "model.9.act_blocks.0.act_block.0.weight",
+        "model.9.act_blocks.0.act_block.2.bias",
+        "model.9.qkvs.0.weight",
+        "model.9.global_q.weight",
+        "model.9.global_kv.bias",
+        "model.9.proj.weight",
+        "model.25.anchors",
+        "model.25.m.2.weight",
     ):
         assert key in keys, key
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -46,7 +55,7 @@ def test_anchors_in_grid_units_and_bias_prior(seed_cfg):
     pixels = torch.tensor(seed_cfg["anchors"], dtype=torch.float32).view(3, 3, 2)
     torch.testing.assert_close(det.anchors * det.stride.view(-1, 1, 1), pixels)
     for conv, stride in zip(det.m, det.stride.tolist()):
-        bound = conv.in_channels ** -0.5  # PyTorch's default bias init is U(-bound, bound)
+        bound = conv.in_channels**-0.5  # PyTorch's default bias init is U(-bound, bound)
         b = conv.bias.view(3, -1)
         assert (b[:, 4] - math.log(8 / (640 / stride) ** 2)).abs().max() <= bound
         assert (b[:, 5:] - math.log(0.6 / (80 - 0.99999))).abs().max() <= bound
@@ -90,13 +99,18 @@ def test_eval_output_is_decoded_and_training_output_is_raw(small_model):
     assert 0 <= y[..., 4:].min() and y[..., 4:].max() <= 1
 
 
-@pytest.mark.parametrize("args,kw", [
-    ([], dict(num_heads=8, group_split=[4, 4], kernel_sizes=[5], window_size=4)),
-    ([4, [2, 2], [3], 2], dict(num_heads=4, group_split=[2, 2], kernel_sizes=[3], window_size=2)),
-    ([{"num_heads": 16, "group_split": [4, 12], "kernel_sizes": [9], "window_size": 1}],
-     dict(num_heads=16, group_split=[4, 12], kernel_sizes=[9], window_size=1)),
-    ([8, [2, 2, 4], [3, 5], 2], dict(num_heads=8, group_split=[2, 2, 4], kernel_sizes=[3, 5], window_size=2)),
-])
+@pytest.mark.parametrize(
+    "args,kw",
+    [
+        ([], dict(num_heads=8, group_split=[4, 4], kernel_sizes=[5], window_size=4)),
+        ([4, [2, 2], [3], 2], dict(num_heads=4, group_split=[2, 2], kernel_sizes=[3], window_size=2)),
+        (
+            [{"num_heads": 16, "group_split": [4, 12], "kernel_sizes": [9], "window_size": 1}],
+            dict(num_heads=16, group_split=[4, 12], kernel_sizes=[9], window_size=1),
+        ),
+        ([8, [2, 2, 4], [3, 5], 2], dict(num_heads=8, group_split=[2, 2, 4], kernel_sizes=[3, 5], window_size=2)),
+    ],
+)
 def test_efficient_attention_matches_the_seed(args, kw, seed_cfg):
     cfg = copy.deepcopy(seed_cfg)
     cfg["backbone"][9] = [-1, 1, "EfficientAttention", args]
@@ -112,12 +126,15 @@ def test_efficient_attention_matches_the_seed(args, kw, seed_cfg):
         assert torch.equal(ours(x), ref(x))
 
 
-@pytest.mark.parametrize("args,message", [
-    ([8, [4, 3], [5], 4], "group_split [4, 3] sums to 7 but num_heads is 8"),
-    ([12, [6, 6], [5], 4], "dim 256 is not divisible by num_heads 12"),
-    ([8, [4, 4], [5, 3], 4], "2 kernel_sizes need 3 group_split entries"),
-    ([{"heads": 8}], "unknown arguments ['heads']"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([8, [4, 3], [5], 4], "group_split [4, 3] sums to 7 but num_heads is 8"),
+        ([12, [6, 6], [5], 4], "dim 256 is not divisible by num_heads 12"),
+        ([8, [4, 4], [5, 3], 4], "2 kernel_sizes need 3 group_split entries"),
+        ([{"heads": 8}], "unknown arguments ['heads']"),
+    ],
+)
 def test_invalid_attention_args_name_the_layer(args, message, seed_cfg):
     cfg = copy.deepcopy(seed_cfg)
     cfg["backbone"][9] = [-1, 1, "EfficientAttention", args]
@@ -129,7 +146,9 @@ def test_invalid_attention_args_name_the_layer(args, message, seed_cfg):
 def test_unknown_module_lists_known_ones(seed_cfg):
     cfg = copy.deepcopy(seed_cfg)
     cfg["backbone"][9] = [-1, 1, "CBAM", []]
-    with pytest.raises(CloExportError, match=r"layer 9: unknown module 'CBAM'; known: .*C3.*EfficientAttention.*--plugin"):
+    with pytest.raises(
+        CloExportError, match=r"layer 9: unknown module 'CBAM'; known: .*C3.*EfficientAttention.*--plugin"
+    ):
         DetectionModel(cfg)
 
 
@@ -173,9 +192,18 @@ def test_every_registered_block_builds_and_runs(plugins_loaded):
     """Each block through its own parse rule, from a 16-channel input."""
     from clo_export.registry import LayerContext
 
-    samples = {"Conv": [32, 3, 2], "Bottleneck": [16], "C3": [32], "SPPF": [32, 5], "Concat": [1],
-               "nn.Upsample": [None, 2, "nearest"], "Upsample": [None, 2, "nearest"], "EfficientAttention": [],
-               "MemoryEfficientSwish": [], "Detect": [2, [[10, 13, 16, 30]]]}
+    samples = {
+        "Conv": [32, 3, 2],
+        "Bottleneck": [16],
+        "C3": [32],
+        "SPPF": [32, 5],
+        "Concat": [1],
+        "nn.Upsample": [None, 2, "nearest"],
+        "Upsample": [None, 2, "nearest"],
+        "EfficientAttention": [],
+        "MemoryEfficientSwish": [],
+        "Detect": [2, [[10, 13, 16, 30]]],
+    }
     for name, block in REGISTRY.blocks.items():
         if block.source != "builtin":
             continue

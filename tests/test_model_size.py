@@ -62,8 +62,11 @@ def test_resolve_imgsz_says_which_size_and_why(caplog):
     with caplog.at_level(logging.INFO, logger="clo_export"):
         assert resolve_imgsz("best.pt", (256, 256), (640, 480)) == (640, 480)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, "imgsz 640x480 as requested, but best.pt was trained at 256x256: its detections differ at "
-                          "another size")]
+        (
+            logging.WARNING,
+            "imgsz 640x480 as requested, but best.pt was trained at 256x256: its detections differ at another size",
+        )
+    ]
 
 
 @needs_demo
@@ -106,8 +109,9 @@ def test_info_summarises_at_the_training_size(small_ckpt):
 
 def test_an_explicit_other_size_is_exported_with_one_warning(small_ckpt, tmp_path):
     out = tmp_path / "m.onnx"
-    res = cli.invoke(app, ["onnx", str(small_ckpt), "--imgsz", "128", "-o", str(out), "--no-check",
-                           "--simplifier", "none"])
+    res = cli.invoke(
+        app, ["onnx", str(small_ckpt), "--imgsz", "128", "-o", str(out), "--no-check", "--simplifier", "none"]
+    )
     assert res.exit_code == 0, res.output
     assert input_dims(out) == [1, 3, 128, 128]
     assert res.output.count("WARNING") == 1
@@ -121,13 +125,18 @@ def info(path="m.onnx", names=("circle", "square", "star"), stride=32, imgsz=(12
     return ModelInfo(path, "onnxruntime", dict(enumerate(names)), imgsz, stride)
 
 
-@pytest.mark.parametrize("artifact,message", [
-    (info(names=("circle", "square")), "number of classes differs: m.onnx has 2, best.pt has 3"),
-    (info(names=("circle", "star", "square")),
-     "class names differ: class 1 is 'star' in m.onnx but 'square' in best.pt (2 of 3 names differ)"),
-    (info(stride=64), "stride differs: m.onnx has 64, best.pt has 32"),
-    (info(imgsz=(256, 256)), "input size differs: m.onnx takes 256x256, best.pt runs at 128x128"),
-])
+@pytest.mark.parametrize(
+    "artifact,message",
+    [
+        (info(names=("circle", "square")), "number of classes differs: m.onnx has 2, best.pt has 3"),
+        (
+            info(names=("circle", "star", "square")),
+            "class names differ: class 1 is 'star' in m.onnx but 'square' in best.pt (2 of 3 names differ)",
+        ),
+        (info(stride=64), "stride differs: m.onnx has 64, best.pt has 32"),
+        (info(imgsz=(256, 256)), "input size differs: m.onnx takes 256x256, best.pt runs at 128x128"),
+    ],
+)
 def test_check_contract_names_the_field_and_both_values(artifact, message):
     checkpoint = info("best.pt")
     check_contract(info(), checkpoint)  # the same contract passes
@@ -141,8 +150,10 @@ def test_check_refuses_the_checkpoint_with_other_class_names(demo_onnx, tmp_path
     other = renamed(BUNDLED_MODEL, tmp_path / "a-e.pt", "abcde", 256)
     res = cli.invoke(app, ["check", str(demo_onnx[0]), "-w", str(other), "-s", str(images)])
     assert res.exit_code == 1
-    assert "class names differ: class 0 is 'circle' in demo-shapes.onnx but 'a' in a-e.pt (5 of 5 names differ)" \
+    assert (
+        "class names differ: class 0 is 'circle' in demo-shapes.onnx but 'a' in a-e.pt (5 of 5 names differ)"
         in " ".join(res.output.split())
+    )
     assert not (demo_onnx[0].parent / "demo-shapes.onnx.check.json").exists()  # refused before any frame ran
 
 
@@ -150,8 +161,9 @@ def test_check_refuses_another_size_unless_asked_for(art, tmp_path):
     big = renamed(art.pt, tmp_path / "big.pt", ["circle", "square", "star"], 256)
     args = ["check", str(art.onnx), "-w", str(big), "-s", str(art.images), "--json", str(tmp_path / "r.json")]
     res = cli.invoke(app, args)
-    assert res.exit_code == 1 and "input size differs: m.onnx takes 128x128, big.pt runs at 256x256" in \
-        " ".join(res.output.split())
+    assert res.exit_code == 1 and "input size differs: m.onnx takes 128x128, big.pt runs at 256x256" in " ".join(
+        res.output.split()
+    )
     res = cli.invoke(app, [*args, "--imgsz", str(IMGSZ)])
     assert res.exit_code == 0, res.output
     assert "imgsz 128x128 as requested, but big.pt was trained at 256x256" in " ".join(res.output.split())
@@ -162,8 +174,9 @@ def test_clo_infer_check_refuses_other_class_names(art, tmp_path):
 
     other = renamed(art.pt, tmp_path / "names.pt", ["a", "b", "c"], IMGSZ)
     res = cli.invoke(infer_app, [str(art.video), "-m", str(art.onnx), "--check", str(other), "-q"])
-    assert res.exit_code == 1 and "class names differ: class 0 is 'circle' in m.onnx but 'a' in names.pt" in \
-        " ".join(res.output.split())
+    assert res.exit_code == 1 and "class names differ: class 0 is 'circle' in m.onnx but 'a' in names.pt" in " ".join(
+        res.output.split()
+    )
 
 
 @needs_demo
@@ -172,7 +185,8 @@ def test_check_runs_a_yolov5_dynamic_onnx_at_the_training_size(tmp_path):
 
     dynamic = yolov5_standin.export_onnx(BUNDLED_MODEL, tmp_path / "dynamic.onnx", (256, 256), dynamic=True)
     images = make_images(tmp_path / "images")[0].parent
-    res = cli.invoke(app, ["check", str(dynamic), "-w", str(BUNDLED_MODEL), "-s", str(images),
-                           "--json", str(tmp_path / "r.json")])
+    res = cli.invoke(
+        app, ["check", str(dynamic), "-w", str(BUNDLED_MODEL), "-s", str(images), "--json", str(tmp_path / "r.json")]
+    )
     assert "imgsz 256x256: the checkpoint's training size" in res.output
     assert res.exit_code == 0, res.output

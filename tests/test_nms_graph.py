@@ -39,7 +39,9 @@ def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     return inter / (area(box) + area(others) - inter)
 
 
-def reference_nms(y: np.ndarray, conf: float, iou: float, max_det: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def reference_nms(
+    y: np.ndarray, conf: float, iou: float, max_det: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """YOLOv5 detect NMS (multi_label=False), per image: (boxes xyxy, scores, classes) by score."""
     results = []
     for rows in y:

@@ -21,16 +21,22 @@ from clo_export.postprocess import nms, xywh2xyxy
 
 def ort_nms_session(iou: float) -> ort.InferenceSession:
     """A one-node ONNX graph: NonMaxSuppression over boxes (1, N, 4) [y1, x1, y2, x2] and scores (1, C, N)."""
-    node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"], ["selected"],
-                            center_point_box=0)
+    node = helper.make_node(
+        "NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"], ["selected"], center_point_box=0
+    )
     graph = helper.make_graph(
-        [node], "nms",
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, None, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, None, None])],
+        [node],
+        "nms",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, None, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, None, None]),
+        ],
         [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
-        [helper.make_tensor("max_out", TensorProto.INT64, [1], [100000]),
-         helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
-         helper.make_tensor("score_thr", TensorProto.FLOAT, [1], [0.0])],
+        [
+            helper.make_tensor("max_out", TensorProto.INT64, [1], [100000]),
+            helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
+            helper.make_tensor("score_thr", TensorProto.FLOAT, [1], [0.0]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)

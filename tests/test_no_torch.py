@@ -26,14 +26,28 @@ BLOCKER = textwrap.dedent("""
     try:
         app()
     finally:
-        loaded = [m for m in ("torch", "clo_export.export.exporter", "clo_export.models.checkpoint") if m in sys.modules]
+        heavy = ("torch", "clo_export.export.exporter", "clo_export.models.checkpoint")
+        loaded = [m for m in heavy if m in sys.modules]
         print("LOADED", loaded, file=sys.stderr)
 """)
 
 
 def test_clo_infer_on_onnx_runs_where_torch_cannot_be_imported(art, tmp_path):
-    cmd = [sys.executable, "-c", BLOCKER, str(art.video), "--model", str(art.nms_onnx), "--save", str(tmp_path / "o.mp4"),
-           "--json", str(tmp_path / "d.jsonl"), "--limit", "6", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        BLOCKER,
+        str(art.video),
+        "--model",
+        str(art.nms_onnx),
+        "--save",
+        str(tmp_path / "o.mp4"),
+        "--json",
+        str(tmp_path / "d.jsonl"),
+        "--limit",
+        "6",
+        "--quiet",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
     assert "LOADED []" in out.stderr
@@ -48,21 +62,31 @@ def test_a_pt_model_without_torch_says_how_to_install_it(art, tmp_path):
     assert "error:" in out.stderr and "torch" in out.stderr and "Traceback" not in out.stderr
 
 
-MISSING = BLOCKER.replace('raise ImportError(f"import of {name} blocked: this is a runtime-only install")',
-                          'raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # as pip leaves it')
+MISSING = BLOCKER.replace(
+    'raise ImportError(f"import of {name} blocked: this is a runtime-only install")',
+    'raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # as pip leaves it',
+)
 EXPORT = MISSING.replace('sys.argv = ["clo-infer", *sys.argv[1:]]', 'sys.argv = ["clo-export", *sys.argv[1:]]').replace(
-    "from clo_export.cli.infer import app", "from clo_export.cli.main import app")
+    "from clo_export.cli.infer import app", "from clo_export.cli.main import app"
+)
 
 
-@pytest.mark.parametrize("args", [["onnx", "{pt}", "--imgsz", "128", "-o", "x.onnx"], ["info", "{pt}"],
-                                  ["demo", "--out", "d"],
-                                  ["check", "{onnx}", "-w", "{pt}", "--source", "{video}", "--json", "r.json"]],
-                         ids=["onnx", "info", "demo", "check"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["onnx", "{pt}", "--imgsz", "128", "-o", "x.onnx"],
+        ["info", "{pt}"],
+        ["demo", "--out", "d"],
+        ["check", "{onnx}", "-w", "{pt}", "--source", "{video}", "--json", "r.json"],
+    ],
+    ids=["onnx", "info", "demo", "check"],
+)
 def test_export_commands_without_torch_answer_in_one_line(art, tmp_path, args):
     """The torch-less runtime install: every export command says what to install, as check does, and writes nothing."""
     args = [a.format(pt=art.pt, onnx=art.onnx, video=art.video, images=art.images) for a in args]
-    out = subprocess.run([sys.executable, "-c", EXPORT, *args], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", EXPORT, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr and len(errors) == 1, out.stderr

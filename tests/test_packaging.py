@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,8 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_install_has_the_subpackages_and_config(tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
-        check=True, capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert (target / "clo_export" / "blocks" / "cloformer.py").is_file()
     assert (target / "clo_export" / "quantization" / "calibset.py").is_file()
@@ -28,8 +41,14 @@ def test_wheel_install_has_the_subpackages_and_config(tmp_path):
         "import clo_export.blocks.cloformer, clo_export.quantization, clo_export.models.yolo as y; "
         "print(y.__file__); print(y.DEFAULT_CFG.is_file())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
     file, cfg_ok = out.stdout.split()
     assert file.startswith(str(target)) and cfg_ok == "True"
 
@@ -63,8 +82,9 @@ def _pins(name: str) -> dict[str, str]:
 def test_make_installs_every_package_under_the_constraints(tmp_path):
     """Every pip install that make test would run (both environments, pip itself too) carries its constraints file."""
     venvs = [f"VENV={tmp_path / 'v'}", f"TRITON_VENV={tmp_path / 't'}"]
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), *venvs, "test"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), *venvs, "test"], capture_output=True, text=True, check=True
+    ).stdout
     installs = [line for line in out.splitlines() if "pip install" in line]
     assert len(installs) == 4, out
     for line in installs:
@@ -103,8 +123,10 @@ def test_the_pins_satisfy_what_the_project_requires():
 
 def _installed(python: str) -> dict[str, str]:
     """``{normalized name: public version}`` of every distribution in ``python``'s environment but clo-export."""
-    code = ("import importlib.metadata as m, json; "
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    code = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
     import json
 
     from packaging.utils import canonicalize_name
@@ -114,9 +136,13 @@ def _installed(python: str) -> dict[str, str]:
     return {canonicalize_name(k): Version(v).public for k, v in found.items() if canonicalize_name(k) != "clo-export"}
 
 
-@pytest.mark.parametrize("venv, constraints", [(Path(sys.prefix), "constraints.txt"),
-                                               (Path(os.environ.get("CLO_TRITON_ENV", ROOT / ".venv-triton")),
-                                                "constraints-triton.txt")])
+@pytest.mark.parametrize(
+    "venv, constraints",
+    [
+        (Path(sys.prefix), "constraints.txt"),
+        (Path(os.environ.get("CLO_TRITON_ENV", ROOT / ".venv-triton")), "constraints-triton.txt"),
+    ],
+)
 def test_a_make_built_environment_holds_exactly_the_pinned_versions(venv, constraints):
     """make install / make triton-env copy the constraints file they used into the stamp; such an environment must hold
     exactly the pinned distributions (a missing pin, a drifted version or a stale install fails)."""

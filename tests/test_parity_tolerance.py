@@ -84,8 +84,12 @@ def classes_swapped(model, a: int = 1, b: int = 3):
     return model
 
 
-DEFECTS = {"anchor 1% off": (anchor_off, "output0.boxes"), "BatchNorm eps 1e-5": (bn_eps, None),
-           "grid offset 0.05 px": (grid_offset, "output0.boxes"), "two classes swapped": (classes_swapped, "output0.classes")}
+DEFECTS = {
+    "anchor 1% off": (anchor_off, "output0.boxes"),
+    "BatchNorm eps 1e-5": (bn_eps, None),
+    "grid offset 0.05 px": (grid_offset, "output0.boxes"),
+    "two classes swapped": (classes_swapped, "output0.classes"),
+}
 
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
@@ -118,10 +122,14 @@ def test_a_failed_parity_is_recorded_as_failed_in_the_sidecar(small_model, tmp_p
     from clo_export.export.parity import parity_batches
     from clo_export.models.checkpoint import LoadedModel
 
-    strict = compare.Tolerance(box_max_abs=0.0, obj_max_abs=0.0, cls_max_abs=0.0, other_max_abs=0.0, min_f1=1.0, box_rtol=0.0)
+    strict = compare.Tolerance(
+        box_max_abs=0.0, obj_max_abs=0.0, cls_max_abs=0.0, other_max_abs=0.0, min_f1=1.0, box_rtol=0.0
+    )
     monkeypatch.setitem(compare.TOLERANCES, "fp32", strict)  # no export is bit-exact: this parity fails
     loaded = LoadedModel(small_model, tmp_path / "small.pt", "test", "")
-    result = export_onnx(loaded, tmp_path / "small.onnx", ExportOptions(imgsz=(128, 128)), parity_batches((128, 128), n_random=1))
+    result = export_onnx(
+        loaded, tmp_path / "small.onnx", ExportOptions(imgsz=(128, 128)), parity_batches((128, 128), n_random=1)
+    )
     assert result.parity is not None and not result.parity
     side = json.loads(result.sidecar.read_text())
     assert side["parity"]["passed"] is False and side["parity"]["failures"]
@@ -158,17 +166,22 @@ def half_export_outputs(model, x: np.ndarray, tmp: Path) -> np.ndarray:
     loaded = dataclasses.replace(load(BUNDLED_MODEL), model=model)
     path = export_onnx(loaded, tmp / "m.fp16.onnx", ExportOptions(imgsz=(256, 256), half=True, simplifier="none")).path
     with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"]) as ort:
-        out = [ort.infer({"images": x[i:i + 1]})[DETECTION_OUTPUT] for i in range(len(x))]
+        out = [ort.infer({"images": x[i : i + 1]})[DETECTION_OUTPUT] for i in range(len(x))]
     return np.concatenate(out).astype(np.float32)
 
 
 def fp16_report(ref: np.ndarray, test: np.ndarray):
-    return Report.accumulate(compare_outputs({DETECTION_OUTPUT: r[None]}, {DETECTION_OUTPUT: t[None]}, "fp16")
-                             for r, t in zip(ref, test))
+    return Report.accumulate(
+        compare_outputs({DETECTION_OUTPUT: r[None]}, {DETECTION_OUTPUT: t[None]}, "fp16") for r, t in zip(ref, test)
+    )
 
 
-FP16_DEFECTS = {"BatchNorm eps 1e-5": bn_eps, "two classes swapped": classes_swapped,
-                "grid offset 2 px": lambda m: grid_offset(m, 2.0), "anchor 5% off": lambda m: anchor_off(m, 0.05)}
+FP16_DEFECTS = {
+    "BatchNorm eps 1e-5": bn_eps,
+    "two classes swapped": classes_swapped,
+    "grid offset 2 px": lambda m: grid_offset(m, 2.0),
+    "anchor 5% off": lambda m: anchor_off(m, 0.05),
+}
 
 
 @pytest.mark.parametrize("defect", [None, *FP16_DEFECTS])

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import clo_export.blocks
+from clo_export.blocks import load_plugin_file, load_plugins
 from clo_export.errors import CloExportError
 from clo_export.models.checkpoint import load, save_yolov5
 from clo_export.models.yolo import DetectionModel
-from clo_export.blocks import load_plugin_file, load_plugins
 from clo_export.registry import REGISTRY, register_block
 
 SE_BLOCK = '''
@@ -126,7 +126,7 @@ def registry_snapshot(plugins_loaded):
     REGISTRY.classes.update(classes)
 
 
-CONV_PLUGIN = '''
+CONV_PLUGIN = """
 from torch import nn
 from clo_export.registry import register_block
 
@@ -139,7 +139,7 @@ class Conv(nn.Module):
 
     def forward(self, x):
         return self.conv(x)
-'''
+"""
 
 
 def test_a_plugin_replacing_a_builtin_block_is_named_in_a_warning(registry_snapshot, tmp_path, caplog):
@@ -156,7 +156,10 @@ def test_a_plugin_replacing_a_builtin_block_is_named_in_a_warning(registry_snaps
     replaced = REGISTRY.blocks["Conv"]
     assert replaced.cls is not builtin and replaced.source == "user"
     assert "block 'Conv'" in warnings[0] and "override=True" in warnings[0]
-    assert f"{replaced.cls.__module__}.Conv (user)" in warnings[0] and "clo_export.blocks.yolov5.Conv (builtin)" in warnings[0]
+    assert (
+        f"{replaced.cls.__module__}.Conv (user)" in warnings[0]
+        and "clo_export.blocks.yolov5.Conv (builtin)" in warnings[0]
+    )
 
 
 def test_override_true_replaces_a_block_without_a_warning(registry_snapshot, caplog):

@@ -1,4 +1,4 @@
-"""The Jetson runtime install on CPython 3.8, 3.10 and 3.12: the README's pip command, then clo-infer and clo-export trt.
+"""The Jetson runtime install on CPython 3.8, 3.10 and 3.12: the README's pip command, clo-infer, clo-export trt.
 
 For each interpreter under /root/.pyenv/versions (CI's .ci/run requires all three and sets
 CLO_EXPORT_REQUIRE_PYTHONS=1, so nothing skips there): a fresh venv, a copy of this repository, the
@@ -50,7 +50,9 @@ def readme_jetson_pip() -> str:
 
 
 def run(cmd, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, shell=isinstance(cmd, str))
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, shell=isinstance(cmd, str)
+    )
 
 
 def make_env(minor: str, root: Path) -> dict:
@@ -90,8 +92,23 @@ UNOPTIMIZED = Path(__file__).parent / "data" / "ort_unoptimized"
 
 def clo_infer(bin_dir: Path, source: Path, model: Path, out: Path, env=None) -> str:
     env = {**(env or os.environ), "PYTHONPATH": str(UNOPTIMIZED)}
-    result = run([str(bin_dir / "clo-infer"), str(source), "--model", str(model), "--json", str(out), "--device", "cpu",
-                  "--workers", "1", "--quiet"], env=env, timeout=300)
+    result = run(
+        [
+            str(bin_dir / "clo-infer"),
+            str(source),
+            "--model",
+            str(model),
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return out.read_text()
 
@@ -102,16 +119,26 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     main_bin = Path(sys.executable).parent
     e = exports()
-    return {(s, m): clo_infer(main_bin, getattr(e, s), getattr(e, m), out / f"{s}-{m}.jsonl")
-            for s in ("video", "images") for m in ("fp32", "int8")}
+    return {
+        (s, m): clo_infer(main_bin, getattr(e, s), getattr(e, m), out / f"{s}-{m}.jsonl")
+        for s in ("video", "images")
+        for m in ("fp32", "int8")
+    }
 
 
 @pytest.mark.parametrize("minor", PYTHONS)
 def test_readme_install_pulls_no_torch_opencv_or_onnxruntime(envs, minor):
     installed = {line.split("==")[0].lower() for line in envs[minor]["runtime"].splitlines()}
     assert {"numpy", "onnx", "polygraphy", "typer", "clo-export"} <= installed
-    assert not installed & {"torch", "onnxruntime", "onnxruntime-gpu", "opencv-python", "opencv-python-headless",
-                            "pycuda", "cuda-python"}
+    assert not installed & {
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "opencv-python",
+        "opencv-python-headless",
+        "pycuda",
+        "cuda-python",
+    }
     if minor == "3.8":
         assert re.search(r"^numpy==1\.24\.", envs[minor]["runtime"], re.M)
 
@@ -121,8 +148,9 @@ def test_clo_infer_matches_the_main_environment(envs, reference, minor, tmp_path
     e = exports()
     bin_dir = envs[minor]["venv"] / "bin"
     for source, model in reference:
-        got = clo_infer(bin_dir, getattr(e, source), getattr(e, model), tmp_path / f"{source}-{model}.jsonl",
-                        env=envs[minor]["env"])
+        got = clo_infer(
+            bin_dir, getattr(e, source), getattr(e, model), tmp_path / f"{source}-{model}.jsonl", env=envs[minor]["env"]
+        )
         assert got == reference[source, model], f"Python {minor}: {source} with {model} differs"
         assert got.count("\n") == (24 if source == "video" else 3)
 
@@ -148,12 +176,14 @@ def test_export_on_python_3_8_is_one_line(envs):
 
 @pytest.mark.parametrize("minor", PYTHONS)
 def test_global_options_before_the_command_and_their_help(envs, minor):
-    """Typer reads Annotated options from evaluated annotations only below 3.10: --version and -v must still work there."""
+    """Typer reads Annotated options from evaluated annotations only below 3.10: --version and -v still work there."""
     bin_dir, env = envs[minor]["venv"] / "bin", envs[minor]["env"]
     version = run([str(bin_dir / "clo-export"), "--version"], env=env)
     assert version.returncode == 0 and version.stdout.strip().startswith("clo-export "), version.stdout + version.stderr
-    verbose = run([str(bin_dir / "clo-export"), "-v", "trt", str(exports().fp32), "--fp16", "--dry-run", "--target", "8.5"],
-                  env=env)
+    verbose = run(
+        [str(bin_dir / "clo-export"), "-v", "trt", str(exports().fp32), "--fp16", "--dry-run", "--target", "8.5"],
+        env=env,
+    )
     assert verbose.returncode == 0, verbose.stdout + verbose.stderr
     helptext = run([str(bin_dir / "clo-export"), "--help"], env={**env, "COLUMNS": "200"}).stdout
     assert "Show tracebacks" in helptext and "--no-debug" not in helptext

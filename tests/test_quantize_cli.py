@@ -9,20 +9,29 @@ import pytest
 from typer.testing import CliRunner
 
 from clo_export.cli.quantize import quantize
-from tests.helpers import make_app
-from tests.helpers import small_onnx
+from tests.helpers import make_app, small_onnx
 
 runner = CliRunner()
-
-
-
 
 
 def test_quantize_prints_the_report_and_writes_files(tmp_path):
     src = small_onnx()
     shutil.copy(src, tmp_path / "m.onnx")
-    args = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(src.parent / "calib"), "--num", "16", "--holdout", "16",
-            "--method", "minmax", "--all-int8", "--min-agreement", "0.3"]
+    args = [
+        "quantize",
+        str(tmp_path / "m.onnx"),
+        "--calib",
+        str(src.parent / "calib"),
+        "--num",
+        "16",
+        "--holdout",
+        "16",
+        "--method",
+        "minmax",
+        "--all-int8",
+        "--min-agreement",
+        "0.3",
+    ]
     result = runner.invoke(make_app(), args)
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
@@ -56,10 +65,15 @@ def test_an_in_graph_nms_model_is_reported_on_its_own_outputs(tmp_path):
     from clo_export.quantization.quantize import QuantizeOptions
     from clo_export.quantization.quantize import quantize as quantize_model
     from tests.helpers import artifacts, make_video
+
     art = artifacts()
     make_video(tmp_path / "calib.mp4", frames=48)
-    result = quantize_model(art.nms_onnx, tmp_path / "calib.mp4", tmp_path / "m_nms.int8.onnx",
-                            QuantizeOptions(num=16, holdout=16, method="minmax", target_drop=None))
+    result = quantize_model(
+        art.nms_onnx,
+        tmp_path / "calib.mp4",
+        tmp_path / "m_nms.int8.onnx",
+        QuantizeOptions(num=16, holdout=16, method="minmax", target_drop=None),
+    )
     report = result.report
     assert sorted(report.tensors) == ["boxes", "scores"]
     assert report.agreement.n_ref > 0 and report.agreement.f1 > 0.5 and 0 < report.int8.map50_95 <= 1
@@ -71,9 +85,12 @@ def test_box_error_of_an_in_graph_nms_model_counts_a_lost_box_as_iou_0(tmp_path)
     from clo_export.quantization.accuracy import HeldOut
     from clo_export.quantization.calibset import CalibrationData, split_sources
     from tests.helpers import IMGSZ, artifacts, make_video
+
     art = artifacts()
     make_video(tmp_path / "calib.mp4", frames=24)
-    held = HeldOut(str(art.nms_onnx), CalibrationData(split_sources(tmp_path / "calib.mp4", 16, 8, 0).holdout, (IMGSZ, IMGSZ)))
+    held = HeldOut(
+        str(art.nms_onnx), CalibrationData(split_sources(tmp_path / "calib.mp4", 16, 8, 0).holdout, (IMGSZ, IMGSZ))
+    )
     assert held.in_graph_nms and held.box_error(held.ref) == 0.0
     n_ref = sum(len(d) for d in held.ref_dets)
     first = next(i for i, d in enumerate(held.ref_dets) if len(d))

@@ -3,8 +3,8 @@
 The README is the front door (at most 400 lines) and every relative link in it and in docs/ resolves.
 
 The folder holds what the snippets name, as a user's would: ``best.pt`` (the bundled demo model) and
-``calib_images/`` and ``frame.jpg`` (demo scenes). A snippet that cannot run here is marked with ``<!-- no-run: why -->``
-on the line just before its fence; today those talk to a Triton server or need TensorRT and an
+``calib_images/`` and ``frame.jpg`` (demo scenes). A snippet that cannot run here is marked with
+``<!-- no-run: why -->`` on the line just before its fence; today those talk to a Triton server or need TensorRT and an
 NVIDIA GPU (``scripts/gpu-check`` and the Triton tests cover those calls). The marker must give a
 reason, so a snippet is never skipped silently.
 """
@@ -42,9 +42,12 @@ def snippets() -> list[tuple[str, str, str | None]]:
 
 def test_the_readme_is_a_front_door_whose_links_resolve():
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 400
-    broken = [f"{page.relative_to(ROOT)}: {target}" for page in PAGES
-              for target, _ in LINK.findall(page.read_text(encoding="utf-8"))
-              if not (page.parent / target).exists()]
+    broken = [
+        f"{page.relative_to(ROOT)}: {target}"
+        for page in PAGES
+        for target, _ in LINK.findall(page.read_text(encoding="utf-8"))
+        if not (page.parent / target).exists()
+    ]
     assert not broken
 
 

@@ -34,7 +34,9 @@ def _foldable(batch: int | str = 1) -> onnx.ModelProto:
         helper.make_node("Concat", ["batch", "minus_one"], ["target"], name="concat", axis=0),
         helper.make_node("Reshape", ["scaled", "target"], ["output0"], name="reshape"),
     ]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.metadata_props.add(key="stride", value="32")
     return model
 
@@ -75,7 +77,9 @@ def test_falls_back_to_onnxslim_when_onnxsim_missing(monkeypatch):
 
     def no_onnxsim(name):
         if name == "onnxsim":
-            raise CloExportError("onnxsim is needed for this step but cannot be imported") from ImportError("No module named 'onnxsim'")
+            raise CloExportError("onnxsim is needed for this step but cannot be imported") from ImportError(
+                "No module named 'onnxsim'"
+            )
         return real_import(name)
 
     monkeypatch.setattr(simplify_mod, "_import", no_onnxsim)

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink, annotated_names, draw_detections
 from clo_export.data.readers import Frame, ImageSource, VideoSource, open_source
+from clo_export.data.sinks import ImageDirSink, JsonlSink, ShowSink, VideoSink, annotated_names, draw_detections
 from clo_export.errors import CloExportError
 from tests.helpers import make_images, make_video, read_video
 
@@ -57,7 +57,12 @@ def test_jsonl_records(tmp_path):
     sink.close()
     first, second = (json.loads(line) for line in out.read_text().splitlines())
     assert set(first) == {"frame", "timestamp", "source", "width", "height", "detections"}
-    assert first["detections"][0] == {"class_id": 1, "class_name": "square", "score": 0.9, "xyxy": [10.0, 20.0, 60.0, 80.0]}
+    assert first["detections"][0] == {
+        "class_id": 1,
+        "class_name": "square",
+        "score": 0.9,
+        "xyxy": [10.0, 20.0, 60.0, 80.0],
+    }
     assert second["frame"] == 1 and second["timestamp"] == 0.1 and second["detections"] == []
 
 
@@ -93,9 +98,9 @@ def test_video_source_reports_fps_size_count_and_timestamps(tmp_path):
 def test_corrupt_frames_inside_a_video_are_skipped_and_counted(tmp_path):
     path = make_video(tmp_path / "v.avi", frames=20, fps=10.0, size=(160, 120), fourcc="MJPG")
     data = bytearray(path.read_bytes())
-    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]  # each frame's JPEG header
+    starts = [i for i in range(len(data) - 2) if data[i : i + 3] == b"\xff\xd8\xff"]  # each frame's JPEG header
     assert len(starts) == 20
-    data[starts[10]:starts[10] + 600] = bytes(600)  # frame 10 loses its JPEG header
+    data[starts[10] : starts[10] + 600] = bytes(600)  # frame 10 loses its JPEG header
     path.write_bytes(bytes(data))
     src = open_source(path)
     got = [f.index for f in src]
@@ -141,8 +146,12 @@ def test_annotated_names_keep_folders_and_are_unique_and_stable(tmp_path):
     files = [tmp_path / "in" / rel for rel in ("a/x.jpg", "a/x_2.jpg", "b/x.jpg", "b/X.JPG", "a/x.jpg", "c/y.gif")]
     names = annotated_names(files, set())
     assert {k: v.as_posix() for k, v in names.items()} == {
-        str(files[0]): "a/x.jpg", str(files[1]): "a/x_2.jpg", str(files[2]): "b/x.jpg", str(files[3]): "b/X~2.JPG",
-        str(files[5]): "c/y.jpg"}  # the same file twice is one output; a suffix OpenCV cannot write becomes .jpg
+        str(files[0]): "a/x.jpg",
+        str(files[1]): "a/x_2.jpg",
+        str(files[2]): "b/x.jpg",
+        str(files[3]): "b/X~2.JPG",
+        str(files[5]): "c/y.jpg",
+    }  # the same file twice is one output; a suffix OpenCV cannot write becomes .jpg
     assert annotated_names(list(files), set()) == names
 
 

@@ -19,8 +19,7 @@ from clo_export.data.sinks import JsonlSink
 from clo_export.data.streams import MultiSource
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline
-from tests.helpers import IMGSZ, make_video
-from tests.helpers import read_video
+from tests.helpers import IMGSZ, make_video, read_video
 
 cli = CliRunner()
 
@@ -37,8 +36,11 @@ def records(path):
 def videos(art, tmp_path_factory):
     """Three real videos: two of 24 frames, one of 10 (different content each)."""
     root = tmp_path_factory.mktemp("streams")
-    return [make_video(root / "a.mp4", 24, seed=1), make_video(root / "b.mp4", 24, seed=2),
-            make_video(root / "c.mp4", 10, seed=3)]
+    return [
+        make_video(root / "a.mp4", 24, seed=1),
+        make_video(root / "b.mp4", 24, seed=2),
+        make_video(root / "c.mp4", 10, seed=3),
+    ]
 
 
 def export_batched(art, path, **options):
@@ -47,8 +49,10 @@ def export_batched(art, path, **options):
     from clo_export.fileio import sha256_file
     from clo_export.models.checkpoint import LoadedModel
     from tests.helpers import detector
-    loaded = LoadedModel(detector(0).half().float(), art.pt, "YOLOv5 stripped checkpoint", sha256_file(art.pt),
-                         (IMGSZ, IMGSZ))
+
+    loaded = LoadedModel(
+        detector(0).half().float(), art.pt, "YOLOv5 stripped checkpoint", sha256_file(art.pt), (IMGSZ, IMGSZ)
+    )
     return export_onnx(loaded, path, ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none", **options)).path
 
 
@@ -62,8 +66,12 @@ def test_streams_file_lists_sources_and_skips_comments_and_blank_lines(tmp_path,
     f = tmp_path / "cams.streams"
     f.write_text(f"# my cameras\n{videos[0]}\n\n   # the back door\n  {videos[1]}  \nrtsp://10.0.0.5/live#main\n")
     assert read_streams_file(f) == [str(videos[0]), str(videos[1]), "rtsp://10.0.0.5/live#main"]
-    assert expand_sources([str(f), str(videos[2])]) == [str(videos[0]), str(videos[1]), "rtsp://10.0.0.5/live#main",
-                                                        str(videos[2])]
+    assert expand_sources([str(f), str(videos[2])]) == [
+        str(videos[0]),
+        str(videos[1]),
+        "rtsp://10.0.0.5/live#main",
+        str(videos[2]),
+    ]
     (tmp_path / "empty.streams").write_text("# nothing yet\n\n")
     with pytest.raises(CloExportError, match="lists no source"):
         read_streams_file(tmp_path / "empty.streams")
@@ -96,8 +104,11 @@ def test_cli_runs_three_files_on_one_model_with_per_stream_outputs_and_stats(art
         assert read_video(tmp_path / "out" / f"{i}_{v.stem}.mp4")[0] == (24, 24, 10)[i]
     assert "3 streams, one model" in res.output and "58×1" in res.output  # a batch-1 model: one frame at a time
     rows = stream_rows(res.output)
-    assert [(int(r[0]), int(r[3]), r[4], r[5]) for r in rows] == [(0, 24, "0", "0"), (1, 24, "0", "0"),
-                                                                  (2, 10, "0", "0")]
+    assert [(int(r[0]), int(r[3]), r[4], r[5]) for r in rows] == [
+        (0, 24, "0", "0"),
+        (1, 24, "0", "0"),
+        (2, 10, "0", "0"),
+    ]
     assert all(float(r[2]) > 0 and 0 < float(r[6]) <= float(r[7]) for r in rows)
 
 
@@ -133,18 +144,32 @@ def test_streams_file_source_and_weights_aliases_and_limit_per_stream(art, video
     assert res.exit_code == 0, res.output
     recs = records(tmp_path / "d.jsonl")
     assert [(r["stream"], r["frame"]) for r in recs] == [(s, f) for f in range(5) for s in (0, 1)]
-    again = invoke("--source", videos[0], "--source", videos[2], "-m", art.onnx, "--limit", "5",
-                   "--json", tmp_path / "e.jsonl", "-q")
+    again = invoke(
+        "--source",
+        videos[0],
+        "--source",
+        videos[2],
+        "-m",
+        art.onnx,
+        "--limit",
+        "5",
+        "--json",
+        tmp_path / "e.jsonl",
+        "-q",
+    )
     assert again.exit_code == 0, again.output
     assert (tmp_path / "e.jsonl").read_text() == (tmp_path / "d.jsonl").read_text()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["SRC", "--source", "SRC", "-m", "M"], "--source is another spelling of SOURCE"),
-    (["SRC", "-m", "M", "--weights", "M"], "--weights is another spelling of --model"),
-    (["SRC", "SRC", "-m", "M", "--save", "OUT"], "--save writes one video, but there are 2 streams"),
-    (["SRC"], "missing --model"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["SRC", "--source", "SRC", "-m", "M"], "--source is another spelling of SOURCE"),
+        (["SRC", "-m", "M", "--weights", "M"], "--weights is another spelling of --model"),
+        (["SRC", "SRC", "-m", "M", "--save", "OUT"], "--save writes one video, but there are 2 streams"),
+        (["SRC"], "missing --model"),
+    ],
+)
 def test_alias_clashes_and_save_with_several_streams_are_one_line(art, videos, tmp_path, args, message):
     subst = {"SRC": videos[0], "M": art.onnx, "OUT": tmp_path / "o.mp4"}
     res = invoke(*(subst.get(a, a) for a in args))
@@ -155,8 +180,9 @@ def test_alias_clashes_and_save_with_several_streams_are_one_line(art, videos, t
 def test_one_source_writes_exactly_what_the_single_source_pipeline_writes(art, videos, tmp_path):
     runner, info = load_runner(art.onnx, "cpu")
     with runner:
-        Pipeline(open_source(str(videos[0])), runner, info, [JsonlSink(tmp_path / "lib.jsonl", info.names)],
-                 InferOptions()).run()
+        Pipeline(
+            open_source(str(videos[0])), runner, info, [JsonlSink(tmp_path / "lib.jsonl", info.names)], InferOptions()
+        ).run()
     for flag in ([], ["--source"]):
         out = tmp_path / f"cli{len(flag)}.jsonl"
         res = invoke(*flag, videos[0], "-m", art.onnx, "--json", out, "-q")
@@ -172,8 +198,9 @@ def test_serve_shows_every_stream_with_its_own_frames_and_stats(art, tmp_path):
 
     vids = [make_video(tmp_path / f"s{i}.mp4", 240, size=(320 + 64 * i, 240), seed=10 + i) for i in range(2)]
     port = free_port()
-    proc, lines = start_infer([*vids, "-m", art.onnx, "--serve", f"127.0.0.1:{port}", "--workers", "1",
-                               "--threads", "1", "-q"])
+    proc, lines = start_infer(
+        [*vids, "-m", art.onnx, "--serve", f"127.0.0.1:{port}", "--workers", "1", "--threads", "1", "-q"]
+    )
     try:
         wait_for_server(port, proc, lines)
         page = get(port, "/")[2]
@@ -233,8 +260,9 @@ def test_two_cameras_at_the_same_rate_get_the_same_fps(art, two_cameras, tmp_pat
     from tests.test_live_sources import finish, infer
 
     limit = 150  # 10 s at 15 fps
-    proc, lines = infer([*(c.url for c in two_cameras), "-m", art.onnx, "-q", "--json", "out.jsonl",
-                         "--limit", limit], tmp_path)
+    proc, lines = infer(
+        [*(c.url for c in two_cameras), "-m", art.onnx, "-q", "--json", "out.jsonl", "--limit", limit], tmp_path
+    )
     rc, out, _ = finish(proc, lines, 40)
     assert rc == 0, out
     rows = stream_rows(out)
@@ -252,8 +280,21 @@ def test_two_cameras_one_lost_the_other_runs_to_its_limit_then_exit_1(art, two_c
     from tests.test_live_sources import finish, infer, no_leftovers, wait_for_frames
 
     limit = 150  # ~10 s at 15 fps: camera 1 is killed long before it could reach the limit (frames + drops)
-    proc, lines = infer([*(c.url for c in two_cameras), "-m", art.onnx, "-q", "--json", "out.jsonl",
-                         "--reconnect", 0, "--limit", limit], tmp_path)
+    proc, lines = infer(
+        [
+            *(c.url for c in two_cameras),
+            "-m",
+            art.onnx,
+            "-q",
+            "--json",
+            "out.jsonl",
+            "--reconnect",
+            0,
+            "--limit",
+            limit,
+        ],
+        tmp_path,
+    )
     wait_for_frames(tmp_path, proc)
     two_cameras[1].kill()
     rc, out, _ = finish(proc, lines, 40)
@@ -269,8 +310,9 @@ def test_two_cameras_one_lost_the_other_runs_to_its_limit_then_exit_1(art, two_c
 
 
 def test_a_video_and_an_image_folder_together_each_get_their_own_output(art, videos, tmp_path):
-    res = invoke(videos[2], art.images, "-m", art.onnx, "--save-dir", tmp_path / "out", "--json", tmp_path / "d.jsonl",
-                 "-q")
+    res = invoke(
+        videos[2], art.images, "-m", art.onnx, "--save-dir", tmp_path / "out", "--json", tmp_path / "d.jsonl", "-q"
+    )
     assert res.exit_code == 0, res.output
     assert read_video(tmp_path / "out" / "0_c.mp4")[0] == 10
     assert sorted(p.name for p in (tmp_path / "out" / "1").iterdir()) == sorted(p.name for p in art.images.iterdir())
@@ -289,8 +331,14 @@ def test_the_library_runs_several_streams_and_reports_progress_per_stream(art, v
         seen.append(pipeline.stream_progress())
 
     with runner:
-        pipeline = Pipeline(MultiSource([open_source(str(v), stop=stop) for v in videos[:2]], stop), runner, info,
-                            [], InferOptions(), on_frame=on_frame)
+        pipeline = Pipeline(
+            MultiSource([open_source(str(v), stop=stop) for v in videos[:2]], stop),
+            runner,
+            info,
+            [],
+            InferOptions(),
+            on_frame=on_frame,
+        )
         result = pipeline.run()
     assert len(seen) == 48 and [p[0] for p in seen[-1]] == [24, 24]  # frames written so far, per stream
     assert all(abs(a[0] - b[0]) <= 1 for a, b in seen)  # equal files advance together

@@ -11,11 +11,14 @@ from clo_export.backends.triton import is_triton_url, parse_url
 from clo_export.errors import CloExportError
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("triton://cams.local/demo", ("cams.local:8001", "demo")),
-    ("triton://127.0.0.1:9001/demo_model/", ("127.0.0.1:9001", "demo_model")),
-    ("triton://[::1]:8001/m.v2", ("[::1]:8001", "m.v2")),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("triton://cams.local/demo", ("cams.local:8001", "demo")),
+        ("triton://127.0.0.1:9001/demo_model/", ("127.0.0.1:9001", "demo_model")),
+        ("triton://[::1]:8001/m.v2", ("[::1]:8001", "m.v2")),
+    ],
+)
 def test_parse_url(url, expected):
     assert is_triton_url(url)
     assert parse_url(url) == expected

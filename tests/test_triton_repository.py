@@ -34,17 +34,23 @@ def make_onnx(path, batch="batch", dtype=TensorProto.FLOAT, precision="fp32", nm
     b = batch
     inp = helper.make_tensor_value_info("images", dtype, [b, 3, 64, 64])
     if nms:
-        outs = [helper.make_tensor_value_info("num_dets", TensorProto.INT32, [b, 1]),
-                helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [b, 100, 4]),
-                helper.make_tensor_value_info("scores", TensorProto.FLOAT, [b, 100]),
-                helper.make_tensor_value_info("classes", TensorProto.INT32, [b, 100])]
+        outs = [
+            helper.make_tensor_value_info("num_dets", TensorProto.INT32, [b, 1]),
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [b, 100, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [b, 100]),
+            helper.make_tensor_value_info("classes", TensorProto.INT32, [b, 100]),
+        ]
         nodes = [helper.make_node("Cast", ["images"], [o.name], to=o.type.tensor_type.elem_type) for o in outs]
     else:
         outs = [helper.make_tensor_value_info("output0", dtype, [b, ANCHORS, NO])]
         nodes = [helper.make_node("Identity", ["images"], ["output0"])]
     model = helper.make_model(helper.make_graph(nodes, "g", [inp], outs), opset_imports=[helper.make_opsetid("", 17)])
-    write_metadata(model, ModelMeta(stride=32, names=NAMES, imgsz=(64, 64), precision=precision, nms=nms,
-                                    dynamic_batch=isinstance(batch, str)))
+    write_metadata(
+        model,
+        ModelMeta(
+            stride=32, names=NAMES, imgsz=(64, 64), precision=precision, nms=nms, dynamic_batch=isinstance(batch, str)
+        ),
+    )
     onnx.save(model, str(path))
     return path
 
@@ -55,8 +61,22 @@ def make_engine(tmp_path, profile=((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64
     engine = tmp_path / "det.fp16.engine"
     engine.write_bytes(b"plan bytes")
     shape = (-1, 3, 64, 64) if profile else (1, 3, 64, 64)
-    EngineSidecar("10.3.0", "NVIDIA A10", (8, 6), "fp16", "images", shape, ("output0",), tuple(NAMES.values()), 32,
-                  (64, 64), "det.onnx", "0" * 64, 1.0, profile).write(engine)
+    EngineSidecar(
+        "10.3.0",
+        "NVIDIA A10",
+        (8, 6),
+        "fp16",
+        "images",
+        shape,
+        ("output0",),
+        tuple(NAMES.values()),
+        32,
+        (64, 64),
+        "det.onnx",
+        "0" * 64,
+        1.0,
+        profile,
+    ).write(engine)
     return engine, onnx_path
 
 
@@ -70,7 +90,10 @@ def params(cfg) -> dict[str, str]:
 
 
 def configs(repo, name) -> dict[str, model_config_pb2.ModelConfig]:
-    return {m: parse(repo / m / "config.pbtxt") for m in (name, f"{name}_preprocess", f"{name}_model", f"{name}_postprocess")}
+    return {
+        m: parse(repo / m / "config.pbtxt")
+        for m in (name, f"{name}_preprocess", f"{name}_model", f"{name}_postprocess")
+    }
 
 
 VARIANTS = [
@@ -97,7 +120,11 @@ def test_onnx_variants_parse_into_model_config(tmp_path, variant):
         assert det.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     else:
         assert det.platform == "onnxruntime_onnx"
-        kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if serving.kind in (None, "gpu") else model_config_pb2.ModelInstanceGroup.KIND_CPU
+        kind = (
+            model_config_pb2.ModelInstanceGroup.KIND_GPU
+            if serving.kind in (None, "gpu")
+            else model_config_pb2.ModelInstanceGroup.KIND_CPU
+        )
         assert det.instance_group[0].kind == kind and det.instance_group[0].count == serving.instances
     assert (repo.models["det_model"] / "1" / "model.onnx").read_bytes() == model.read_bytes()
     if kw.get("batch") == 1:  # Triton batches only a model whose first dimension is -1
@@ -106,7 +133,9 @@ def test_onnx_variants_parse_into_model_config(tmp_path, variant):
     else:
         assert det.max_batch_size == serving.max_batch
         assert list(det.input[0].dims) == [3, 64, 64]  # no batch dimension
-        assert [o.name for o in det.output] == (["num_dets", "boxes", "scores", "classes"] if kw.get("nms") else ["output0"])
+        assert [o.name for o in det.output] == (
+            ["num_dets", "boxes", "scores", "classes"] if kw.get("nms") else ["output0"]
+        )
         assert list(det.output[-1].dims) == ([100] if kw.get("nms") else [ANCHORS, NO])
     fp16 = kw.get("dtype") == TensorProto.FLOAT16
     assert det.input[0].data_type == (model_config_pb2.TYPE_FP16 if fp16 else model_config_pb2.TYPE_FP32)
@@ -172,16 +201,19 @@ def test_engine_needs_its_onnx_beside_it(tmp_path):
         write_repository(engine, tmp_path / "repo", RepositoryOptions("det"))
 
 
-@pytest.mark.parametrize("case, match", [
-    ("static-onnx-batch8", "--dynamic-batch"),
-    ("engine-profile-short", "--batch-range 1,16,16"),
-    ("static-engine", "--batch-range 1,4,4"),
-    ("engine-on-cpu", "GPU only"),
-    ("python-on-gpu", "drop --kind gpu"),
-    ("engine-as-python", "pass the .onnx"),
-    ("bad-preferred", "between 1 and --max-batch"),
-    ("bad-name", "not a Triton model name"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("static-onnx-batch8", "--dynamic-batch"),
+        ("engine-profile-short", "--batch-range 1,16,16"),
+        ("static-engine", "--batch-range 1,4,4"),
+        ("engine-on-cpu", "GPU only"),
+        ("python-on-gpu", "drop --kind gpu"),
+        ("engine-as-python", "pass the .onnx"),
+        ("bad-preferred", "between 1 and --max-batch"),
+        ("bad-name", "not a Triton model name"),
+    ],
+)
 def test_refused_with_how_to_fix(tmp_path, case, match):
     static = make_onnx(tmp_path / "static.onnx", batch=1)
     dynamic = make_onnx(tmp_path / "dyn.onnx")
@@ -224,8 +256,23 @@ def test_existing_models_kept_unless_overwrite_and_input_never_replaced(tmp_path
 def test_cli_writes_repository_and_picks_max_batch_from_the_model(tmp_path):
     dynamic, static = make_onnx(tmp_path / "dyn.onnx"), make_onnx(tmp_path / "static.onnx", batch=1)
     runner = CliRunner()
-    r = runner.invoke(app, ["triton", str(dynamic), "-o", str(tmp_path / "repo"), "--name", "cams", "--preferred-batch", "2,4",
-                            "--instances", "2", "--kind", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "triton",
+            str(dynamic),
+            "-o",
+            str(tmp_path / "repo"),
+            "--name",
+            "cams",
+            "--preferred-batch",
+            "2,4",
+            "--instances",
+            "2",
+            "--kind",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     det = parse(tmp_path / "repo" / "cams_model" / "config.pbtxt")
     assert det.max_batch_size == 8 and list(det.dynamic_batching.preferred_batch_size) == [2, 4]

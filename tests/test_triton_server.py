@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from clo_export.backends.select import load_runners
 from clo_export.cli.infer import app as infer_app
 from clo_export.cli.main import app
-from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.readers import open_source
+from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.demo.run import BUNDLED_MODEL, write_demo_video
 from clo_export.errors import CloExportError
 from clo_export.pipeline import InferOptions, Pipeline
@@ -46,11 +46,29 @@ def demo(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("triton")
     loaded = load(BUNDLED_MODEL)
-    onnx_path = export_onnx(loaded, d / "demo-shapes.onnx", ExportOptions(imgsz=loaded.imgsz_hint or (256, 256),
-                                                                          dynamic_batch=True)).path
+    onnx_path = export_onnx(
+        loaded, d / "demo-shapes.onnx", ExportOptions(imgsz=loaded.imgsz_hint or (256, 256), dynamic_batch=True)
+    ).path
     write_demo_video(d / "demo.mp4", N_FRAMES)
-    r = CliRunner().invoke(app, ["triton", str(onnx_path), "-o", str(d / "repo"), "--name", "demo", "--platform", "python",
-                                 "--max-batch", "8", "--preferred-batch", "4,8", "--queue-delay-us", "2000"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "triton",
+            str(onnx_path),
+            "-o",
+            str(d / "repo"),
+            "--name",
+            "demo",
+            "--platform",
+            "python",
+            "--max-batch",
+            "8",
+            "--preferred-batch",
+            "4,8",
+            "--queue-delay-us",
+            "2000",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cap = cv2.VideoCapture(str(d / "demo.mp4"))
     frames = []
@@ -73,7 +91,9 @@ def start_server(repo: Path, scratch: Path) -> LocalServer:
 @pytest.fixture(scope="module")
 def server(demo, art):
     """One server for the demo ensemble and, beside it, an in-graph NMS model's ensemble ``nms``."""
-    r = CliRunner().invoke(app, ["triton", str(art.nms_onnx), "-o", str(demo.repo), "--name", "nms", "--platform", "python"])
+    r = CliRunner().invoke(
+        app, ["triton", str(art.nms_onnx), "-o", str(demo.repo), "--name", "nms", "--platform", "python"]
+    )
     assert r.exit_code == 0, r.output
     s = start_server(demo.repo, demo.dir / "server")
     yield s
@@ -149,11 +169,29 @@ def test_four_concurrent_clients_get_in_process_detections(demo, server, in_proc
 
 def test_clo_infer_against_the_server_matches_in_process(demo, server, tmp_path):
     runner = CliRunner()
-    local = runner.invoke(infer_app, [str(demo.video), "--model", str(demo.onnx), "--json", str(tmp_path / "local.jsonl"), "-q"])
+    local = runner.invoke(
+        infer_app, [str(demo.video), "--model", str(demo.onnx), "--json", str(tmp_path / "local.jsonl"), "-q"]
+    )
     assert local.exit_code == 0, local.output
-    remote = runner.invoke(infer_app, [str(demo.video), "--model", f"triton://{server.grpc_url}/demo", "--json",
-                                       str(tmp_path / "triton.jsonl"), "--save", str(tmp_path / "triton.mp4"),
-                                       "--infer-batch", "4", "--check", str(BUNDLED_MODEL), "--check-every", "15", "-q"])
+    remote = runner.invoke(
+        infer_app,
+        [
+            str(demo.video),
+            "--model",
+            f"triton://{server.grpc_url}/demo",
+            "--json",
+            str(tmp_path / "triton.jsonl"),
+            "--save",
+            str(tmp_path / "triton.mp4"),
+            "--infer-batch",
+            "4",
+            "--check",
+            str(BUNDLED_MODEL),
+            "--check-every",
+            "15",
+            "-q",
+        ],
+    )
     assert remote.exit_code == 0, remote.output
     assert "triton, batch 4, 4 streams" in remote.output  # the stats table
     assert "check: within tolerance" in remote.output  # --check compares the served model with PyTorch
@@ -205,7 +243,11 @@ def test_server_that_dies_mid_stream_stops_the_run_with_outputs_done_so_far(demo
     try:
         runners, info = load_runners(f"triton://{server.grpc_url}/demo")
         memory = MemorySink()
-        sinks = [memory, JsonlSink(tmp_path / "out.jsonl", info.names), VideoSink(tmp_path / "out.mp4", 30.0, (640, 480))]
+        sinks = [
+            memory,
+            JsonlSink(tmp_path / "out.jsonl", info.names),
+            VideoSink(tmp_path / "out.mp4", 30.0, (640, 480)),
+        ]
 
         def on_frame(n: int, _dets: int) -> None:
             if n == 8:

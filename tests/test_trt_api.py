@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 import clo_export.backends.trt as runner_mod
-import clo_export.quantization.trt_calibrator as calib_mod
 import clo_export.engine.build as build_mod
+import clo_export.quantization.trt_calibrator as calib_mod
 from clo_export.engine.plan import TARGETS, BuildPlan, BuildRequest, make_plan
 from clo_export.engine.version import TrtVersion
 from clo_export.errors import CloExportError
@@ -51,8 +51,16 @@ VERSIONS = {
 }
 TRT_ROOTS = {"trt", "layer", "network", "config"}
 REMOVED_IN_11 = {
-    "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "EXPLICIT_BATCH", "FP16", "INT8",
-    "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "int8_calibrator", "precision", "set_output_type",
+    "IInt8EntropyCalibrator2",
+    "IInt8MinMaxCalibrator",
+    "EXPLICIT_BATCH",
+    "FP16",
+    "INT8",
+    "OBEY_PRECISION_CONSTRAINTS",
+    "PREFER_PRECISION_CONSTRAINTS",
+    "int8_calibrator",
+    "precision",
+    "set_output_type",
 }
 PLAN_FIELDS = {f.name for f in fields(BuildPlan)}
 WHEN_RE = re.compile(r"^_when_(?P<field>[a-z0-9_]+?)(?:__\w+)?$")
@@ -64,6 +72,7 @@ def api_names(list_version: str) -> set[str]:
 
 
 # ---- static walk --------------------------------------------------------------------------
+
 
 def _root(node: ast.AST) -> ast.AST:
     while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
@@ -84,8 +93,10 @@ def trt_attrs(tree: ast.AST) -> set[str]:
 
 
 def _mentions_plan_field(test: ast.AST, field: str) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr == field and isinstance(n.value, ast.Name)
-               and n.value.id == "plan" for n in ast.walk(test))
+    return any(
+        isinstance(n, ast.Attribute) and n.attr == field and isinstance(n.value, ast.Name) and n.value.id == "plan"
+        for n in ast.walk(test)
+    )
 
 
 class Walk:
@@ -142,16 +153,38 @@ WALK = Walk([p.read_text() for p in MODULES])
 def all_plans(version: str) -> list[BuildPlan]:
     """Every distinct plan make_plan accepts for `version` over a grid of requests."""
     grid = itertools.product(
-        ("fp32", "fp16", "int8"), ("qdq", "entropy", "minmax"), (False, True), (False, True),
-        (None, (1, 1, 1), (1, 4, 8)), (None, 0, 1), (False, True), (False, True), (None, 4.0), (None, "tc.bin"),
-        ((), ("/model.24/m.0/Conv",)), (False, True), (True, False),
+        ("fp32", "fp16", "int8"),
+        ("qdq", "entropy", "minmax"),
+        (False, True),
+        (False, True),
+        (None, (1, 1, 1), (1, 4, 8)),
+        (None, 0, 1),
+        (False, True),
+        (False, True),
+        (None, 4.0),
+        (None, "tc.bin"),
+        ((), ("/model.24/m.0/Conv",)),
+        (False, True),
+        (True, False),
     )
     plans = []
     for prec, cal, qdq, fp16, batch, dla, calib, strong, ws, tc, keep, keep16, fallback in grid:
-        req = BuildRequest(precision=prec, calibrator=cal, is_qdq=qdq, is_fp16=fp16, dynamic_batch=batch is not None,
-                           batch_range=batch, dla_core=dla, has_calib=calib, strongly_typed=strong,
-                           workspace_gb=ws, timing_cache=tc, keep_float=keep, keep_float_fp16=keep16,
-                           gpu_fallback=fallback)
+        req = BuildRequest(
+            precision=prec,
+            calibrator=cal,
+            is_qdq=qdq,
+            is_fp16=fp16,
+            dynamic_batch=batch is not None,
+            batch_range=batch,
+            dla_core=dla,
+            has_calib=calib,
+            strongly_typed=strong,
+            workspace_gb=ws,
+            timing_cache=tc,
+            keep_float=keep,
+            keep_float_fp16=keep16,
+            gpu_fallback=fallback,
+        )
         try:
             plans.append(make_plan(TrtVersion.parse(version), req))
         except CloExportError:
@@ -164,8 +197,16 @@ PLANS = {v: all_plans(v) for v in VERSIONS}
 
 def test_walker_sees_the_trt_facing_code():
     assert {"__version__"} <= WALK.always
-    assert {"LayerType", "SOFTMAX", "precision", "set_output_type", "DataType", "FLOAT", "num_outputs",
-            "type"} <= WALK.gated["_when_softmax_fp32_via_layer_precision"]
+    assert {
+        "LayerType",
+        "SOFTMAX",
+        "precision",
+        "set_output_type",
+        "DataType",
+        "FLOAT",
+        "num_outputs",
+        "type",
+    } <= WALK.gated["_when_softmax_fp32_via_layer_precision"]
     assert WALK.gated["_when_workspace_bytes"] == {"MemoryPoolType", "WORKSPACE"}
     assert WALK.gated["_when_dla_core"] == {"DLA_core"}
     assert WALK.gated["_when_layer_precisions"] == {"DataType"}
@@ -199,12 +240,27 @@ def test_removed_in_11_reached_below_11():
 
 def test_lists_match_the_reference_table():
     v86, v103, v1012, v11 = (api_names(v) for v in ("8.6.1", "10.3.0", "10.12.0.36", "11.4.0.106"))
-    for cls in ("IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "int8_calibrator", "OBEY_PRECISION_CONSTRAINTS",
-                "EXPLICIT_BATCH", "FP16", "set_output_type"):
+    for cls in (
+        "IInt8EntropyCalibrator2",
+        "IInt8MinMaxCalibrator",
+        "int8_calibrator",
+        "OBEY_PRECISION_CONSTRAINTS",
+        "EXPLICIT_BATCH",
+        "FP16",
+        "set_output_type",
+    ):
         assert cls in v86 and cls in v103 and cls in v1012 and cls not in v11, cls
     assert "STRONGLY_TYPED" not in v86 and "STRONGLY_TYPED" in v103 and "STRONGLY_TYPED" in v11
-    for name in ("WORKSPACE", "build_serialized_network", "execute_async_v3", "set_tensor_address", "DLA_core",
-                 "GPU_FALLBACK", "set_output_allocator", "create_timing_cache"):
+    for name in (
+        "WORKSPACE",
+        "build_serialized_network",
+        "execute_async_v3",
+        "set_tensor_address",
+        "DLA_core",
+        "GPU_FALLBACK",
+        "set_output_allocator",
+        "create_timing_cache",
+    ):
         assert all(name in s for s in (v86, v103, v1012, v11)), name
     assert "execute_async_v2" in v86 and "execute_async_v2" not in v103
 
@@ -216,6 +272,7 @@ def test_lists_are_small_and_documented(path):
 
 
 # ---- Polygraphy: names and keywords ---------------------------------------------------------
+
 
 def polygraphy_calls(source: str) -> tuple[dict[str, object], list[tuple[object, ast.Call]]]:
     """Names imported from polygraphy (resolved) and every call of one of them (or of a method on its result)."""
@@ -234,15 +291,21 @@ def polygraphy_calls(source: str) -> tuple[dict[str, object], list[tuple[object,
         f = node.func
         if isinstance(f, ast.Name) and f.id in imported:
             calls.append((imported[f.id], node))
-        elif (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) and isinstance(f.value.func, ast.Name)
-              and f.value.func.id in imported):  # Profile().add(...)
+        elif (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Call)
+            and isinstance(f.value.func, ast.Name)
+            and f.value.func.id in imported
+        ):  # Profile().add(...)
             calls.append((getattr(imported[f.value.func.id], f.attr), node))
     return imported, calls
 
 
 def accepted_keywords(target: object) -> set[str]:
     """Keyword names a Polygraphy callable accepts (a class's **kwargs are its bases' __init__ parameters)."""
-    inits = [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    inits = (
+        [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    )
     names: set[str] = set()
     for fn in inits:
         params = inspect.signature(fn).parameters
@@ -258,7 +321,9 @@ def test_polygraphy_names_and_keywords_exist(path):
     for target, call in calls:
         params = accepted_keywords(target)
         for kw in call.keywords:
-            assert kw.arg in params, f"{path.name}:{call.lineno}: {getattr(target, '__name__', target)} takes no {kw.arg}="
+            assert kw.arg in params, (
+                f"{path.name}:{call.lineno}: {getattr(target, '__name__', target)} takes no {kw.arg}="
+            )
 
 
 def test_polygraphy_runner_methods_we_call():
@@ -275,8 +340,10 @@ def test_polygraphy_decides_explicit_batch_as_our_plan_does():
     src = inspect.getsource(importlib.import_module("polygraphy.backend.trt.loader").CreateNetwork.__init__)
     assert 'version < mod.version("10.0")' in src
     for version in VERSIONS:
-        assert all(("EXPLICIT_BATCH" in p.network_flags) == (TrtVersion.parse(version) < TrtVersion(10, 0))
-                   for p in PLANS[version])
+        assert all(
+            ("EXPLICIT_BATCH" in p.network_flags) == (TrtVersion.parse(version) < TrtVersion(10, 0))
+            for p in PLANS[version]
+        )
 
 
 def test_polygraphy_floor_is_installed():

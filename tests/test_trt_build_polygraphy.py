@@ -18,19 +18,44 @@ import types
 import pytest
 
 from clo_export.engine.plan import BuildRequest
-from tests.test_trt_api import REMOVED_IN_11, VERSIONS, api_names
 from tests.fake_tensorrt import CONV_NODE, Rec
+from tests.test_trt_api import REMOVED_IN_11, VERSIONS, api_names
 from tests.trt_exports import exports
 
 # Names Polygraphy 0.53.6 reads inside try/except AttributeError or contextlib.suppress (or only to
 # describe the config in its log), so a version without them still builds.
 POLYGRAPHY_PROBES = {
-    "int8_calibrator", "get_calibration_profile", "TF32", "clear_flag", "ProfilingVerbosity", "DETAILED",
-    "profiling_verbosity", "PreviewFeature", "QuantizationFlag", "TacticSource", "engine_capability",
-    "is_polygraphy_calibrator", "set_input_metadata", "precision_is_set", "SHAPE", "num_optimization_profiles",
-    "DeviceType", "DLA", "default_device_type", "DLA_core", "num_inputs", "get_input", "get_tactic_sources",
-    "get_preview_feature", "get_quantization_flag", "get_memory_pool_limit", "builder_optimization_level",
-    "hardware_compatibility_level", "get_flag", "num_DLA_cores", "precision",
+    "int8_calibrator",
+    "get_calibration_profile",
+    "TF32",
+    "clear_flag",
+    "ProfilingVerbosity",
+    "DETAILED",
+    "profiling_verbosity",
+    "PreviewFeature",
+    "QuantizationFlag",
+    "TacticSource",
+    "engine_capability",
+    "is_polygraphy_calibrator",
+    "set_input_metadata",
+    "precision_is_set",
+    "SHAPE",
+    "num_optimization_profiles",
+    "DeviceType",
+    "DLA",
+    "default_device_type",
+    "DLA_core",
+    "num_inputs",
+    "get_input",
+    "get_tactic_sources",
+    "get_preview_feature",
+    "get_quantization_flag",
+    "get_memory_pool_limit",
+    "builder_optimization_level",
+    "hardware_compatibility_level",
+    "get_flag",
+    "num_DLA_cores",
+    "precision",
 }
 
 
@@ -62,7 +87,11 @@ def test_build_engine_through_polygraphy(version, name, request_, onnx_kind, fak
     plan = built.plan
     assert (tmp_path / "out.engine").read_bytes() == b"serialized engine"
     side = json.loads((tmp_path / "out.engine.json").read_text())
-    assert side["tensorrt_version"] == version and side["gpu_name"] == "Stand-in GPU" and side["precision"] == plan.precision
+    assert (
+        side["tensorrt_version"] == version
+        and side["gpu_name"] == "Stand-in GPU"
+        and side["precision"] == plan.precision
+    )
     assert side["parity"] == {"status": "not checked", "passed": None}  # the check itself: tests/test_trt_check.py
     softmax, conv = trt.layers
     if plan.softmax_fp32_via_layer_precision:

@@ -67,8 +67,9 @@ def test_a_correct_engine_passes_and_a_miscompiled_one_fails(demo):
     good = check_engine(Path("x.engine"), onnx, facts_of(onnx), "fp32", 1, engine_runner=lambda _: OnnxAsEngine(onnx))
     assert good and good.status == "passed" and good.reference == "demo.onnx" and good.frames == "8 sample frames"
     assert good.report.n_inputs == 8 and good.report.detections.n_ref > 0  # the frames have boxes to compare
-    bad = check_engine(Path("x.engine"), onnx, facts_of(onnx), "fp32", 1,
-                       engine_runner=lambda _: OnnxAsEngine(onnx, shift=2.0))
+    bad = check_engine(
+        Path("x.engine"), onnx, facts_of(onnx), "fp32", 1, engine_runner=lambda _: OnnxAsEngine(onnx, shift=2.0)
+    )
     assert not bad and bad.status == "failed"
     assert any(f.startswith("output0.boxes") for f in bad.report.failures), bad.report.failures
     side = bad.to_dict()
@@ -114,13 +115,22 @@ def test_build_engine_records_a_failed_check_and_keeps_the_engine(demo, fake_trt
     assert json.loads((tmp_path / "u.engine.json").read_text())["parity"]["status"] == "not checked"
 
 
-@pytest.mark.parametrize("shift, code, words", [
-    (0.0, 0, ["check passed: vs demo.onnx (the FP32 ONNX it was built from), 8 sample frames"]),
-    (2.0, 1, ["failure: output0.boxes", "the engine does not match demo.onnx within the fp32 tolerance",
-              "marked failed in demo.engine.json"]),
-])
-def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, monkeypatch,
-                                                     shift, code, words):
+@pytest.mark.parametrize(
+    "shift, code, words",
+    [
+        (0.0, 0, ["check passed: vs demo.onnx (the FP32 ONNX it was built from), 8 sample frames"]),
+        (
+            2.0,
+            1,
+            [
+                "failure: output0.boxes",
+                "the engine does not match demo.onnx within the fp32 tolerance",
+                "marked failed in demo.engine.json",
+            ],
+        ),
+    ],
+)
+def test_trt_command_exits_1_on_a_planted_miscompile(demo, fake_trt, tmp_path, monkeypatch, shift, code, words):
     fake_trt("10.3.0")
     onnx = tmp_path / "demo.onnx"
     shutil.copy(demo / "demo.onnx", onnx)

@@ -43,14 +43,29 @@ def tiny_onnx(path: Path, batch: int | None = 1, qdq: bool = False, fp16: bool =
     y = helper.make_tensor_value_info("output0", elem, [b, 3, 64, 64])
     inits, nodes = [], [helper.make_node("Relu", ["images"], ["r"]), helper.make_node("Identity", ["r"], ["output0"])]
     if qdq:
-        inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
-        nodes = [helper.make_node("QuantizeLinear", ["images", "s", "z"], ["q"]),
-                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["r"]),
-                 helper.make_node("Identity", ["r"], ["output0"])]
-    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
-    write_metadata(model, ModelMeta(stride=32, names={0: "circle", 1: "square", 2: "star"}, imgsz=(64, 64),
-                                    precision="int8" if qdq else "fp16" if fp16 else "fp32", nms=nms,
-                                    dynamic_batch=batch is None))
+        inits = [
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z"),
+        ]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["images", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["r"]),
+            helper.make_node("Identity", ["r"], ["output0"]),
+        ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    write_metadata(
+        model,
+        ModelMeta(
+            stride=32,
+            names={0: "circle", 1: "square", 2: "star"},
+            imgsz=(64, 64),
+            precision="int8" if qdq else "fp16" if fp16 else "fp32",
+            nms=nms,
+            dynamic_batch=batch is None,
+        ),
+    )
     onnx.save(model, str(path))
     return path
 
@@ -63,7 +78,10 @@ def run(*args: str):
 
 # ---- flags, before any work ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [("1,4,8", (1, 4, 8)), ("4", (4, 4, 4)), (" 2, 2 ,3", (2, 2, 3)), (None, None)])
+
+@pytest.mark.parametrize(
+    "text, expected", [("1,4,8", (1, 4, 8)), ("4", (4, 4, 4)), (" 2, 2 ,3", (2, 2, 3)), (None, None)]
+)
 def test_parse_batch_range(text, expected):
     assert cli.parse_batch_range(text) == expected
 
@@ -74,16 +92,19 @@ def test_parse_batch_range_refusals(text):
         cli.parse_batch_range(text)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(fp16=True, int8=True), "choose one of --fp16 or --int8"),
-    (dict(calib=["imgs"]), "--calib is for --int8 builds"),
-    (dict(calibrator="entropy"), "--calibrator entropy only applies to --int8"),
-    (dict(int8=True, num=0), "--num 0 must be at least 1"),
-    (dict(workspace=0), "--workspace 0 must be a positive"),
-    (dict(fp16=True, dla=-1), "--dla-core -1 must be 0 or 1"),
-    (dict(gpu_fallback=False), "only apply with --dla-core N"),
-    (dict(batch_range="8,4,1"), "MIN <= OPT <= MAX"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(fp16=True, int8=True), "choose one of --fp16 or --int8"),
+        (dict(calib=["imgs"]), "--calib is for --int8 builds"),
+        (dict(calibrator="entropy"), "--calibrator entropy only applies to --int8"),
+        (dict(int8=True, num=0), "--num 0 must be at least 1"),
+        (dict(workspace=0), "--workspace 0 must be a positive"),
+        (dict(fp16=True, dla=-1), "--dla-core -1 must be 0 or 1"),
+        (dict(gpu_fallback=False), "only apply with --dla-core N"),
+        (dict(batch_range="8,4,1"), "MIN <= OPT <= MAX"),
+    ],
+)
 def test_flag_refusals(kw, message, tmp_path):
     with pytest.raises(CloExportError, match=message):
         cli.validate_flags(tiny_onnx(tmp_path / "m.onnx"), **kw)
@@ -129,7 +150,13 @@ def facts(path: Path):
 def test_onnx_facts(tmp_path):
     f = facts(tiny_onnx(tmp_path / "a.onnx"))
     assert (f.input_name, f.input_shape, f.is_qdq, f.is_fp16, f.dynamic_batch, f.imgsz) == (
-        "images", (1, 3, 64, 64), False, False, False, (64, 64))
+        "images",
+        (1, 3, 64, 64),
+        False,
+        False,
+        False,
+        (64, 64),
+    )
     assert facts(tiny_onnx(tmp_path / "b.onnx", qdq=True)).is_qdq
     assert facts(tiny_onnx(tmp_path / "c.onnx", fp16=True)).is_fp16
     d = facts(tiny_onnx(tmp_path / "d.onnx", batch=None))
@@ -141,14 +168,22 @@ def test_onnx_facts(tmp_path):
 
 # ---- plan refusals surface as one line --------------------------------------------------------------
 
-@pytest.mark.parametrize("version, args, message", [
-    ("11.4.0", ["--int8", "--calibrator", "entropy", "--calib", "imgs/"], "implicit INT8 calibrators were removed in TensorRT 11"),
-    ("10.12.0", ["--fp16", "--dla", "0"], "DLA unsupported in this TensorRT (10.12.0)"),
-    ("8.6.1", ["--fp16", "--strongly-typed"], "--strongly-typed needs TensorRT 10 or newer"),
-    ("10.3.0", ["--fp16", "--batch-range", "1,4,8"], "--batch-range needs a dynamic-batch ONNX"),
-    ("10.3.0", ["--int8"], "--int8 needs a Q/DQ ONNX: run clo-export quantize"),
-    ("8.5.2", ["--int8", "--dla", "0", "--calib", "imgs/"], "DLA on JetPack 5 (TensorRT 8.5.2) does not take Q/DQ"),
-])
+
+@pytest.mark.parametrize(
+    "version, args, message",
+    [
+        (
+            "11.4.0",
+            ["--int8", "--calibrator", "entropy", "--calib", "imgs/"],
+            "implicit INT8 calibrators were removed in TensorRT 11",
+        ),
+        ("10.12.0", ["--fp16", "--dla", "0"], "DLA unsupported in this TensorRT (10.12.0)"),
+        ("8.6.1", ["--fp16", "--strongly-typed"], "--strongly-typed needs TensorRT 10 or newer"),
+        ("10.3.0", ["--fp16", "--batch-range", "1,4,8"], "--batch-range needs a dynamic-batch ONNX"),
+        ("10.3.0", ["--int8"], "--int8 needs a Q/DQ ONNX: run clo-export quantize"),
+        ("8.5.2", ["--int8", "--dla", "0", "--calib", "imgs/"], "DLA on JetPack 5 (TensorRT 8.5.2) does not take Q/DQ"),
+    ],
+)
 def test_plan_refusals(version, args, message, tmp_path):
     model = tiny_onnx(tmp_path / "m.onnx")
     result, out = run(model, *args, "--dry-run", "--target", version)
@@ -164,12 +199,32 @@ def test_qdq_onnx_must_be_built_int8(tmp_path):
 
 # ---- the dry run ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target, words", [
-    ("8.5", ["TensorRT 8.5.2", "fp16 (builder flags FP16)", "EXPLICIT_BATCH", "OBEY_PRECISION_CONSTRAINTS",
-             "Softmax layers pinned to FP32", "pre-flight check for TensorRT 8.5.2: passed"]),
-    ("11.x", ["TensorRT 11.4.1", "fp16 (strongly typed)", "FP16 ONNX (made from the given one)",
-              "pre-flight check for TensorRT 11.4.1: passed"]),
-])
+
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        (
+            "8.5",
+            [
+                "TensorRT 8.5.2",
+                "fp16 (builder flags FP16)",
+                "EXPLICIT_BATCH",
+                "OBEY_PRECISION_CONSTRAINTS",
+                "Softmax layers pinned to FP32",
+                "pre-flight check for TensorRT 8.5.2: passed",
+            ],
+        ),
+        (
+            "11.x",
+            [
+                "TensorRT 11.4.1",
+                "fp16 (strongly typed)",
+                "FP16 ONNX (made from the given one)",
+                "pre-flight check for TensorRT 11.4.1: passed",
+            ],
+        ),
+    ],
+)
 def test_dry_run_prints_the_plan_and_passes(target, words, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT needed
     result, out = run(tiny_onnx(tmp_path / "m.onnx"), "--fp16", "--dry-run", "--target", target)
@@ -195,8 +250,21 @@ def test_dry_run_prints_one_line_per_problem_and_fails(tmp_path):
 def test_dry_run_with_keep_float_and_dla(tmp_path):
     keep = tmp_path / "m.int8.json"
     keep.write_text(json.dumps({"float_nodes": ["relu"]}))
-    result, out = run(tiny_onnx(tmp_path / "m.onnx"), "--int8", "--calibrator", "entropy", "--calib", "imgs/",
-                      "--keep-float", keep, "--dla", "0", "--dry-run", "--target", "8.5")
+    result, out = run(
+        tiny_onnx(tmp_path / "m.onnx"),
+        "--int8",
+        "--calibrator",
+        "entropy",
+        "--calib",
+        "imgs/",
+        "--keep-float",
+        keep,
+        "--dla",
+        "0",
+        "--dry-run",
+        "--target",
+        "8.5",
+    )
     assert result.exit_code == 0, out
     assert "layer precisions 1 layers FLOAT" in out and "DLA core 0, GPU fallback" in out
     assert "calibrator IInt8EntropyCalibrator2" in out and "1 layers kept in FP32" in out

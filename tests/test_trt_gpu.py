@@ -41,8 +41,9 @@ def trt_gpu():
     from clo_export.engine.version import TrtVersion
 
     version = TrtVersion.parse(trt.__version__)
-    return types.SimpleNamespace(trt=trt, version=version, gpu=name, capability=capability,
-                                 implicit=has(version, "implicit_calibrators"))
+    return types.SimpleNamespace(
+        trt=trt, version=version, gpu=name, capability=capability, implicit=has(version, "implicit_calibrators")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,9 @@ def small(trt_gpu, tmp_path_factory):
     for name in ("small.onnx", "small.pt"):
         shutil.copy(src.parent / name, root / name)
     shutil.copytree(src.parent / "calib", root / "calib")
-    from clo_export.data.preprocess import preprocess_batch
-    from clo_export.data.files import read_images
     from clo_export.artifacts import read_metadata
+    from clo_export.data.files import read_images
+    from clo_export.data.preprocess import preprocess_batch
 
     imgsz = tuple(read_metadata(root / "small.onnx").imgsz)
     frames = list(read_images(root / "calib", 8))

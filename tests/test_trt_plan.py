@@ -29,10 +29,17 @@ def refused(version: str, match: str, **kw) -> None:
 
 # ---- versions -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    ("8.5.2.2", (8, 5, 2)), ("10.3.0", (10, 3, 0)), ("11.4.0.106", (11, 4, 0)),
-    ("10.7.0.post1", (10, 7, 0)), ("10.3", (10, 3, 0)),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8.5.2.2", (8, 5, 2)),
+        ("10.3.0", (10, 3, 0)),
+        ("11.4.0.106", (11, 4, 0)),
+        ("10.7.0.post1", (10, 7, 0)),
+        ("10.3", (10, 3, 0)),
+    ],
+)
 def test_version_parse(text, expected):
     v = TrtVersion.parse(text)
     assert (v.major, v.minor, v.patch) == expected
@@ -54,6 +61,7 @@ def test_gates_are_a_table():
 
 
 # ---- what each version does ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("version", [*WEAK, *STRONG])
 def test_fp32(version):
@@ -128,7 +136,9 @@ def test_int8_fp32_onnx_with_calib_quantizes_first(version):
 
 
 @pytest.mark.parametrize("version", WEAK)
-@pytest.mark.parametrize("calibrator, cls", [("entropy", "IInt8EntropyCalibrator2"), ("minmax", "IInt8MinMaxCalibrator")])
+@pytest.mark.parametrize(
+    "calibrator, cls", [("entropy", "IInt8EntropyCalibrator2"), ("minmax", "IInt8MinMaxCalibrator")]
+)
 def test_implicit_calibrators_below_11(version, calibrator, cls):
     p = plan(version, precision="int8", calibrator=calibrator, has_calib=True)
     assert p.use_implicit_calibrator and p.calibrator_class == cls
@@ -153,6 +163,7 @@ def test_dynamic_batch_profile(version):
 
 
 # ---- DLA ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("version", (V85, V86, V103, "10.7.0"))
 def test_dla_below_10_8(version):
@@ -192,11 +203,14 @@ def test_keep_float_on_dla():
     assert {d for _, d in q.layer_precisions} == {"HALF"}
 
 
-@pytest.mark.parametrize("version, kw", [
-    (V114, dict(precision="int8", is_qdq=True)),  # strongly typed
-    (V85, dict(precision="int8", is_qdq=True)),  # the Q/DQ ONNX already holds the float nodes
-    (V85, dict(precision="fp16")),  # a GPU FP16 build
-])
+@pytest.mark.parametrize(
+    "version, kw",
+    [
+        (V114, dict(precision="int8", is_qdq=True)),  # strongly typed
+        (V85, dict(precision="int8", is_qdq=True)),  # the Q/DQ ONNX already holds the float nodes
+        (V85, dict(precision="fp16")),  # a GPU FP16 build
+    ],
+)
 def test_keep_float_ignored_elsewhere_with_a_note(version, kw):
     p = plan(version, keep_float=KEEP, **kw)
     assert p.layer_precisions == () and any("--keep-float ignored" in n for n in p.notes)
@@ -222,8 +236,12 @@ def test_dla_qdq_from_10():
 
 @pytest.mark.parametrize("version", ("10.8.0", V1012, V110, V114))
 def test_dla_refused_10_8_to_11_4_0(version):
-    refused(version, r"DLA unsupported in this TensorRT .*JetPack 5/6 TensorRT 8\.5/10\.3 or 11\.4\.1\+ on AGX Orin",
-            precision="fp16", dla_core=0)
+    refused(
+        version,
+        r"DLA unsupported in this TensorRT .*JetPack 5/6 TensorRT 8\.5/10\.3 or 11\.4\.1\+ on AGX Orin",
+        precision="fp16",
+        dla_core=0,
+    )
 
 
 @pytest.mark.parametrize("version", (V85, V86))
@@ -243,20 +261,44 @@ def test_dla_refuses_fp32_and_dynamic_batch():
 
 # ---- refused combinations -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("version", STRONG)
 @pytest.mark.parametrize("calibrator", ("entropy", "minmax"))
 def test_implicit_calibrators_refused_on_11(version, calibrator):
-    refused(version, "removed in TensorRT 11; use the default --calibrator qdq",
-            precision="int8", calibrator=calibrator, has_calib=True)
+    refused(
+        version,
+        "removed in TensorRT 11; use the default --calibrator qdq",
+        precision="int8",
+        calibrator=calibrator,
+        has_calib=True,
+    )
 
 
 def test_implicit_calibrator_refusals():
-    refused(V103, "needs a weakly typed network", precision="int8", calibrator="entropy", has_calib=True,
-            strongly_typed=True)
-    refused(V85, "calibrates the FP32 ONNX, not a Q/DQ ONNX", precision="int8", calibrator="entropy",
-            is_qdq=True, has_calib=True)
-    refused(V85, "calibrates the FP32 ONNX, not the FP16 ONNX", precision="int8", calibrator="minmax",
-            is_fp16=True, has_calib=True)
+    refused(
+        V103,
+        "needs a weakly typed network",
+        precision="int8",
+        calibrator="entropy",
+        has_calib=True,
+        strongly_typed=True,
+    )
+    refused(
+        V85,
+        "calibrates the FP32 ONNX, not a Q/DQ ONNX",
+        precision="int8",
+        calibrator="entropy",
+        is_qdq=True,
+        has_calib=True,
+    )
+    refused(
+        V85,
+        "calibrates the FP32 ONNX, not the FP16 ONNX",
+        precision="int8",
+        calibrator="minmax",
+        is_fp16=True,
+        has_calib=True,
+    )
     refused(V86, "needs calibration images or a cache; add --calib DIR", precision="int8", calibrator="entropy")
     refused(V86, "only applies to --int8", precision="fp16", calibrator="entropy")
 
@@ -270,8 +312,11 @@ def test_int8_without_qdq_or_calib_refused(version):
 
 @pytest.mark.parametrize("version", (V85, V114))
 def test_batch_range_on_static_onnx_refused(version):
-    refused(version, "--batch-range needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic",
-            batch_range=(1, 2, 4))
+    refused(
+        version,
+        "--batch-range needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic",
+        batch_range=(1, 2, 4),
+    )
 
 
 @pytest.mark.parametrize("version", ("8.4.3", "8.2.1", "7.1.3"))
@@ -285,13 +330,16 @@ def test_onnx_kind_mismatch_refused():
     refused(V114, "not the FP16 ONNX", precision="int8", is_fp16=True, has_calib=True)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(precision="bf16"), "unknown precision"),
-    (dict(precision="int8", calibrator="legacy"), "unknown calibrator"),
-    (dict(dynamic_batch=True, batch_range=(4, 2, 8)), "MIN <= OPT <= MAX"),
-    (dict(workspace_gb=0), "positive number of GiB"),
-    (dict(precision="fp16", dla_core=-1), "--dla-core -1"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(precision="bf16"), "unknown precision"),
+        (dict(precision="int8", calibrator="legacy"), "unknown calibrator"),
+        (dict(dynamic_batch=True, batch_range=(4, 2, 8)), "MIN <= OPT <= MAX"),
+        (dict(workspace_gb=0), "positive number of GiB"),
+        (dict(precision="fp16", dla_core=-1), "--dla-core -1"),
+    ],
+)
 def test_bad_values_refused(kw, match):
     refused(V103, match, **kw)
 
@@ -304,11 +352,22 @@ def test_plan_is_frozen():
 
 # ---- sidecar ------------------------------------------------------------------------------
 
+
 def _sidecar(**kw) -> EngineSidecar:
     base = dict(
-        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability=(8, 7), precision="fp16",
-        input_name="images", input_shape=(1, 3, 640, 640), output_names=("output0",), names=("person", "car"),
-        stride=32, imgsz=(640, 640), source_onnx="best.onnx", source_onnx_sha256="ab" * 32, build_seconds=12.5,
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability=(8, 7),
+        precision="fp16",
+        input_name="images",
+        input_shape=(1, 3, 640, 640),
+        output_names=("output0",),
+        names=("person", "car"),
+        stride=32,
+        imgsz=(640, 640),
+        source_onnx="best.onnx",
+        source_onnx_sha256="ab" * 32,
+        build_seconds=12.5,
     )
     return EngineSidecar(**{**base, **kw})
 
@@ -338,11 +397,27 @@ def test_sidecar_missing_or_broken(tmp_path):
 
 def test_an_engine_sidecar_from_before_still_loads_and_a_foreign_one_is_kept(tmp_path):
     engine = tmp_path / "best.engine"
-    old = {"tensorrt_version": "8.5.2", "gpu_name": "Xavier", "compute_capability": [7, 2], "precision": "int8",
-           "input_name": "images", "input_shape": [1, 3, 640, 640], "output_names": ["output0"], "names": ["person"],
-           "stride": 32, "imgsz": [640, 640], "source_onnx": "best.int8.onnx", "source_onnx_sha256": "cd" * 32,
-           "build_seconds": 300.0, "profile": None, "clo_export_version": "0.1.0", "schema": 1}
-    sidecar_path(engine).write_text(json.dumps(old, indent=2) + "\n")  # as clo-export 0.1.0 wrote it (asdict, no marker first)
+    old = {
+        "tensorrt_version": "8.5.2",
+        "gpu_name": "Xavier",
+        "compute_capability": [7, 2],
+        "precision": "int8",
+        "input_name": "images",
+        "input_shape": [1, 3, 640, 640],
+        "output_names": ["output0"],
+        "names": ["person"],
+        "stride": 32,
+        "imgsz": [640, 640],
+        "source_onnx": "best.int8.onnx",
+        "source_onnx_sha256": "cd" * 32,
+        "build_seconds": 300.0,
+        "profile": None,
+        "clo_export_version": "0.1.0",
+        "schema": 1,
+    }
+    sidecar_path(engine).write_text(
+        json.dumps(old, indent=2) + "\n"
+    )  # as clo-export 0.1.0 wrote it (asdict, no marker first)
     side = EngineSidecar.read(engine)
     assert side.compute_capability == (7, 2) and side.rebuild_command() == "clo-export trt best.int8.onnx --int8"
     side.write(engine)  # it carries the marker key: replaced, every fact kept (no engine check on record: null)

@@ -46,6 +46,7 @@ def test_dla_dry_run_lists_gpu_layers_and_passes_with_fallback():
 
 # ---- one planted violation per rule --------------------------------------------------------
 
+
 def _graph(nodes, inits=(), opset=17, inputs=None, outputs=None):
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])
     y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, None)
@@ -81,14 +82,24 @@ def test_unsupported_op():
 def _qdq_model(zero_point=0, axis=0, weight_scale_channels=4, activation_channels=1):
     w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w_q")
     inits = [
-        w, numpy_helper.from_array(np.full(weight_scale_channels, 0.1, np.float32) if weight_scale_channels > 1
-                                   else np.array(0.1, np.float32), "w_s"),
-        numpy_helper.from_array(np.zeros(weight_scale_channels, np.int8) if weight_scale_channels > 1
-                                else np.array(0, np.int8), "w_z"),
-        numpy_helper.from_array(np.full(activation_channels, 0.02, np.float32) if activation_channels > 1
-                                else np.array(0.02, np.float32), "x_s"),
-        numpy_helper.from_array(np.full(activation_channels, zero_point, np.int8) if activation_channels > 1
-                                else np.array(zero_point, np.int8), "x_z"),
+        w,
+        numpy_helper.from_array(
+            np.full(weight_scale_channels, 0.1, np.float32) if weight_scale_channels > 1 else np.array(0.1, np.float32),
+            "w_s",
+        ),
+        numpy_helper.from_array(
+            np.zeros(weight_scale_channels, np.int8) if weight_scale_channels > 1 else np.array(0, np.int8), "w_z"
+        ),
+        numpy_helper.from_array(
+            np.full(activation_channels, 0.02, np.float32) if activation_channels > 1 else np.array(0.02, np.float32),
+            "x_s",
+        ),
+        numpy_helper.from_array(
+            np.full(activation_channels, zero_point, np.int8)
+            if activation_channels > 1
+            else np.array(zero_point, np.int8),
+            "x_z",
+        ),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["images", "x_s", "x_z"], ["xq"], name="x_q", axis=1),
@@ -113,7 +124,10 @@ def test_nms_inputs_must_be_initializers():
     boxes = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 10, 4])
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 10])
     out = helper.make_tensor_value_info("sel", TensorProto.INT64, None)
-    inits = [numpy_helper.from_array(np.array([5], np.int64), "k"), numpy_helper.from_array(np.array([0.5], np.float32), "iou")]
+    inits = [
+        numpy_helper.from_array(np.array([5], np.int64), "k"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "iou"),
+    ]
     nms = helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou", "thr"], ["sel"], name="nms")
     thr = helper.make_node("Identity", ["scores_thr_src"], ["thr"], name="thr")
     src = helper.make_tensor_value_info("scores_thr_src", TensorProto.FLOAT, [1])
@@ -140,6 +154,7 @@ def test_fp16_on_11_must_come_from_an_fp16_onnx():
 
 # ---- dry run as a whole ---------------------------------------------------------------------
 
+
 def test_dry_run_needs_no_tensorrt_and_names_targets(monkeypatch):
     import sys
 
@@ -157,8 +172,9 @@ def test_keep_float_becomes_layer_precisions_in_the_dry_run(tmp_path):
     report = tmp_path / "m.int8.json"
     report.write_text(json.dumps({"float_nodes": ["/model.24/m.0/Conv", "/model.9/MatMul"]}))
     keep = read_keep_float(report)
-    plan = dry_run(exports().fp32, BuildRequest(precision="int8", calibrator="entropy", keep_float=keep), "8.5",
-                   calib=("c/",)).plan
+    plan = dry_run(
+        exports().fp32, BuildRequest(precision="int8", calibrator="entropy", keep_float=keep), "8.5", calib=("c/",)
+    ).plan
     assert plan.layer_precisions == (("/model.24/m.0/Conv", "FLOAT"), ("/model.9/MatMul", "FLOAT"))
     report.write_text(json.dumps({"nodes": []}))
     with pytest.raises(CloExportError, match='no "float_nodes" list'):
@@ -166,8 +182,13 @@ def test_keep_float_becomes_layer_precisions_in_the_dry_run(tmp_path):
 
 
 def test_preflight_error_is_one_line_with_every_problem_kept():
-    model = _graph([helper.make_node("Unique", ["images"], ["u"], name="u1"),
-                    helper.make_node("Unique", ["u"], ["output0"], name="u2")], opset=18)
+    model = _graph(
+        [
+            helper.make_node("Unique", ["images"], ["u"], name="u1"),
+            helper.make_node("Unique", ["u"], ["output0"], name="u2"),
+        ],
+        opset=18,
+    )
     problems = _problems(model, "8.5")
     e = PreflightError(TrtVersion(8, 5, 2), problems)
     assert len(e.problems) == 3 and "\n" not in str(e) and "(and 2 more)" in str(e) and "--dry-run" in str(e)

@@ -15,8 +15,21 @@ from clo_export.backends.trt import InputSpec, TensorRTRunner, prepare_input
 from clo_export.engine.sidecar import EngineSidecar
 from clo_export.errors import CloExportError
 
-SIDE = EngineSidecar("8.6.1", "Orin", (8, 7), "int8", "images", (1, 3, 640, 640), ("output0",), ("a",), 32,
-                     (640, 640), "best.onnx", "0", 1.0)
+SIDE = EngineSidecar(
+    "8.6.1",
+    "Orin",
+    (8, 7),
+    "int8",
+    "images",
+    (1, 3, 640, 640),
+    ("output0",),
+    ("a",),
+    32,
+    (640, 640),
+    "best.onnx",
+    "0",
+    1.0,
+)
 
 
 def test_prepare_input_casts_and_checks_shapes():
@@ -47,9 +60,11 @@ def test_device_names():
 
 
 def test_import_and_construction_load_nothing():
-    code = ("import sys; import clo_export.backends.trt as t; r = t.TensorRTRunner('missing.engine', 'cuda:1'); "
-            "bad = [m for m in ('torch', 'tensorrt', 'polygraphy', 'pycuda', 'cuda', 'onnx') if m in sys.modules]; "
-            "assert not bad, bad; assert r.device == 1 and not r.is_active")
+    code = (
+        "import sys; import clo_export.backends.trt as t; r = t.TensorRTRunner('missing.engine', 'cuda:1'); "
+        "bad = [m for m in ('torch', 'tensorrt', 'polygraphy', 'pycuda', 'cuda', 'onnx') if m in sys.modules]; "
+        "assert not bad, bad; assert r.device == 1 and not r.is_active"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 

@@ -45,9 +45,14 @@ def test_build_targets_hand_case(yl) -> None:
     targets = torch.tensor([[0, 1, 2.4 / 8, 4.8 / 8, 0.25, 0.25]])
     tcls, tbox, indices, anch = loss.build_targets(p, targets)
     b, a, gj, gi = indices[0]
-    got = sorted(zip(a.tolist(), gi.tolist(), gj.tolist(), *(np.round(tbox[0][:, k].numpy(), 4).tolist() for k in range(4))))
-    want = sorted((ai, gi_, gj_, ox, oy, 2.0, 2.0) for ai in (0, 1)
-                  for gi_, gj_, ox, oy in ((2, 4, 0.4, 0.8), (1, 4, 1.4, 0.8), (2, 5, 0.4, -0.2)))
+    got = sorted(
+        zip(a.tolist(), gi.tolist(), gj.tolist(), *(np.round(tbox[0][:, k].numpy(), 4).tolist() for k in range(4)))
+    )
+    want = sorted(
+        (ai, gi_, gj_, ox, oy, 2.0, 2.0)
+        for ai in (0, 1)
+        for gi_, gj_, ox, oy in ((2, 4, 0.4, 0.8), (1, 4, 1.4, 0.8), (2, 5, 0.4, -0.2))
+    )
     assert got == [tuple(pytest.approx(v, abs=1e-4) for v in w) for w in want]
     assert b.tolist() == [0] * 6 and tcls[0].tolist() == [1] * 6
     assert anch[0].tolist() == [[1, 1], [2, 2]] * 3
@@ -82,9 +87,17 @@ def test_ciou(yl) -> None:
 def tiny_cfg(seed_cfg: dict) -> dict:
     """A few strided Convs into the seed's Detect (same anchors, P3-P5): fast to train a few steps."""
     return {
-        "nc": 5, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": seed_cfg["anchors"],
-        "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]],
-                     [-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [16, 3, 2]]],
+        "nc": 5,
+        "depth_multiple": 1.0,
+        "width_multiple": 1.0,
+        "anchors": seed_cfg["anchors"],
+        "backbone": [
+            [-1, 1, "Conv", [8, 3, 2]],
+            [-1, 1, "Conv", [16, 3, 2]],
+            [-1, 1, "Conv", [16, 3, 2]],
+            [-1, 1, "Conv", [16, 3, 2]],
+            [-1, 1, "Conv", [16, 3, 2]],
+        ],
         "head": [[[2, 3, 4], 1, "Detect", ["nc", "anchors"]]],
     }
 
@@ -101,7 +114,9 @@ def test_loss_finite_and_decreasing(yl, seed_cfg) -> None:
     for i, (img, boxes) in enumerate(make_dataset(0, 2, (128, 128), n_objects=(2, 3))):
         ims.append(torch.from_numpy(img[..., ::-1].transpose(2, 0, 1).copy()).float() / 255)
         xyxy = boxes[:, 1:] / 128
-        tgs.append(np.c_[np.full(len(boxes), i), boxes[:, 0], (xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]])
+        tgs.append(
+            np.c_[np.full(len(boxes), i), boxes[:, 0], (xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]]
+        )
     x, targets = torch.stack(ims), torch.from_numpy(np.concatenate(tgs)).float()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ema = yl.ModelEMA(model)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.helpers import IMGSZ, artifacts
+
+
 @dataclass(frozen=True)
 class Exports:
     fp32: Path
@@ -27,11 +29,11 @@ class Exports:
 def exports() -> Exports:
     import onnx
 
-    from clo_export.quantization.quantize import QuantizeOptions, quantize
     from clo_export.artifacts import load_onnx
     from clo_export.engine.onnx_facts import make_fp16_onnx, onnx_facts
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.models.checkpoint import load
+    from clo_export.quantization.quantize import QuantizeOptions, quantize
     from tests.helpers import write_images
 
     art = artifacts()
@@ -41,9 +43,13 @@ def exports() -> Exports:
     fp32.write_bytes(art.onnx.read_bytes())
     fp16 = make_fp16_onnx(fp32, onnx_facts(load_onnx(fp32)))
     write_images(root / "calib", 16)
-    int8 = quantize(fp32, root / "calib", root / "m.int8.onnx", QuantizeOptions(method="minmax", num=12, holdout=4,
-                                                                                 min_images=8)).path
-    dynamic = export_onnx(load(art.pt), root / "m_dyn.onnx", ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none",
-                                                                           dynamic_batch=True, batch=2)).path
+    int8 = quantize(
+        fp32, root / "calib", root / "m.int8.onnx", QuantizeOptions(method="minmax", num=12, holdout=4, min_images=8)
+    ).path
+    dynamic = export_onnx(
+        load(art.pt),
+        root / "m_dyn.onnx",
+        ExportOptions(imgsz=(IMGSZ, IMGSZ), simplifier="none", dynamic_batch=True, batch=2),
+    ).path
     assert onnx.load(str(int8)).graph.node
     return Exports(fp32, art.nms_onnx, fp16, int8, dynamic, art.video, art.images)

@@ -106,8 +106,16 @@ class Detect(nn.Module):
 
 
 def fuse_conv_and_bn(conv, bn):
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True).requires_grad_(False)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+    ).requires_grad_(False)
     w_conv = conv.weight.clone().view(conv.out_channels, -1)
     w_bn = torch.diag(bn.weight.div(torch.sqrt(bn.eps + bn.running_var)))
     fused.weight.copy_(torch.mm(w_bn, w_conv).view(fused.weight.shape))
@@ -166,9 +174,19 @@ def _module(name: str, **members) -> types.ModuleType:
     return mod
 
 
-COMMON = _module("models.common", autopad=autopad, Conv=Conv, DWConv=DWConv, Bottleneck=Bottleneck, C3=C3, SPPF=SPPF,
-                 Concat=Concat, MemoryEfficientSwish=seed_reference.MemoryEfficientSwish,
-                 AttnMap=seed_reference.AttnMap, EfficientAttention=seed_reference.EfficientAttention)
+COMMON = _module(
+    "models.common",
+    autopad=autopad,
+    Conv=Conv,
+    DWConv=DWConv,
+    Bottleneck=Bottleneck,
+    C3=C3,
+    SPPF=SPPF,
+    Concat=Concat,
+    MemoryEfficientSwish=seed_reference.MemoryEfficientSwish,
+    AttnMap=seed_reference.AttnMap,
+    EfficientAttention=seed_reference.EfficientAttention,
+)
 YOLO = _module("models.yolo", Detect=Detect, BaseModel=BaseModel, DetectionModel=DetectionModel, Model=DetectionModel)
 CLONE_MODULES = {"models.common": COMMON, "models.yolo": YOLO}
 
@@ -229,8 +247,15 @@ def export_forward(model: nn.Module, im: torch.Tensor, dynamic: bool = False) ->
     return y[0]
 
 
-def export_onnx(weights: str | Path, out: Path, imgsz: tuple[int, int], dynamic: bool = False, simplify: bool = False,
-                half: bool = False, opset: int = 17) -> Path:
+def export_onnx(
+    weights: str | Path,
+    out: Path,
+    imgsz: tuple[int, int],
+    dynamic: bool = False,
+    simplify: bool = False,
+    half: bool = False,
+    opset: int = 17,
+) -> Path:
     """export.py's ONNX path: attempt_load, Detect in export mode, dry runs, TorchScript exporter with
     constant folding and no other simplification (onnxslim with ``simplify``), then stride/names metadata.
 
@@ -244,8 +269,18 @@ def export_onnx(weights: str | Path, out: Path, imgsz: tuple[int, int], dynamic:
     if half:
         im, model = im.half(), model.half()
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}} if dynamic else None
-    torch.onnx.export(model, im, str(out), verbose=False, opset_version=opset, do_constant_folding=True,
-                      input_names=["images"], output_names=["output0"], dynamic_axes=axes, dynamo=False)
+    torch.onnx.export(
+        model,
+        im,
+        str(out),
+        verbose=False,
+        opset_version=opset,
+        do_constant_folding=True,
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes=axes,
+        dynamo=False,
+    )
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     if simplify:

@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from yolo_loss import ComputeLoss, ModelEMA, scaled_hyp  # noqa: E402
 
+from clo_export.blocks import load_plugins  # noqa: E402
 from clo_export.data.preprocess import preprocess  # noqa: E402
 from clo_export.demo.shapes import NAMES, make_dataset, render_scene  # noqa: E402
 from clo_export.metrics import evaluate  # noqa: E402
-from clo_export.blocks import load_plugins  # noqa: E402
 from clo_export.postprocess import nms  # noqa: E402
 
 RECT_P = 0.3  # share of training scenes rendered non-square and letterboxed
@@ -85,7 +85,14 @@ class Scenes(torch.utils.data.IterableDataset):
     """Batches (images (bs, 3, S, S), targets (n, 6)) for epochs [start, stop): epoch e from seed (seed, e)."""
 
     def __init__(self, seed: int, imgsz: int, batch: int, epoch_size: int, start: int, stop: int):
-        self.seed, self.imgsz, self.batch, self.epoch_size, self.start, self.stop = seed, imgsz, batch, epoch_size, start, stop
+        self.seed, self.imgsz, self.batch, self.epoch_size, self.start, self.stop = (
+            seed,
+            imgsz,
+            batch,
+            epoch_size,
+            start,
+            stop,
+        )
 
     def __iter__(self):
         for epoch in range(self.start, self.stop):
@@ -114,15 +121,21 @@ def make_val(seed: int, n: int, imgsz: int) -> tuple[list[np.ndarray], list[np.n
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, images: list[np.ndarray], gts: list[np.ndarray], imgsz: int, bs: int = 32,
-             definitions: tuple[str, ...] = ("yolov5",)):
+def validate(
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    gts: list[np.ndarray],
+    imgsz: int,
+    bs: int = 32,
+    definitions: tuple[str, ...] = ("yolov5",),
+):
     """mAP of `model` on the validation scenes: preprocess, forward, NMS(0.001, 0.6), evaluate (first definition;
     with several definitions, a dict of results keyed by definition)."""
     was_training = model.training
     model.eval()
     dets = []
     for k in range(0, len(images), bs):
-        x = np.concatenate([preprocess(im, imgsz)[0] for im in images[k:k + bs]])
+        x = np.concatenate([preprocess(im, imgsz)[0] for im in images[k : k + bs]])
         pred = model(torch.from_numpy(x))
         pred = pred[0] if isinstance(pred, (list, tuple)) else pred
         dets.extend(nms(pred.float().numpy(), conf_thres=0.001, iou_thres=0.6, max_det=300))
@@ -143,13 +156,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
                 no_decay.append(p)
             else:
                 decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
-            {"params": bias, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": bias, "weight_decay": 0.0},
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=None, help="training budget; sets --epochs from the measured speed")
+    ap.add_argument(
+        "--minutes", type=float, default=None, help="training budget; sets --epochs from the measured speed"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides --minutes)")
     ap.add_argument("--epoch-size", type=int, default=4096, help="images per epoch")
     ap.add_argument("--imgsz", type=int, default=256, help="train/val size, a multiple of 128")
@@ -166,8 +184,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "clo_export" / "assets")
     ap.add_argument("--name", default="demo-shapes")
-    ap.add_argument("--rewrite", action="store_true",
-                    help="re-save <out>/<name>.pt with the current checkpoint writer (same weights), re-validate, update the JSON")
+    ap.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="re-save <out>/<name>.pt with the current checkpoint writer (same weights), re-validate, update the JSON",
+    )
     args = ap.parse_args()
     if args.rewrite:
         rewrite(args)
@@ -213,9 +234,15 @@ def main() -> None:
 
     def batches(start_epoch: int, stop_epoch: int):
         ds = Scenes(args.seed, args.imgsz, args.batch, args.epoch_size, start_epoch, stop_epoch)
-        return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers,
-                                                worker_init_fn=worker_init if args.workers else None,
-                                                prefetch_factor=4 if args.workers else None))
+        return iter(
+            torch.utils.data.DataLoader(
+                ds,
+                batch_size=None,
+                num_workers=args.workers,
+                worker_init_fn=worker_init if args.workers else None,
+                prefetch_factor=4 if args.workers else None,
+            )
+        )
 
     model.train()
     it, images_seen, history = 0, 0, []
@@ -246,8 +273,10 @@ def main() -> None:
             if it % 50 == 0:
                 el = time.time() - t_epoch
                 m = sums / n_b
-                log(f"epoch {epoch} iter {it} loss {m.sum():.4f} (box {m[0]:.4f} obj {m[1]:.4f} cls {m[2]:.4f}) "
-                    f"lr {lr:.5f} {n_b * args.batch / el:.1f} img/s")
+                log(
+                    f"epoch {epoch} iter {it} loss {m.sum():.4f} (box {m[0]:.4f} obj {m[1]:.4f} cls {m[2]:.4f}) "
+                    f"lr {lr:.5f} {n_b * args.batch / el:.1f} img/s"
+                )
             if epochs is None and it == 40:
                 # Fix the schedule from the measured speed (iterations 10..40) and the budget left.
                 speed = 30 * args.batch / (time.time() - t_mark)
@@ -255,14 +284,24 @@ def main() -> None:
                 budget *= 0.97  # periodic val
                 epochs = max(1, int((budget * speed + images_seen) // args.epoch_size))
                 total_iters = epochs * iters_per_epoch
-                log(f"measured {speed:.1f} img/s -> {epochs} epochs of {args.epoch_size} images ({total_iters} iterations)")
+                log(
+                    f"measured {speed:.1f} img/s -> {epochs} epochs of {args.epoch_size} images ({total_iters} "
+                    f"iterations)"
+                )
             if it == 10:
                 t_mark = time.time()
             if epochs is not None and it >= epochs * iters_per_epoch:
                 break
         m = sums / max(n_b, 1)
-        rec = {"epoch": epoch, "loss": float(m.sum()), "box": float(m[0]), "obj": float(m[1]), "cls": float(m[2]),
-               "img_s": n_b * args.batch / (time.time() - t_epoch), "minutes": (time.time() - t_train) / 60}
+        rec = {
+            "epoch": epoch,
+            "loss": float(m.sum()),
+            "box": float(m[0]),
+            "obj": float(m[1]),
+            "cls": float(m[2]),
+            "img_s": n_b * args.batch / (time.time() - t_epoch),
+            "minutes": (time.time() - t_train) / 60,
+        }
         if (epoch + 1) % args.val_every == 0 and epoch + 1 < epochs:
             r = validate(ema.ema, val_images[:200], val_gts[:200], args.imgsz)
             rec.update(val200_map50=r.map50, val200_map50_95=r.map50_95)
@@ -275,20 +314,36 @@ def main() -> None:
             if new_epochs != epochs:
                 log(f"re-planned at {speed:.1f} img/s: {epochs} -> {new_epochs} epochs")
                 epochs, total_iters = new_epochs, new_epochs * iters_per_epoch
-        log(f"epoch {epoch} done: loss {rec['loss']:.4f}, {rec['img_s']:.1f} img/s, {rec['minutes']:.1f} min"
-            + (f", val(200) mAP50 {rec['val200_map50']:.4f} mAP50-95 {rec['val200_map50_95']:.4f}" if "val200_map50" in rec else ""))
+        log(
+            f"epoch {epoch} done: loss {rec['loss']:.4f}, {rec['img_s']:.1f} img/s, {rec['minutes']:.1f} min"
+            + (
+                f", val(200) mAP50 {rec['val200_map50']:.4f} mAP50-95 {rec['val200_map50_95']:.4f}"
+                if "val200_map50" in rec
+                else ""
+            )
+        )
         epoch += 1
     train_s = time.time() - t_train
 
     r_ema = validate(ema.ema, val_images, val_gts, args.imgsz)
-    log(f"EMA model, val({len(val_images)}): mAP50 {r_ema.map50:.4f} mAP50-95 {r_ema.map50_95:.4f} P {r_ema.precision:.3f} R {r_ema.recall:.3f}")
+    log(
+        f"EMA model, val({len(val_images)}): mAP50 {r_ema.map50:.4f} mAP50-95 {r_ema.map50_95:.4f} P "
+        f"{r_ema.precision:.3f} R {r_ema.recall:.3f}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     pt = args.out / f"{args.name}.pt"
     final = ema.ema
     final.hyp = hyp
     final.names = model.names
-    opt_record = {"imgsz": args.imgsz, "epochs": epochs, "batch_size": args.batch, "seed": args.seed,
-                  "optimizer": "AdamW", "data": "clo_export.demo.shapes", "names": NAMES}
+    opt_record = {
+        "imgsz": args.imgsz,
+        "epochs": epochs,
+        "batch_size": args.batch,
+        "seed": args.seed,
+        "optimizer": "AdamW",
+        "data": "clo_export.demo.shapes",
+        "names": NAMES,
+    }
     save_yolov5(final, pt, layout="stripped", opt=opt_record)
     # Score what was written (FP16 weights, reloaded through the project's own loader).
     loaded = load(pt)
@@ -299,24 +354,62 @@ def main() -> None:
         "architecture": "yolov5n-cloformer.yaml (seed), nc=5",
         "names": NAMES,
         "imgsz": args.imgsz,
-        "data": {"generator": "clo_export.demo.shapes.render_scene", "train_seed": args.seed,
-                 "epoch_seed": "numpy default_rng([train_seed, epoch])", "rect_share": RECT_P,
-                 "rect_aspects": list(RECT_ASPECTS), "objects_per_scene": list(TRAIN_OBJECTS)},
-        "training": {"epochs": epochs, "epoch_size": args.epoch_size, "batch_size": args.batch,
-                     "iterations": it, "images_seen": images_seen, "optimizer": "AdamW", "lr0": args.lr,
-                     "lrf": args.lrf, "schedule": "linear warmup then cosine", "warmup_iters": args.warmup_iters,
-                     "weight_decay": args.weight_decay, "betas": [0.937, 0.999], "grad_clip": 10.0,
-                     "ema": "YOLOv5 ModelEMA decay 0.9999 tau 2000", "hyp": hyp, "threads": args.threads,
-                     "data_workers": args.workers, "wall_time_s": round(train_s, 1),
-                     "total_wall_time_s": round(time.time() - t_start, 1)},
-        "validation": {"definition": "yolov5", "seed": args.val_seed, "images": len(val_images), "boxes": int(sum(len(g) for g in val_gts)),
-                       "nms": {"conf": 0.001, "iou": 0.6, "max_det": 300}, "map50": round(r.map50, 4),
-                       "map50_95": round(r.map50_95, 4), "precision": round(r.precision, 4),
-                       "recall": round(r.recall, 4), "ap50_per_class": {NAMES[k]: round(v, 4) for k, v in r.ap50_per_class.items()},
-                       "ema_fp32_map50": round(r_ema.map50, 4), "ema_fp32_map50_95": round(r_ema.map50_95, 4)},
-        "checkpoint": {"layout": "YOLOv5 stripped", "dtype": "float16", "bytes": pt.stat().st_size, "sha256": loaded.sha256},
-        "environment": {"torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
-                        "python": platform.python_version(), "cpu_count": os.cpu_count()},
+        "data": {
+            "generator": "clo_export.demo.shapes.render_scene",
+            "train_seed": args.seed,
+            "epoch_seed": "numpy default_rng([train_seed, epoch])",
+            "rect_share": RECT_P,
+            "rect_aspects": list(RECT_ASPECTS),
+            "objects_per_scene": list(TRAIN_OBJECTS),
+        },
+        "training": {
+            "epochs": epochs,
+            "epoch_size": args.epoch_size,
+            "batch_size": args.batch,
+            "iterations": it,
+            "images_seen": images_seen,
+            "optimizer": "AdamW",
+            "lr0": args.lr,
+            "lrf": args.lrf,
+            "schedule": "linear warmup then cosine",
+            "warmup_iters": args.warmup_iters,
+            "weight_decay": args.weight_decay,
+            "betas": [0.937, 0.999],
+            "grad_clip": 10.0,
+            "ema": "YOLOv5 ModelEMA decay 0.9999 tau 2000",
+            "hyp": hyp,
+            "threads": args.threads,
+            "data_workers": args.workers,
+            "wall_time_s": round(train_s, 1),
+            "total_wall_time_s": round(time.time() - t_start, 1),
+        },
+        "validation": {
+            "definition": "yolov5",
+            "seed": args.val_seed,
+            "images": len(val_images),
+            "boxes": int(sum(len(g) for g in val_gts)),
+            "nms": {"conf": 0.001, "iou": 0.6, "max_det": 300},
+            "map50": round(r.map50, 4),
+            "map50_95": round(r.map50_95, 4),
+            "precision": round(r.precision, 4),
+            "recall": round(r.recall, 4),
+            "ap50_per_class": {NAMES[k]: round(v, 4) for k, v in r.ap50_per_class.items()},
+            "ema_fp32_map50": round(r_ema.map50, 4),
+            "ema_fp32_map50_95": round(r_ema.map50_95, 4),
+        },
+        "checkpoint": {
+            "layout": "YOLOv5 stripped",
+            "dtype": "float16",
+            "bytes": pt.stat().st_size,
+            "sha256": loaded.sha256,
+        },
+        "environment": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+        },
         "command": " ".join(sys.argv),
         "history": history,
     }
@@ -346,17 +439,25 @@ def rewrite(args: argparse.Namespace) -> None:
     val = info["validation"]
     images, gts = make_val(val["seed"], val["images"], info["imgsz"])
     scores = validate(load(pt).model, images, gts, info["imgsz"], definitions=("yolov5", "coco"))
-    val["by_definition"] = {d: {"map50": round(r.map50, 4), "map50_95": round(r.map50_95, 4)} for d, r in scores.items()}
-    log(f"rewrote {pt} ({pt.stat().st_size / 1e6:.2f} MB), identical weights: mAP50/mAP50-95 "
-        + ", ".join(f"{d} {r.map50:.4f}/{r.map50_95:.4f}" for d, r in scores.items()))
+    val["by_definition"] = {
+        d: {"map50": round(r.map50, 4), "map50_95": round(r.map50_95, 4)} for d, r in scores.items()
+    }
+    log(
+        f"rewrote {pt} ({pt.stat().st_size / 1e6:.2f} MB), identical weights: mAP50/mAP50-95 "
+        + ", ".join(f"{d} {r.map50:.4f}/{r.map50_95:.4f}" for d, r in scores.items())
+    )
     previous = {k: info["checkpoint"][k] for k in ("bytes", "sha256")}
     info["checkpoint"].update(bytes=pt.stat().st_size, sha256=load(pt).sha256)
-    info.setdefault("rewrites", []).append({
-        "why": "saved in the layout an unmodified YOLOv5 clone loads (models.common paths, Detect grids, "
-               "best_fitness None, no NumPy values); identical FP16 weights, so the recorded mAP is unchanged. "
-               "validation.map50/map50_95 were computed before clo_export.metrics had definitions (greedy "
-               "matching, COCO 101-point steps); by_definition gives YOLOv5 val.py's and COCO's",
-        "previous": previous, "command": " ".join(sys.argv)})
+    info.setdefault("rewrites", []).append(
+        {
+            "why": "saved in the layout an unmodified YOLOv5 clone loads (models.common paths, Detect grids, "
+            "best_fitness None, no NumPy values); identical FP16 weights, so the recorded mAP is unchanged. "
+            "validation.map50/map50_95 were computed before clo_export.metrics had definitions (greedy "
+            "matching, COCO 101-point steps); by_definition gives YOLOv5 val.py's and COCO's",
+            "previous": previous,
+            "command": " ".join(sys.argv),
+        }
+    )
     js.write_text(json.dumps(info, indent=1) + "\n")
 
 

@@ -26,8 +26,9 @@ FILES = {"venv": "constraints.txt", "venv-triton": "constraints-triton.txt"}
 
 def freeze(python: Path) -> list[str]:
     """`name==version` of every distribution in ``python``'s environment but clo-export, local labels dropped."""
-    out = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True, capture_output=True, text=True
+    ).stdout
     pins = []
     for line in out.splitlines():
         m = re.fullmatch(r"([A-Za-z0-9._-]+)==([^+\s]+)(\+\S+)?", line.strip())
@@ -40,16 +41,25 @@ def freeze(python: Path) -> list[str]:
 
 def header(target: str, python: Path) -> str:
     """What the file is and how it was made."""
-    version = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-    what = "make install (.venv: torch CPU + .[export,dev])" if target == "venv" else \
-        "make triton-env (.venv-triton: the Triton test server, clo_export/triton/serverenv.py)"
-    return (f"# Exact versions that {what} installs; the Makefile passes this file to pip with -c.\n"
-            f"# Made by `make pin` (tools/pin.py) on {datetime.date.today()} with CPython {version} on "
-            f"{platform.system()} {platform.machine()}:\n"
-            "# a fresh environment under /tmp from the Makefile's recipe without constraints, then pip freeze --all\n"
-            "# less clo-export (local version labels such as torch's +cpu dropped).\n"
-            "# Do not edit by hand: rerun make pin.\n")
+    version = subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    what = (
+        "make install (.venv: torch CPU + .[export,dev])"
+        if target == "venv"
+        else "make triton-env (.venv-triton: the Triton test server, clo_export/triton/serverenv.py)"
+    )
+    return (
+        f"# Exact versions that {what} installs; the Makefile passes this file to pip with -c.\n"
+        f"# Made by `make pin` (tools/pin.py) on {datetime.date.today()} with CPython {version} on "
+        f"{platform.system()} {platform.machine()}:\n"
+        "# a fresh environment under /tmp from the Makefile's recipe without constraints, then pip freeze --all\n"
+        "# less clo-export (local version labels such as torch's +cpu dropped).\n"
+        "# Do not edit by hand: rerun make pin.\n"
+    )
 
 
 def write(path: Path, text: str) -> None:
@@ -65,9 +75,21 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="clo-pin-") as tmp:
         venvs = {k: Path(tmp) / k for k in FILES}
-        subprocess.run(["make", "-C", str(ROOT), f"PYTHON={args.python}", f"VENV={venvs['venv']}",
-                        f"TRITON_VENV={venvs['venv-triton']}", "CONSTRAINTS=", "TRITON_CONSTRAINTS=", "install",
-                        "triton-env"], check=True)
+        subprocess.run(
+            [
+                "make",
+                "-C",
+                str(ROOT),
+                f"PYTHON={args.python}",
+                f"VENV={venvs['venv']}",
+                f"TRITON_VENV={venvs['venv-triton']}",
+                "CONSTRAINTS=",
+                "TRITON_CONSTRAINTS=",
+                "install",
+                "triton-env",
+            ],
+            check=True,
+        )
         for key, name in FILES.items():
             python = venvs[key] / "bin" / "python"
             write(ROOT / name, header(key, python) + "\n".join(freeze(python)) + "\n")

@@ -42,8 +42,21 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "tenso
 def download(requirement: str, dest: Path) -> Path:
     """pip-download one bindings wheel (no deps), trying CPython versions newest-supported first."""
     for py in PYTHONS:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--implementation", "cp", "--python-version", py, "-d", str(dest)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "--implementation",
+            "cp",
+            "--python-version",
+            py,
+            "-d",
+            str(dest),
+        ]
         for plat in PLATFORMS:
             cmd += ["--platform", plat]
         before = set(dest.glob("*.whl"))
@@ -58,14 +71,14 @@ def _sections(elf: bytes) -> dict[str, tuple[int, int, int]]:
     """Map ELF64 section name -> (virtual address, file offset, size)."""
     if elf[:5] != b"\x7fELF\x02":
         raise ValueError("not an ELF64 file")
-    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    (shoff,) = struct.unpack_from("<Q", elf, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
     raw = [struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize) for i in range(shnum)]
     strtab_off = raw[shstrndx][4]
     out = {}
     for name_off, _type, _flags, addr, off, size in raw:
         end = elf.index(b"\0", strtab_off + name_off)
-        out[elf[strtab_off + name_off:end].decode()] = (addr, off, size)
+        out[elf[strtab_off + name_off : end].decode()] = (addr, off, size)
     return out
 
 
@@ -73,9 +86,9 @@ def _pointer_targets(elf: bytes, sec: dict[str, tuple[int, int, int]]) -> set[in
     """Virtual addresses referenced by `lea reg, [rip+disp32]` in .text and by R_X86_64_RELATIVE relocs."""
     targets: set[int] = set()
     addr, off, size = sec[".text"]
-    text = elf[off:off + size]
+    text = elf[off : off + size]
     for m in re.finditer(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]", text):
-        disp, = struct.unpack_from("<i", text, m.end())
+        (disp,) = struct.unpack_from("<i", text, m.end())
         targets.add(addr + m.end() + 4 + disp)
     if ".rela.dyn" in sec:
         _, off, size = sec[".rela.dyn"]
@@ -90,7 +103,7 @@ def so_names(elf: bytes) -> set[str]:
     """Identifier-like strings in the extension's .rodata (whole strings and pointed-to suffixes)."""
     sec = _sections(elf)
     addr, off, size = sec[".rodata"]
-    rodata = elf[off:off + size]
+    rodata = elf[off : off + size]
     starts = {0} | {m.end() for m in re.finditer(rb"\0", rodata)}
     starts |= {t - addr for t in _pointer_targets(elf, sec) if addr <= t < addr + size}
     names = set()

@@ -16,8 +16,14 @@ log = logging.getLogger(__name__)
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
-             "tensor(uint8)": np.uint8, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
 
 
 def choose_providers(available: list[str], requested: list[str] | None = None) -> list[str]:
@@ -25,8 +31,10 @@ def choose_providers(available: list[str], requested: list[str] | None = None) -
     if requested:
         missing = [p for p in requested if p not in available]
         if missing:
-            raise CloExportError(f"ONNX Runtime provider(s) {missing} are not installed here (available: {available}); "
-                                 "install onnxruntime-gpu for CUDA/TensorRT or drop --providers")
+            raise CloExportError(
+                f"ONNX Runtime provider(s) {missing} are not installed here (available: {available}); "
+                "install onnxruntime-gpu for CUDA/TensorRT or drop --providers"
+            )
         return list(requested)
     return [p for p in PREFERRED if p in available] or list(available)
 
@@ -49,14 +57,18 @@ def check_detector_inputs(specs: list[TensorSpec], where: str) -> None:
     layout = "one input of layout 1x3xHxW (NCHW, RGB, 0-1) float32 or float16"
     found = ", ".join(f"'{s.name}' {_shape_text(s)}" for s in specs)
     if len(specs) != 1:
-        raise CloExportError(f"{where} takes {len(specs)} inputs ({found}); clo-export runs YOLOv5 detectors with "
-                             f"{layout}: export the detector with clo-export onnx or YOLOv5's export.py")
+        raise CloExportError(
+            f"{where} takes {len(specs)} inputs ({found}); clo-export runs YOLOv5 detectors with "
+            f"{layout}: export the detector with clo-export onnx or YOLOv5's export.py"
+        )
     spec = specs[0]
     channels_last = len(spec.shape) == 4 and spec.shape[3] == 3 and spec.shape[1] not in (3, None)
     if len(spec.shape) != 4 or spec.shape[1] not in (3, None) or spec.dtype not in (np.float32, np.float16):
         nhwc = " (channels last, NHWC)" if channels_last else ""
-        raise CloExportError(f"{where} takes {found}{nhwc}; clo-export runs YOLOv5 detectors with {layout}: export it "
-                             "with channels first (clo-export onnx or YOLOv5's export.py)")
+        raise CloExportError(
+            f"{where} takes {found}{nhwc}; clo-export runs YOLOv5 detectors with {layout}: export it "
+            "with channels first (clo-export onnx or YOLOv5's export.py)"
+        )
 
 
 class OnnxRuntimeRunner(Runner):
@@ -64,8 +76,13 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, providers: list[str] | None = None, threads: int | None = None,
-                 device_id: int = 0):
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        device_id: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.device_id = device_id
@@ -83,13 +100,21 @@ class OnnxRuntimeRunner(Runner):
         source = self.model if isinstance(self.model, bytes) else str(self.model)
         try:
             options = [{"device_id": str(self.device_id)} if p in GPU_PROVIDERS else {} for p in providers]
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers, provider_options=options)
+            self.session = ort.InferenceSession(
+                source, sess_options=opts, providers=providers, provider_options=options
+            )
         except Exception as e:
             where = "the model" if isinstance(self.model, bytes) else f"'{self.model}'"
             raise CloExportError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from e
         log.debug("onnxruntime providers: %s", self.session.get_providers())
-        self._inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
-                                   np.dtype(ORT_TYPES.get(i.type, np.float32))) for i in self.session.get_inputs()]
+        self._inputs = [
+            TensorSpec(
+                i.name,
+                tuple(d if isinstance(d, int) else None for d in i.shape),
+                np.dtype(ORT_TYPES.get(i.type, np.float32)),
+            )
+            for i in self.session.get_inputs()
+        ]
         check_detector_inputs(self._inputs, "the model" if isinstance(self.model, bytes) else f"'{self.model}'")
         self._outputs = [o.name for o in self.session.get_outputs()]
 

@@ -35,8 +35,14 @@ class TorchRunner(Runner):
 
     name = "pytorch"
 
-    def __init__(self, model, device: str | None = "cpu", input_name: str = "images", output_name: str = "output0",
-                 fuse: bool = False):
+    def __init__(
+        self,
+        model,
+        device: str | None = "cpu",
+        input_name: str = "images",
+        output_name: str = "output0",
+        fuse: bool = False,
+    ):
         super().__init__()
         self.model = model
         self.device = device

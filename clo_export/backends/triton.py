@@ -24,8 +24,15 @@ SCHEME = "triton://"
 DEFAULT_PORT = 8001
 DEFAULT_STREAMS = 4  # requests in flight
 INSTALL = 'pip install "tritonclient[grpc]"  (or pip install "clo-export[triton]")'
-_TYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8, "TYPE_INT8": np.int8,
-          "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP64": np.float64}
+_TYPES = {
+    "TYPE_FP32": np.float32,
+    "TYPE_FP16": np.float16,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP64": np.float64,
+}
 _URL = re.compile(r"^triton://(?P<host>[^/:]+|\[[^\]]+\])(?::(?P<port>\d+))?/(?P<model>[A-Za-z0-9][A-Za-z0-9_.-]*)/?$")
 
 
@@ -38,10 +45,14 @@ def parse_url(url: str) -> Tuple[str, str]:
     """``triton://host[:port]/name`` -> ("host:port", "name")."""
     m = _URL.match(url)
     if not m:
-        raise CloExportError(f"'{url}' is not a Triton model address; use triton://host:port/name (gRPC port, default {DEFAULT_PORT})")
+        raise CloExportError(
+            f"'{url}' is not a Triton model address; use triton://host:port/name (gRPC port, default {DEFAULT_PORT})"
+        )
     if m.group("port") is not None and not 1 <= int(m.group("port")) <= 65535:
-        raise CloExportError(f"'{url}': port {m.group('port')} is out of range; TCP ports are 1 to 65535 "
-                             f"(Triton's gRPC port is {DEFAULT_PORT} unless the server was started with another)")
+        raise CloExportError(
+            f"'{url}': port {m.group('port')} is out of range; TCP ports are 1 to 65535 "
+            f"(Triton's gRPC port is {DEFAULT_PORT} unless the server was started with another)"
+        )
     return f"{m.group('host')}:{m.group('port') or DEFAULT_PORT}", m.group("model")
 
 
@@ -98,7 +109,9 @@ class TritonRunner(Runner):
         except Exception as e:  # InferenceServerException, or grpc's own on a dropped connection
             if not self._server_ready():
                 raise RunnerGone(f"the Triton server at {self.address} went away ({_first_line(e)})") from e
-            raise CloExportError(f"Triton model '{self.model}' at {self.address} refused a request: {_first_line(e)}") from e
+            raise CloExportError(
+                f"Triton model '{self.model}' at {self.address} refused a request: {_first_line(e)}"
+            ) from e
         return {n: result.as_numpy(n) for n in self.outputs}
 
     def _server_ready(self) -> bool:
@@ -128,8 +141,10 @@ def _config(client: Any, address: str, model: str) -> Dict[str, Any]:
             served = sorted(m["name"] for m in client.get_model_repository_index(as_json=True).get("models", []))
         except InferenceServerException:
             served = []
-        raise CloExportError(f"Triton at {address} has no ready model '{model}' ({_first_line(e)}); it serves: "
-                             f"{', '.join(served) or 'nothing'}") from e
+        raise CloExportError(
+            f"Triton at {address} has no ready model '{model}' ({_first_line(e)}); it serves: "
+            f"{', '.join(served) or 'nothing'}"
+        ) from e
 
 
 def connect(url: str) -> Tuple[str, str, Dict[str, Any]]:
@@ -140,24 +155,30 @@ def connect(url: str) -> Tuple[str, str, Dict[str, Any]]:
         try:
             live = client.is_server_ready(client_timeout=5.0)
         except Exception as e:  # noqa: BLE001 (connection refused, DNS, timeout: all one line)
-            raise CloExportError(f"cannot reach a Triton server at {address} ({_first_line(e)}); start it or fix the "
-                                 f"address in {url}") from e
+            raise CloExportError(
+                f"cannot reach a Triton server at {address} ({_first_line(e)}); start it or fix the address in {url}"
+            ) from e
         if not live:
-            raise CloExportError(f"the Triton server at {address} is not ready (models still loading or failed); see its log")
+            raise CloExportError(
+                f"the Triton server at {address} is not ready (models still loading or failed); see its log"
+            )
         config = _config(client, address, model)
         if config.get("platform") == "ensemble":
             inner = _params(config).get("clo_export.model")
             if not inner:
-                raise CloExportError(f"'{model}' is an ensemble clo-export did not write; pass the detector model's "
-                                     "name (the one that takes the letterboxed image)")
+                raise CloExportError(
+                    f"'{model}' is an ensemble clo-export did not write; pass the detector model's "
+                    "name (the one that takes the letterboxed image)"
+                )
             model, config = inner, _config(client, address, inner)
         return address, model, config
     finally:
         client.close()
 
 
-def load_triton_runners(url: str, workers: Optional[int] = None,
-                        imgsz: Optional[Tuple[int, int]] = None) -> Tuple[List[Runner], ModelInfo]:
+def load_triton_runners(
+    url: str, workers: Optional[int] = None, imgsz: Optional[Tuple[int, int]] = None
+) -> Tuple[List[Runner], ModelInfo]:
     """Runners (``workers`` requests in flight, default 4) for a model on a Triton server, and its ModelInfo."""
     if workers is not None and workers < 1:
         raise CloExportError(f"--workers {workers} must be at least 1")
@@ -170,8 +191,10 @@ def load_triton_runners(url: str, workers: Optional[int] = None,
     batched = int(config.get("max_batch_size", 0)) > 0
     shape = ((None,) if batched else ()) + tuple(d if d >= 0 else None for d in dims)
     if len(shape) != 4 or shape[2] is None or shape[3] is None:
-        raise CloExportError(f"Triton model '{model}' takes {spec.get('name')} of dims {list(dims)}; clo-infer needs a "
-                             "fixed-size image input (serve a clo-export model)")
+        raise CloExportError(
+            f"Triton model '{model}' takes {spec.get('name')} of dims {list(dims)}; clo-infer needs a "
+            "fixed-size image input (serve a clo-export model)"
+        )
     dtype = np.dtype(_TYPES.get(spec.get("data_type", "TYPE_FP32"), np.float32))
     p = _params(config)
     size = tuple(json.loads(p["clo_export.imgsz"])) if "clo_export.imgsz" in p else (shape[2], shape[3])
@@ -179,8 +202,19 @@ def load_triton_runners(url: str, workers: Optional[int] = None,
         raise CloExportError(f"'{url}' takes {size[0]}x{size[1]} inputs only; drop --imgsz")
     names = {int(k): v for k, v in json.loads(p.get("clo_export.names", "{}")).items()}
     nms = json.loads(p.get("clo_export.nms", "false"))
-    outputs = ["num_dets", "boxes", "scores", "classes"] if nms else [o["name"] for o in config.get("output", [])] or ["output0"]
-    info = ModelInfo(url, "triton", names, (int(size[0]), int(size[1])), int(p.get("clo_export.stride", 32)),
-                     p.get("clo_export.precision", "fp32"), bool(nms))
+    outputs = (
+        ["num_dets", "boxes", "scores", "classes"]
+        if nms
+        else [o["name"] for o in config.get("output", [])] or ["output0"]
+    )
+    info = ModelInfo(
+        url,
+        "triton",
+        names,
+        (int(size[0]), int(size[1])),
+        int(p.get("clo_export.stride", 32)),
+        p.get("clo_export.precision", "fp32"),
+        bool(nms),
+    )
     tensor = TensorSpec(spec["name"], shape, dtype)
     return [TritonRunner(address, model, [tensor], outputs) for _ in range(workers or DEFAULT_STREAMS)], info

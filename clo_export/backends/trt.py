@@ -43,14 +43,18 @@ def prepare_input(spec: InputSpec, array: Any) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype != spec.dtype:
         if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
-            raise CloExportError(f"input '{spec.name}' is {array.dtype} but the engine takes {spec.dtype}; "
-                                 f"feed {spec.dtype} data (an INT8-I/O engine needs already quantized input)")
+            raise CloExportError(
+                f"input '{spec.name}' is {array.dtype} but the engine takes {spec.dtype}; "
+                f"feed {spec.dtype} data (an INT8-I/O engine needs already quantized input)"
+            )
         array = array.astype(spec.dtype)
     array = np.ascontiguousarray(array)
     if len(array.shape) != len(spec.shape) or any(d >= 0 and d != a for d, a in zip(spec.shape, array.shape)):
         want = "x".join("?" if d < 0 else str(d) for d in spec.shape)
-        raise CloExportError(f"input '{spec.name}' has shape {tuple(array.shape)} but the engine takes {want}; "
-                             "rebuild it for this size, or with --batch-range for other batch sizes")
+        raise CloExportError(
+            f"input '{spec.name}' has shape {tuple(array.shape)} but the engine takes {want}; "
+            "rebuild it for this size, or with --batch-range for other batch sizes"
+        )
     return array
 
 
@@ -104,22 +108,41 @@ class TensorRTRunner(Runner):
             engine = EngineFromBytes(self.path.read_bytes())()
         except PolygraphyException as e:
             hint = self.sidecar.rebuild_command() if self.sidecar else rebuild_command()
-            built = f" (built with TensorRT {self.sidecar.tensorrt_version} on {self.sidecar.gpu_name})" if self.sidecar else ""
-            raise CloExportError(f"TensorRT {trt.__version__} could not load '{self.path.name}'{built}: {_one_line(e)}; "
-                                 f"rebuild it on this device with: {hint}") from None
+            built = (
+                f" (built with TensorRT {self.sidecar.tensorrt_version} on {self.sidecar.gpu_name})"
+                if self.sidecar
+                else ""
+            )
+            raise CloExportError(
+                f"TensorRT {trt.__version__} could not load '{self.path.name}'{built}: {_one_line(e)}; "
+                f"rebuild it on this device with: {hint}"
+            ) from None
         runner = TrtRunner(engine)
         try:
             runner.activate()
         except PolygraphyException as e:
-            raise CloExportError(f"TensorRT could not create an execution context for '{self.path.name}' "
-                                 f"({_one_line(e)}); free GPU memory or rebuild with a smaller --batch-range") from None
+            raise CloExportError(
+                f"TensorRT could not create an execution context for '{self.path.name}' "
+                f"({_one_line(e)}); free GPU memory or rebuild with a smaller --batch-range"
+            ) from None
         self._runner = runner
         meta = runner.get_input_metadata(use_numpy_dtypes=False)
-        self._inputs = [InputSpec(name, np.dtype(DataType.to_dtype(m.dtype, "numpy")),
-                                  tuple(-1 if d is None or int(d) < 0 else int(d) for d in m.shape))
-                        for name, m in meta.items()]
-        log.debug("TensorRT %s engine %s on %s sm_%d%d: %s", trt.__version__, self.path.name, gpu, *capability,
-                  ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in self._inputs))
+        self._inputs = [
+            InputSpec(
+                name,
+                np.dtype(DataType.to_dtype(m.dtype, "numpy")),
+                tuple(-1 if d is None or int(d) < 0 else int(d) for d in m.shape),
+            )
+            for name, m in meta.items()
+        ]
+        log.debug(
+            "TensorRT %s engine %s on %s sm_%d%d: %s",
+            trt.__version__,
+            self.path.name,
+            gpu,
+            *capability,
+            ", ".join(f"{s.name} {s.dtype} {s.shape}" for s in self._inputs),
+        )
 
     def deactivate_impl(self) -> None:
         if self._runner is not None:
@@ -136,13 +159,17 @@ class TensorRTRunner(Runner):
         names = {s.name for s in self._inputs}
         if set(feed) != names:
             missing = sorted(names - set(feed))
-            raise CloExportError(f"the engine takes inputs {sorted(names)}; got {sorted(feed)}"
-                                 f"{' (missing ' + ', '.join(missing) + ')' if missing else ''}")
+            raise CloExportError(
+                f"the engine takes inputs {sorted(names)}; got {sorted(feed)}"
+                f"{' (missing ' + ', '.join(missing) + ')' if missing else ''}"
+            )
         ready = {s.name: prepare_input(s, feed[s.name]) for s in self._inputs}
         try:
             outputs = self._runner.infer(ready, check_inputs=False)
         except PolygraphyException as e:
-            raise CloExportError(f"TensorRT inference on '{self.path.name}' failed ({_one_line(e)}); a shape outside "
-                                 "the engine's profile needs a rebuild with --batch-range MIN,OPT,MAX") from None
+            raise CloExportError(
+                f"TensorRT inference on '{self.path.name}' failed ({_one_line(e)}); a shape outside "
+                "the engine's profile needs a rebuild with --batch-range MIN,OPT,MAX"
+            ) from None
         # Polygraphy reuses its host buffers between calls: hand out copies
         return {name: np.array(value, copy=True) for name, value in outputs.items()}

@@ -52,18 +52,27 @@ class AttnMap(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.act_block = nn.Sequential(nn.Conv2d(dim, dim, 1, 1, 0), MemoryEfficientSwish(), nn.Conv2d(dim, dim, 1, 1, 0))
+        self.act_block = nn.Sequential(
+            nn.Conv2d(dim, dim, 1, 1, 0), MemoryEfficientSwish(), nn.Conv2d(dim, dim, 1, 1, 0)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_block(x)
 
 
-def check_config(dim: int, num_heads: int, group_split: list[int], kernel_sizes: list[int], where: str = "EfficientAttention") -> None:
+def check_config(
+    dim: int, num_heads: int, group_split: list[int], kernel_sizes: list[int], where: str = "EfficientAttention"
+) -> None:
     """Refuse configurations the block cannot build, saying which number to change."""
     if num_heads <= 0 or dim % num_heads:
-        raise CloExportError(f"{where}: dim {dim} is not divisible by num_heads {num_heads}; choose num_heads dividing {dim}")
+        raise CloExportError(
+            f"{where}: dim {dim} is not divisible by num_heads {num_heads}; choose num_heads dividing {dim}"
+        )
     if sum(group_split) != num_heads:
-        raise CloExportError(f"{where}: group_split {group_split} sums to {sum(group_split)} but num_heads is {num_heads}; make them agree")
+        raise CloExportError(
+            f"{where}: group_split {group_split} sums to {sum(group_split)} but num_heads is {num_heads}; make them "
+            f"agree"
+        )
     if len(kernel_sizes) + 1 != len(group_split):
         raise CloExportError(
             f"{where}: {len(kernel_sizes)} kernel_sizes need {len(kernel_sizes) + 1} group_split entries "
@@ -77,12 +86,19 @@ def parse_attention(ctx: LayerContext) -> LayerSpec:
     mapping = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
     positional = [] if mapping else args
     if len(positional) > len(ARG_ORDER):
-        raise CloExportError(f"layer {ctx.index} EfficientAttention: at most {len(ARG_ORDER)} arguments ({', '.join(ARG_ORDER)}), got {len(positional)}")
+        raise CloExportError(
+            f"layer {ctx.index} EfficientAttention: at most {len(ARG_ORDER)} arguments ({', '.join(ARG_ORDER)}), got "
+            f"{len(positional)}"
+        )
     kw = {**DEFAULTS, **dict(zip(ARG_ORDER, positional)), **mapping, **ctx.kwargs}
     unknown = set(kw) - set(ARG_ORDER)
     if unknown:
-        raise CloExportError(f"layer {ctx.index} EfficientAttention: unknown arguments {sorted(unknown)}; known: {', '.join(ARG_ORDER)}")
-    check_config(ctx.c1, kw["num_heads"], kw["group_split"], kw["kernel_sizes"], f"layer {ctx.index} EfficientAttention")
+        raise CloExportError(
+            f"layer {ctx.index} EfficientAttention: unknown arguments {sorted(unknown)}; known: {', '.join(ARG_ORDER)}"
+        )
+    check_config(
+        ctx.c1, kw["num_heads"], kw["group_split"], kw["kernel_sizes"], f"layer {ctx.index} EfficientAttention"
+    )
     return LayerSpec([ctx.c1], kw, ctx.c1, ctx.n)
 
 
@@ -91,21 +107,35 @@ def export_attention(m: "EfficientAttention", ctx: ExportContext) -> None:
     m.export_shape = ctx.input_shape
 
 
-@register_block("EfficientAttention", kind=parse_attention, export=export_attention, hparams=("num_heads", "group_split", "kernel_sizes", "window_size"))
+@register_block(
+    "EfficientAttention",
+    kind=parse_attention,
+    export=export_attention,
+    hparams=("num_heads", "group_split", "kernel_sizes", "window_size"),
+)
 class EfficientAttention(nn.Module):
     """CloFormer AttnConv: high-frequency local attention groups plus one pooled global group."""
 
     export_shape: tuple[int, ...] | None = None
     in_stride: int | None = None
 
-    def __init__(self, dim: int, num_heads: int, group_split: list[int], kernel_sizes: list[int], window_size: int = 7,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, qkv_bias: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        group_split: list[int],
+        kernel_sizes: list[int],
+        window_size: int = 7,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        qkv_bias: bool = True,
+    ):
         super().__init__()
         check_config(dim, num_heads, group_split, kernel_sizes)
         self.dim = dim
         self.num_heads = num_heads
         self.dim_head = dim // num_heads
-        self.scalor = self.dim_head ** -0.5
+        self.scalor = self.dim_head**-0.5
         self.kernel_sizes = kernel_sizes
         self.window_size = window_size
         self.group_split = group_split
@@ -132,7 +162,15 @@ class EfficientAttention(nn.Module):
         """What the input feature map's height and width must be multiples of."""
         return self.window_size if self.group_split[-1] != 0 else 1
 
-    def high_fre_attntion(self, x: torch.Tensor, shape: tuple[int, ...], group_head: int, to_qkv: nn.Module, mixer: nn.Module, attn_block: nn.Module) -> torch.Tensor:
+    def high_fre_attntion(
+        self,
+        x: torch.Tensor,
+        shape: tuple[int, ...],
+        group_head: int,
+        to_qkv: nn.Module,
+        mixer: nn.Module,
+        attn_block: nn.Module,
+    ) -> torch.Tensor:
         """Local attention: depthwise-mixed q, k, v; tanh(attn_map(q*k)) * v."""
         b, _, h, w = shape
         qkv = mixer(to_qkv(x)).reshape(b, 3, group_head * self.dim_head, h, w).transpose(0, 1).contiguous()
@@ -141,12 +179,19 @@ class EfficientAttention(nn.Module):
         attn = self.attn_drop(torch.tanh(attn))
         return attn.mul(v)
 
-    def low_fre_attention(self, x: torch.Tensor, shape: tuple[int, ...], to_q: nn.Module, to_kv: nn.Module, avgpool: nn.Module) -> torch.Tensor:
+    def low_fre_attention(
+        self, x: torch.Tensor, shape: tuple[int, ...], to_q: nn.Module, to_kv: nn.Module, avgpool: nn.Module
+    ) -> torch.Tensor:
         """Global attention of every position against window-pooled keys and values."""
         b, _, h, w = shape
         m = self.group_split[-1]
         q = to_q(x).reshape(b, m, self.dim_head, h * w).transpose(-1, -2).contiguous()
-        kv = to_kv(avgpool(x)).view(b, 2, m, self.dim_head, (h * w) // (self.window_size ** 2)).permute(1, 0, 2, 4, 3).contiguous()
+        kv = (
+            to_kv(avgpool(x))
+            .view(b, 2, m, self.dim_head, (h * w) // (self.window_size**2))
+            .permute(1, 0, 2, 4, 3)
+            .contiguous()
+        )
         k, v = kv
         attn = self.scalor * q @ k.transpose(-1, -2)
         attn = self.attn_drop(attn.softmax(dim=-1))
@@ -170,4 +215,6 @@ class EfficientAttention(nn.Module):
 
 register_class(AttnMap)
 register_class(MemoryEfficientSwish, "Swish")
-register_block("MemoryEfficientSwish", MemoryEfficientSwish, kind="plain", export=lambda m, ctx: setattr(m, "export_plain", True))
+register_block(
+    "MemoryEfficientSwish", MemoryEfficientSwish, kind="plain", export=lambda m, ctx: setattr(m, "export_plain", True)
+)

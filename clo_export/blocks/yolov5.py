@@ -29,7 +29,17 @@ def autopad(k: int | list[int], p: int | None = None, d: int = 1) -> int | list[
 class Conv(nn.Module):
     """Conv2d (no bias) + BatchNorm2d + SiLU; after fusing, Conv2d with bias + SiLU."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, d: int = 1, act: bool | nn.Module = True):
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        k: int = 1,
+        s: int = 1,
+        p: int | None = None,
+        g: int = 1,
+        d: int = 1,
+        act: bool | nn.Module = True,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         self.bn = nn.BatchNorm2d(c2)
@@ -128,9 +138,11 @@ def parse_detect(ctx: LayerContext) -> LayerSpec:
     if isinstance(args[1], int):
         args[1] = [list(range(args[1] * 2))] * len(froms)
     if not isinstance(args[1], (list, tuple)) or len(args[1]) != len(froms):
-        raise CloExportError(f"Detect takes {len(froms)} input layers {froms} but the config gives anchors for "
-                             f"{len(args[1]) if isinstance(args[1], (list, tuple)) else args[1]!r} levels; "
-                             "give one [w, h, …] anchor list per input layer")
+        raise CloExportError(
+            f"Detect takes {len(froms)} input layers {froms} but the config gives anchors for "
+            f"{len(args[1]) if isinstance(args[1], (list, tuple)) else args[1]!r} levels; "
+            "give one [w, h, …] anchor list per input layer"
+        )
     args.append([ctx.ch[x] for x in froms])
     return LayerSpec(args, dict(ctx.kwargs), ctx.c1, ctx.n)
 
@@ -179,12 +191,14 @@ class Detect(nn.Module):
             z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         return x if self.training else torch.cat(z, 1)
 
-    def make_grid(self, nx: int, ny: int, i: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_grid(
+        self, nx: int, ny: int, i: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (index - 0.5) and anchor sizes in pixels, shaped (1, na, ny, nx, 2)."""
         shape = 1, self.na, ny, nx, 2
-        yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype), torch.arange(nx, device=device, dtype=dtype), indexing="ij")
+        yv, xv = torch.meshgrid(
+            torch.arange(ny, device=device, dtype=dtype), torch.arange(nx, device=device, dtype=dtype), indexing="ij"
+        )
         grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
         anchor_grid = (self.anchors[i] * float(self.stride[i])).view((1, self.na, 1, 1, 2)).expand(shape).to(dtype)
         return grid, anchor_grid
-
-

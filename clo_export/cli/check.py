@@ -12,28 +12,53 @@ from clo_export.cli.common import IMGSZ, OUT, POST, Conf, Device, Iou, compariso
 from clo_export.errors import CloExportError
 
 Model = Annotated[Path, typer.Argument(help="Model to check: .onnx, .engine (or .pt).", show_default=False)]
-CheckWeights = Annotated[Path, typer.Option("--weights", "-w", help="The PyTorch checkpoint (best.pt) it was made from.", show_default=False)]
+CheckWeights = Annotated[
+    Path, typer.Option("--weights", "-w", help="The PyTorch checkpoint (best.pt) it was made from.", show_default=False)
+]
 
 
 @guarded
 def check(
     model: Model,
     weights: CheckWeights,
-    source: Annotated[str, typer.Option("--source", "-s", help="Images, folder, glob or video to compare on.", show_default=False)],
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="Images, folder, glob or video to compare on.", show_default=False)
+    ],
     limit: Annotated[int, typer.Option(help="Compare at most this many frames.")] = 200,
     conf: Conf = 0.25,
     iou: Iou = 0.45,
-    min_f1: Annotated[Optional[float], typer.Option("--min-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).", rich_help_panel=POST)] = None,
+    min_f1: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-f1",
+            help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9).",
+            rich_help_panel=POST,
+        ),
+    ] = None,
     device: Device = None,
-    imgsz: Annotated[Optional[str], typer.Option(*IMGSZ, help="Size to check at when it is not the checkpoint's training size (the model must take it).", show_default=False)] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT)] = None,
+    imgsz: Annotated[
+        Optional[str],
+        typer.Option(
+            *IMGSZ,
+            help="Size to check at when it is not the checkpoint's training size (the model must take it).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="JSON report (default: MODEL.check.json).", rich_help_panel=OUT)
+    ] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--report", help="HTML page with the numbers and the frames that disagree most.", rich_help_panel=OUT
+        ),
+    ] = None,
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
 ) -> None:
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
     from clo_export.artifacts import check_contract
-    from clo_export.backends.select import load_runner
     from clo_export.backends.pytorch import load_reference
+    from clo_export.backends.select import load_runner
     from clo_export.data.readers import open_source
     from clo_export.imgsz import parse_imgsz, runner_imgsz
     from clo_export.pipeline import Checker, InferOptions, Pipeline
@@ -58,16 +83,30 @@ def check(
     console.print(comparison_table(rep, f"{model.name} ({info.backend}) vs {weights.name} (PyTorch)"))
     from clo_export.fileio import write_sidecar
 
-    payload = {"model": str(model), "weights": str(weights), "source": source, "backend": info.backend,
-               "frames": result.frames, "skipped": result.skipped, "conf": conf, "iou": iou,
-               "report": rep.to_dict(), "frame_f1": [round(f, 5) for f in checker.frame_f1s()]}
+    payload = {
+        "model": str(model),
+        "weights": str(weights),
+        "source": source,
+        "backend": info.backend,
+        "frames": result.frames,
+        "skipped": result.skipped,
+        "conf": conf,
+        "iou": iou,
+        "report": rep.to_dict(),
+        "frame_f1": [round(f, 5) for f in checker.frame_f1s()],
+    }
     write_sidecar(out, payload, named_by_user=json_out is not None)
     console.print(f"JSON report: {out}")
     if report is not None:
         from clo_export.report_html import write_html_report
 
-        facts = {"model": model.name, "backend": info.backend, "weights": weights.name, "source": source,
-                 "conf / iou": f"{conf} / {iou}"}
+        facts = {
+            "model": model.name,
+            "backend": info.backend,
+            "weights": weights.name,
+            "source": source,
+            "conf / iou": f"{conf} / {iou}",
+        }
         write_html_report(report, rep, checker.worst(), info.names, f"{model.name} vs {weights.name}", facts)
         console.print(f"HTML report: {report}")
     if result.skipped:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, TypeVar
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typing_extensions import Annotated
 
 from clo_export.errors import CloExportError, memory_error_text
@@ -37,32 +37,70 @@ def env_debug() -> bool:
     """CLO_EXPORT_DEBUG=1 turns tracebacks on without the flag."""
     return os.environ.get("CLO_EXPORT_DEBUG", "") not in ("", "0")
 
+
 # One definition per option shared between commands; a command adds its own help only where the
 # meaning differs (e.g. thresholds baked into the ONNX by --nms).
 POST = "Detections"
 OUT = "Output"
 MODEL = "Model"
 
-Weights = Annotated[Path, typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict (--weights best.pt works too).", show_default=False)]
-Cfg = Annotated[Optional[Path], typer.Option("--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel=MODEL)]
-Plugins = Annotated[Optional[List[Path]], typer.Option("--plugin", metavar="<path>", help="Python file registering extra blocks (repeatable).", rich_help_panel=MODEL)]
+Weights = Annotated[
+    Path,
+    typer.Argument(help="YOLOv5 checkpoint (best.pt) or state dict (--weights best.pt works too).", show_default=False),
+]
+Cfg = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cfg", help="Model YAML (needed for a bare state dict; overrides the checkpoint's).", rich_help_panel=MODEL
+    ),
+]
+Plugins = Annotated[
+    Optional[List[Path]],
+    typer.Option(
+        "--plugin", metavar="<path>", help="Python file registering extra blocks (repeatable).", rich_help_panel=MODEL
+    ),
+]
 IMGSZ = ("--imgsz", "--img", "--img-size")  # YOLOv5's three spellings; `--imgsz 480 640` works too (Command)
-ImgSz = Annotated[Optional[str], typer.Option(*IMGSZ, help="Input size: 640, or height,width as 480,640 or 480 640 [default: the checkpoint's training size; 640 when it records none].", show_default=False)]
+ImgSz = Annotated[
+    Optional[str],
+    typer.Option(
+        *IMGSZ,
+        help="Input size: 640, or height,width as 480,640 or 480 640 [default: the checkpoint's training size; 640 "
+        "when it records none].",
+        show_default=False,
+    ),
+]
 Conf = Annotated[float, typer.Option("--conf", help="Score threshold.", rich_help_panel=POST)]
 Iou = Annotated[float, typer.Option("--iou", help="NMS IoU threshold.", rich_help_panel=POST)]
 MaxDet = Annotated[int, typer.Option("--max-det", help="Detections kept per image.", rich_help_panel=POST)]
 AgnosticNms = Annotated[bool, typer.Option("--agnostic-nms", help="Class-agnostic NMS.", rich_help_panel=POST)]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL)]
+Device = Annotated[
+    Optional[str],
+    typer.Option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).", rich_help_panel=MODEL),
+]
 CAL = "Calibration"
-Num = Annotated[int, typer.Option("--num", help="Calibration images to sample (200+ recommended).", rich_help_panel=CAL)]
+Num = Annotated[
+    int, typer.Option("--num", help="Calibration images to sample (200+ recommended).", rich_help_panel=CAL)
+]
 
 
 def output_option(default: str) -> Any:
     """The --output/-o alias, with the command's default path in its help (``OnnxOutput = output_option("…")``)."""
-    return Annotated[Optional[Path], typer.Option("--output", "-o", help=f"Output path (default: {default}).", rich_help_panel=OUT, show_default=False)]
+    return Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help=f"Output path (default: {default}).", rich_help_panel=OUT, show_default=False
+        ),
+    ]
+
 
 Debug = Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks (also CLO_EXPORT_DEBUG=1).")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", metavar="", help="More log output (clo-export trt: TensorRT's and Polygraphy's verbose log).")]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", metavar="", help="More log output (clo-export trt: TensorRT's and Polygraphy's verbose log)."
+    ),
+]
 
 
 def show_version(ctx: typer.Context, value: bool) -> None:
@@ -74,7 +112,9 @@ def show_version(ctx: typer.Context, value: bool) -> None:
         raise typer.Exit()
 
 
-Version = Annotated[bool, typer.Option("--version", metavar="", callback=show_version, is_eager=True, help="Print the version.")]
+Version = Annotated[
+    bool, typer.Option("--version", metavar="", callback=show_version, is_eager=True, help="Print the version.")
+]
 
 
 def _plain(option: Any) -> Any:
@@ -106,7 +146,7 @@ class Command(TyperCommand):
         return _plain(super().get_help_option(ctx))
 
     def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
-        """YOLOv5 habits (cli/habits.py): ``--weights X`` as the positional, ``--imgsz H W``, hints for foreign options."""
+        """YOLOv5 habits (cli/habits.py): ``--weights X`` as the positional, ``--imgsz H W``, foreign-option hints."""
         from clo_export.cli import habits
 
         options = [p for p in self.params if not isinstance(p, TyperArgument)]
@@ -155,12 +195,14 @@ def check_cwd() -> None:
     try:
         os.getcwd()
     except OSError:
-        raise CloExportError("the working folder no longer exists (deleted or unmounted); cd to an existing folder "
-                             "and run the command again") from None
+        raise CloExportError(
+            "the working folder no longer exists (deleted or unmounted); cd to an existing folder "
+            "and run the command again"
+        ) from None
 
 
 def setup(debug: bool = False, verbose: bool = False, keep: bool = False) -> None:
-    """Route library logs to stderr through rich; remember --debug and --verbose (``keep``: added to the app-level flags)."""
+    """Route library logs to stderr through rich; remember --debug and --verbose (``keep``: added to the app flags)."""
     safe_streams()
     _state["debug"] = debug or (keep and _state["debug"]) or env_debug()
     _state["verbose"] = verbose or (keep and _state["verbose"])
@@ -211,19 +253,23 @@ def evaluated(fn: F) -> F:
 
 
 def guarded(fn: F) -> F:
-    """Turn CloExportError (and OS errors, memory errors, Ctrl-C/SIGTERM) into one red line (a traceback only with --debug).
+    """Turn CloExportError (and OS errors, memory errors, Ctrl-C/SIGTERM) into one red line (traceback: --debug).
 
     A command that does not declare ``--debug``/``--verbose`` itself gets them, so the global flags
     also work after the subcommand (``clo-export trt x.onnx -v`` as ``clo-export -v trt x.onnx``).
     """
     from typing_extensions import get_type_hints
 
-    hints = get_type_hints(fn, include_extras=True)  # Typer reads Annotated options from evaluated annotations only (< 3.10)
+    hints = get_type_hints(
+        fn, include_extras=True
+    )  # Typer reads Annotated options from evaluated annotations only (< 3.10)
     signature = inspect.signature(fn)
     injected = [name for name in ("debug", "verbose") if name not in signature.parameters]
     globals_ = {"debug": Debug, "verbose": Verbose}
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()]
-    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=globals_[n]) for n in injected]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=globals_[n]) for n in injected
+    ]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -271,10 +317,18 @@ def comparison_table(report, title: str) -> Table:
     for col in ("output", "max |diff|", "mean |diff|", "cosine", "limit"):
         table.add_column(col, justify="left" if col == "output" else "right", no_wrap=col in ("output", "limit"))
     for name, s in report.tensors.items():
-        table.add_row(name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", report.tolerance.limit_text(name))
+        table.add_row(
+            name, f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.cosine:.7f}", report.tolerance.limit_text(name)
+        )
     d = report.detections
     if d is not None:
-        table.add_row("detections (F1)", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"{d.f1:.4f}", f">= {report.tolerance.min_f1:g}")
+        table.add_row(
+            "detections (F1)",
+            f"P {d.precision:.4f}",
+            f"R {d.recall:.4f}",
+            f"{d.f1:.4f}",
+            f">= {report.tolerance.min_f1:g}",
+        )
         table.add_row("", f"{d.n_ref} ref boxes", f"{d.n_test} test boxes", f"IoU {d.mean_iou:.4f}", "")
     return table
 
@@ -285,21 +339,36 @@ def is_verbose() -> bool:
 
 
 def accuracy_table(report) -> Table:
-    """INT8 against FP32 on the held-out images: mAP drops, box IoU, per-output errors, agreement at deployment thresholds."""
+    """INT8 against FP32 on the held-out images: mAP drops, box IoU, per-output errors, agreement at deployment
+    thresholds."""
     mode = "attention FP32" if report.info.get("keep_attention_fp", True) else "attention INT8"
     share = report.info.get("int8_conv_mac_share")
-    table = Table(title=f"INT8 vs FP32 on {report.n_images} held-out images ({report.info.get('method')}, {mode}"
-                        + (f", {100 * share:.1f} % of conv MACs INT8)" if share is not None else ")"), title_justify="left")
+    table = Table(
+        title=f"INT8 vs FP32 on {report.n_images} held-out images ({report.info.get('method')}, {mode}"
+        + (f", {100 * share:.1f} % of conv MACs INT8)" if share is not None else ")"),
+        title_justify="left",
+    )
     for col in ("measure", "value", "", ""):
         table.add_column(col, justify="left" if col == "measure" else "right")
     i, f = report.int8, report.fp32
-    table.add_row("mAP@.5:.95 vs FP32 dets (conf 0.001)", f"INT8 {i.map50_95:.4f}", f"FP32 {f.map50_95:.4f}", f"drop {i.drop50_95:.2f} pts")
-    table.add_row("mAP@.5 vs FP32 dets (conf 0.001)", f"INT8 {i.map50:.4f}", f"FP32 {f.map50:.4f}", f"drop {i.drop50:.2f} pts")
+    table.add_row(
+        "mAP@.5:.95 vs FP32 dets (conf 0.001)",
+        f"INT8 {i.map50_95:.4f}",
+        f"FP32 {f.map50_95:.4f}",
+        f"drop {i.drop50_95:.2f} pts",
+    )
+    table.add_row(
+        "mAP@.5 vs FP32 dets (conf 0.001)", f"INT8 {i.map50:.4f}", f"FP32 {f.map50:.4f}", f"drop {i.drop50:.2f} pts"
+    )
     table.add_row("box error (1 - IoU, same anchors)", f"INT8 {i.box_error:.2f} %", "", "")
     b = report.box_iou
-    table.add_row("box IoU of matched pairs", f"mean {b.mean:.3f}", f"p10 {b.p10:.3f}", f"<0.9: {100 * b.below_090:.1f} %")
+    table.add_row(
+        "box IoU of matched pairs", f"mean {b.mean:.3f}", f"p10 {b.p10:.3f}", f"<0.9: {100 * b.below_090:.1f} %"
+    )
     d = report.agreement
-    table.add_row(f"detections @conf {report.conf}, IoU 0.5", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"F1 {d.f1:.4f}")
+    table.add_row(
+        f"detections @conf {report.conf}, IoU 0.5", f"P {d.precision:.4f}", f"R {d.recall:.4f}", f"F1 {d.f1:.4f}"
+    )
     table.add_row("", f"{d.n_ref} FP32 boxes", f"{d.n_test} INT8 boxes", "")
     for name, s in report.tensors.items():
         table.add_row(f"output {name}", f"cos {s.cosine:.6f}", f"max {s.max_abs:.4g}", f"mean {s.mean_abs:.4g}")

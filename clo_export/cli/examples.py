@@ -24,8 +24,10 @@ EXAMPLES: Dict[str, List[Tuple[str, str]]] = {
     ],
     "check": [
         ("clo-export check best.onnx --weights best.pt", "the ONNX against its checkpoint"),
-        ("clo-export check best.engine --weights best.pt --source street.mp4 --report report.html",
-         "on real frames, with an HTML report"),
+        (
+            "clo-export check best.engine --weights best.pt --source street.mp4 --report report.html",
+            "on real frames, with an HTML report",
+        ),
     ],
     "info": [
         ("clo-export info best.pt", "layers, parameters, GFLOPs, classes"),

@@ -26,16 +26,16 @@ SAME_AS: Dict[str, str] = {
 # (command, spelling) -> what to do instead: options that have no counterpart in that command
 NOT_NEEDED: Dict[Tuple[str, str], str] = {
     ("onnx", "--include"): "clo-export onnx always writes ONNX; drop --include (INT8: clo-export quantize, "
-                           "TensorRT: clo-export trt)",
+    "TensorRT: clo-export trt)",
     ("onnx", "--device"): "export runs on the CPU (the ONNX is the same on any device); drop --device",
     ("onnx", "--simplify"): "the ONNX is simplified by default (--simplifier onnxsim, onnxslim or none); "
-                            "drop --simplify",
+    "drop --simplify",
     ("onnx", "--int8"): "INT8 is its own step after export: clo-export quantize best.onnx --calib images/",
     ("onnx", "--data"): "class names come from the checkpoint; drop --data",
     ("onnx", "--inplace"): "the exported graph never modifies its input; drop --inplace",
     ("onnx", "--train"): "export is always in inference mode; drop --train",
     ("check", "--data"): "check compares against the PyTorch checkpoint, not labels; drop --data "
-                         "(the frames come from --source)",
+    "(the frames come from --source)",
 }
 
 
@@ -47,8 +47,9 @@ def hint(command: str, spelling: str, declared: Sequence[str]) -> Optional[str]:
     return f"did you mean {ours}?" if ours in declared else None
 
 
-def rewrite(args: Sequence[str], positional: Optional[str], imgsz_names: Sequence[str],
-            valued: Sequence[str] = ()) -> Tuple[List[str], bool]:
+def rewrite(
+    args: Sequence[str], positional: Optional[str], imgsz_names: Sequence[str], valued: Sequence[str] = ()
+) -> Tuple[List[str], bool]:
     """YOLOv5-style arguments in our form: ``--weights X`` -> positional ``X`` (``positional`` names that option),
     ``--imgsz H W`` -> ``--imgsz H,W``; returns the arguments and whether the positional came from the option.
 
@@ -79,7 +80,7 @@ def rewrite(args: Sequence[str], positional: Optional[str], imgsz_names: Sequenc
             i += 3
             continue
         step = 2 if token in valued else 1
-        out.extend(args[i:i + step])
+        out.extend(args[i : i + step])
         i += step
     return ([moved] + out if moved is not None else out), moved is not None
 

@@ -13,8 +13,25 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from clo_export.cli.common import (MODEL, OUT, POST, AgnosticNms, Command, Conf, Debug, Device, Iou, MaxDet, Verbose,
-                                   Version, comparison_table, console, err_console, guarded, setup)
+from clo_export.cli.common import (
+    MODEL,
+    OUT,
+    POST,
+    AgnosticNms,
+    Command,
+    Conf,
+    Debug,
+    Device,
+    Iou,
+    MaxDet,
+    Verbose,
+    Version,
+    comparison_table,
+    console,
+    err_console,
+    guarded,
+    setup,
+)
 from clo_export.cli.examples import epilog
 from clo_export.errors import CloExportError
 
@@ -44,11 +61,15 @@ def parse_classes(values: list[str] | None, names: dict[int, str]) -> tuple[int,
         elif token.lower() in by_name:
             out.append(by_name[token.lower()])
         else:
-            raise CloExportError(f"--classes '{token}' is neither a class id nor one of the model's names "
-                                 f"({', '.join(list(names.values())[:10])}{'…' if len(names) > 10 else ''})")
+            raise CloExportError(
+                f"--classes '{token}' is neither a class id nor one of the model's names "
+                f"({', '.join(list(names.values())[:10])}{'…' if len(names) > 10 else ''})"
+            )
     if not out:
-        raise CloExportError(f"--classes {' '.join(values)!r} names no class (it would drop every detection); "
-                             "pass ids or names such as --classes 0,2 or --classes person")
+        raise CloExportError(
+            f"--classes {' '.join(values)!r} names no class (it would drop every detection); "
+            "pass ids or names such as --classes 0,2 or --classes person"
+        )
     bad = [c for c in out if c not in names]
     if bad:
         raise CloExportError(f"--classes {bad} out of range: the model has classes 0…{len(names) - 1}")
@@ -62,20 +83,37 @@ def _save_sink(source, save: Path | None, save_dir: Path | None, prefix: str = "
 
     if source.kind == "images":
         if save is not None:
-            raise CloExportError("--save writes a video, but the source is images; use --save-dir DIR for annotated images")
-        return None if save_dir is None else ImageDirSink(save_dir / prefix.rstrip("_") if prefix else save_dir, source.files)
+            raise CloExportError(
+                "--save writes a video, but the source is images; use --save-dir DIR for annotated images"
+            )
+        return (
+            None
+            if save_dir is None
+            else ImageDirSink(save_dir / prefix.rstrip("_") if prefix else save_dir, source.files)
+        )
     if save is None and save_dir is None:
         return None
     if save is None:
-        stem = Path(source.spec).stem if source.kind == "video" else f"{source.kind}{source.spec if source.spec.isdigit() else ''}"
+        stem = (
+            Path(source.spec).stem
+            if source.kind == "video"
+            else f"{source.kind}{source.spec if source.spec.isdigit() else ''}"
+        )
         save = save_dir / f"{prefix}{stem}.mp4"
     if source.size is None:
         raise CloExportError(f"the {source.kind} reports no frame size, so --save cannot open a video writer")
     return VideoSink(save, source.fps, source.size)
 
 
-def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool,
-               names: dict[int, str], serve: str | None = None):
+def make_sinks(
+    source,
+    save: Path | None,
+    save_dir: Path | None,
+    json_path: Path | None,
+    show: bool,
+    names: dict[int, str],
+    serve: str | None = None,
+):
     """The sinks asked for, checked against the source kind before any frame is read."""
     from clo_export.data.liveview import serve_sink
     from clo_export.data.sinks import JsonlSink, ShowSink
@@ -100,16 +138,25 @@ def make_sinks(source, save: Path | None, save_dir: Path | None, json_path: Path
     return sinks
 
 
-def make_stream_sinks(multi, save: Path | None, save_dir: Path | None, json_path: Path | None, show: bool,
-                      names: dict[int, str], serve: str | None = None):
+def make_stream_sinks(
+    multi,
+    save: Path | None,
+    save_dir: Path | None,
+    json_path: Path | None,
+    show: bool,
+    names: dict[int, str],
+    serve: str | None = None,
+):
     """Several streams: the shared sinks (JSON Lines tagged with the stream) and each stream's own sinks."""
     from clo_export.data.liveview import LiveView, parse_serve
     from clo_export.data.sinks import ShowSink
     from clo_export.pipeline.sinkset import StreamJsonlSink
 
     if save is not None:
-        raise CloExportError(f"--save writes one video, but there are {len(multi.sources)} streams; "
-                             "use --save-dir DIR (one annotated video per stream)")
+        raise CloExportError(
+            f"--save writes one video, but there are {len(multi.sources)} streams; "
+            "use --save-dir DIR (one annotated video per stream)"
+        )
     shared, per_stream = [], [[] for _ in multi.sources]
     view = None
     try:
@@ -138,10 +185,14 @@ def stats_table(result, backend: str):
     """Per-stage latency, end-to-end FPS and counts."""
     from rich.table import Table
 
-    table = Table(title=f"{result.frames} frames in {result.seconds:.2f} s: {result.fps:.1f} FPS end-to-end "
-                        f"({backend}, batch {result.batch}"
-                        + (f", {result.streams} streams" if result.streams > 1 else "") + ")"
-                        + (" until the live source was lost" if result.lost else ""), title_justify="left")
+    table = Table(
+        title=f"{result.frames} frames in {result.seconds:.2f} s: {result.fps:.1f} FPS end-to-end "
+        f"({backend}, batch {result.batch}"
+        + (f", {result.streams} streams" if result.streams > 1 else "")
+        + ")"
+        + (" until the live source was lost" if result.lost else ""),
+        title_justify="left",
+    )
     for col in ("stage", "mean ms", "p50 ms", "p95 ms"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in result.stages.values():
@@ -154,47 +205,179 @@ def streams_table(result):
     from rich.table import Table
 
     sizes = ", ".join(f"{n}×{k}" for k, n in result.batch_sizes.items())
-    table = Table(title=f"{len(result.per_stream)} streams, one model; inferences × frames each: {sizes}",
-                  title_justify="left")
+    table = Table(
+        title=f"{len(result.per_stream)} streams, one model; inferences × frames each: {sizes}", title_justify="left"
+    )
     for col in ("stream", "source", "FPS", "frames", "drops", "reconnects", "p50 ms", "p95 ms"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for s in result.per_stream:
-        table.add_row(str(s.stream), s.source, f"{s.fps:.1f}", str(s.frames), str(s.dropped), str(s.reconnects),
-                      f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}")
+        table.add_row(
+            str(s.stream),
+            s.source,
+            f"{s.fps:.1f}",
+            str(s.frames),
+            str(s.dropped),
+            str(s.reconnects),
+            f"{s.p50_ms:.1f}",
+            f"{s.p95_ms:.1f}",
+        )
     return table
 
 
 @app.command(cls=Command, no_args_is_help=True, epilog=epilog("clo-infer"))
 @guarded
 def infer(
-    source: Annotated[Optional[List[str]], typer.Argument(help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0), stream URL (rtsp://…) or a .streams file (one source a line); several: one model, batched across them.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, size and stride come from the model.", show_default=False, rich_help_panel=MODEL)] = None,
-    source_opt: Annotated[Optional[List[str]], typer.Option("--source", metavar="SOURCE", help="YOLOv5's spelling of SOURCE (repeatable).", show_default=False)] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="YOLOv5's spelling of --model.", show_default=False, rich_help_panel=MODEL)] = None,
+    source: Annotated[
+        Optional[List[str]],
+        typer.Argument(
+            help="Video file, image, folder, glob ('imgs/*.jpg'), webcam index (0), stream URL (rtsp://…) or a "
+            ".streams file (one source a line); several: one model, batched across them.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help=".pt checkpoint, .onnx model, TensorRT .engine or triton://host:port/name (a Triton server); names, "
+            "size and stride come from the model.",
+            show_default=False,
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    source_opt: Annotated[
+        Optional[List[str]],
+        typer.Option(
+            "--source", metavar="SOURCE", help="YOLOv5's spelling of SOURCE (repeatable).", show_default=False
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option("--weights", help="YOLOv5's spelling of --model.", show_default=False, rich_help_panel=MODEL),
+    ] = None,
     device: Device = None,
-    providers: Annotated[Optional[str], typer.Option(help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).", rich_help_panel=MODEL)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).", rich_help_panel=MODEL)] = None,
-    workers: Annotated[Optional[int], typer.Option(help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and .pt use 1).", rich_help_panel=MODEL)] = None,
-    imgsz: Annotated[Optional[str], typer.Option(help="Input size for a .pt (default: its training size) or an ONNX without a fixed one (YOLOv5 --dynamic); fixed for other .onnx/.engine.", rich_help_panel=MODEL)] = None,
+    providers: Annotated[
+        Optional[str],
+        typer.Option(
+            help="ONNX Runtime providers, comma-separated (default: TensorRT, CUDA, CPU as installed).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="ONNX Runtime intra-op threads per session (default: the cores split between the sessions).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="ONNX Runtime CPU sessions running frames in parallel (default: 2 when there are 2+ cores; GPUs and "
+            ".pt use 1).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    imgsz: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Input size for a .pt (default: its training size) or an ONNX without a fixed one (YOLOv5 "
+            "--dynamic); fixed for other .onnx/.engine.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
     conf: Conf = 0.25,
     iou: Iou = 0.45,
     max_det: MaxDet = 300,
-    classes: Annotated[Optional[List[str]], typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST)] = None,
+    classes: Annotated[
+        Optional[List[str]],
+        typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST),
+    ] = None,
     agnostic_nms: AgnosticNms = False,
-    save: Annotated[Optional[Path], typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)] = None,
-    save_dir: Annotated[Optional[Path], typer.Option(help="Folder for annotated images (image sources) or SOURCE.mp4 (videos); several streams: I_SOURCE.mp4 (I: the stream's index).", rich_help_panel=OUT)] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT)] = None,
-    show: Annotated[bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)] = False,
-    serve: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Serve a live view page (annotated frames, per-stream stats) at http://HOST:PORT/ until the run ends; PORT or :PORT binds 127.0.0.1, 0.0.0.0:PORT every interface.", rich_help_panel=OUT, show_default=False)] = None,
-    batch: Annotated[int, typer.Option("--infer-batch", "--batch", help="Frames per inference for files (needs a dynamic-batch or batch-N model).", rich_help_panel=RUN)] = 1,
-    limit: Annotated[Optional[int], typer.Option(help="Stop after N frames (of each stream).", rich_help_panel=RUN)] = None,
-    reconnect: Annotated[Optional[float], typer.Option(metavar="SECONDS", help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run ends with exit 1 naming it (default 60; 0: give up at once).", rich_help_panel=RUN, show_default=False)] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(help="Largest image to decode, in pixels, checked from its header (default 100000000 = 100 MP; also CLO_EXPORT_MAX_PIXELS).", rich_help_panel=RUN, show_default=False)] = None,
-    sequential: Annotated[bool, typer.Option("--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN)] = False,
+    save: Annotated[
+        Optional[Path], typer.Option(help="Annotated video (mp4) at the source's fps and size.", rich_help_panel=OUT)
+    ] = None,
+    save_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder for annotated images (image sources) or SOURCE.mp4 (videos); several streams: I_SOURCE.mp4 "
+            "(I: the stream's index).",
+            rich_help_panel=OUT,
+        ),
+    ] = None,
+    json_path: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--json", help="JSON Lines, one record per frame (index, timestamp, detections).", rich_help_panel=OUT
+        ),
+    ] = None,
+    show: Annotated[
+        bool, typer.Option("--show", help="Show a window (needs a display; q quits).", rich_help_panel=OUT)
+    ] = False,
+    serve: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Serve a live view page (annotated frames, per-stream stats) at http://HOST:PORT/ until the run "
+            "ends; PORT or :PORT binds 127.0.0.1, 0.0.0.0:PORT every interface.",
+            rich_help_panel=OUT,
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--infer-batch",
+            "--batch",
+            help="Frames per inference for files (needs a dynamic-batch or batch-N model).",
+            rich_help_panel=RUN,
+        ),
+    ] = 1,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Stop after N frames (of each stream).", rich_help_panel=RUN)
+    ] = None,
+    reconnect: Annotated[
+        Optional[float],
+        typer.Option(
+            metavar="SECONDS",
+            help="A webcam or stream that stops is retried (backoff 0.5 s doubling to 2 s) this long, then the run "
+            "ends with exit 1 naming it (default 60; 0: give up at once).",
+            rich_help_panel=RUN,
+            show_default=False,
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Largest image to decode, in pixels, checked from its header (default 100000000 = 100 MP; also "
+            "CLO_EXPORT_MAX_PIXELS).",
+            rich_help_panel=RUN,
+            show_default=False,
+        ),
+    ] = None,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential", help="One loop instead of the threaded pipeline (for comparison).", rich_help_panel=RUN
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)] = False,
-    check: Annotated[Optional[Path], typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK)] = None,
+    check: Annotated[
+        Optional[Path],
+        typer.Option(help="PyTorch checkpoint to compare every K-th frame with (CPU).", rich_help_panel=CHECK),
+    ] = None,
     check_every: Annotated[int, typer.Option(help="Compare every K-th frame.", rich_help_panel=CHECK)] = 10,
-    min_f1: Annotated[Optional[float], typer.Option("--min-f1", "--check-f1", help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9), as in clo-export check; --check-f1 is its old name.", rich_help_panel=CHECK)] = None,
+    min_f1: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-f1",
+            "--check-f1",
+            help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9), as in clo-export "
+            "check; --check-f1 is its old name.",
+            rich_help_panel=CHECK,
+        ),
+    ] = None,
     debug: Debug = False,
     verbose: Verbose = False,
     version: Version = False,
@@ -208,10 +391,9 @@ def infer(
 
     lazy_import("cv2")  # JetPack's OpenCV may be hidden from a venv: one line with the fix, not a traceback
     from clo_export.backends.select import load_runners
-    from clo_export.pipeline import InferOptions
-
     from clo_export.data.readers import expand_sources
     from clo_export.data.streams import open_sources
+    from clo_export.pipeline import InferOptions
     from clo_export.validate import check_infer_options
 
     specs = expand_sources(_one_of("SOURCE", source, "--source", source_opt) or [])
@@ -219,9 +401,24 @@ def infer(
     if model is None:
         raise CloExportError("missing --model (or --weights): pass a .pt, .onnx, .engine or triton://host:port/name")
     for spec in specs:
-        check_infer_options(spec, model, check, save, save_dir, json_path, limit=limit, threads=threads,
-                            workers=workers, infer_batch=batch, max_det=max_det, check_every=check_every, conf=conf,
-                            iou=iou, min_f1=min_f1, max_pixels=max_pixels)
+        check_infer_options(
+            spec,
+            model,
+            check,
+            save,
+            save_dir,
+            json_path,
+            limit=limit,
+            threads=threads,
+            workers=workers,
+            infer_batch=batch,
+            max_det=max_det,
+            check_every=check_every,
+            conf=conf,
+            iou=iou,
+            min_f1=min_f1,
+            max_pixels=max_pixels,
+        )
     if serve is not None:
         from clo_export.data.liveview import check_serve
 
@@ -233,8 +430,14 @@ def infer(
         size = parse_imgsz(imgsz)
     if sequential and workers not in (None, 1):
         raise CloExportError(f"--sequential runs one loop on one session; drop --workers {workers} or --sequential")
-    runners, info = load_runners(model, device, [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-                                 size, threads, 1 if sequential else workers)
+    runners, info = load_runners(
+        model,
+        device,
+        [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
+        size,
+        threads,
+        1 if sequential else workers,
+    )
     opts = InferOptions(conf, iou, max_det, parse_classes(classes, info.names), agnostic_nms, batch, check_every)
     if reconnect is not None:
         opts = replace(opts, reconnect=reconnect)
@@ -255,7 +458,9 @@ def infer(
     for url in sorted({s.url for s in every if hasattr(s, "url")}):
         err_console.print(f"live view: {url} (until the run ends)", highlight=False)
     if not every:
-        err_console.print("note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False)
+        err_console.print(
+            "note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False
+        )
     result = _run(src, runners, reference, info, (sinks, stream_sinks), opts, min_f1, sequential, quiet)
     _report(result, info, check)
 
@@ -271,7 +476,14 @@ def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, qui
     """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
     from contextlib import ExitStack
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from clo_export.pipeline import Checker, Pipeline
 
@@ -285,9 +497,18 @@ def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, qui
                 stack.enter_context(reference)
                 checker = Checker(reference, info, opts, min_f1=min_f1)
             total = src.expected()
-            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[streams]}"), console=err_console, disable=quiet, transient=True)
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:.1f} FPS"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[streams]}"),
+                console=err_console,
+                disable=quiet,
+                transient=True,
+            )
             task = progress.add_task(f"{info.backend}", total=total, fps=0.0, streams="")
             started: list[float] = []
 
@@ -299,8 +520,15 @@ def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, qui
                     started.append(now)
                 fps = (n - 1) / (now - started[0]) if n > 1 and now > started[0] else 0.0
                 per = pipeline.stream_progress() if n % 10 == 0 else None  # several streams: FPS and drops of each
-                streams = {} if per is None else {"streams": "  ".join(
-                    f"#{i} {f:.1f} FPS" + (f" ({d} dropped)" if d else "") for i, (_, f, d) in enumerate(per))}
+                streams = (
+                    {}
+                    if per is None
+                    else {
+                        "streams": "  ".join(
+                            f"#{i} {f:.1f} FPS" + (f" ({d} dropped)" if d else "") for i, (_, f, d) in enumerate(per)
+                        )
+                    }
+                )
                 progress.update(task, completed=n, fps=fps, **streams)
 
             pipeline = Pipeline(src, runners, info, sinks, opts, checker, on_frame, stream_sinks)
@@ -317,29 +545,41 @@ def _report(result, info, check: Path | None) -> None:
     console.print(stats_table(result, info.backend))
     if result.per_stream:
         console.print(streams_table(result))
-    console.print(f"{result.detections} detections" + (f", {result.skipped} unreadable frame(s) skipped" if result.skipped else "")
-                  + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else "")
-                  + (f", {result.reconnects} reconnect(s) of the live source ({result.offline:.1f} s without frames)"
-                     if result.reconnects else "")
-                  + (f", {result.non_finite} detection(s) with NaN/Infinity dropped" if result.non_finite else ""))
+    console.print(
+        f"{result.detections} detections"
+        + (f", {result.skipped} unreadable frame(s) skipped" if result.skipped else "")
+        + (f", {result.dropped} frame(s) dropped to keep up with the live source" if result.dropped else "")
+        + (
+            f", {result.reconnects} reconnect(s) of the live source ({result.offline:.1f} s without frames)"
+            if result.reconnects
+            else ""
+        )
+        + (f", {result.non_finite} detection(s) with NaN/Infinity dropped" if result.non_finite else "")
+    )
     for path in result.outputs:
         console.print(f"wrote {path}")
     if check is not None:
         rep = result.check
         if rep is None and not (result.gone or result.interrupted):
-            raise CloExportError("live check inconclusive: no frame was compared (none read, or every check skipped to "
-                                 "keep up with a live source); check a file source or lower the load")
+            raise CloExportError(
+                "live check inconclusive: no frame was compared (none read, or every check skipped to "
+                "keep up with a live source); check a file source or lower the load"
+            )
         if rep is None:
             console.print("check: no frame was compared")
         else:
-            console.print(comparison_table(rep, f"{Path(info.path).name} ({info.backend}) vs {check.name} (PyTorch), live"))
+            console.print(
+                comparison_table(rep, f"{Path(info.path).name} ({info.backend}) vs {check.name} (PyTorch), live")
+            )
             if not rep:
                 raise CloExportError(f"live check on {result.checked_frames} frame(s) {rep.describe()}")
             console.print("[green]check: within tolerance[/]")
     if result.lost:
         raise CloExportError(result.lost)
     if result.gone:
-        err_console.print(f"{result.gone}: stopped after {result.frames} frames; outputs closed and complete", highlight=False)
+        err_console.print(
+            f"{result.gone}: stopped after {result.frames} frames; outputs closed and complete", highlight=False
+        )
         raise typer.Exit(1)
     if result.interrupted:
         err_console.print(f"interrupted after {result.frames} frames; outputs closed and complete", highlight=False)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typing_extensions import Annotated
-
 from rich.table import Table
+from typing_extensions import Annotated
 
 from clo_export.cli.common import Cfg, ImgSz, Plugins, console, guarded
 from clo_export.errors import CloExportError
@@ -16,7 +15,13 @@ from clo_export.errors import CloExportError
 
 @guarded
 def info(
-    weights: Annotated[Optional[Path], typer.Argument(help="Checkpoint (best.pt; --weights best.pt works too); omit to summarise --cfg untrained.", show_default=False)] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Checkpoint (best.pt; --weights best.pt works too); omit to summarise --cfg untrained.",
+            show_default=False,
+        ),
+    ] = None,
     cfg: Cfg = None,
     plugin: Plugins = None,
     imgsz: ImgSz = None,

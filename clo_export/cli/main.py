@@ -45,10 +45,16 @@ def needs_newer_python(name: str):
         from rich.markup import escape
 
         have = ".".join(map(str, sys.version_info[:2]))
-        err_console.print("[bold red]error:[/] " + escape(
-            f"clo-export {name} needs Python >= 3.10 (this is {have}, a runtime install); export on a workstation "
-            "with pip install './clo-export[export]' and copy the .onnx here: clo-export trt and clo-infer run on "
-            "this Python"), highlight=False, soft_wrap=True)
+        err_console.print(
+            "[bold red]error:[/] "
+            + escape(
+                f"clo-export {name} needs Python >= 3.10 (this is {have}, a runtime install); export on a workstation "
+                "with pip install './clo-export[export]' and copy the .onnx here: clo-export trt and clo-infer run on "
+                "this Python"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
     command.__doc__ = f"(needs Python >= 3.10) clo-export {name}"
@@ -68,4 +74,5 @@ if sys.version_info >= EXPORT_PYTHON:
 else:
     for _name in EXPORT_COMMANDS:
         app.command(_name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-            needs_newer_python(_name))
+            needs_newer_python(_name)
+        )

@@ -8,7 +8,21 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from clo_export.cli.common import OUT, POST, Cfg, Conf, ImgSz, Iou, MaxDet, Plugins, output_option, Weights, comparison_table, console, guarded
+from clo_export.cli.common import (
+    OUT,
+    POST,
+    Cfg,
+    Conf,
+    ImgSz,
+    Iou,
+    MaxDet,
+    Plugins,
+    Weights,
+    comparison_table,
+    console,
+    guarded,
+    output_option,
+)
 from clo_export.errors import CloExportError
 
 OnnxOutput = output_option("WEIGHTS with .onnx")
@@ -20,26 +34,57 @@ def onnx(
     cfg: Cfg = None,
     plugin: Plugins = None,
     imgsz: ImgSz = None,
-    batch: Annotated[int, typer.Option("--export-batch", "--batch", help="Batch size of the exported input (the example batch with --dynamic-batch).")] = 1,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Symbolic batch dimension; H and W stay fixed.")] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset (17 for TensorRT 8.5/8.6; above 20 uses the dynamo exporter).")] = 17,
-    half: Annotated[bool, typer.Option("--half", help="FP16 weights, activations and I/O; attention softmax kept in FP32.")] = False,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--export-batch",
+            "--batch",
+            help="Batch size of the exported input (the example batch with --dynamic-batch).",
+        ),
+    ] = 1,
+    dynamic_batch: Annotated[
+        bool, typer.Option("--dynamic-batch", help="Symbolic batch dimension; H and W stay fixed.")
+    ] = False,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset (17 for TensorRT 8.5/8.6; above 20 uses the dynamo exporter).")
+    ] = 17,
+    half: Annotated[
+        bool, typer.Option("--half", help="FP16 weights, activations and I/O; attention softmax kept in FP32.")
+    ] = False,
     simplifier: Annotated[str, typer.Option(help="onnxsim, onnxslim or none.")] = "onnxsim",
-    nms: Annotated[bool, typer.Option("--nms", help="Append ONNX NonMaxSuppression with --conf, --iou, --max-det baked in: outputs num_dets, boxes, scores, classes.", rich_help_panel=POST)] = False,
+    nms: Annotated[
+        bool,
+        typer.Option(
+            "--nms",
+            help="Append ONNX NonMaxSuppression with --conf, --iou, --max-det baked in: outputs num_dets, boxes, "
+            "scores, classes.",
+            rich_help_panel=POST,
+        ),
+    ] = False,
     conf: Conf = 0.25,
     iou: Iou = 0.45,
     max_det: MaxDet = 300,
     output: OnnxOutput = None,
-    source: Annotated[Optional[Path], typer.Option(help="Images/video for the parity check (default: the bundled sample frames).", show_default=False, rich_help_panel=OUT)] = None,
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT)] = True,
+    source: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Images/video for the parity check (default: the bundled sample frames).",
+            show_default=False,
+            rich_help_panel=OUT,
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option("--check/--no-check", help="Compare ONNX Runtime with PyTorch after export.", rich_help_panel=OUT),
+    ] = True,
 ) -> None:
     """Export a checkpoint to static-shape ONNX and check it against PyTorch."""
     from clo_export import export_onnx
     from clo_export.export.exporter import ExportOptions, default_output
     from clo_export.fileio import check_artifact
     from clo_export.imgsz import parse_imgsz
-    from clo_export.validate import existing_file, existing_sources, local_inputs
     from clo_export.models.checkpoint import load
+    from clo_export.validate import existing_file, existing_sources, local_inputs
 
     requested = parse_imgsz(imgsz) if imgsz is not None else None
     opts = ExportOptions(requested, batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
@@ -47,7 +92,15 @@ def onnx(
     existing_file("WEIGHTS", weights, "pass the path to your best.pt")
     existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
     output = output or default_output(weights, opts)
-    check_artifact({"WEIGHTS": weights, "--cfg": cfg, "--plugin": plugin or [], "--source": local_inputs(source) if source else None}, output)
+    check_artifact(
+        {
+            "WEIGHTS": weights,
+            "--cfg": cfg,
+            "--plugin": plugin or [],
+            "--source": local_inputs(source) if source else None,
+        },
+        output,
+    )
     loaded = load(weights, cfg, tuple(plugin or ()))
     with console.status("exporting…"):
         result = export_onnx(loaded, output, opts, check=check, source=source)

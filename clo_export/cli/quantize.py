@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typing_extensions import Annotated
 
-from clo_export.quantization.accuracy import DEFAULT_MIN_AGREEMENT
-from clo_export.cli.common import CAL, Conf, Iou, Num, accuracy_table, output_option, console, guarded
+from clo_export.cli.common import CAL, Conf, Iou, Num, accuracy_table, console, guarded, output_option
 from clo_export.errors import CloExportError
+from clo_export.quantization.accuracy import DEFAULT_MIN_AGREEMENT
 
 REP = "Accuracy report"
 Int8Output = output_option("MODEL with .int8.onnx")
@@ -32,9 +32,11 @@ def sensitivity_table(result) -> Table:
     chosen = set(result.choice.float_sites) if result.choice else set()
     base = result.method_scores.get(result.method)
     both = any(r.int8_alone is not None for r in result.sites)
-    title = ("Sensitivity on the held-out images. box err: mean 1 - IoU vs FP32's boxes (%) with the site float, gain: "
-             "what that recovers (sites after the output convs are measured with those float); drop: mAP@.5:.95 vs FP32 "
-             "dets (points)")
+    title = (
+        "Sensitivity on the held-out images. box err: mean 1 - IoU vs FP32's boxes (%) with the site float, gain: "
+        "what that recovers (sites after the output convs are measured with those float); drop: mAP@.5:.95 vs FP32 "
+        "dets (points)"
+    )
     if both:
         title += "; INT8 alone: drop with only the site INT8"
     if base:
@@ -42,30 +44,96 @@ def sensitivity_table(result) -> Table:
     table = Table(title=title, title_justify="left")
     columns = ["site", "ops", "MACs", "box err", "gain", "drop"] + (["INT8 alone"] if both else []) + ["float"]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("site", "ops") else "right", overflow="fold", no_wrap=col == "site")
+        table.add_column(
+            col, justify="left" if col in ("site", "ops") else "right", overflow="fold", no_wrap=col == "site"
+        )
     for r in sorted(result.sites, key=lambda r: (not r.site.output, -r.gain)):
         alone = ["–" if r.int8_alone is None else f"{r.int8_alone.drop50_95:.2f}"] if both else []
-        table.add_row(r.site.name, r.site.ops, f"{100 * r.mac_share:.1f} %", f"{r.float_alone.box_error:.2f}", f"{r.gain:+.2f}",
-                      f"{r.float_alone.drop50_95:.2f}", *alone, "yes" if r.site.name in chosen else "")
+        table.add_row(
+            r.site.name,
+            r.site.ops,
+            f"{100 * r.mac_share:.1f} %",
+            f"{r.float_alone.box_error:.2f}",
+            f"{r.gain:+.2f}",
+            f"{r.float_alone.drop50_95:.2f}",
+            *alone,
+            "yes" if r.site.name in chosen else "",
+        )
     return table
 
 
 @guarded
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX from clo-export onnx.", show_default=False)],
-    calib: Annotated[List[str], typer.Option("--calib", help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.", rich_help_panel=CAL, show_default=False)],
+    calib: Annotated[
+        List[str],
+        typer.Option(
+            "--calib",
+            help="Images: folder (recursive), glob, video(s) or .txt list; repeatable.",
+            rich_help_panel=CAL,
+            show_default=False,
+        ),
+    ],
     num: Num = 256,
-    holdout: Annotated[int, typer.Option(help="Other images from --calib: they choose the method and float sites, and the report runs on them.", rich_help_panel=REP)] = 128,  # quantization.calibset.DEFAULT_HOLDOUT (not imported: it loads OpenCV)
+    holdout: Annotated[
+        int,
+        typer.Option(
+            help="Other images from --calib: they choose the method and float sites, and the report runs on them.",
+            rich_help_panel=REP,
+        ),
+    ] = 128,  # quantization.calibset.DEFAULT_HOLDOUT (not imported: it loads OpenCV)
     seed: Annotated[int, typer.Option(help="Sampling seed.", rich_help_panel=CAL)] = 0,
-    method: Annotated[Method, typer.Option(help="Range method; auto tries each on the held-out images (entropy = TensorRT's EntropyCalibrator2).", rich_help_panel=CAL)] = Method.auto,
-    target_drop: Annotated[float, typer.Option(help="Keep the most sensitive sites float until the held-out mAP@.5:.95 drop is at most this (points).", rich_help_panel=CAL)] = 0.3,
-    all_int8: Annotated[bool, typer.Option("--all-int8", help="No float fallback: every site INT8 (ignores --target-drop).", rich_help_panel=CAL)] = False,
-    sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Also measure each site alone in INT8; print the table and write OUTPUT .sensitivity.json.", rich_help_panel=REP)] = False,
-    keep_attention_fp: Annotated[bool, typer.Option("--keep-attention-fp/--quantize-attention", help="Keep EfficientAttention's q*k, tanh, softmax path in float.", rich_help_panel=CAL)] = True,
-    cache: Annotated[Optional[Path], typer.Option(help="Ranges cache JSON (default: OUTPUT with .calib.json).", rich_help_panel=CAL)] = None,
-    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="Ignore the ranges cache.", rich_help_panel=CAL)] = False,
+    method: Annotated[
+        Method,
+        typer.Option(
+            help="Range method; auto tries each on the held-out images (entropy = TensorRT's EntropyCalibrator2).",
+            rich_help_panel=CAL,
+        ),
+    ] = Method.auto,
+    target_drop: Annotated[
+        float,
+        typer.Option(
+            help="Keep the most sensitive sites float until the held-out mAP@.5:.95 drop is at most this (points).",
+            rich_help_panel=CAL,
+        ),
+    ] = 0.3,
+    all_int8: Annotated[
+        bool,
+        typer.Option(
+            "--all-int8", help="No float fallback: every site INT8 (ignores --target-drop).", rich_help_panel=CAL
+        ),
+    ] = False,
+    sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity",
+            help="Also measure each site alone in INT8; print the table and write OUTPUT .sensitivity.json.",
+            rich_help_panel=REP,
+        ),
+    ] = False,
+    keep_attention_fp: Annotated[
+        bool,
+        typer.Option(
+            "--keep-attention-fp/--quantize-attention",
+            help="Keep EfficientAttention's q*k, tanh, softmax path in float.",
+            rich_help_panel=CAL,
+        ),
+    ] = True,
+    cache: Annotated[
+        Optional[Path], typer.Option(help="Ranges cache JSON (default: OUTPUT with .calib.json).", rich_help_panel=CAL)
+    ] = None,
+    recalibrate: Annotated[
+        bool, typer.Option("--recalibrate", help="Ignore the ranges cache.", rich_help_panel=CAL)
+    ] = False,
     output: Int8Output = None,
-    min_agreement: Annotated[float, typer.Option(help="Exit 1 when INT8's mAP@.5:.95 against FP32's detections on the held-out images, over FP32's own, is below this.", rich_help_panel=REP)] = DEFAULT_MIN_AGREEMENT,
+    min_agreement: Annotated[
+        float,
+        typer.Option(
+            help="Exit 1 when INT8's mAP@.5:.95 against FP32's detections on the held-out images, over FP32's own, is "
+            "below this.",
+            rich_help_panel=REP,
+        ),
+    ] = DEFAULT_MIN_AGREEMENT,
     conf: Conf = 0.25,
     iou: Iou = 0.45,
 ) -> None:
@@ -78,39 +146,71 @@ def quantize(
 
     if not 0 <= min_agreement <= 1:
         raise CloExportError(f"--min-agreement {min_agreement} must lie in [0, 1]")
-    opts = QuantizeOptions(method.value, num, holdout, seed, keep_attention_fp, cache, recalibrate, conf, iou,
-                           target_drop=None if all_int8 else target_drop, sensitivity=sensitivity)
+    opts = QuantizeOptions(
+        method.value,
+        num,
+        holdout,
+        seed,
+        keep_attention_fp,
+        cache,
+        recalibrate,
+        conf,
+        iou,
+        target_drop=None if all_int8 else target_drop,
+        sensitivity=sensitivity,
+    )
     opts.validate()
-    columns = (TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("calibrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("calibrate", total=None)
-        result = run_quantize(model, calib, output, opts,
-                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = run_quantize(
+            model, calib, output, opts, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     s = result.split
     source = f"{len(s.calib)} calibration + {len(s.holdout)} held-out images of {s.found} found"
     skipped = f", {len(s.skipped)} unreadable skipped" if s.skipped else ""
-    ranges = "ranges from cache" if result.cache.status == "hit" else f"calibrated in {result.seconds['calibrate']:.1f} s"
+    ranges = (
+        "ranges from cache" if result.cache.status == "hit" else f"calibrated in {result.seconds['calibrate']:.1f} s"
+    )
     tried = ", ".join(f"{m} {v.box_error:.2f} %" for m, v in result.method_scores.items())
-    console.print(f"quantized {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {source}{skipped}; {ranges}; "
-                  f"method {result.method}" + (f" (held-out box error: {tried})" if tried else "")
-                  + f"; Q/DQ on {result.n_qdq_tensors} activations and {result.n_weights} weights; "
-                  f"{len(result.attention_fp)} attention nodes kept float; TensorRT Q/DQ rules: ok")
+    console.print(
+        f"quantized {result.path} ({result.path.stat().st_size / 1e6:.1f} MB): {source}{skipped}; {ranges}; "
+        f"method {result.method}"
+        + (f" (held-out box error: {tried})" if tried else "")
+        + f"; Q/DQ on {result.n_qdq_tensors} activations and {result.n_weights} weights; "
+        f"{len(result.attention_fp)} attention nodes kept float; TensorRT Q/DQ rules: ok"
+    )
     if result.sites is not None and (sensitivity or result.choice and result.choice.float_sites):
         console.print(sensitivity_table(result))
     if result.choice is not None:
         c = result.choice
-        console.print(f"float fallback: {', '.join(c.float_sites) or 'none'} ({len(c.float_nodes)} nodes); "
-                      f"{100 * result.int8_share:.1f} % of conv MACs INT8; {c.reason}", markup=False)
+        console.print(
+            f"float fallback: {', '.join(c.float_sites) or 'none'} ({len(c.float_nodes)} nodes); "
+            f"{100 * result.int8_share:.1f} % of conv MACs INT8; {c.reason}",
+            markup=False,
+        )
     else:
         console.print(f"float fallback off (--all-int8); {100 * result.int8_share:.1f} % of conv MACs INT8")
     console.print(accuracy_table(result.report))
     extra = f", sensitivity {result.sensitivity_path.name}" if result.sensitivity_path else ""
     if result.accuracy_path is not None:
-        console.print(f"report {result.accuracy_path.name} (float_nodes for clo-export trt --keep-float), sidecar "
-                      f"{result.sidecar.name}, cache {result.cache_path.name}{extra}; {sum(result.seconds.values()):.0f} s")
+        console.print(
+            f"report {result.accuracy_path.name} (float_nodes for clo-export trt --keep-float), sidecar "
+            f"{result.sidecar.name}, cache {result.cache_path.name}{extra}; {sum(result.seconds.values()):.0f} s"
+        )
     if result.report.score < min_agreement:
-        raise CloExportError(f"INT8 keeps {result.report.score:.4f} of FP32's mAP@.5:.95 (against FP32's detections) on the held-out images "
-                             f"(drop {result.report.int8.drop50_95:.2f} points), below --min-agreement {min_agreement}; "
-                             "calibrate on a few hundred frames from the deployment scene, or pass a lower --min-agreement "
-                             "to accept this model")
+        raise CloExportError(
+            f"INT8 keeps {result.report.score:.4f} of FP32's mAP@.5:.95 (against FP32's detections) on the held-out "
+            f"images "
+            f"(drop {result.report.int8.drop50_95:.2f} points), below --min-agreement {min_agreement}; "
+            "calibrate on a few hundred frames from the deployment scene, or pass a lower --min-agreement "
+            "to accept this model"
+        )

@@ -44,23 +44,102 @@ def parse_batches(values: list[str] | None) -> tuple[int, ...]:
 
 @guarded
 def triton(
-    model: Annotated[Path, typer.Argument(help=".onnx (FP32, FP16 or INT8 Q/DQ) or TensorRT .engine (with its .engine.json).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder (created; other models in it are kept).", rich_help_panel=OUT)] = Path("model_repository"),
-    name: Annotated[Optional[str], typer.Option(help="Ensemble name; the models are NAME_preprocess, NAME_model, NAME_postprocess (default: from MODEL).", rich_help_panel=OUT, show_default=False)] = None,
-    platform: Annotated[Optional[Platform], typer.Option(help="Detector platform (default: onnxruntime_onnx for .onnx, tensorrt_plan for .engine); python = ONNX Runtime inside the Python backend, for CPU servers.", rich_help_panel=SERVE, show_default=False)] = None,
-    max_batch: Annotated[Optional[int], typer.Option(help=f"max_batch_size (default: {DEFAULT_MAX_BATCH} for a dynamic-batch model, capped by an engine's profile; 1 otherwise).", rich_help_panel=SERVE, show_default=False)] = None,
-    preferred_batch: Annotated[Optional[List[str]], typer.Option(help="Dynamic batcher's preferred batch sizes, comma-separated or repeated.", rich_help_panel=SERVE, show_default=False)] = None,
-    queue_delay_us: Annotated[int, typer.Option(help="Dynamic batcher's max queue delay in microseconds.", rich_help_panel=SERVE)] = 100,
-    instances: Annotated[int, typer.Option(help="Model instances (instance_group count) of each model.", rich_help_panel=SERVE)] = 1,
-    kind: Annotated[Optional[Kind], typer.Option(help="Where the detector runs (default: gpu; cpu for --platform python).", rich_help_panel=SERVE, show_default=False)] = None,
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="TensorRT on the GPU: capture CUDA graphs for the preferred and max batch sizes.", rich_help_panel=SERVE)] = True,
-    threads: Annotated[int, typer.Option(help="--platform python: ONNX Runtime threads per instance (0: its default).", rich_help_panel=SERVE)] = 0,
-    version: Annotated[int, typer.Option("--model-version", help="Version folder to write (Triton serves the newest).", rich_help_panel=OUT)] = 1,
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help=".onnx (FP32, FP16 or INT8 Q/DQ) or TensorRT .engine (with its .engine.json).", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Model repository folder (created; other models in it are kept).",
+            rich_help_panel=OUT,
+        ),
+    ] = Path("model_repository"),
+    name: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Ensemble name; the models are NAME_preprocess, NAME_model, NAME_postprocess (default: from MODEL).",
+            rich_help_panel=OUT,
+            show_default=False,
+        ),
+    ] = None,
+    platform: Annotated[
+        Optional[Platform],
+        typer.Option(
+            help="Detector platform (default: onnxruntime_onnx for .onnx, tensorrt_plan for .engine); python = ONNX "
+            "Runtime inside the Python backend, for CPU servers.",
+            rich_help_panel=SERVE,
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"max_batch_size (default: {DEFAULT_MAX_BATCH} for a dynamic-batch model, capped by an engine's "
+            f"profile; 1 otherwise).",
+            rich_help_panel=SERVE,
+            show_default=False,
+        ),
+    ] = None,
+    preferred_batch: Annotated[
+        Optional[List[str]],
+        typer.Option(
+            help="Dynamic batcher's preferred batch sizes, comma-separated or repeated.",
+            rich_help_panel=SERVE,
+            show_default=False,
+        ),
+    ] = None,
+    queue_delay_us: Annotated[
+        int, typer.Option(help="Dynamic batcher's max queue delay in microseconds.", rich_help_panel=SERVE)
+    ] = 100,
+    instances: Annotated[
+        int, typer.Option(help="Model instances (instance_group count) of each model.", rich_help_panel=SERVE)
+    ] = 1,
+    kind: Annotated[
+        Optional[Kind],
+        typer.Option(
+            help="Where the detector runs (default: gpu; cpu for --platform python).",
+            rich_help_panel=SERVE,
+            show_default=False,
+        ),
+    ] = None,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="TensorRT on the GPU: capture CUDA graphs for the preferred and max batch sizes.",
+            rich_help_panel=SERVE,
+        ),
+    ] = True,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="--platform python: ONNX Runtime threads per instance (0: its default).", rich_help_panel=SERVE
+        ),
+    ] = 0,
+    version: Annotated[
+        int,
+        typer.Option(
+            "--model-version", help="Version folder to write (Triton serves the newest).", rich_help_panel=OUT
+        ),
+    ] = 1,
     conf: Conf = 0.25,
     iou: Iou = 0.45,
     max_det: MaxDet = 300,
     agnostic_nms: AgnosticNms = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace models of the same names already in the repository (only the files clo-export wrote; others are kept).", rich_help_panel=OUT)] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace models of the same names already in the repository (only the files clo-export wrote; others "
+            "are kept).",
+            rich_help_panel=OUT,
+        ),
+    ] = False,
 ) -> None:
     """Write a Triton model repository: the detector, pre/postprocessing on the Python backend and an ensemble."""
     from clo_export.triton.config import Serving
@@ -69,16 +148,31 @@ def triton(
     if max_batch is None:
         lo, hi = model_facts(model).batch_range
         max_batch = min(hi, DEFAULT_MAX_BATCH) if hi > 1 else 1
-    serving = Serving(max_batch, parse_batches(preferred_batch), queue_delay_us, instances, kind.value if kind else None,
-                      cuda_graphs)
-    opts = RepositoryOptions(name, platform.value if platform else None, serving, version, conf, iou, max_det,
-                             agnostic_nms, threads, overwrite)
+    serving = Serving(
+        max_batch, parse_batches(preferred_batch), queue_delay_us, instances, kind.value if kind else None, cuda_graphs
+    )
+    opts = RepositoryOptions(
+        name,
+        platform.value if platform else None,
+        serving,
+        version,
+        conf,
+        iou,
+        max_det,
+        agnostic_nms,
+        threads,
+        overwrite,
+    )
     repo = write_repository(model, output, opts)
-    console.print(f"wrote Triton model repository {repo.root}/ for {model.name} ({repo.platform}, max batch {max_batch}):")
+    console.print(
+        f"wrote Triton model repository {repo.root}/ for {model.name} ({repo.platform}, max batch {max_batch}):"
+    )
     for m, path in repo.models.items():
         files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and "clo_export" not in p.parts)
         console.print(f"  {m}/  {', '.join(files)}", highlight=False)
     if repo.kept:
         console.print(f"kept (not written by clo-export): {', '.join(repo.kept)}", highlight=False, markup=False)
-    console.print(f"start a server and query it: see {repo.readme}; "
-                  f"clo-infer VIDEO --model triton://localhost:8001/{repo.name}", highlight=False)
+    console.print(
+        f"start a server and query it: see {repo.readme}; clo-infer VIDEO --model triton://localhost:8001/{repo.name}",
+        highlight=False,
+    )

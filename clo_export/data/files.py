@@ -26,8 +26,12 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
 
 MAX_PIXELS = 100_000_000  # decoded pixels per image (100 MP); a larger image is refused from its header
 MAX_PIXELS_ENV = "CLO_EXPORT_MAX_PIXELS"
-SPECIAL_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-                 stat.S_IFBLK: "a block device"}
+SPECIAL_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 LIVE_HINT = "pass a regular file (a live stream is a URL such as rtsp://… or a webcam index such as 0)"
 
 
@@ -142,9 +146,11 @@ def check_pixels(path: str | Path, max_pixels: Optional[int] = None) -> None:
     limit = pixel_limit(max_pixels)
     if size is not None and size[0] * size[1] > limit:
         w, h = size
-        raise CloExportError(f"image '{path}' decodes to {w}x{h} = {w * h / 1e6:.0f} MP ({w * h * 3 / 2**30:.1f} GiB), "
-                             f"over the {limit / 1e6:g} MP limit; downscale it, or raise the limit with --max-pixels "
-                             f"or {MAX_PIXELS_ENV}")
+        raise CloExportError(
+            f"image '{path}' decodes to {w}x{h} = {w * h / 1e6:.0f} MP ({w * h * 3 / 2**30:.1f} GiB), "
+            f"over the {limit / 1e6:g} MP limit; downscale it, or raise the limit with --max-pixels "
+            f"or {MAX_PIXELS_ENV}"
+        )
 
 
 def read_image(path: str | Path, max_pixels: Optional[int] = None) -> Optional[np.ndarray]:
@@ -173,12 +179,16 @@ def media_files(source: str | Path) -> list[Path]:
     elif path.is_file():
         files = [path]
     else:
-        raise CloExportError(f"source '{source}' does not exist; pass an image, a folder, a glob, a video or a .txt list")
+        raise CloExportError(
+            f"source '{source}' does not exist; pass an image, a folder, a glob, a video or a .txt list"
+        )
     media = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
     for p in media:
         refuse_special("file", p)
     if not media:
-        raise CloExportError(f"source '{source}' holds no images or videos ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
+        raise CloExportError(
+            f"source '{source}' holds no images or videos ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})"
+        )
     return media
 
 
@@ -222,11 +232,15 @@ def read_images(source: str | Path, limit: int | None = None) -> Iterator[np.nda
             n += 1
             yield img
         if n == 0:
-            raise CloExportError(f"none of the {len(bad)} file(s) in '{source}' could be read as an image or video "
-                                 f"(e.g. {bad[0].name if bad else '?'}); check the files (jpg, png, bmp, tif, webp, mp4)")
+            raise CloExportError(
+                f"none of the {len(bad)} file(s) in '{source}' could be read as an image or video "
+                f"(e.g. {bad[0].name if bad else '?'}); check the files (jpg, png, bmp, tif, webp, mp4)"
+            )
     finally:
         if bad and n:
-            log.warning("%s: %d unreadable file(s) skipped (e.g. %s); %d image(s) read", source, len(bad), bad[0].name, n)
+            log.warning(
+                "%s: %d unreadable file(s) skipped (e.g. %s); %d image(s) read", source, len(bad), bad[0].name, n
+            )
 
 
 def frame_count(path: Path) -> int:

@@ -35,13 +35,18 @@ def _open(capture: Union[str, int], timeout: float) -> cv2.VideoCapture:
     if isinstance(capture, int) or not ffmpeg:  # a webcam, or an OpenCV without FFmpeg: the backend's own limits
         return cv2.VideoCapture(capture)
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines would break the one-line report
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout * 1000),
-              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_TIMEOUT * 1000)]
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        int(timeout * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        int(READ_TIMEOUT * 1000),
+    ]
     return cv2.VideoCapture(capture, cv2.CAP_FFMPEG, params)
 
 
-def open_capture(capture: Union[str, int], timeout: float = OPEN_TIMEOUT,
-                 stop: Optional[threading.Event] = None) -> Optional[cv2.VideoCapture]:
+def open_capture(
+    capture: Union[str, int], timeout: float = OPEN_TIMEOUT, stop: Optional[threading.Event] = None
+) -> Optional[cv2.VideoCapture]:
     """An opened capture, or None when it does not open within ``timeout`` seconds.
 
     The attempt runs in a helper thread, so Ctrl-C/SIGTERM and ``stop`` end the wait at once (the abandoned
@@ -121,8 +126,13 @@ class Reconnector:
     def _lost(self, why: str, last: str, started: float, frames: int) -> StreamLost:
         assert self._down_since is not None
         ran = self._down_since - started
-        retried = (f"retried for {self.seconds:g} s (--reconnect), last error: {last}" if self.seconds > 0
-                   else "not retried (--reconnect 0)")
+        retried = (
+            f"retried for {self.seconds:g} s (--reconnect), last error: {last}"
+            if self.seconds > 0
+            else "not retried (--reconnect 0)"
+        )
         earlier = f", {self.reconnects} earlier reconnect(s)" if self.reconnects else ""
-        return StreamLost(f"stream '{self.spec}' lost after {ran:.1f} s ({frames} frames received{earlier}): {why}; "
-                          f"{retried}; outputs closed and complete up to its last frame")
+        return StreamLost(
+            f"stream '{self.spec}' lost after {ran:.1f} s ({frames} frames received{earlier}): {why}; "
+            f"{retried}; outputs closed and complete up to its last frame"
+        )

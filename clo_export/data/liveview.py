@@ -55,8 +55,9 @@ def parse_serve(text: str) -> Tuple[str, int]:
     if value.startswith("["):
         host, sep, port = value[1:].partition("]:")
         if not sep or not host:
-            raise CloExportError(f"--serve '{text}': an IPv6 host needs its port after the brackets ([::1]:8080); "
-                                 + hint)
+            raise CloExportError(
+                f"--serve '{text}': an IPv6 host needs its port after the brackets ([::1]:8080); " + hint
+            )
     elif value.count(":") > 1:
         raise CloExportError(f"--serve '{text}': put an IPv6 host in brackets ([::1]:8080); {hint}")
     else:
@@ -75,8 +76,10 @@ def bind_error(host: str, port: int, e: OSError) -> CloExportError:
     """Why the server cannot listen on host:port, in one line."""
     where = f"--serve {host}:{port}"
     if isinstance(e, socket.gaierror):
-        return CloExportError(f"{where}: '{host}' is not a known host ({e.strerror}); use an address of this machine "
-                              "such as 127.0.0.1 or 0.0.0.0")
+        return CloExportError(
+            f"{where}: '{host}' is not a known host ({e.strerror}); use an address of this machine "
+            "such as 127.0.0.1 or 0.0.0.0"
+        )
     if e.errno == errno.EADDRINUSE:
         return CloExportError(f"{where}: port {port} is in use; choose another port or stop the program holding it")
     if e.errno == errno.EACCES:
@@ -110,8 +113,9 @@ class _Server(ThreadingHTTPServer):
         with self.lock:
             busy = self.closing or len(self.active) >= self.max_connections
             if not busy:
-                t = threading.Thread(target=self._serve, args=(request, client_address), name="clo-liveview-client",
-                                     daemon=True)
+                t = threading.Thread(
+                    target=self._serve, args=(request, client_address), name="clo-liveview-client", daemon=True
+                )
                 self.active[t] = request
                 t.start()
         if busy:
@@ -151,8 +155,10 @@ def _refuse(request: socket.socket) -> None:
     """A minimal 503 on a connection the server has no room for."""
     body = b"too many viewers; try again later\n"
     try:
-        request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        request.sendall(
+            b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
     except OSError:
         pass
 
@@ -232,23 +238,40 @@ class StreamView:
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
         src = self.source
         live = bool(src is not None and src.live)
-        return {"stream": self.index, "source": self.label, "running": not self.closed,
-                "width": self.size[0] if self.size else None, "height": self.size[1] if self.size else None,
-                "fps": round(fps, 2), "frames": self.frames, "detections": self.detections,
-                # a live source's frames are numbered as read: the ones never written were dropped to keep up
-                "dropped": max(self.last_index + 1 - self.frames, 0) if live else (0 if src is not None else None),
-                "reconnects": src.reconnects if live else None,
-                "skipped": src.skipped if src is not None else None, "viewers": self.viewers}
+        return {
+            "stream": self.index,
+            "source": self.label,
+            "running": not self.closed,
+            "width": self.size[0] if self.size else None,
+            "height": self.size[1] if self.size else None,
+            "fps": round(fps, 2),
+            "frames": self.frames,
+            "detections": self.detections,
+            # a live source's frames are numbered as read: the ones never written were dropped to keep up
+            "dropped": max(self.last_index + 1 - self.frames, 0) if live else (0 if src is not None else None),
+            "reconnects": src.reconnects if live else None,
+            "skipped": src.skipped if src is not None else None,
+            "viewers": self.viewers,
+        }
 
 
 class LiveView:
     """The page and its server for ``labels`` (one per stream); serving from construction until :meth:`close`."""
 
-    def __init__(self, host: str, port: int, labels: Sequence[str], names: dict, title: str = "clo-infer",
-                 max_clients: int = MAX_CLIENTS, max_fps: float = MAX_FPS):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        labels: Sequence[str],
+        names: dict,
+        title: str = "clo-infer",
+        max_clients: int = MAX_CLIENTS,
+        max_fps: float = MAX_FPS,
+    ):
         self.title = title
-        self.streams: List[StreamView] = [StreamView(i, str(label), names, max_fps, max_clients)
-                                          for i, label in enumerate(labels)]
+        self.streams: List[StreamView] = [
+            StreamView(i, str(label), names, max_fps, max_clients) for i, label in enumerate(labels)
+        ]
         self.started = time.monotonic()
         try:
             self.server = _Server(host, port, self, max_clients * (len(self.streams) + 1))
@@ -258,8 +281,9 @@ class LiveView:
         self._open_sinks = 0
         self._closed = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="clo-liveview", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="clo-liveview", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -296,8 +320,12 @@ class LiveView:
 
     def stats(self) -> dict:
         """Every stream's stats, for /stats.json."""
-        return {"title": self.title, "running": not all(s.closed for s in self.streams),
-                "seconds": round(time.monotonic() - self.started, 2), "streams": [s.stats() for s in self.streams]}
+        return {
+            "title": self.title,
+            "running": not all(s.closed for s in self.streams),
+            "seconds": round(time.monotonic() - self.started, 2),
+            "streams": [s.stats() for s in self.streams],
+        }
 
     def page(self) -> bytes:
         """The grid page: each stream's MJPEG and its stats line (updated from /stats.json every second)."""
@@ -305,7 +333,8 @@ class LiveView:
         cells = "\n".join(
             f'<figure><figcaption><b>#{s.index}</b> {html.escape(s.label)}<br><span id="s{s.index}">waiting for frames'
             f'</span></figcaption><img class="{kind}" src="/stream/{s.index}.{kind}" alt="stream {s.index}"></figure>'
-            for s in self.streams)
+            for s in self.streams
+        )
         return PAGE.substitute(title=html.escape(self.title), cells=cells).encode("utf-8")
 
 
@@ -411,8 +440,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if got is None:
                     continue
                 seq, index, data = got
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
-                                 f"X-Frame-Index: {index}\r\n\r\n".encode() + data + b"\r\n")
+                self.wfile.write(
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
+                    f"X-Frame-Index: {index}\r\n\r\n".encode()
+                    + data
+                    + b"\r\n"
+                )
                 self.wfile.flush()
             self.wfile.write(f"--{BOUNDARY}--\r\n".encode())
         finally:

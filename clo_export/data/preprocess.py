@@ -11,7 +11,6 @@ from numpy.typing import DTypeLike
 
 from clo_export.errors import CloExportError
 
-
 _UNIT = (np.arange(256, dtype=np.float32) / np.float32(255.0))[None]  # v -> v / 255, bit-identical to dividing
 
 

@@ -20,8 +20,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clo_export.data.files import (IMAGE_EXTS, VIDEO_EXTS, check_pixels, is_pattern, path_kind, read_image,
-                                   refuse_special)
+from clo_export.data.files import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    check_pixels,
+    is_pattern,
+    path_kind,
+    read_image,
+    refuse_special,
+)
 from clo_export.data.live import DEFAULT_RECONNECT, READ_TIMEOUT, Reconnector, open_capture
 from clo_export.errors import CloExportError
 
@@ -100,8 +107,15 @@ class VideoSource(Source):
 
     kind = "video"
 
-    def __init__(self, spec: str, limit: int | None = None, capture: str | int | None = None, live: bool = False,
-                 reconnect: float = DEFAULT_RECONNECT, stop: threading.Event | None = None):
+    def __init__(
+        self,
+        spec: str,
+        limit: int | None = None,
+        capture: str | int | None = None,
+        live: bool = False,
+        reconnect: float = DEFAULT_RECONNECT,
+        stop: threading.Event | None = None,
+    ):
         super().__init__(spec, limit, stop)
         self.capture = spec if capture is None else capture
         self.live = live
@@ -117,7 +131,9 @@ class VideoSource(Source):
         self.total = count if count > 0 else None
         if not live and self.total is None:
             self._cap.release()
-            raise CloExportError(f"'{spec}' opens but holds no video frames; check the file or re-encode it as mp4 (H.264)")
+            raise CloExportError(
+                f"'{spec}' opens but holds no video frames; check the file or re-encode it as mp4 (H.264)"
+            )
 
     def _open(self) -> cv2.VideoCapture:
         cap = open_capture(self.capture, stop=self.stop) if self.live else cv2.VideoCapture(self.capture)
@@ -125,13 +141,19 @@ class VideoSource(Source):
             if cap is not None:
                 cap.release()
             if self.kind == "webcam":
-                raise CloExportError(f"cannot open webcam {self.capture}; check it is connected and not in use "
-                                     "(ls /dev/video*), or pass a video file")
+                raise CloExportError(
+                    f"cannot open webcam {self.capture}; check it is connected and not in use "
+                    "(ls /dev/video*), or pass a video file"
+                )
             if self.kind == "stream":
-                raise CloExportError(f"cannot open stream '{self.spec}'; check the URL, the network and that "
-                                     "OpenCV was built with FFmpeg")
-            raise CloExportError(f"OpenCV cannot read video '{self.spec}' (corrupt, truncated or an unknown codec); "
-                                 "check the file or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4")
+                raise CloExportError(
+                    f"cannot open stream '{self.spec}'; check the URL, the network and that "
+                    "OpenCV was built with FFmpeg"
+                )
+            raise CloExportError(
+                f"OpenCV cannot read video '{self.spec}' (corrupt, truncated or an unknown codec); "
+                "check the file or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4"
+            )
         return cap
 
     def frames(self) -> Iterator[Frame]:
@@ -156,12 +178,19 @@ class VideoSource(Source):
         finally:
             cap.release()
         if decoded == 0:
-            raise CloExportError(f"no frame of '{self.spec}' could be decoded; check the file or re-encode it as mp4 (H.264)")
+            raise CloExportError(
+                f"no frame of '{self.spec}' could be decoded; check the file or re-encode it as mp4 (H.264)"
+            )
         missing = (self.total or 0) - decoded - self.skipped
         if missing > 1 and (self.limit is None or decoded < self.limit):
             # the header promised more frames than the file holds (truncated or corrupt tail)
-            log.warning("%s: decoding stopped at frame %d of %d; %d frames unreadable", self.spec, decoded + self.skipped,
-                        self.total, missing)
+            log.warning(
+                "%s: decoding stopped at frame %d of %d; %d frames unreadable",
+                self.spec,
+                decoded + self.skipped,
+                self.total,
+                missing,
+            )
             self.skipped += missing
 
     def _live_frames(self) -> Iterator[Frame]:
@@ -191,10 +220,17 @@ class VideoSource(Source):
                     self.skipped, bad = self.skipped + 1, bad + 1
                     continue
                 now = time.monotonic()
-                why = (f"no frame for {now - last:.1f} s" if now - t_read >= 0.9 * READ_TIMEOUT
-                       else f"{MAX_BAD_READS} unreadable frames in a row" if ok else "the stream ended")
+                why = (
+                    f"no frame for {now - last:.1f} s"
+                    if now - t_read >= 0.9 * READ_TIMEOUT
+                    else f"{MAX_BAD_READS} unreadable frames in a row"
+                    if ok
+                    else "the stream ended"
+                )
                 if self._reconnect.seconds > 0:
-                    log.warning("%s: %s; retrying until %g s after its last frame", self.spec, why, self._reconnect.seconds)
+                    log.warning(
+                        "%s: %s; retrying until %g s after its last frame", self.spec, why, self._reconnect.seconds
+                    )
                 self._cap.release()
                 cap = self._reconnect.reopen(why, t0, index, last)
                 if cap is None:
@@ -212,8 +248,14 @@ class ImageSource(Source):
 
     kind = "images"
 
-    def __init__(self, spec: str, files: list[Path], limit: int | None = None, max_pixels: int | None = None,
-                 stop: threading.Event | None = None):
+    def __init__(
+        self,
+        spec: str,
+        files: list[Path],
+        limit: int | None = None,
+        max_pixels: int | None = None,
+        stop: threading.Event | None = None,
+    ):
         super().__init__(spec, limit, stop)
         self.files = files
         self.total = len(files)
@@ -233,8 +275,10 @@ class ImageSource(Source):
             yield Frame(index, None, img, str(path))
             index += 1
         if index == 0:
-            raise CloExportError(f"none of the {len(self.files)} image(s) in '{self.spec}' could be read; "
-                                 "check the files (jpg, png, bmp, tif, webp)")
+            raise CloExportError(
+                f"none of the {len(self.files)} image(s) in '{self.spec}' could be read; "
+                "check the files (jpg, png, bmp, tif, webp)"
+            )
 
 
 def _image_files(spec: str) -> list[Path] | None:
@@ -248,7 +292,9 @@ def _image_files(spec: str) -> list[Path] | None:
         return None
     videos = [p for p in found if p.suffix.lower() in VIDEO_EXTS]
     if videos:
-        log.warning("%s: leaving out %d video(s) (%s…); pass each video as its own source", spec, len(videos), videos[0].name)
+        log.warning(
+            "%s: leaving out %d video(s) (%s…); pass each video as its own source", spec, len(videos), videos[0].name
+        )
     return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTS)
 
 
@@ -257,8 +303,13 @@ def is_webcam(text: str) -> bool:
     return text.isascii() and text.isdecimal() and path_kind(text) == "missing"
 
 
-def open_source(spec: str | Path | int, limit: int | None = None, reconnect: float = DEFAULT_RECONNECT,
-                max_pixels: int | None = None, stop: threading.Event | None = None) -> Source:
+def open_source(
+    spec: str | Path | int,
+    limit: int | None = None,
+    reconnect: float = DEFAULT_RECONNECT,
+    max_pixels: int | None = None,
+    stop: threading.Event | None = None,
+) -> Source:
     """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob.
 
     ``reconnect``: seconds a live source that stops is retried before it is given up (0: not retried).
@@ -284,15 +335,18 @@ def open_source(spec: str | Path | int, limit: int | None = None, reconnect: flo
         return ImageSource(text, files, limit, max_pixels, stop)
     path = Path(text)
     if not path.exists():
-        raise CloExportError(f"source '{text}' does not exist; pass a video, an image, a folder, a glob, "
-                             "a webcam index (0) or a stream URL (rtsp://…)")
+        raise CloExportError(
+            f"source '{text}' does not exist; pass a video, an image, a folder, a glob, "
+            "a webcam index (0) or a stream URL (rtsp://…)"
+        )
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTS:
         return ImageSource(text, [path], limit, max_pixels, stop)
     if suffix in VIDEO_EXTS:
         return VideoSource(text, limit, stop=stop)
-    raise CloExportError(f"'{text}' is neither an image ({', '.join(sorted(IMAGE_EXTS))}) nor a video "
-                         f"({', '.join(sorted(VIDEO_EXTS))})")
+    raise CloExportError(
+        f"'{text}' is neither an image ({', '.join(sorted(IMAGE_EXTS))}) nor a video ({', '.join(sorted(VIDEO_EXTS))})"
+    )
 
 
 STREAMS_SUFFIX = ".streams"  # YOLOv5's list of sources: one per line, '#' starts a comment line
@@ -303,13 +357,15 @@ def read_streams_file(path: str | Path) -> list[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CloExportError(f"cannot read the streams file '{path}' ({e}); "
-                             "give a text file, one source per line") from e
+        raise CloExportError(
+            f"cannot read the streams file '{path}' ({e}); give a text file, one source per line"
+        ) from e
     specs = [line.strip() for line in text.splitlines()]
     specs = [s for s in specs if s and not s.startswith("#")]
     if not specs:
-        raise CloExportError(f"the streams file '{path}' lists no source; write one source (file, webcam index, URL) "
-                             "per line")
+        raise CloExportError(
+            f"the streams file '{path}' lists no source; write one source (file, webcam index, URL) per line"
+        )
     return specs
 
 
@@ -325,6 +381,8 @@ def expand_sources(specs: list[str]) -> list[str]:
         is_list = spec.lower().endswith(STREAMS_SUFFIX) and Path(spec).is_file()
         out.extend(read_streams_file(spec) if is_list else [spec])
     if len(out) > MAX_STREAMS:  # one reader thread each: the input must not decide how many threads we take
-        raise CloExportError(f"{len(out)} sources given; clo-infer reads at most {MAX_STREAMS} streams in one process "
-                             "(one reader thread each): split them over several runs")
+        raise CloExportError(
+            f"{len(out)} sources given; clo-infer reads at most {MAX_STREAMS} streams in one process "
+            "(one reader thread each): split them over several runs"
+        )
     return out

@@ -17,14 +17,43 @@ import numpy as np
 
 from clo_export.data.readers import Frame
 from clo_export.errors import CloExportError
-from clo_export.fileio import (IMAGE_SUFFIXES, json_text, make_dirs, output_target, part_name, remove_dirs,
-                               remove_stale_parts, write_bytes_atomic, write_error)
+from clo_export.fileio import (
+    IMAGE_SUFFIXES,
+    json_text,
+    make_dirs,
+    output_target,
+    part_name,
+    remove_dirs,
+    remove_stale_parts,
+    write_bytes_atomic,
+    write_error,
+)
 
 FULL_BYTES = 1 << 20  # a target with less free space than this is full: stop before writing a broken file
 
 # YOLOv5's Colors palette (hex), indexed by class id
-PALETTE = ("FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334", "00D4BB",
-           "2C99A8", "00C2FF", "344593", "6473FF", "0018EC", "8438FF", "520085", "CB38FF", "FF95C8", "FF37C7")
+PALETTE = (
+    "FF3838",
+    "FF9D97",
+    "FF701F",
+    "FFB21D",
+    "CFD231",
+    "48F90A",
+    "92CC17",
+    "3DDB86",
+    "1A9334",
+    "00D4BB",
+    "2C99A8",
+    "00C2FF",
+    "344593",
+    "6473FF",
+    "0018EC",
+    "8438FF",
+    "520085",
+    "CB38FF",
+    "FF95C8",
+    "FF37C7",
+)
 
 
 _BGR = tuple((int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)) for h in PALETTE)
@@ -49,8 +78,16 @@ def draw_detections(img: np.ndarray, dets: np.ndarray, names: dict[int, str], co
         above = p1[1] - th - 3 >= 0
         q2 = (p1[0] + tw, p1[1] - th - 3 if above else p1[1] + th + 3)
         cv2.rectangle(out, p1, q2, c, -1, cv2.LINE_8)
-        cv2.putText(out, label, (p1[0], p1[1] - 2 if above else p1[1] + th + 2), 0, scale, (255, 255, 255),
-                    max(lw - 1, 1), cv2.LINE_AA)
+        cv2.putText(
+            out,
+            label,
+            (p1[0], p1[1] - 2 if above else p1[1] + th + 2),
+            0,
+            scale,
+            (255, 255, 255),
+            max(lw - 1, 1),
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -130,8 +167,10 @@ class VideoSink(Sink):
             raise CloExportError(f"--save '{self.path}' is a folder; give a file name such as out.mp4")
         kind, self.path = output_target("--save", self.path)
         if kind == "stream":
-            raise CloExportError(f"--save '{path}' is a device or pipe, but a video file is finished by rewriting its "
-                                 "start; give a file name such as out.mp4")
+            raise CloExportError(
+                f"--save '{path}' is a device or pipe, but a video file is finished by rewriting its "
+                "start; give a file name such as out.mp4"
+            )
         self.created = make_folder(self.path.parent, "--save folder")
         quiet_opencv()
         self.tmp = temp_name(self.path)
@@ -150,9 +189,13 @@ class VideoSink(Sink):
             free = free_bytes(self.path.parent)
             remove_dirs(self.created)
             if free is not None and free < FULL_BYTES:
-                raise CloExportError(f"cannot write '{self.path}': No space left on device; free some space or write elsewhere")
-            raise CloExportError(f"OpenCV cannot write '{self.path}' with codec {code}; try another suffix (.avi) "
-                                 "or an OpenCV build with FFmpeg")
+                raise CloExportError(
+                    f"cannot write '{self.path}': No space left on device; free some space or write elsewhere"
+                )
+            raise CloExportError(
+                f"OpenCV cannot write '{self.path}' with codec {code}; try another suffix (.avi) "
+                "or an OpenCV build with FFmpeg"
+            )
         self.frames = 0
         self.outputs = [self.path]
 
@@ -166,7 +209,9 @@ class VideoSink(Sink):
             free = free_bytes(self.path.parent)
             if free is not None and free < FULL_BYTES:
                 self.abort()
-                raise CloExportError(f"cannot write '{self.path}': No space left on device; free some space or write elsewhere")
+                raise CloExportError(
+                    f"cannot write '{self.path}': No space left on device; free some space or write elsewhere"
+                )
 
     def close(self) -> None:
         if self.writer is None:
@@ -180,9 +225,15 @@ class VideoSink(Sink):
         if problem is not None:
             free = free_bytes(self.path.parent)
             self.abort()
-            cause = "No space left on device" if free is not None and free < FULL_BYTES else "the writer could not finish it"
-            raise CloExportError(f"cannot write '{self.path}': {cause} ({problem}); nothing was written: "
-                                 "free some space or write elsewhere")
+            cause = (
+                "No space left on device"
+                if free is not None and free < FULL_BYTES
+                else "the writer could not finish it"
+            )
+            raise CloExportError(
+                f"cannot write '{self.path}': {cause} ({problem}); nothing was written: "
+                "free some space or write elsewhere"
+            )
         try:
             os.replace(self.tmp, self.path)
         except OSError as e:
@@ -239,8 +290,9 @@ class ImageDirSink(Sink):
         name = self.names.get(frame.path)
         if name is None:
             src = Path(frame.path)
-            name = _unique(Path(src.name if src.suffix.lower() in IMAGE_SUFFIXES else f"frame_{frame.index:06d}.jpg"),
-                           self.used)
+            name = _unique(
+                Path(src.name if src.suffix.lower() in IMAGE_SUFFIXES else f"frame_{frame.index:06d}.jpg"), self.used
+            )
             self.names[frame.path] = name
         out = self.dir / name
         ok, data = cv2.imencode(out.suffix.lower(), frame.image if annotated is None else annotated)
@@ -257,8 +309,10 @@ def detection_records(dets: np.ndarray, names: dict[int, str]) -> list[dict]:
     """JSON-ready detections: class id, class name, score (5 decimals), xyxy in original-frame pixels (2 decimals)."""
     rows = np.asarray(dets, dtype=np.float32).reshape(-1, 6).astype(np.float64)
     boxes, scores = np.round(rows[:, :4], 2).tolist(), np.round(rows[:, 4], 5).tolist()
-    return [{"class_id": c, "class_name": names.get(c, str(c)), "score": s, "xyxy": b}
-            for b, s, c in zip(boxes, scores, rows[:, 5].astype(int).tolist())]
+    return [
+        {"class_id": c, "class_name": names.get(c, str(c)), "score": s, "xyxy": b}
+        for b, s, c in zip(boxes, scores, rows[:, 5].astype(int).tolist())
+    ]
 
 
 class JsonlSink(Sink):
@@ -282,9 +336,14 @@ class JsonlSink(Sink):
 
     def record(self, frame: Frame, dets: np.ndarray) -> dict:
         """One frame's record: index, timestamp, source, size and detections."""
-        return {"frame": frame.index, "timestamp": None if frame.timestamp is None else round(frame.timestamp, 6),
-                "source": frame.path, "width": frame.size[0], "height": frame.size[1],
-                "detections": detection_records(dets, self.names)}
+        return {
+            "frame": frame.index,
+            "timestamp": None if frame.timestamp is None else round(frame.timestamp, 6),
+            "source": frame.path,
+            "width": frame.size[0],
+            "height": frame.size[1],
+            "detections": detection_records(dets, self.names),
+        }
 
     def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
         try:
@@ -328,8 +387,10 @@ def display_problem() -> str | None:
     try:
         cv2.namedWindow("clo-infer", cv2.WINDOW_NORMAL)
     except cv2.error:
-        return ("--show needs OpenCV with GUI support, but this is opencv-python-headless; "
-                "use --save OUT.mp4, or pip install opencv-python")
+        return (
+            "--show needs OpenCV with GUI support, but this is opencv-python-headless; "
+            "use --save OUT.mp4, or pip install opencv-python"
+        )
     return None
 
 

@@ -97,8 +97,10 @@ class MultiSource:
         self._put(i, end)
 
     def __iter__(self) -> Iterator[Frame]:
-        threads = [threading.Thread(target=self._read, args=(i,), name=f"clo-read-{i}", daemon=True)
-                   for i in range(len(self.sources))]
+        threads = [
+            threading.Thread(target=self._read, args=(i,), name=f"clo-read-{i}", daemon=True)
+            for i in range(len(self.sources))
+        ]
         for t in threads:
             t.start()
         try:
@@ -141,8 +143,9 @@ class MultiSource:
                     return None
 
 
-def open_sources(specs: Sequence[str], limit: int | None = None, reconnect: float = DEFAULT_RECONNECT,
-                 max_pixels: int | None = None) -> Source | MultiSource:
+def open_sources(
+    specs: Sequence[str], limit: int | None = None, reconnect: float = DEFAULT_RECONNECT, max_pixels: int | None = None
+) -> Source | MultiSource:
     """One source as :func:`open_source` opens it, or several opened at once (cameras' open times overlap, so none
     piles up frames while the next one opens) and merged; if one fails, those opened are closed and its error raised."""
     if len(specs) == 1:

@@ -22,8 +22,8 @@ import numpy as np
 
 from clo_export import __version__
 from clo_export.backends.select import load_runners
-from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.data.readers import Frame, open_source
+from clo_export.data.sinks import JsonlSink, MemorySink, VideoSink
 from clo_export.demo.shapes import VIDEO_FPS, make_dataset, make_video_frames
 from clo_export.errors import CloExportError
 from clo_export.fileio import SIDECAR_MARKER, check_name_length, json_text, make_dirs, remove_dirs, write_text_atomic
@@ -73,8 +73,13 @@ def demo_targets(rows: list[ArtifactRow], parity=None) -> list[Target]:
     out = []
     if parity is not None:
         why = "; ".join(parity.failures)
-        out.append(Target(f"FP32 ONNX parity with PyTorch on {parity.n_inputs} inputs within the measured tolerance"
-                          + (f" ({why})" if why else ""), bool(parity)))
+        out.append(
+            Target(
+                f"FP32 ONNX parity with PyTorch on {parity.n_inputs} inputs within the measured tolerance"
+                + (f" ({why})" if why else ""),
+                bool(parity),
+            )
+        )
     if "onnx-fp32" in by:
         f1 = by["onnx-fp32"].agreement_f1
         f1 = f1 or 0.0
@@ -82,8 +87,13 @@ def demo_targets(rows: list[ArtifactRow], parity=None) -> list[Target]:
     if "onnx-fp32" in by and "onnx-int8" in by:
         for label, key in (("mAP@.5:.95", "map50_95"), ("mAP@.5", "map50")):
             gap = (getattr(by["onnx-fp32"], key) - getattr(by["onnx-int8"], key)) * 100
-            out.append(Target(f"INT8 {label} (YOLOv5 val.py definition) within {INT8_MAX_DROP} points of FP32 "
-                              f"(drop {gap:+.2f} points)", gap <= INT8_MAX_DROP))
+            out.append(
+                Target(
+                    f"INT8 {label} (YOLOv5 val.py definition) within {INT8_MAX_DROP} points of FP32 "
+                    f"(drop {gap:+.2f} points)",
+                    gap <= INT8_MAX_DROP,
+                )
+            )
     return out
 
 
@@ -112,8 +122,9 @@ def write_calibration_set(folder: Path, n: int) -> Path:
     return folder
 
 
-def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out: Path,
-                 reference=None, check_every: int = 10) -> ArtifactRow:
+def run_artifact(
+    name: str, model: Path, video: Path, gt: list[np.ndarray], out: Path, reference=None, check_every: int = 10
+) -> ArtifactRow:
     """Deployment pass (conf 0.25: annotated video, JSONL, FPS, check against ``reference``), then an
     evaluation pass at val thresholds for mAP against the ground truth."""
     runners, info = load_runners(model, device="cpu")  # clo-infer's inference streams
@@ -134,8 +145,19 @@ def run_artifact(name: str, model: Path, video: Path, gt: list[np.ndarray], out:
     dets = [memory.detections.get(i, np.zeros((0, 6), np.float32)) for i in range(len(gt))]
     scores, coco = evaluate(dets, gt, definition="yolov5"), evaluate(dets, gt, definition="coco")
     f1 = result.check.detections.f1 if result.check is not None and result.check.detections is not None else None
-    return ArtifactRow(name, info.backend, info.precision or "fp32", scores.map50, scores.map50_95, coco.map50,
-                       coco.map50_95, f1, result.fps, video_out, jsonl_out)
+    return ArtifactRow(
+        name,
+        info.backend,
+        info.precision or "fp32",
+        scores.map50,
+        scores.map50_95,
+        coco.map50,
+        coco.map50_95,
+        f1,
+        result.fps,
+        video_out,
+        jsonl_out,
+    )
 
 
 def _tree(out: Path) -> dict[str, tuple[int, int]]:
@@ -176,11 +198,15 @@ def check_demo_folder(out: Path, overwrite: bool) -> None:
     theirs = sorted(f for f in _tree(out) if f not in ours)
     clash = [f for f in theirs if DEMO_NAMES.match(f)]
     if clash:
-        raise CloExportError(f"--out '{out}' holds {_listed(clash)}, not written by a demo, at the demo's own names; "
-                             "move them away or choose another --out")
+        raise CloExportError(
+            f"--out '{out}' holds {_listed(clash)}, not written by a demo, at the demo's own names; "
+            "move them away or choose another --out"
+        )
     if theirs and not overwrite:
-        raise CloExportError(f"--out '{out}' holds {_listed(theirs)}, not written by a demo; choose an empty or new "
-                             "--out folder, or pass --overwrite to write beside them (they are kept)")
+        raise CloExportError(
+            f"--out '{out}' holds {_listed(theirs)}, not written by a demo; choose an empty or new "
+            "--out folder, or pass --overwrite to write beside them (they are kept)"
+        )
 
 
 def _listed(names: list[str]) -> str:

@@ -78,8 +78,23 @@ def _unit_polygon(cls: int, aspect: float = 1.0, inner: float = 0.45, arm: float
         return np.stack([r * np.cos(a), r * np.sin(a)], 1)
     if cls == 4:  # cross (plus sign) with half-arm-width `arm`
         w = arm
-        return np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w],
-                         [w, 1], [-w, 1], [-w, w], [-1, w], [-1, -w], [-w, -w]], dtype=np.float64)
+        return np.array(
+            [
+                [-w, -1],
+                [w, -1],
+                [w, -w],
+                [1, -w],
+                [1, w],
+                [w, w],
+                [w, 1],
+                [-w, 1],
+                [-w, w],
+                [-1, w],
+                [-1, -w],
+                [-w, -w],
+            ],
+            dtype=np.float64,
+        )
     raise ValueError(f"class id {cls} out of range 0..{NC - 1}")
 
 
@@ -94,8 +109,14 @@ class Shape:
     def random(cls, rng: np.random.Generator, scale: float, bg_mean: np.ndarray, size_range=SIZE_RANGE) -> "Shape":
         k = int(rng.integers(NC))
         radius = float(rng.uniform(*size_range)) * scale
-        return cls(k, radius, _contrasting_color(rng, bg_mean), float(rng.uniform(0.8, 1.2)),
-                   float(rng.uniform(0.38, 0.5)), float(rng.uniform(0.25, 0.38)))
+        return cls(
+            k,
+            radius,
+            _contrasting_color(rng, bg_mean),
+            float(rng.uniform(0.8, 1.2)),
+            float(rng.uniform(0.38, 0.5)),
+            float(rng.uniform(0.25, 0.38)),
+        )
 
     def place(self, cx: float, cy: float, angle: float) -> tuple[str, np.ndarray]:
         """('circle', [cx, cy, r]) or ('poly', int32 (k, 2) vertices) at a position and rotation."""
@@ -168,7 +189,7 @@ def _noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if h > bh or w > bw:
         return rng.standard_normal((h, w, 3), dtype=np.float32)
     y, x = int(rng.integers(bh - h + 1)), int(rng.integers(bw - w + 1))
-    n = _NOISE_BANK[y:y + h, x:x + w]
+    n = _NOISE_BANK[y : y + h, x : x + w]
     if rng.random() < 0.5:
         n = n[::-1]
     if rng.random() < 0.5:
@@ -276,9 +297,11 @@ def render_scene(
             roi = labels[y1:y2, x1:x2]
             trial = roi.copy()
             _draw(trial, _shifted(geom, x1, y1), len(shapes) + 1, aa=False)
-            new_counts = counts - np.bincount(roi.ravel(), minlength=n + 1) + np.bincount(trial.ravel(), minlength=n + 1)
+            new_counts = (
+                counts - np.bincount(roi.ravel(), minlength=n + 1) + np.bincount(trial.ravel(), minlength=n + 1)
+            )
             area = _geom_area(geom)
-            vis = new_counts[1:len(shapes) + 2] / np.maximum(np.asarray(areas + [area]), 1.0)
+            vis = new_counts[1 : len(shapes) + 2] / np.maximum(np.asarray(areas + [area]), 1.0)
             if vis.min() >= min_visible:
                 roi[...] = trial
                 counts = new_counts
@@ -296,7 +319,9 @@ def render_scene(
     return img, boxes
 
 
-def make_dataset(seed: int, n: int, size: tuple[int, int] = (256, 256), **kwargs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def make_dataset(
+    seed: int, n: int, size: tuple[int, int] = (256, 256), **kwargs
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``n`` scenes from one seed: yields (BGR uint8 image, boxes (m, 5)); same seed, same scenes."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -334,12 +359,21 @@ def make_video_frames(
         ax, ay = rng.uniform(0.1, 0.45) * w, rng.uniform(0.1, 0.45) * h
         cx0 = rng.uniform(m + ax, max(w - m - ax, m + ax + 1))
         cy0 = rng.uniform(m + ay, max(h - m - ay, m + ay + 1))
-        tracks.append(dict(
-            shape=shape, cx=cx0, cy=cy0, ax=ax, ay=ay,
-            fx=rng.uniform(0.05, 0.25) * rng.choice([-1, 1]), fy=rng.uniform(0.05, 0.25) * rng.choice([-1, 1]),
-            px=rng.uniform(0, 2 * np.pi), py=rng.uniform(0, 2 * np.pi),
-            a0=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-1.5, 1.5),
-        ))
+        tracks.append(
+            dict(
+                shape=shape,
+                cx=cx0,
+                cy=cy0,
+                ax=ax,
+                ay=ay,
+                fx=rng.uniform(0.05, 0.25) * rng.choice([-1, 1]),
+                fy=rng.uniform(0.05, 0.25) * rng.choice([-1, 1]),
+                px=rng.uniform(0, 2 * np.pi),
+                py=rng.uniform(0, 2 * np.pi),
+                a0=rng.uniform(0, 2 * np.pi),
+                spin=rng.uniform(-1.5, 1.5),
+            )
+        )
     frame_rng = np.random.default_rng([seed, 1])
     for f in range(n_frames):
         t = f / VIDEO_FPS

@@ -1,1 +1,2 @@
-"""TensorRT engines: pure version-gated plans (plan.py), the pre-flight check (preflight.py), the library step over Polygraphy (build.py), the engine sidecar."""
+"""TensorRT engines: pure version-gated plans (plan.py), the pre-flight check (preflight.py), the library step
+over Polygraphy (build.py), the engine sidecar."""

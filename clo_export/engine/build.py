@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional, Sequence
 from clo_export.artifacts import load_onnx
 from clo_export.backends.base import Runner
 from clo_export.engine.check import NOT_CHECKED, EngineCheck, check_engine, failed_to_run
+from clo_export.engine.onnx_facts import OnnxFacts, default_engine_path, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.engine.plan import BuildPlan, BuildRequest, make_plan, target_version
 from clo_export.engine.preflight import Problem, check_onnx, dla_gpu_nodes
 from clo_export.engine.sidecar import EngineSidecar
-from clo_export.engine.onnx_facts import OnnxFacts, default_engine_path, make_fp16_onnx, onnx_facts, with_facts
 from clo_export.errors import CloExportError
 from clo_export.fileio import atomic_path, check_artifact, is_stream
 from clo_export.lazy import lazy_import
@@ -45,8 +45,10 @@ class PreflightError(CloExportError):
         self.problems = tuple(problems)
         first = str(self.problems[0]) if self.problems else ""
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(f"pre-flight check for TensorRT {version} failed: {first}{more}; "
-                         "see clo-export trt MODEL --dry-run for every problem")
+        super().__init__(
+            f"pre-flight check for TensorRT {version} failed: {first}{more}; "
+            "see clo-export trt MODEL --dry-run for every problem"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class EngineBuild:
         return self.check is None or bool(self.check)
 
 
-def dry_run(onnx_path: str | Path, request: BuildRequest = BuildRequest(), target: str | None = None,
-            calib: Sequence[str] = ()) -> DryRun:
+def dry_run(
+    onnx_path: str | Path, request: BuildRequest = BuildRequest(), target: str | None = None, calib: Sequence[str] = ()
+) -> DryRun:
     """Plan and pre-flight check for TensorRT ``target`` (default: the installed one); needs no TensorRT."""
     path = Path(onnx_path)
     model = load_onnx(_existing(path), load_external_data=False)
@@ -167,8 +170,10 @@ def _existing(path: Path) -> Path:
     if not path.is_file():
         raise CloExportError(f"model '{path}' does not exist; export one with: clo-export onnx best.pt")
     if path.suffix.lower() != ".onnx":
-        raise CloExportError(f"'{path.name}' is not an ONNX file; TensorRT engines are built from the .onnx that "
-                             "clo-export onnx (or quantize) wrote")
+        raise CloExportError(
+            f"'{path.name}' is not an ONNX file; TensorRT engines are built from the .onnx that "
+            "clo-export onnx (or quantize) wrote"
+        )
     return path
 
 
@@ -176,21 +181,28 @@ def _installed_version() -> Any:
     try:
         return str(lazy_import("tensorrt").__version__)
     except CloExportError:
-        raise CloExportError("TensorRT is not installed here, so name the version to check against: --target "
-                             "8.5|8.6|10.3|10.x|11.x") from None
+        raise CloExportError(
+            "TensorRT is not installed here, so name the version to check against: --target 8.5|8.6|10.3|10.x|11.x"
+        ) from None
 
 
 def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[str], num: int) -> Path:
     """The ONNX the plan builds from: the given one, or its Q/DQ / FP16 variant made now."""
     if plan.needs_quantize:
         if sys.version_info < (3, 10):
-            raise CloExportError("quantizing to Q/DQ is an export step and needs Python >= 3.10; run clo-export quantize "
-                                 f"{path.name} --calib DIR on the workstation and pass the .int8.onnx here")
+            raise CloExportError(
+                "quantizing to Q/DQ is an export step and needs Python >= 3.10; run clo-export quantize "
+                f"{path.name} --calib DIR on the workstation and pass the .int8.onnx here"
+            )
         from clo_export.quantization.quantize import QuantizeOptions, quantize
 
         result = quantize(path, list(calib), None, QuantizeOptions(num=num))
-        log.info("quantized %s: INT8-vs-FP32 detection F1 %.4f on %d held-out images (details: clo-export quantize)",
-                 result.path.name, result.report.score, len(result.split.holdout))
+        log.info(
+            "quantized %s: INT8-vs-FP32 detection F1 %.4f on %d held-out images (details: clo-export quantize)",
+            result.path.name,
+            result.report.score,
+            len(result.split.holdout),
+        )
         return result.path
     if plan.needs_fp16_onnx:
         out = make_fp16_onnx(path, facts)
@@ -216,22 +228,38 @@ def _calibrator(plan: BuildPlan, facts: OnnxFacts, calib: Sequence[str], num: in
     return make_calibrator(data, method, cache), cache
 
 
-def _sidecar(version: str, gpu_name: str, capability: tuple[int, int], plan: BuildPlan, facts: OnnxFacts,
-             model: Path, seconds: float) -> EngineSidecar:
+def _sidecar(
+    version: str,
+    gpu_name: str,
+    capability: tuple[int, int],
+    plan: BuildPlan,
+    facts: OnnxFacts,
+    model: Path,
+    seconds: float,
+) -> EngineSidecar:
     from clo_export.fileio import sha256_file
 
     names = facts.meta.names
     return EngineSidecar(
-        tensorrt_version=version, gpu_name=gpu_name, compute_capability=tuple(capability), precision=plan.precision,
-        input_name=facts.input_name, input_shape=tuple(facts.input_shape), output_names=facts.output_names,
-        names=tuple(names.get(i, str(i)) for i in range(max(names, default=-1) + 1)), stride=int(facts.meta.stride),
-        imgsz=tuple(facts.imgsz), source_onnx=model.name, source_onnx_sha256=sha256_file(model),
+        tensorrt_version=version,
+        gpu_name=gpu_name,
+        compute_capability=tuple(capability),
+        precision=plan.precision,
+        input_name=facts.input_name,
+        input_shape=tuple(facts.input_shape),
+        output_names=facts.output_names,
+        names=tuple(names.get(i, str(i)) for i in range(max(names, default=-1) + 1)),
+        stride=int(facts.meta.stride),
+        imgsz=tuple(facts.imgsz),
+        source_onnx=model.name,
+        source_onnx_sha256=sha256_file(model),
         build_seconds=round(seconds, 2),
         profile=(plan.profile.min, plan.profile.opt, plan.profile.max) if plan.profile else None,
     )
 
 
 # ---- the TensorRT-facing part: the plan applied through Polygraphy --------------------------------
+
 
 def _engine_bytes(trt: Any, plan: BuildPlan, onnx_path: Path, calibrator: Any) -> Any:
     """Parse, post-process the network, configure and build, exactly as ``plan`` says."""
@@ -251,9 +279,15 @@ def _engine_bytes(trt: Any, plan: BuildPlan, onnx_path: Path, calibrator: Any) -
     if plan.workspace_bytes:
         pools = _when_workspace_bytes(trt, plan)
     config: Any = CreateConfig(
-        tf32=False, fp16="FP16" in plan.builder_flags, int8="INT8" in plan.builder_flags, calibrator=calibrator,
-        precision_constraints=plan.precision_constraints, profiles=profiles, memory_pool_limits=pools,
-        use_dla=plan.dla_core is not None, allow_gpu_fallback="GPU_FALLBACK" in plan.builder_flags,
+        tf32=False,
+        fp16="FP16" in plan.builder_flags,
+        int8="INT8" in plan.builder_flags,
+        calibrator=calibrator,
+        precision_constraints=plan.precision_constraints,
+        profiles=profiles,
+        memory_pool_limits=pools,
+        use_dla=plan.dla_core is not None,
+        allow_gpu_fallback="GPU_FALLBACK" in plan.builder_flags,
         load_timing_cache=plan.timing_cache,
     )
     if plan.dla_core:
@@ -262,8 +296,9 @@ def _engine_bytes(trt: Any, plan: BuildPlan, onnx_path: Path, calibrator: Any) -
         return EngineBytesFromNetwork(network, config, save_timing_cache=plan.timing_cache)()
     except PolygraphyException as e:
         first = next((line for line in str(e).splitlines() if line.strip()), "no details")
-        raise CloExportError(f"TensorRT {trt.__version__} could not build the engine ({first}); rerun with --verbose "
-                             "for TensorRT's log") from None
+        raise CloExportError(
+            f"TensorRT {trt.__version__} could not build the engine ({first}); rerun with --verbose for TensorRT's log"
+        ) from None
 
 
 def _when_softmax_fp32_via_layer_precision(trt: Any, network: Any) -> Any:

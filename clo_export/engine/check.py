@@ -45,10 +45,16 @@ class EngineCheck:
 
     def to_dict(self) -> Dict[str, Any]:
         """The sidecar's ``parity``: status, what was compared with what, the limits and the full Report."""
-        return {"status": self.status, "passed": bool(self), "reference": self.reference, "why": self.why,
-                "frames": self.frames,
-                "limits": self.report.tolerance.describe(), "failures": self.report.failures,
-                "report": self.report.to_dict()}
+        return {
+            "status": self.status,
+            "passed": bool(self),
+            "reference": self.reference,
+            "why": self.why,
+            "frames": self.frames,
+            "limits": self.report.tolerance.describe(),
+            "failures": self.report.failures,
+            "report": self.report.to_dict(),
+        }
 
 
 def failed_to_run(error: CloExportError, reference: str = "") -> Dict[str, Any]:
@@ -70,8 +76,10 @@ def reference_onnx(path: Path, facts: OnnxFacts) -> Tuple[Path, str]:
     for candidate in _fp32_candidates(path):
         if candidate != path and candidate.is_file() and _same_model(candidate, facts):
             return candidate, f"the FP32 ONNX beside {path.name}"
-    return path, (f"the {facts.meta.precision} ONNX it was built from: no FP32 ONNX of the same model beside it, so "
-                  "this checks TensorRT's compilation, not the precision loss")
+    return path, (
+        f"the {facts.meta.precision} ONNX it was built from: no FP32 ONNX of the same model beside it, so "
+        "this checks TensorRT's compilation, not the precision loss"
+    )
 
 
 def _fp32_candidates(path: Path) -> List[Path]:
@@ -100,9 +108,13 @@ def _same_model(candidate: Path, facts: OnnxFacts) -> bool:
         other = onnx_facts(load_onnx(candidate, load_external_data=False), candidate.name)
     except CloExportError:
         return False
-    return ((other.meta.precision or "fp32") == "fp32" and other.input_shape == facts.input_shape
-            and other.output_names == facts.output_names and other.meta.names == facts.meta.names
-            and other.meta.nms == facts.meta.nms)
+    return (
+        (other.meta.precision or "fp32") == "fp32"
+        and other.input_shape == facts.input_shape
+        and other.output_names == facts.output_names
+        and other.meta.names == facts.meta.names
+        and other.meta.nms == facts.meta.nms
+    )
 
 
 def sample_frames(n: int = CHECK_FRAMES) -> List[np.ndarray]:
@@ -121,16 +133,26 @@ def check_feeds(facts: OnnxFacts, batch: int, calib: Sequence[str] = (), n: int 
         from clo_export.quantization.calibset import CalibrationData, split_sources
 
         split = split_sources(list(images), max(n, batch), 0, min_images=1)
-        return list(CalibrationData(split.calib, facts.imgsz, facts.input_name, batch)), \
-            f"{len(split.calib)} calibration images"
+        return list(
+            CalibrationData(split.calib, facts.imgsz, facts.input_name, batch)
+        ), f"{len(split.calib)} calibration images"
     frames = sample_frames(max(n, batch))
-    feeds = [{facts.input_name: preprocess_batch(frames[i:i + batch], facts.imgsz)[0]}
-             for i in range(0, len(frames) - batch + 1, batch)]
+    feeds = [
+        {facts.input_name: preprocess_batch(frames[i : i + batch], facts.imgsz)[0]}
+        for i in range(0, len(frames) - batch + 1, batch)
+    ]
     return feeds, f"{len(feeds) * batch} sample frames"
 
 
-def check_engine(engine: Path, source: Path, facts: OnnxFacts, precision: str, batch: int, calib: Sequence[str] = (),
-                 engine_runner: Optional[Callable[[Path], Runner]] = None) -> EngineCheck:
+def check_engine(
+    engine: Path,
+    source: Path,
+    facts: OnnxFacts,
+    precision: str,
+    batch: int,
+    calib: Sequence[str] = (),
+    engine_runner: Optional[Callable[[Path], Runner]] = None,
+) -> EngineCheck:
     """Run ``engine`` and ONNX Runtime on ``source``'s FP32 reference over the same frames; judge by ``precision``."""
     from clo_export.backends.onnxrt import OnnxRuntimeRunner
     from clo_export.comparator import Comparator, Comparison, Thresholds
@@ -138,11 +160,14 @@ def check_engine(engine: Path, source: Path, facts: OnnxFacts, precision: str, b
     reference, why = reference_onnx(source, facts)
     feeds, frames = check_feeds(facts, batch, calib)
     if not feeds:
-        raise CloExportError(f"no readable frames to check the engine with ({frames}); pass images with --calib "
-                             "or skip the check with --no-check")
+        raise CloExportError(
+            f"no readable frames to check the engine with ({frames}); pass images with --calib "
+            "or skip the check with --no-check"
+        )
     comparison = Comparison(precision if precision in TOLERANCES else "fp32", Thresholds().for_model(facts.meta))
-    with OnnxRuntimeRunner(reference, providers=["CPUExecutionProvider"]) as ref, \
-            (engine_runner or open_engine)(engine) as test:
+    with OnnxRuntimeRunner(reference, providers=["CPUExecutionProvider"]) as ref, (engine_runner or open_engine)(
+        engine
+    ) as test:
         report = Comparator(ref, comparison).report(test, feeds)
     log.info("engine check against %s (%s) on %s: %s", reference.name, why, frames, "passed" if report else "failed")
     return EngineCheck(report, reference.name, why, frames)

@@ -26,15 +26,17 @@ def cudart() -> Any:
     try:
         return cuda.wrapper().handle
     except (OSError, PolygraphyException) as e:
-        raise CloExportError(f"cannot load the CUDA runtime (libcudart: {str(e).splitlines()[0]}); on Jetson it comes "
-                             "with JetPack, elsewhere install the CUDA toolkit or pip install nvidia-cuda-runtime-cu12"
-                             ) from None
+        raise CloExportError(
+            f"cannot load the CUDA runtime (libcudart: {str(e).splitlines()[0]}); on Jetson it comes "
+            "with JetPack, elsewhere install the CUDA toolkit or pip install nvidia-cuda-runtime-cu12"
+        ) from None
 
 
 def _check(status: int, call: str) -> None:
     if status != 0:
-        raise CloExportError(f"CUDA {call} failed with error {status}; check that a GPU is visible "
-                             "(nvidia-smi, CUDA_VISIBLE_DEVICES)")
+        raise CloExportError(
+            f"CUDA {call} failed with error {status}; check that a GPU is visible (nvidia-smi, CUDA_VISIBLE_DEVICES)"
+        )
 
 
 def use_device(device: int) -> None:

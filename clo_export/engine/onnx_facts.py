@@ -40,8 +40,10 @@ def onnx_facts(model: Any, name: str = "model") -> OnnxFacts:
         raise CloExportError(f"'{name}' has no graph input; re-export it with clo-export onnx")
     dims = dims_of(inp)
     if len(dims) == 4 and min(dims[2:]) < 0:
-        raise CloExportError(f"'{name}' has a dynamic input height/width (a --dynamic export); engines are built for "
-                             "one size: export a fixed-size ONNX (YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W)")
+        raise CloExportError(
+            f"'{name}' has a dynamic input height/width (a --dynamic export); engines are built for "
+            "one size: export a fixed-size ONNX (YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W)"
+        )
     is_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     is_fp16 = meta.precision == "fp16" or input_precision(model) == "fp16"
     return OnnxFacts(meta, inp.name, dims, tuple(o.name for o in model.graph.output), is_qdq, is_fp16)
@@ -49,9 +51,15 @@ def onnx_facts(model: Any, name: str = "model") -> OnnxFacts:
 
 def with_facts(request: BuildRequest, facts: OnnxFacts, calib: Sequence[str] = ()) -> BuildRequest:
     """The user's request completed with what the ONNX is (the plan decides from both)."""
-    return dataclasses.replace(request, is_qdq=facts.is_qdq, is_fp16=facts.is_fp16, dynamic_batch=facts.dynamic_batch,
-                               input_name=facts.input_name, input_shape=facts.input_shape,
-                               has_calib=bool(calib) or request.has_calib)
+    return dataclasses.replace(
+        request,
+        is_qdq=facts.is_qdq,
+        is_fp16=facts.is_fp16,
+        dynamic_batch=facts.dynamic_batch,
+        input_name=facts.input_name,
+        input_shape=facts.input_shape,
+        has_calib=bool(calib) or request.has_calib,
+    )
 
 
 def default_engine_path(model: Path, precision: str) -> Path:
@@ -71,8 +79,9 @@ def make_fp16_onnx(model: Path, facts: OnnxFacts) -> Path:
     from clo_export.fileio import atomic_path
 
     if facts.meta.nms:
-        raise CloExportError(f"'{model.name}' ends in NMS; make its FP16 ONNX with clo-export onnx best.pt --half --nms "
-                             "and pass that")
+        raise CloExportError(
+            f"'{model.name}' ends in NMS; make its FP16 ONNX with clo-export onnx best.pt --half --nms and pass that"
+        )
     out = model.with_name(model.stem + ".fp16.onnx")
     proto = to_fp16(onnx.load(str(model)))
     meta = dataclasses.replace(facts.meta, precision="fp16")
@@ -89,12 +98,17 @@ def read_keep_float(path: str | Path) -> tuple[str, ...]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise CloExportError(f"--keep-float {path} does not exist; pass the JSON report clo-export quantize wrote") from None
+        raise CloExportError(
+            f"--keep-float {path} does not exist; pass the JSON report clo-export quantize wrote"
+        ) from None
     except (OSError, ValueError) as e:
-        raise CloExportError(f"--keep-float {path} is not readable JSON ({e}); pass the report clo-export quantize wrote"
-                             ) from None
+        raise CloExportError(
+            f"--keep-float {path} is not readable JSON ({e}); pass the report clo-export quantize wrote"
+        ) from None
     nodes = data.get("float_nodes") if isinstance(data, dict) else None
     if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
-        raise CloExportError(f"--keep-float {path} has no \"float_nodes\" list of node names; pass the JSON report "
-                             "clo-export quantize wrote")
+        raise CloExportError(
+            f'--keep-float {path} has no "float_nodes" list of node names; pass the JSON report '
+            "clo-export quantize wrote"
+        )
     return tuple(nodes)

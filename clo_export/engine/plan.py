@@ -74,8 +74,10 @@ def target_version(target: str) -> TrtVersion:
     """A --target name (8.5, 8.6, 10.3, 10.x, 11.x) or an explicit version like 10.7.0."""
     if target in TARGETS:
         return TARGETS[target]
-    refuse = CloExportError(f"unknown --target {target!r}: clo-export supports TensorRT 8.5, 8.6, 10.x and 11.x; "
-                            f"use one of {', '.join(TARGETS)} or a version in those series like 10.7.0")
+    refuse = CloExportError(
+        f"unknown --target {target!r}: clo-export supports TensorRT 8.5, 8.6, 10.x and 11.x; "
+        f"use one of {', '.join(TARGETS)} or a version in those series like 10.7.0"
+    )
     if not re.fullmatch(r"\d+\.\d+(\.\d+){0,2}", target):
         raise refuse
     version = TrtVersion.parse(target)
@@ -170,22 +172,32 @@ def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
     needs_quantize = onnx_needed == "qdq" and not request.is_qdq
     if needs_quantize and not request.has_calib:
         alt = "" if has(v, "always_strongly_typed") else " (or --calibrator entropy)"
-        raise CloExportError("--int8 needs a Q/DQ ONNX: run clo-export quantize MODEL.onnx --calib DIR first, "
-                             f"or add --calib DIR to quantize now{alt}")
+        raise CloExportError(
+            "--int8 needs a Q/DQ ONNX: run clo-export quantize MODEL.onnx --calib DIR first, "
+            f"or add --calib DIR to quantize now{alt}"
+        )
     needs_fp16_onnx = onnx_needed == "fp16" and not request.is_fp16
     weak = not strongly_typed and request.precision != "fp32"
     builder_flags = _builder_flags(request, weak)
     layer_precisions = _layer_precisions(v, request, implicit, weak, notes)
-    network_flags = tuple(name for name, on in (
-        ("EXPLICIT_BATCH", has(v, "explicit_batch_flag")),
-        ("STRONGLY_TYPED", strongly_typed and has(v, "strongly_typed_opt_in")),
-    ) if on)
+    network_flags = tuple(
+        name
+        for name, on in (
+            ("EXPLICIT_BATCH", has(v, "explicit_batch_flag")),
+            ("STRONGLY_TYPED", strongly_typed and has(v, "strongly_typed_opt_in")),
+        )
+        if on
+    )
     if weak:
-        notes.append(f"Softmax layers pinned to FP32 via layer precision "
-                     f"({next(f for f in builder_flags if f.endswith('PRECISION_CONSTRAINTS'))})")
+        notes.append(
+            f"Softmax layers pinned to FP32 via layer precision "
+            f"({next(f for f in builder_flags if f.endswith('PRECISION_CONSTRAINTS'))})"
+        )
         if has(v, "weak_typing_deprecated"):
-            notes.append(f"TensorRT {v} deprecates FP16/INT8 builder flags and layer precision; "
-                         "--strongly-typed with the FP16/Q-DQ ONNX is the path that keeps working on 11")
+            notes.append(
+                f"TensorRT {v} deprecates FP16/INT8 builder flags and layer precision; "
+                "--strongly-typed with the FP16/Q-DQ ONNX is the path that keeps working on 11"
+            )
     if strongly_typed:
         notes.append(f"strongly typed: precision comes from the {onnx_needed.upper()} ONNX, no precision flags")
     if needs_quantize:
@@ -254,15 +266,18 @@ def _implicit_calibrator(v: TrtVersion, r: BuildRequest, strongly_typed: bool, n
         return False
     c = r.calibrator
     if not has(v, "implicit_calibrators"):
-        raise CloExportError(f"--calibrator {c}: implicit INT8 calibrators were removed in TensorRT 11; "
-                             "use the default --calibrator qdq")
+        raise CloExportError(
+            f"--calibrator {c}: implicit INT8 calibrators were removed in TensorRT 11; use the default --calibrator qdq"
+        )
     if strongly_typed:
-        raise CloExportError(f"--calibrator {c} needs a weakly typed network; drop --strongly-typed "
-                             "or use --calibrator qdq")
+        raise CloExportError(
+            f"--calibrator {c} needs a weakly typed network; drop --strongly-typed or use --calibrator qdq"
+        )
     if r.is_qdq or r.is_fp16:
         kind = "a Q/DQ" if r.is_qdq else "the FP16"
-        raise CloExportError(f"--calibrator {c} calibrates the FP32 ONNX, not {kind} ONNX; pass the FP32 ONNX "
-                             "or use --calibrator qdq")
+        raise CloExportError(
+            f"--calibrator {c} calibrates the FP32 ONNX, not {kind} ONNX; pass the FP32 ONNX or use --calibrator qdq"
+        )
     if not r.has_calib:
         raise CloExportError(f"--calibrator {c} needs calibration images or a cache; add --calib DIR")
     if has(v, "implicit_calibrators_deprecated"):
@@ -273,13 +288,16 @@ def _implicit_calibrator(v: TrtVersion, r: BuildRequest, strongly_typed: bool, n
 def _check_onnx_kind(r: BuildRequest) -> None:
     """The ONNX variant must be one this precision can start from."""
     if r.is_qdq and r.precision != "int8":
-        raise CloExportError(f"this ONNX holds Q/DQ (INT8) nodes; build it with --int8, or pass the FP32 ONNX "
-                             f"for --{r.precision}")
+        raise CloExportError(
+            f"this ONNX holds Q/DQ (INT8) nodes; build it with --int8, or pass the FP32 ONNX for --{r.precision}"
+        )
     if r.is_fp16 and r.precision == "fp32":
         raise CloExportError("this ONNX is FP16; build it with --fp16, or pass the FP32 ONNX for an FP32 engine")
     if r.is_fp16 and r.precision == "int8" and not r.is_qdq:
-        raise CloExportError("--int8 starts from the FP32 ONNX or its Q/DQ version (clo-export quantize), "
-                             "not the FP16 ONNX; pass the FP32 ONNX")
+        raise CloExportError(
+            "--int8 starts from the FP32 ONNX or its Q/DQ version (clo-export quantize), "
+            "not the FP16 ONNX; pass the FP32 ONNX"
+        )
 
 
 def _onnx_needed(r: BuildRequest, strongly_typed: bool, implicit: bool) -> OnnxKind:
@@ -294,13 +312,16 @@ def _onnx_needed(r: BuildRequest, strongly_typed: bool, implicit: bool) -> OnnxK
 def _check_dla(v: TrtVersion, r: BuildRequest, onnx_needed: OnnxKind) -> None:
     """DLA exists in this version, runs FP16/INT8 only, takes Q/DQ only from 10.x, needs fixed shapes."""
     if not (has(v, "dla") or has(v, "dla_11")):
-        raise CloExportError(f"DLA unsupported in this TensorRT ({v}); use JetPack 5/6 TensorRT 8.5/10.3 "
-                             "or 11.4.1+ on AGX Orin")
+        raise CloExportError(
+            f"DLA unsupported in this TensorRT ({v}); use JetPack 5/6 TensorRT 8.5/10.3 or 11.4.1+ on AGX Orin"
+        )
     if r.precision == "fp32":
         raise CloExportError("DLA runs FP16 or INT8 only; add --fp16 or --int8, or drop --dla-core")
     if onnx_needed == "qdq" and not has(v, "dla_qdq"):
-        raise CloExportError(f"DLA on JetPack 5 (TensorRT {v}) does not take Q/DQ; use --calibrator entropy "
-                             "with the FP32 ONNX and --calib DIR")
+        raise CloExportError(
+            f"DLA on JetPack 5 (TensorRT {v}) does not take Q/DQ; use --calibrator entropy "
+            "with the FP32 ONNX and --calib DIR"
+        )
     if r.dynamic_batch and (r.batch_range is None or len(set(r.batch_range)) != 1):
         raise CloExportError("DLA needs a fixed batch; pass --batch-range N,N,N (MIN = OPT = MAX) or a static ONNX")
 
@@ -318,28 +339,39 @@ def _builder_flags(r: BuildRequest, weak: bool) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def _layer_precisions(v: TrtVersion, r: BuildRequest, implicit: bool, weak: bool,
-                      notes: list[str]) -> tuple[tuple[str, str], ...]:
+def _layer_precisions(
+    v: TrtVersion, r: BuildRequest, implicit: bool, weak: bool, notes: list[str]
+) -> tuple[tuple[str, str], ...]:
     """--keep-float nodes as per-layer precisions, where this route lets TensorRT pick precision per layer."""
     if not r.keep_float:
         if r.keep_float_fp16:
-            raise CloExportError("--fp16 together with --int8 only chooses the precision of --keep-float layers; "
-                                 "add --keep-float FILE or drop one of --fp16/--int8")
+            raise CloExportError(
+                "--fp16 together with --int8 only chooses the precision of --keep-float layers; "
+                "add --keep-float FILE or drop one of --fp16/--int8"
+            )
         return ()
     if not weak or not (implicit or r.dla_core is not None):
-        why = (f"TensorRT {v} builds strongly typed, so precision comes from the ONNX" if not weak else
-               "the Q/DQ ONNX already leaves those nodes unquantized" if r.precision == "int8" else
-               f"an {r.precision.upper()} GPU build has no INT8 layers to keep out")
+        why = (
+            f"TensorRT {v} builds strongly typed, so precision comes from the ONNX"
+            if not weak
+            else "the Q/DQ ONNX already leaves those nodes unquantized"
+            if r.precision == "int8"
+            else f"an {r.precision.upper()} GPU build has no INT8 layers to keep out"
+        )
         notes.append(f"--keep-float ignored: {why} (it applies to --calibrator entropy|minmax and --dla-core builds)")
         return ()
     half = r.keep_float_fp16 and r.precision == "int8"
     if not half and r.dla_core is not None and not r.gpu_fallback:
-        raise CloExportError("--keep-float layers run in FP32, which DLA cannot; allow --gpu-fallback, or add --fp16 "
-                             "to keep them in FP16 on the DLA")
+        raise CloExportError(
+            "--keep-float layers run in FP32, which DLA cannot; allow --gpu-fallback, or add --fp16 "
+            "to keep them in FP16 on the DLA"
+        )
     dtype = "HALF" if half else "FLOAT"
     names = tuple(dict.fromkeys(r.keep_float))
-    notes.append(f"{len(names)} layers kept in {'FP16' if half else 'FP32'} (--keep-float)"
-                 + (", on the GPU (DLA runs no FP32)" if r.dla_core is not None and not half else ""))
+    notes.append(
+        f"{len(names)} layers kept in {'FP16' if half else 'FP32'} (--keep-float)"
+        + (", on the GPU (DLA runs no FP32)" if r.dla_core is not None and not half else "")
+    )
     return tuple((name, dtype) for name in names)
 
 
@@ -347,11 +379,15 @@ def _profile(r: BuildRequest, notes: list[str]) -> ProfileShape | None:
     """Optimisation profile for a dynamic-batch ONNX; a batch range on a static ONNX is an error."""
     if not r.dynamic_batch:
         if r.batch_range is not None:
-            raise CloExportError("--batch-range needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic-batch "
-                                 "or drop --batch-range")
+            raise CloExportError(
+                "--batch-range needs a dynamic-batch ONNX; re-export with clo-export onnx --dynamic-batch "
+                "or drop --batch-range"
+            )
         return None
     if r.batch_range is None:
-        notes.append("dynamic-batch ONNX without --batch-range: profile fixed at batch 1 (pass --batch-range MIN,OPT,MAX)")
+        notes.append(
+            "dynamic-batch ONNX without --batch-range: profile fixed at batch 1 (pass --batch-range MIN,OPT,MAX)"
+        )
     lo, opt, hi = r.batch_range or (1, 1, 1)
     rest = tuple(r.input_shape[1:])
     return ProfileShape(r.input_name, (lo, *rest), (opt, *rest), (hi, *rest))

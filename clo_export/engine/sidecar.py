@@ -80,8 +80,10 @@ def check_compatible(
             f"{sidecar.rebuild_command()}"
         )
     if sidecar.gpu_name != gpu_name:
-        return [f"engine built on {sidecar.gpu_name}, running on {gpu_name} (same sm_{_sm(run_cc)}); "
-                "rebuild here for best speed"]
+        return [
+            f"engine built on {sidecar.gpu_name}, running on {gpu_name} (same sm_{_sm(run_cc)}); "
+            "rebuild here for best speed"
+        ]
     return []
 
 

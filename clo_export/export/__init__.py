@@ -1,1 +1,3 @@
-"""Graph-level ONNX steps: export, static-shape rewrites, simplify, lint, FP16, in-graph NMS, parity (metadata: clo_export.artifacts)."""
+"""Graph-level ONNX steps: export, static-shape rewrites, simplify, lint, FP16, in-graph NMS, parity.
+
+Metadata lives in clo_export.artifacts."""

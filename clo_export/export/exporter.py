@@ -110,17 +110,30 @@ def trace(model: DetectionModel, opts: ExportOptions) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about constants is exactly what we want here
         try:
-            torch.onnx.export(model, (x,), buf, opset_version=opts.opset, input_names=["images"], output_names=["output0"],
-                              do_constant_folding=True, dynamo=dynamo, **kwargs)
+            torch.onnx.export(
+                model,
+                (x,),
+                buf,
+                opset_version=opts.opset,
+                input_names=["images"],
+                output_names=["output0"],
+                do_constant_folding=True,
+                dynamo=dynamo,
+                **kwargs,
+            )
         except CloExportError:
             raise
         except Exception as e:
-            raise CloExportError(f"torch.onnx.export failed at opset {opts.opset}: {str(e).splitlines()[0]}; "
-                                 "try the default --opset 17 (rerun with --debug for the trace)") from e
+            raise CloExportError(
+                f"torch.onnx.export failed at opset {opts.opset}: {str(e).splitlines()[0]}; "
+                "try the default --opset 17 (rerun with --debug for the trace)"
+            ) from e
     proto = onnx.load_from_string(buf.getvalue())
     written = opset_of(proto)
     if written != opts.opset:
-        raise CloExportError(f"the exporter wrote opset {written}, not the requested {opts.opset}; use --opset {written} or 17")
+        raise CloExportError(
+            f"the exporter wrote opset {written}, not the requested {opts.opset}; use --opset {written} or 17"
+        )
     return proto
 
 
@@ -129,15 +142,26 @@ def model_meta(loaded: LoadedModel, opts: ExportOptions) -> ModelMeta:
     det = loaded.model.detect
     anchors = (det.anchors * det.stride.view(-1, 1, 1)).view(det.nl, -1).tolist()
     return ModelMeta(
-        stride=loaded.model.max_stride, names=dict(loaded.names), imgsz=opts.imgsz, nc=loaded.nc,
-        anchors=[[round(a, 4) for a in level] for level in anchors], source_sha256=loaded.sha256, opset=opts.opset,
-        precision=opts.precision, version=__version__, nms=opts.nms,
-        nms_conf=opts.conf if opts.nms else None, nms_iou=opts.iou if opts.nms else None,
-        nms_max_det=opts.max_det if opts.nms else None, dynamic_batch=opts.dynamic_batch,
+        stride=loaded.model.max_stride,
+        names=dict(loaded.names),
+        imgsz=opts.imgsz,
+        nc=loaded.nc,
+        anchors=[[round(a, 4) for a in level] for level in anchors],
+        source_sha256=loaded.sha256,
+        opset=opts.opset,
+        precision=opts.precision,
+        version=__version__,
+        nms=opts.nms,
+        nms_conf=opts.conf if opts.nms else None,
+        nms_iou=opts.iou if opts.nms else None,
+        nms_max_det=opts.max_det if opts.nms else None,
+        dynamic_batch=opts.dynamic_batch,
     )
 
 
-def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, ModelMeta, DetectionModel, SimplifyResult]:
+def build(
+    loaded: LoadedModel, opts: ExportOptions
+) -> tuple[onnx.ModelProto, ModelMeta, DetectionModel, SimplifyResult]:
     """The checked ONNX graph, its metadata and the export-mode PyTorch reference (nothing written)."""
     opts = opts if opts.imgsz is not None else opts.for_model(loaded)
     opts.validate()
@@ -158,8 +182,12 @@ def build(loaded: LoadedModel, opts: ExportOptions) -> tuple[onnx.ModelProto, Mo
     return proto, meta, reference, simplified
 
 
-def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOptions = ExportOptions(),
-                parity_inputs: list[np.ndarray] | None = None) -> ExportResult:
+def export_onnx(
+    loaded: LoadedModel,
+    out: Path | None = None,
+    opts: ExportOptions = ExportOptions(),
+    parity_inputs: list[np.ndarray] | None = None,
+) -> ExportResult:
     """Export, check parity on ``parity_inputs`` (None skips), write ``out`` and its sidecar JSON atomically.
 
     An export outside tolerance is still written (to inspect it); its Report says so.
@@ -171,6 +199,11 @@ def export_onnx(loaded: LoadedModel, out: Path | None = None, opts: ExportOption
     parity = check_parity(proto.SerializeToString(), reference, parity_inputs, meta) if parity_inputs else None
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
-    side = OnnxSidecar(meta, out.name, loaded.path.name, export_seconds=round(seconds, 2),
-                       parity=parity.to_dict() if parity is not None else None).write(out)  # a failed Report is falsy
+    side = OnnxSidecar(
+        meta,
+        out.name,
+        loaded.path.name,
+        export_seconds=round(seconds, 2),
+        parity=parity.to_dict() if parity is not None else None,
+    ).write(out)  # a failed Report is falsy
     return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity)

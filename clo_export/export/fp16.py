@@ -60,7 +60,9 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _fp32_positions(nodes: Iterable[onnx.NodeProto], keep: frozenset[str], types: dict[str, int]) -> set[tuple[int, int]]:
+def _fp32_positions(
+    nodes: Iterable[onnx.NodeProto], keep: frozenset[str], types: dict[str, int]
+) -> set[tuple[int, int]]:
     """(node index, input index) pairs whose float input must be float32."""
     positions = set()
     for n, node in enumerate(nodes):
@@ -101,7 +103,9 @@ def to_fp16(
     keep = frozenset(keep_fp32_ops)
     src = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in src.node for a in n.attribute):
-        raise CloExportError("FP16 conversion does not handle If/Loop/Scan subgraphs; simplify the model first (clo-export onnx)")
+        raise CloExportError(
+            "FP16 conversion does not handle If/Loop/Scan subgraphs; simplify the model first (clo-export onnx)"
+        )
     types = _elem_types(model)
     positions = _fp32_positions(src.node, keep, types)
     uses: dict[str, list[bool]] = {}  # tensor -> for each reader, whether it reads at a float32 position
@@ -136,12 +140,20 @@ def to_fp16(
 def _fp32_constants(graph: onnx.GraphProto, uses: dict[str, list[bool]]) -> set[str]:
     """Float constants read only at float32 positions: they stay float32 (no Cast needed)."""
     output_names = {o.name for o in graph.output}
-    constant_names = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constant_names = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output
+    }
     return {name for name in constant_names if uses.get(name) and all(uses[name]) and name not in output_names}
 
 
-def _rewrite_nodes(src: onnx.GraphProto, keep: frozenset[str], types: dict[str, int], positions: set[tuple[int, int]],
-                   uses: dict[str, list[bool]], stay_fp32: set[str]) -> list[onnx.NodeProto]:
+def _rewrite_nodes(
+    src: onnx.GraphProto,
+    keep: frozenset[str],
+    types: dict[str, int],
+    positions: set[tuple[int, int]],
+    uses: dict[str, list[bool]],
+    stay_fp32: set[str],
+) -> list[onnx.NodeProto]:
     """The FP16 node list: constants and Casts retargeted, float32 inputs behind shared Casts, kept ops cast back."""
     output_names = {o.name for o in src.output}
     nodes: list[onnx.NodeProto] = []
@@ -150,7 +162,9 @@ def _rewrite_nodes(src: onnx.GraphProto, keep: frozenset[str], types: dict[str, 
     def fp32_input(name: str, consumer: str, index: int) -> str:
         if name not in fp32_alias:  # one Cast per tensor, shared by all its float32 readers
             fp32_alias[name] = f"{name}__fp32"
-            nodes.append(helper.make_node("Cast", [name], [fp32_alias[name]], name=f"{consumer}/to_fp32_{index}", to=FLOAT))
+            nodes.append(
+                helper.make_node("Cast", [name], [fp32_alias[name]], name=f"{consumer}/to_fp32_{index}", to=FLOAT)
+            )
         return fp32_alias[name]
 
     for n, original in enumerate(src.node):
@@ -172,11 +186,15 @@ def _rewrite_nodes(src: onnx.GraphProto, keep: frozenset[str], types: dict[str, 
                     node.output[j] = fp32_alias[name] = f"{name}__fp32"
                     if all(uses.get(name, [])) and name not in output_names:
                         continue  # every reader takes float32: no FP16 copy needed
-                    nodes.append(helper.make_node("Cast", [node.output[j]], [name], name=f"{label}/to_fp16_{j}", to=HALF))
+                    nodes.append(
+                        helper.make_node("Cast", [node.output[j]], [name], name=f"{label}/to_fp16_{j}", to=HALF)
+                    )
     return nodes
 
 
-def _add_boundary_casts(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], types: dict[str, int]) -> list[onnx.NodeProto]:
+def _add_boundary_casts(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], types: dict[str, int]
+) -> list[onnx.NodeProto]:
     """Keep float32 graph I/O: cast float inputs to FP16 on entry and float outputs to FP32 on exit."""
     renames: dict[str, str] = {}
     head: list[onnx.NodeProto] = []
@@ -187,7 +205,9 @@ def _add_boundary_casts(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], typ
     outputs = {o.name for o in graph.output if types.get(o.name) == FLOAT}
     for name in outputs:
         renames.setdefault(name, f"{name}__fp16")
-    tail = [helper.make_node("Cast", [renames[name]], [name], name=f"{name}/to_fp32", to=FLOAT) for name in sorted(outputs)]
+    tail = [
+        helper.make_node("Cast", [renames[name]], [name], name=f"{name}/to_fp32", to=FLOAT) for name in sorted(outputs)
+    ]
     for node in nodes:
         for i, name in enumerate(node.input):
             node.input[i] = renames.get(name, name)

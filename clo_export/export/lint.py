@@ -50,7 +50,8 @@ def _lint_shape_arithmetic(graph: onnx.GraphProto) -> list[str]:
         tainted = [name for name in node.input if name in derived]
         if tainted:
             problems.append(
-                f"{node.op_type} node {label} computes with a run-time shape (input '{tainted[0]}' comes from Shape/Size)"
+                f"{node.op_type} node {label} computes with a run-time shape (input '{tainted[0]}' comes from "
+                f"Shape/Size)"
             )
             derived.update(node.output)
     return problems
@@ -63,7 +64,8 @@ def _lint_reshapes(graph: onnx.GraphProto) -> list[str]:
     for i, node in enumerate(graph.node):
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] not in constants:
             problems.append(
-                f"Reshape node {_node_label(node, i)} takes its shape from computed tensor '{node.input[1]}', not a constant"
+                f"Reshape node {_node_label(node, i)} takes its shape from computed tensor '{node.input[1]}', not a "
+                f"constant"
             )
     return problems
 

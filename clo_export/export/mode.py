@@ -22,14 +22,18 @@ def input_shapes(args: tuple) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(t.shape) for t in tensors)
 
 
-def export_model(model: DetectionModel, imgsz: tuple[int, int], batch: int = 1, dynamic_batch: bool = False) -> DetectionModel:
+def export_model(
+    model: DetectionModel, imgsz: tuple[int, int], batch: int = 1, dynamic_batch: bool = False
+) -> DetectionModel:
     """A fused, FP32, eval-mode copy of ``model`` in export form for a fixed ``imgsz``."""
     model.check_imgsz(imgsz)
     m = model.fuse().float().eval()  # fuse() returns a copy
     hooked = {mod: REGISTRY.block_for(mod) for mod in m.modules()}
     hooked = {mod: block for mod, block in hooked.items() if block is not None and block.export is not None}
     shapes: dict[nn.Module, tuple[tuple[int, ...], ...]] = {}
-    handles = [mod.register_forward_pre_hook(lambda mod, args: shapes.__setitem__(mod, input_shapes(args))) for mod in hooked]
+    handles = [
+        mod.register_forward_pre_hook(lambda mod, args: shapes.__setitem__(mod, input_shapes(args))) for mod in hooked
+    ]
     try:
         with torch.no_grad():
             m(torch.zeros(batch, m.yaml.get("ch", 3), *imgsz))

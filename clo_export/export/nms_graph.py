@@ -75,10 +75,14 @@ def _check_args(model: onnx.ModelProto, conf: float, iou: float, max_det: int) -
     if int(max_det) != max_det or max_det < 1:
         raise CloExportError(f"NMS max_det must be a positive integer, got {max_det}; pass e.g. --max-det 300")
     if (opset_of(model) or 0) < MIN_OPSET:
-        raise CloExportError(f"in-graph NMS needs ONNX opset >= {MIN_OPSET}, model has {opset_of(model)}; re-export with --opset 17")
+        raise CloExportError(
+            f"in-graph NMS needs ONNX opset >= {MIN_OPSET}, model has {opset_of(model)}; re-export with --opset 17"
+        )
     names = [o.name for o in model.graph.output]
     if any(name in names for name in NMS_OUTPUTS):
-        raise CloExportError("model already has NMS outputs (num_dets/boxes/scores/classes); append NMS to the raw export only")
+        raise CloExportError(
+            "model already has NMS outputs (num_dets/boxes/scores/classes); append NMS to the raw export only"
+        )
     out = next((o for o in model.graph.output if o.name == "output0"), None)
     if out is None:
         raise CloExportError(f"model has no 'output0' output (outputs: {names}); append NMS to a clo-export onnx model")
@@ -104,7 +108,13 @@ def append_nms(model: onnx.ModelProto, conf: float = 0.25, iou: float = 0.45, ma
     boxes = _xyxy(b, y)
     selected = b.one(
         "NonMaxSuppression",
-        [boxes, nms_scores, b.const("max_per_class", _i64(max_det)), b.const("iou", _f32(iou)), b.const("conf", _f32(conf))],
+        [
+            boxes,
+            nms_scores,
+            b.const("max_per_class", _i64(max_det)),
+            b.const("iou", _f32(iou)),
+            b.const("conf", _f32(conf)),
+        ],
         "nms",
         center_point_box=0,
     )  # (K, 3): [batch, class, box]
@@ -157,7 +167,12 @@ def _top_k(b: _Builder, selected: str, best: str, best_cls: str, boxes: str, k: 
     top_boxes = b.one("Where", [b.one("Unsqueeze", [valid, ax2], "valid3"), top_boxes, zero], "boxes_masked")
     best_cls_bn = b.one("Squeeze", [best_cls, ax2], "best_cls_bn")
     top_cls = b.one("GatherElements", [best_cls_bn, top_idx], "top_cls", axis=1)
-    top_cls = b.one("Cast", [b.one("Where", [valid, top_cls, b.const("zero_i64", _i64(0))], "cls_masked")], "cls_i32", to=TensorProto.INT32)
+    top_cls = b.one(
+        "Cast",
+        [b.one("Where", [valid, top_cls, b.const("zero_i64", _i64(0))], "cls_masked")],
+        "cls_i32",
+        to=TensorProto.INT32,
+    )
     return {"num_dets": num_dets, "boxes": top_boxes, "scores": top_scores, "classes": top_cls}
 
 

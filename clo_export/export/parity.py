@@ -11,16 +11,22 @@ import numpy as np
 from clo_export.artifacts import ModelMeta
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.backends.pytorch import TorchRunner
-from clo_export.compare import Report
 from clo_export.comparator import Comparator, Comparison, Thresholds, raw_head_runner
-from clo_export.data.preprocess import preprocess_batch
+from clo_export.compare import Report
 from clo_export.data.files import read_images
+from clo_export.data.preprocess import preprocess_batch
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "assets" / "frames"  # tools/make_sample_frames.py
 
 
-def parity_batches(imgsz: tuple[int, int], batch_sizes: Iterable[int] = (1,), n_random: int = 2,
-                   source: str | Path | None = None, limit: int = 8, seed: int = 0) -> list[np.ndarray]:
+def parity_batches(
+    imgsz: tuple[int, int],
+    batch_sizes: Iterable[int] = (1,),
+    n_random: int = 2,
+    source: str | Path | None = None,
+    limit: int = 8,
+    seed: int = 0,
+) -> list[np.ndarray]:
     """Random images (uniform noise, seeded) per batch size, plus real frames: ``source``'s or the bundled samples.
 
     Noise exercises every tensor but rarely makes a detection; the frames give detection parity
@@ -44,7 +50,8 @@ def check_parity(onnx_model: bytes | str | Path, reference, batches: list[np.nda
     """
     comparison = Comparison(meta.precision or "fp32", Thresholds().for_model(meta))
     raw = raw_head_runner(onnx_model) if meta.nms else None
-    with OnnxRuntimeRunner(onnx_model, providers=["CPUExecutionProvider"]) as ort, TorchRunner(reference) as pt, \
-            raw or nullcontext():
+    with OnnxRuntimeRunner(onnx_model, providers=["CPUExecutionProvider"]) as ort, TorchRunner(
+        reference
+    ) as pt, raw or nullcontext():
         name = ort.input_specs()[0].name
         return Comparator(pt, comparison, raw).report(ort, ({name: x} for x in batches))

@@ -6,5 +6,11 @@ imported on first use so that ``clo_export.models.safe_pickle`` and friends stay
 
 from clo_export.lazy import lazy_attributes
 
-__getattr__ = lazy_attributes(__name__, {"load": "clo_export.models.checkpoint", "LoadedModel": "clo_export.models.checkpoint",
-                                         "DetectionModel": "clo_export.models.yolo"})
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "load": "clo_export.models.checkpoint",
+        "LoadedModel": "clo_export.models.checkpoint",
+        "DetectionModel": "clo_export.models.yolo",
+    },
+)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from clo_export.blocks import load_plugins
 from clo_export.errors import CloExportError
 from clo_export.fileio import atomic_path, sha256_file
 from clo_export.models.safe_pickle import SafePickleModule
 from clo_export.models.yolo import DEFAULT_CFG, DetectionModel, load_cfg
-from clo_export.blocks import load_plugins
 from clo_export.registry import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,15 @@ def read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise CloExportError(f"checkpoint '{path}' does not exist; pass the path to your best.pt")
     try:
-        return torch.load(path, map_location="cpu", pickle_module=SafePickleModule(path.stat().st_size),
-                          weights_only=False)
+        return torch.load(
+            path, map_location="cpu", pickle_module=SafePickleModule(path.stat().st_size), weights_only=False
+        )
     except CloExportError:
         raise
     except Exception as e:
         raise CloExportError(
-            f"'{path}' is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"'{path}' is not a readable PyTorch checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "pass the best.pt/last.pt YOLOv5 wrote, or a state dict saved with torch.save"
         ) from e
 
@@ -95,12 +97,17 @@ def hparam_overrides(pickled: nn.Module) -> dict[int, dict[str, Any]]:
 def load_weights(model: DetectionModel, sd: dict[str, torch.Tensor], where: str) -> None:
     """``load_state_dict(strict=True)`` with a readable error."""
     sd = float_state_dict(sd)
-    mismatched = [k for k, v in model.state_dict().items() if k in sd and torch.is_tensor(sd[k]) and sd[k].shape != v.shape]
+    mismatched = [
+        k for k, v in model.state_dict().items() if k in sd and torch.is_tensor(sd[k]) and sd[k].shape != v.shape
+    ]
     missing = [k for k in model.state_dict() if k not in sd]
     unexpected = [k for k in sd if k not in model.state_dict()]
     if mismatched or missing or unexpected:
-        parts = [f"{label} {keys[:3]}{'…' if len(keys) > 3 else ''}" for label, keys in
-                 (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)) if keys]
+        parts = [
+            f"{label} {keys[:3]}{'…' if len(keys) > 3 else ''}"
+            for label, keys in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
         raise CloExportError(
             f"weights in {where} do not fit the model built from its config: {'; '.join(parts)}. "
             "Pass --cfg with the YAML you trained with (explicit block args if you changed their defaults)"
@@ -110,7 +117,11 @@ def load_weights(model: DetectionModel, sd: dict[str, torch.Tensor], where: str)
 
 def infer_nc(sd: dict[str, torch.Tensor], cfg: dict) -> int:
     """Class count from the Detect conv's output channels: na * (nc + 5)."""
-    keys = [k for k in sd if k.endswith(".m.0.weight") and k.startswith(f"model.{len(cfg['backbone']) + len(cfg['head']) - 1}.")]
+    keys = [
+        k
+        for k in sd
+        if k.endswith(".m.0.weight") and k.startswith(f"model.{len(cfg['backbone']) + len(cfg['head']) - 1}.")
+    ]
     if not keys:
         return cfg["nc"]
     na = len(cfg["anchors"][0]) // 2 if isinstance(cfg["anchors"], list) else cfg["anchors"]
@@ -133,7 +144,11 @@ def from_yolov5(ckpt: dict, cfg: str | Path | None, path: Path) -> tuple[Detecti
     """Rebuild a model from a YOLOv5 training/stripped checkpoint's pickled model."""
     pickled = ckpt.get("ema") or ckpt.get("model")
     stripped = ckpt.get("optimizer") is None and ckpt.get("ema") is None
-    fmt = "YOLOv5 stripped checkpoint" if stripped else "YOLOv5 training checkpoint" + (" (ema)" if ckpt.get("ema") else "")
+    fmt = (
+        "YOLOv5 stripped checkpoint"
+        if stripped
+        else "YOLOv5 training checkpoint" + (" (ema)" if ckpt.get("ema") else "")
+    )
     notes = []
     yaml_cfg = load_cfg(cfg) if cfg else getattr(pickled, "yaml", None)
     if not isinstance(yaml_cfg, dict):
@@ -145,7 +160,9 @@ def from_yolov5(ckpt: dict, cfg: str | Path | None, path: Path) -> tuple[Detecti
     load_weights(model, pickled.state_dict(), str(path))
     stride = getattr(pickled, "stride", None)
     if stride is not None and not torch.equal(torch.as_tensor(stride).float(), model.stride):
-        notes.append(f"checkpoint stride {list(map(int, stride))} differs from the rebuilt {list(map(int, model.stride))}")
+        notes.append(
+            f"checkpoint stride {list(map(int, stride))} differs from the rebuilt {list(map(int, model.stride))}"
+        )
     return model, fmt, notes
 
 
@@ -269,9 +286,15 @@ def as_yolov5_module(model: DetectionModel) -> DetectionModel:
     return half
 
 
-def save_yolov5(model: DetectionModel, path: str | Path, layout: str = "stripped", epoch: int = 0,
-                opt: dict | None = None, attention_module: str = "models.common",
-                best_fitness: float | None = None) -> Path:
+def save_yolov5(
+    model: DetectionModel,
+    path: str | Path,
+    layout: str = "stripped",
+    epoch: int = 0,
+    opt: dict | None = None,
+    attention_module: str = "models.common",
+    best_fitness: float | None = None,
+) -> Path:
     """Write ``model`` as YOLOv5 does: pickled FP16 modules, stripped or training layout, atomically.
 
     The stripped layout is what YOLOv5's ``strip_optimizer`` leaves: ``best_fitness``, ``ema``,

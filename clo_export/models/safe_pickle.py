@@ -97,8 +97,10 @@ def resolve_global(module: str, name: str) -> Any:
 
 
 def _refuse(what: str) -> CloExportError:
-    return CloExportError(f"checkpoint asks to {what}, which a YOLOv5 checkpoint never does; refused before "
-                          "anything ran or was allocated. The file is damaged or crafted: use the best.pt YOLOv5 wrote")
+    return CloExportError(
+        f"checkpoint asks to {what}, which a YOLOv5 checkpoint never does; refused before "
+        "anything ran or was allocated. The file is damaged or crafted: use the best.pt YOLOv5 wrote"
+    )
 
 
 def _is_int_tuple(v: Any) -> bool:
@@ -111,9 +113,14 @@ def _no_hooks(hooks: Any) -> bool:
 
 def _check_tensor_rebuild(args: tuple) -> None:
     # _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, backward_hooks[, metadata])
-    if len(args) < 6 or not isinstance(args[0], (torch.TypedStorage, torch.UntypedStorage)) \
-            or not isinstance(args[1], int) or not _is_int_tuple(args[2]) or not _is_int_tuple(args[3]) \
-            or not _no_hooks(args[5]):
+    if (
+        len(args) < 6
+        or not isinstance(args[0], (torch.TypedStorage, torch.UntypedStorage))
+        or not isinstance(args[1], int)
+        or not _is_int_tuple(args[2])
+        or not _is_int_tuple(args[3])
+        or not _no_hooks(args[5])
+    ):
         raise _refuse("rebuild a tensor from something other than a stored tensor")
 
 
@@ -133,7 +140,9 @@ def _check_from_type(args: tuple) -> None:
     # _rebuild_from_type_v2(func, new_type, args, state): func(*args) runs inside torch, so check it here
     if len(args) != 4 or args[1] not in (torch.Tensor, nn.Parameter) or not isinstance(args[2], tuple):
         raise _refuse("rebuild a tensor of an unknown type")
-    check = _CALLS.get(args[0]) if args[0] in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter) else None
+    check = (
+        _CALLS.get(args[0]) if args[0] in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter) else None
+    )
     if check is None:
         raise _refuse(f"call {getattr(args[0], '__name__', args[0])!r} while rebuilding a tensor")
     check(args[2])
@@ -248,8 +257,12 @@ def check_state(obj: Any, state: Any) -> None:
                 raise _refuse(f"install {key} on a {type(obj).__name__}")
     elif isinstance(obj, np.ndarray):
         # (version, shape, dtype, is_fortran, rawdata): the data must hold every element
-        if not isinstance(state, tuple) or len(state) != 5 or not _is_int_tuple(tuple(state[1])) \
-                or not isinstance(state[2], np.dtype):
+        if (
+            not isinstance(state, tuple)
+            or len(state) != 5
+            or not _is_int_tuple(tuple(state[1]))
+            or not isinstance(state[2], np.dtype)
+        ):
             raise _refuse("fill a numpy array from a malformed state")
         count = math.prod(state[1])
         data = state[4]
@@ -258,7 +271,10 @@ def check_state(obj: Any, state: Any) -> None:
         else:
             ok = isinstance(data, (bytes, bytearray)) and len(data) == count * state[2].itemsize
         if not ok or min(state[1], default=0) < 0:
-            raise _refuse(f"make a numpy array of shape {tuple(state[1])} from {len(data) if hasattr(data, '__len__') else '?'} items")
+            raise _refuse(
+                f"make a numpy array of shape {tuple(state[1])} from {len(data) if hasattr(data, '__len__') else '?'} "
+                f"items"
+            )
 
 
 class StorageBudget:
@@ -283,8 +299,10 @@ class StorageBudget:
         self.used += numel * dtype.itemsize
         if self.limit is not None and self.used > self.limit:
             raise CloExportError(
-                f"checkpoint claims at least {self.used:,} bytes of tensors, but the file holds only {self.limit:,} bytes; "
-                "it is truncated or crafted, and nothing was allocated for it: use the best.pt YOLOv5 wrote")
+                f"checkpoint claims at least {self.used:,} bytes of tensors, but the file holds only {self.limit:,} "
+                f"bytes; "
+                "it is truncated or crafted, and nothing was allocated for it: use the best.pt YOLOv5 wrote"
+            )
 
 
 class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
@@ -308,6 +326,7 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     @persistent_load.setter
     def persistent_load(self, loader: Any) -> None:
         """torch.load sets its storage loader here; every storage is charged to the budget before it loads."""
+
         def bounded(pid: Any) -> Any:
             self.budget.charge(pid)
             return loader(pid)
@@ -378,4 +397,3 @@ class SafePickleModule:
 
     def load(self, file: Any, **kwargs: Any) -> Any:
         return self.Unpickler(file, **kwargs).load()
-

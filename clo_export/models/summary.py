@@ -68,15 +68,16 @@ def summarize(model: DetectionModel, imgsz: tuple[int, int]) -> ModelSummary:
     )
 
 
-def build_or_load(weights: Path | None, cfg: Path | None, plugins: tuple[Path, ...],
-                  imgsz: tuple[int, int] | None = None) -> tuple[DetectionModel, str, tuple[int, int]]:
+def build_or_load(
+    weights: Path | None, cfg: Path | None, plugins: tuple[Path, ...], imgsz: tuple[int, int] | None = None
+) -> tuple[DetectionModel, str, tuple[int, int]]:
     """A checkpoint's model, or an untrained one from ``cfg``, with a title saying which and the size to summarise at.
 
     The size is ``imgsz``, else the checkpoint's training size, else 640 (:func:`resolve_imgsz` logs which).
     """
+    from clo_export.blocks import load_plugins
     from clo_export.imgsz import resolve_imgsz
     from clo_export.models.checkpoint import load
-    from clo_export.blocks import load_plugins
 
     if weights is not None:
         loaded = load(weights, cfg, plugins)

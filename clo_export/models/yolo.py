@@ -58,6 +58,7 @@ def _number(v: Any) -> bool:
 
 def validate_cfg(d: dict, where: str) -> None:
     """Refuse a model dict that YOLOv5's parse_model could not build: one line naming the key and the fix."""
+
     def bad(what: str) -> CloExportError:
         return CloExportError(f"model config {where}: {what}; compare it with YOLOv5's models/yolov5n.yaml")
 
@@ -70,9 +71,14 @@ def validate_cfg(d: dict, where: str) -> None:
     if isinstance(anchors, int) and not isinstance(anchors, bool):
         if not 1 <= anchors <= 100:
             raise bad(f"anchors must be 1…100 per level or a list of [w, h, …] per level, got {anchors}")
-    elif not (isinstance(anchors, list) and anchors and all(
+    elif not (
+        isinstance(anchors, list)
+        and anchors
+        and all(
             isinstance(level, list) and level and len(level) % 2 == 0 and all(_number(a) and a > 0 for a in level)
-            for level in anchors)):
+            for level in anchors
+        )
+    ):
         raise bad("anchors must be a list of [w0, h0, w1, h1, …] pixel sizes per detection level")
     for key in ("depth_multiple", "width_multiple"):
         if key in d and not (_number(d[key]) and 0 < d[key] <= 16):
@@ -113,7 +119,8 @@ def head_wiring_notes(layers: list[list], n_backbone: int) -> list[str]:
             if j >= n_backbone and j != i - 1 and layers[j][2] != "Conv":
                 notes.append(
                     f"layer {i} concatenates layer {j} ({layers[j][2]}), as this config says; stock YOLOv5 "
-                    f"takes the lateral Conv (layer {j + 1}) there. Checkpoints trained with this config need exactly this wiring."
+                    f"takes the lateral Conv (layer {j + 1}) there. Checkpoints trained with this config need exactly "
+                    f"this wiring."
                 )
     return notes
 
@@ -126,7 +133,9 @@ def log_head_wiring(layers: list[list], n_backbone: int) -> None:
             log.info(note)
 
 
-def parse_model(d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | None = None) -> tuple[nn.Sequential, list[int]]:
+def parse_model(
+    d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | None = None
+) -> tuple[nn.Sequential, list[int]]:
     """Build the layer list from a YOLOv5 model dict (YOLOv5 v7.0 parse_model rules).
 
     ``overrides`` maps a layer index to constructor keyword arguments that replace the
@@ -150,11 +159,17 @@ def parse_model(d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | Non
         spec = block.parse(LayerContext(i, f, n_, args, kwargs, chs, gw, nc))
         spec.kwargs.update((overrides or {}).get(i, {}))
         try:
-            m = nn.Sequential(*(block.cls(*spec.args, **spec.kwargs) for _ in range(spec.n))) if spec.n > 1 else block.cls(*spec.args, **spec.kwargs)
+            m = (
+                nn.Sequential(*(block.cls(*spec.args, **spec.kwargs) for _ in range(spec.n)))
+                if spec.n > 1
+                else block.cls(*spec.args, **spec.kwargs)
+            )
         except CloExportError as e:
             raise CloExportError(f"layer {i} {name}: {e}") from e
         except (TypeError, ValueError, AssertionError) as e:
-            raise CloExportError(f"layer {i} {name}{spec.args}: cannot be built ({e}); check its args in the YAML") from e
+            raise CloExportError(
+                f"layer {i} {name}{spec.args}: cannot be built ({e}); check its args in the YAML"
+            ) from e
         m.i, m.f, m.type = i, f, str(name)
         m.np = sum(x.numel() for x in m.parameters())
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
@@ -169,8 +184,14 @@ def parse_model(d: dict, ch: int = 3, overrides: dict[int, dict[str, Any]] | Non
 class DetectionModel(nn.Module):
     """YOLOv5 DetectionModel: ``model`` (Sequential of layers), ``save``, ``yaml``, ``names``, ``stride``."""
 
-    def __init__(self, cfg: str | Path | dict = DEFAULT_CFG, ch: int = 3, nc: int | None = None,
-                 names: list[str] | dict | None = None, overrides: dict[int, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        cfg: str | Path | dict = DEFAULT_CFG,
+        ch: int = 3,
+        nc: int | None = None,
+        names: list[str] | dict | None = None,
+        overrides: dict[int, dict[str, Any]] | None = None,
+    ):
         super().__init__()
         self.yaml = load_cfg(cfg)
         if nc is not None and nc != self.yaml["nc"]:
@@ -303,8 +324,20 @@ def initialize_weights(model: nn.Module) -> None:
 @torch.no_grad()
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A Conv2d with bias equal to ``bn(conv(x))`` in eval mode (leaf weights, no autograd history)."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      dilation=conv.dilation, groups=conv.groups, bias=True).requires_grad_(False).to(conv.weight.device)
+    fused = (
+        nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=True,
+        )
+        .requires_grad_(False)
+        .to(conv.weight.device)
+    )
     w_conv = conv.weight.clone().view(conv.out_channels, -1)
     w_bn = torch.diag(bn.weight.div(torch.sqrt(bn.eps + bn.running_var)))
     fused.weight.copy_(torch.mm(w_bn, w_conv).view(fused.weight.shape))

@@ -12,8 +12,8 @@ import numpy as np
 
 from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner
+from clo_export.comparator import Comparator, Compared, Comparison, Feed, Outputs, Thresholds, raw_head_runner
 from clo_export.compare import Report
-from clo_export.comparator import Compared, Comparator, Comparison, Feed, Outputs, Thresholds, raw_head_runner
 from clo_export.data.preprocess import LetterboxInfo, scale_boxes
 from clo_export.data.readers import Frame
 
@@ -43,13 +43,15 @@ class Checker:
     detection F1 (then largest difference) are kept with their images for the HTML report.
     """
 
-    def __init__(self, reference: Runner, info: ModelInfo, opts: InferOptions, min_f1: float | None = None,
-                 keep_worst: int = 0):
+    def __init__(
+        self, reference: Runner, info: ModelInfo, opts: InferOptions, min_f1: float | None = None, keep_worst: int = 0
+    ):
         thresholds = Thresholds(opts.conf, opts.iou, opts.max_det).for_model(info)
         own_onnx = info.nms and info.path.endswith(".onnx") and Path(info.path).is_file()
         raw = raw_head_runner(info.path) if own_onnx else None
-        self.comparator = Comparator(reference, Comparison(info.precision, thresholds, min_f1),
-                                     raw.activate() if raw is not None else None)
+        self.comparator = Comparator(
+            reference, Comparison(info.precision, thresholds, min_f1), raw.activate() if raw is not None else None
+        )
         self.reports: list[Report] = []
         self.keep_worst = keep_worst
         self._worst: list[tuple] = []
@@ -68,7 +70,11 @@ class Checker:
         f1 = report.detections.f1 if report.detections else 1.0
         max_abs = max((s.max_abs for s in report.tensors.values()), default=0.0)
         ref, test = (scale_boxes(d, lb) if len(d) else d for d in (compared.ref_dets[0], compared.test_dets[0]))
-        item = ((-(1 - f1), -max_abs), next(self._tie), CheckedFrame(frame.index, frame.path, f1, max_abs, frame.image, ref, test))
+        item = (
+            (-(1 - f1), -max_abs),
+            next(self._tie),
+            CheckedFrame(frame.index, frame.path, f1, max_abs, frame.image, ref, test),
+        )
         if len(self._worst) < self.keep_worst:
             heapq.heappush(self._worst, item)
         elif item[0] < self._worst[0][0]:  # heap keeps the best of the worst on top

@@ -16,8 +16,8 @@ from clo_export.backends.base import Runner, RunnerGone
 from clo_export.compare import Report
 from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
 from clo_export.data.preprocess import LetterboxInfo, preprocess
-from clo_export.data.sinks import Sink
 from clo_export.data.readers import Frame, Source
+from clo_export.data.sinks import Sink
 from clo_export.data.streams import MultiSource
 from clo_export.errors import CloExportError
 from clo_export.pipeline.check import Checker
@@ -46,8 +46,9 @@ class InferOptions:
     def validate(self) -> None:
         """Refuse bad values before any work starts."""
         if not (math.isfinite(self.reconnect) and self.reconnect >= 0):
-            raise CloExportError(f"--reconnect {self.reconnect} must be a number of seconds >= 0 "
-                                 "(0: give a lost live stream up at once)")
+            raise CloExportError(
+                f"--reconnect {self.reconnect} must be a number of seconds >= 0 (0: give a lost live stream up at once)"
+            )
         if not (0 <= self.conf <= 1 and 0 <= self.iou <= 1):
             raise CloExportError(f"--conf {self.conf} and --iou {self.iou} must lie in [0, 1]")
         if self.max_det < 1 or self.batch < 1 or self.check_every < 1 or self.queue_size < 1:
@@ -100,9 +101,17 @@ class Pipeline:
     sequential loop uses the first.
     """
 
-    def __init__(self, source: Source | MultiSource, runner: Runner | Sequence[Runner], info: ModelInfo,
-                 sinks: list[Sink] | None = None, opts: InferOptions = InferOptions(), checker: Checker | None = None,
-                 on_frame: Callable[[int, int], None] | None = None, stream_sinks: Sequence[Sequence[Sink]] = ()):
+    def __init__(
+        self,
+        source: Source | MultiSource,
+        runner: Runner | Sequence[Runner],
+        info: ModelInfo,
+        sinks: list[Sink] | None = None,
+        opts: InferOptions = InferOptions(),
+        checker: Checker | None = None,
+        on_frame: Callable[[int, int], None] | None = None,
+        stream_sinks: Sequence[Sequence[Sink]] = (),
+    ):
         opts.validate()
         self.runners = [runner] if isinstance(runner, Runner) else list(runner)
         if not self.runners:
@@ -139,13 +148,24 @@ class Pipeline:
         finally:
             self.sinks.finish(ok)
         return RunResult(
-            frames=self.frames, skipped=self.source.skipped, detections=self.detections,
+            frames=self.frames,
+            skipped=self.source.skipped,
+            detections=self.detections,
             dropped=self.dropped if self.multi is None else sum(self.multi.dropped) + sum(self.stream_drops),
-            seconds=time.perf_counter() - t0, stages={n: t.stats() for n, t in self.timers.items() if t.count},
-            interrupted=self.control.interrupted, check=self.checker.report if self.checker else None,
-            checked_frames=self.checked, outputs=self.sinks.outputs, batch=self.batch, streams=self.streams,
-            gone=self.gone, lost=self.lost, reconnects=self.source.reconnects, offline=self.source.offline,
-            non_finite=self.sinks.non_finite, per_stream=self._stream_stats(t0),
+            seconds=time.perf_counter() - t0,
+            stages={n: t.stats() for n, t in self.timers.items() if t.count},
+            interrupted=self.control.interrupted,
+            check=self.checker.report if self.checker else None,
+            checked_frames=self.checked,
+            outputs=self.sinks.outputs,
+            batch=self.batch,
+            streams=self.streams,
+            gone=self.gone,
+            lost=self.lost,
+            reconnects=self.source.reconnects,
+            offline=self.source.offline,
+            non_finite=self.sinks.non_finite,
+            per_stream=self._stream_stats(t0),
             batch_sizes=dict(sorted(self.batch_sizes.items())),
         )
 
@@ -153,16 +173,20 @@ class Pipeline:
         """Per-stream frames, FPS, drops (before and after the merge), reconnects and latency."""
         if self.multi is None:
             return []
-        return [t.stats(i, s.spec, t0, self.multi.dropped[i] + self.stream_drops[i], s.reconnects)
-                for i, (t, s) in enumerate(zip(self.stream_timers, self.multi.sources))]
+        return [
+            t.stats(i, s.spec, t0, self.multi.dropped[i] + self.stream_drops[i], s.reconnects)
+            for i, (t, s) in enumerate(zip(self.stream_timers, self.multi.sources))
+        ]
 
     def stream_progress(self) -> list[tuple[int, float, int]]:
         """Several streams, while running: frames written, FPS since the start and drops of each (empty for one)."""
         if self.multi is None:
             return []
         span = time.perf_counter() - self.started
-        return [(t.frames, t.frames / span if span > 0 else 0.0, self.multi.dropped[i] + self.stream_drops[i])
-                for i, t in enumerate(self.stream_timers)]
+        return [
+            (t.frames, t.frames / span if span > 0 else 0.0, self.multi.dropped[i] + self.stream_drops[i])
+            for i, t in enumerate(self.stream_timers)
+        ]
 
     def _drop(self, batch: _Batch) -> None:
         """The scheduler dropped ``batch`` to keep up with live sources: count it per stream."""
@@ -170,7 +194,7 @@ class Pipeline:
             self.stream_drops[frame.stream] += 1
 
     def _configure_batch(self) -> None:
-        """Input name and batch size from the model: a fixed batch is used (and padded to), a dynamic one is --infer-batch."""
+        """Input name and batch size from the model: a fixed batch is used (padded), a dynamic one is --infer-batch."""
         spec = self.runners[0].input_specs()[0]
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape else None
@@ -180,8 +204,10 @@ class Pipeline:
             log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", want)
             want = 1
         if fixed is not None and want not in (1, fixed):
-            raise CloExportError(f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "
-                                 "or export it with --dynamic-batch")
+            raise CloExportError(
+                f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "
+                "or export it with --dynamic-batch"
+            )
         self.batch = fixed if fixed is not None and not one_live else want
         self._pad = fixed
 
@@ -235,8 +261,12 @@ class Pipeline:
             for i, frame in enumerate(batch.frames):
                 if frame.index % self.opts.check_every == 0 and not self.control.hurry.is_set():
                     with self.timers["check"].timed():
-                        self.checker.observe(frame, {self.input_name: batch.inputs[i]},
-                                             {k: v[i:i + 1] for k, v in batch.outputs.items()}, batch.letterbox[i])
+                        self.checker.observe(
+                            frame,
+                            {self.input_name: batch.inputs[i]},
+                            {k: v[i : i + 1] for k, v in batch.outputs.items()},
+                            batch.letterbox[i],
+                        )
                     self.checked += 1
         return list(zip(batch.frames, dets))
 
@@ -267,8 +297,9 @@ class Pipeline:
 
     def _run_threaded(self) -> None:
         self.streams = len(self.runners)
-        scheduler = Scheduler(self.control, self.runners, self.opts.queue_size, self.batch, self.source.live,
-                              self._drop)
+        scheduler = Scheduler(
+            self.control, self.runners, self.opts.queue_size, self.batch, self.source.live, self._drop
+        )
         try:
             scheduler.run(self._batches, self._infer, self._postprocess, lambda item: self._write(*item))
         finally:

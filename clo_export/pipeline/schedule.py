@@ -48,8 +48,15 @@ class Scheduler:
     ``write(item)`` takes. Batches need a writable ``seq``.
     """
 
-    def __init__(self, control: Control, runners: Sequence[Runner], queue_size: int, batch: int, live: bool,
-                 on_drop: Callable[[Any], None] | None = None):
+    def __init__(
+        self,
+        control: Control,
+        runners: Sequence[Runner],
+        queue_size: int,
+        batch: int,
+        live: bool,
+        on_drop: Callable[[Any], None] | None = None,
+    ):
         self.control = control
         self.on_drop = on_drop  # told of each batch dropped to keep up with a live source
         self.runners = list(runners)
@@ -60,8 +67,13 @@ class Scheduler:
         self._taken = 0
         self._slots = threading.Semaphore(queue_size + len(self.runners))  # batches taken, not yet in order
 
-    def run(self, read: Callable[[], Iterable[Any]], infer: Callable[[Any, Runner], Any],
-            post: Callable[[Any], Iterable[Any]], write: Callable[[Any], None]) -> None:
+    def run(
+        self,
+        read: Callable[[], Iterable[Any]],
+        infer: Callable[[Any, Runner], Any],
+        post: Callable[[Any], Iterable[Any]],
+        write: Callable[[Any], None],
+    ) -> None:
         """Start every stage, wait for them all (Ctrl-C requests a stop), re-raise the first stage error."""
         size, streams = self.queue_size, len(self.runners)
         q_read: queue.Queue = queue.Queue(max(1, size // self.batch))
@@ -69,8 +81,10 @@ class Scheduler:
         q_write: queue.Queue = queue.Queue(size * self.batch)
         threads = [
             self._thread("clo-decode", lambda: self._read_stage(read, q_read), q_read),
-            *(self._thread(f"clo-infer-{i}", lambda r=r: self._infer_stage(infer, r, q_read, q_infer), q_infer)
-              for i, r in enumerate(self.runners)),
+            *(
+                self._thread(f"clo-infer-{i}", lambda r=r: self._infer_stage(infer, r, q_read, q_infer), q_infer)
+                for i, r in enumerate(self.runners)
+            ),
             self._thread("clo-post", lambda: self._post_stage(post, q_infer, q_write), q_write),
             self._thread("clo-encode", lambda: self._write_stage(write, q_write), None),
         ]
@@ -104,6 +118,7 @@ class Scheduler:
 
     def _thread(self, name: str, body: Callable[[], None], out: queue.Queue | None) -> threading.Thread:
         """A daemon thread running ``body``; an error aborts every stage; the end marker goes to ``out`` either way."""
+
         def run() -> None:
             try:
                 body()
@@ -113,6 +128,7 @@ class Scheduler:
             finally:
                 if out is not None:
                     self._put(out, _END)
+
         return threading.Thread(target=run, name=name, daemon=True)
 
     def _read_stage(self, read: Callable[[], Iterable[Any]], out: queue.Queue) -> None:
@@ -143,8 +159,9 @@ class Scheduler:
             self._taken += 1
             return batch
 
-    def _infer_stage(self, infer: Callable[[Any, Runner], Any], runner: Runner, inq: queue.Queue,
-                     out: queue.Queue) -> None:
+    def _infer_stage(
+        self, infer: Callable[[Any, Runner], Any], runner: Runner, inq: queue.Queue, out: queue.Queue
+    ) -> None:
         while (batch := self._take_batch(inq)) is not _END:
             if not self.control.hurry.is_set() and not self._put(out, infer(batch, runner)):
                 return

@@ -37,9 +37,12 @@ class SinkSet:
         if ok.all():
             return dets
         if not self.non_finite:
-            log.warning("frame %d of %s: the model gave a detection with NaN/Infinity in its box or score; such "
-                        "detections are dropped and counted (the model or its export is broken)", frame.index,
-                        frame.path)
+            log.warning(
+                "frame %d of %s: the model gave a detection with NaN/Infinity in its box or score; such "
+                "detections are dropped and counted (the model or its export is broken)",
+                frame.index,
+                frame.path,
+            )
         self.non_finite += int((~ok).sum())
         return dets[ok]
 

@@ -52,7 +52,9 @@ class StageTimer:
         if not self.samples:
             return StageStats(self.name, 0, 0.0, 0.0, 0.0)
         ms = np.asarray(self.samples) * 1e3
-        return StageStats(self.name, self.count, float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
+        return StageStats(
+            self.name, self.count, float(ms.mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+        )
 
 
 @dataclass(frozen=True)
@@ -88,5 +90,13 @@ class StreamTimer:
         """The summary; FPS counts from ``started`` (the run's start) to this stream's last frame."""
         ms = np.asarray(self.latency) * 1e3 if self.latency else np.zeros(1)
         span = self.last - started
-        return StreamStats(stream, source, self.frames, self.frames / span if self.frames and span > 0 else 0.0,
-                           dropped, reconnects, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
+        return StreamStats(
+            stream,
+            source,
+            self.frames,
+            self.frames / span if self.frames and span > 0 else 0.0,
+            dropped,
+            reconnects,
+            float(np.percentile(ms, 50)),
+            float(np.percentile(ms, 95)),
+        )

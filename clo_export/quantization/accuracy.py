@@ -30,8 +30,14 @@ from typing import Any
 import numpy as np
 
 from clo_export.comparator import run_feeds
-from clo_export.compare import (DetectionAgreement, TensorStats, _match_ious, detection_agreement, detection_stats,
-                                tensor_stats)
+from clo_export.compare import (
+    DetectionAgreement,
+    TensorStats,
+    _match_ious,
+    detection_agreement,
+    detection_stats,
+    tensor_stats,
+)
 from clo_export.errors import CloExportError
 from clo_export.fileio import json_text
 from clo_export.metrics import evaluate
@@ -70,8 +76,14 @@ class BoxIoU:
         if not ious:
             return cls(0, 1.0, 1.0, 1.0, 1.0, 0.0)
         a = np.asarray(ious)
-        return cls(len(a), float(a.mean()), float(np.median(a)), float(np.percentile(a, 10)), float(a.min()),
-                   float((a < 0.9).mean()))
+        return cls(
+            len(a),
+            float(a.mean()),
+            float(np.median(a)),
+            float(np.percentile(a, 10)),
+            float(a.min()),
+            float((a < 0.9).mean()),
+        )
 
 
 @dataclass
@@ -91,7 +103,8 @@ class AccuracyReport:
     @property
     def score(self) -> float:
         """The number --min-agreement is checked against: INT8's mAP@.5:.95 against FP32's detections, as a fraction
-        of FP32's own (1.0: nothing lost; FP32 scores below 1 against itself where NMS at val thresholds keeps extra boxes)."""
+        of FP32's own (1.0: nothing lost; FP32 scores below 1 against itself where NMS at val thresholds keeps
+        extra boxes)."""
         return self.int8.map50_95 / self.fp32.map50_95 if self.fp32.map50_95 > 0 else 1.0
 
     @property
@@ -99,12 +112,21 @@ class AccuracyReport:
         return self.int8.map50
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_images": self.n_images, "deploy_conf": self.conf, "deploy_nms_iou": self.iou,
-                "map_thresholds": {"conf": MAP_CONF, "nms_iou": MAP_IOU, "max_det": MAP_MAX_DET},
-                "agreement_map50_95": self.score, "int8_vs_fp32": asdict(self.int8), "fp32_vs_itself": asdict(self.fp32),
-                "drop_map50_points": self.int8.drop50, "drop_map50_95_points": self.int8.drop50_95,
-                "box_iou": asdict(self.box_iou), "detections_at_deploy": {"iou_match": 0.5, **asdict(self.agreement)},
-                "tensors": {k: {**asdict(s), "shape": list(s.shape)} for k, s in self.tensors.items()}, **self.info}
+        return {
+            "n_images": self.n_images,
+            "deploy_conf": self.conf,
+            "deploy_nms_iou": self.iou,
+            "map_thresholds": {"conf": MAP_CONF, "nms_iou": MAP_IOU, "max_det": MAP_MAX_DET},
+            "agreement_map50_95": self.score,
+            "int8_vs_fp32": asdict(self.int8),
+            "fp32_vs_itself": asdict(self.fp32),
+            "drop_map50_points": self.int8.drop50,
+            "drop_map50_95_points": self.int8.drop50_95,
+            "box_iou": asdict(self.box_iou),
+            "detections_at_deploy": {"iou_match": 0.5, **asdict(self.agreement)},
+            "tensors": {k: {**asdict(s), "shape": list(s.shape)} for k, s in self.tensors.items()},
+            **self.info,
+        }
 
     def to_json(self) -> str:
         """Strict JSON text of ``to_dict()`` (a non-finite value is null and named under ``non_finite``)."""
@@ -114,8 +136,14 @@ class AccuracyReport:
 class HeldOut:
     """The held-out feeds with FP32's outputs and detections computed once; scores candidate INT8 models."""
 
-    def __init__(self, fp32_model: str | bytes, data: Iterable[dict[str, np.ndarray]], conf: float = 0.25, iou: float = 0.45,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        fp32_model: str | bytes,
+        data: Iterable[dict[str, np.ndarray]],
+        conf: float = 0.25,
+        iou: float = 0.45,
+        threads: int | None = None,
+    ):
         self.conf, self.iou, self.threads = conf, iou, threads
         self.feeds = list(data)
         if not self.feeds:
@@ -157,8 +185,10 @@ class HeldOut:
             matched = [_match_ious(r, t, 0.5) for r, t in zip(self.ref_dets, test)]
             errors = [1 - np.asarray(m + [0.0] * (len(r) - len(m))) for r, m in zip(self.ref_dets, matched)]
         else:
-            errors = [1 - paired_iou(boxes, xywh2xyxy(decoded_output(out)[index][:, :4]))
-                      for out, (index, boxes) in zip(outs, self.anchors)]
+            errors = [
+                1 - paired_iou(boxes, xywh2xyxy(decoded_output(out)[index][:, :4]))
+                for out, (index, boxes) in zip(outs, self.anchors)
+            ]
         e = np.concatenate(errors) if errors else np.zeros(0)
         return 100 * float(e.mean()) if e.size else 0.0
 
@@ -178,7 +208,11 @@ class HeldOut:
         outs = self._run(model)
         stats: dict[str, TensorStats] = {}
         for ref, test in zip(self.ref, outs):
-            new = {k: tensor_stats(k, ref[k], test[k]) for k in ref if k in test and np.issubdtype(ref[k].dtype, np.floating)}
+            new = {
+                k: tensor_stats(k, ref[k], test[k])
+                for k in ref
+                if k in test and np.issubdtype(ref[k].dtype, np.floating)
+            }
             if not has_nms_outputs(ref):
                 new.update(detection_stats(decoded_output(ref), decoded_output(test)))
             for k, s in new.items():
@@ -186,8 +220,17 @@ class HeldOut:
         test_dets = [d for out in outs for d in self._deploy_dets(out)]
         ious = [v for ref, test in zip(self.ref_dets, test_dets) for v in _match_ious(ref, test, 0.5)]
         int8 = self._score([d for out in outs for d in self._val_dets(out)], self.fp32, self.box_error(outs))
-        return AccuracyReport(self.n_images, stats, detection_agreement(self.ref_dets, test_dets, 0.5), BoxIoU.of(ious),
-                              int8, self.fp32, self.conf, self.iou, dict(info or {}))
+        return AccuracyReport(
+            self.n_images,
+            stats,
+            detection_agreement(self.ref_dets, test_dets, 0.5),
+            BoxIoU.of(ious),
+            int8,
+            self.fp32,
+            self.conf,
+            self.iou,
+            dict(info or {}),
+        )
 
 
 def _confident(decoded: np.ndarray, conf: float) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -195,4 +238,3 @@ def _confident(decoded: np.ndarray, conf: float) -> tuple[tuple[np.ndarray, ...]
     score = decoded[..., 4] * decoded[..., 5:].max(-1)
     index = np.nonzero(score >= conf)
     return index, xywh2xyxy(decoded[index][:, :4])
-

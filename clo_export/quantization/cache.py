@@ -23,9 +23,19 @@ FORMAT = "clo-export-calib/1"
 
 def preprocess_params(imgsz: tuple[int, int], input_name: str = "images", batch: int = 1) -> dict[str, Any]:
     """Everything about how calibration tensors were made (clo_export.data.preprocess.preprocess)."""
-    return {"fn": "clo_export.data.preprocess.preprocess", "imgsz": [int(imgsz[0]), int(imgsz[1])], "letterbox": "full",
-            "pad": 114, "interp": "INTER_LINEAR", "color": "RGB", "scale": "1/255", "layout": "NCHW", "dtype": "float32",
-            "input": input_name, "batch": int(batch)}
+    return {
+        "fn": "clo_export.data.preprocess.preprocess",
+        "imgsz": [int(imgsz[0]), int(imgsz[1])],
+        "letterbox": "full",
+        "pad": 114,
+        "interp": "INTER_LINEAR",
+        "color": "RGB",
+        "scale": "1/255",
+        "layout": "NCHW",
+        "dtype": "float32",
+        "input": input_name,
+        "batch": int(batch),
+    }
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,10 @@ def load_ranges(path: str | os.PathLike, key: CacheKey, tensors: list[str]) -> C
 
 def save_ranges(path: str | os.PathLike, key: CacheKey, ranges: dict[str, float], n_images: int) -> None:
     """Write the ranges and their key atomically."""
-    payload = {"format": FORMAT, "key": asdict(key), "n_images": n_images,
-               "ranges": {k: float(v) for k, v in ranges.items()}}
+    payload = {
+        "format": FORMAT,
+        "key": asdict(key),
+        "n_images": n_images,
+        "ranges": {k: float(v) for k, v in ranges.items()},
+    }
     write_text_atomic(path, json_text(payload, indent=1))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clo_export.data.preprocess import preprocess_batch
 from clo_export.data.files import frame_count, frames_at, is_video, media_files, read_image
+from clo_export.data.preprocess import preprocess_batch
 from clo_export.errors import CloExportError
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,14 @@ def _readable(items: Sequence[Item], want: int) -> tuple[list[Item], list[str]]:
     return ok, bad
 
 
-def split_sources(sources: str | Path | Sequence[str | Path], num: int = DEFAULT_NUM, holdout: int = DEFAULT_HOLDOUT,
-                  seed: int = 0, min_images: int = MIN_IMAGES, min_holdout: int = MIN_HOLDOUT) -> CalibSplit:
+def split_sources(
+    sources: str | Path | Sequence[str | Path],
+    num: int = DEFAULT_NUM,
+    holdout: int = DEFAULT_HOLDOUT,
+    seed: int = 0,
+    min_images: int = MIN_IMAGES,
+    min_holdout: int = MIN_HOLDOUT,
+) -> CalibSplit:
     """Sample up to ``num`` calibration images plus ``holdout`` others (never the same) from ``sources``."""
     if num < 1 or holdout < 0:
         raise CloExportError(f"--num {num} must be >= 1 and --holdout {holdout} >= 0")
@@ -116,28 +122,42 @@ def split_sources(sources: str | Path | Sequence[str | Path], num: int = DEFAULT
     usable, bad = _readable(order, need)
     skipped += bad
     n = len(usable)
-    n_hold = holdout if n >= need else min(holdout, max(n - num, n // 5))  # short: --num first, a fifth held out at least
-    calib, held = sorted(usable[: n - n_hold]), sorted(usable[n - n_hold:])
+    n_hold = (
+        holdout if n >= need else min(holdout, max(n - num, n // 5))
+    )  # short: --num first, a fifth held out at least
+    calib, held = sorted(usable[: n - n_hold]), sorted(usable[n - n_hold :])
     names = ", ".join(str(s) for s in sources)
     if n == 0:
-        raise CloExportError(f"none of the {len(pool)} image(s)/frame(s) in {names} could be read "
-                             f"({len(skipped)} unreadable, e.g. {skipped[0] if skipped else '?'}); check the files")
+        raise CloExportError(
+            f"none of the {len(pool)} image(s)/frame(s) in {names} could be read "
+            f"({len(skipped)} unreadable, e.g. {skipped[0] if skipped else '?'}); check the files"
+        )
     if len(calib) < min_images:
         raise CloExportError(
-            f"found {n} usable calibration images in {names} ({len(skipped)} unreadable skipped, {len(pool)} candidates); "
-            f"calibration needs at least {min_images} (+ held-out images for the accuracy report), {RECOMMENDED}+ recommended: "
-            "add images or video frames from the deployment scene")
+            f"found {n} usable calibration images in {names} ({len(skipped)} unreadable skipped, {len(pool)} "
+            f"candidates); "
+            f"calibration needs at least {min_images} (+ held-out images for the accuracy report), {RECOMMENDED}+ "
+            f"recommended: "
+            "add images or video frames from the deployment scene"
+        )
     if holdout and len(held) < min(holdout, min_holdout):
         raise CloExportError(
-            f"only {len(held)} held-out images are left for the INT8 accuracy report ({n} readable, {len(skipped)} unreadable "
-            f"of {len(pool)} candidates); the report needs at least {min(holdout, min_holdout)}: add readable images to --calib")
+            f"only {len(held)} held-out images are left for the INT8 accuracy report ({n} readable, {len(skipped)} "
+            f"unreadable "
+            f"of {len(pool)} candidates); the report needs at least {min(holdout, min_holdout)}: add readable images "
+            f"to --calib"
+        )
     warnings = []
     if len(calib) < min(RECOMMENDED, num):
-        warnings.append(f"only {len(calib)} calibration images ({RECOMMENDED}+ recommended); INT8 ranges may not cover "
-                        "the deployment data")
+        warnings.append(
+            f"only {len(calib)} calibration images ({RECOMMENDED}+ recommended); INT8 ranges may not cover "
+            "the deployment data"
+        )
     if skipped:
-        warnings.append(f"skipped {len(skipped)} unreadable file(s)/frame(s) of {len(pool)} (e.g. {skipped[0]}); "
-                        f"using {len(calib)} calibration + {len(held)} held-out images")
+        warnings.append(
+            f"skipped {len(skipped)} unreadable file(s)/frame(s) of {len(pool)} (e.g. {skipped[0]}); "
+            f"using {len(calib)} calibration + {len(held)} held-out images"
+        )
     for w in warnings:
         log.warning(w)
     return CalibSplit(calib, held, len(pool), skipped, warnings)

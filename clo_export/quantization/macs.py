@@ -49,17 +49,24 @@ def _weight_shape(idx: GraphIndex, name: str) -> list[int] | None:
 def int8_nodes(model: onnx.ModelProto, idx: GraphIndex | None = None) -> set[str]:
     """Conv/MatMul nodes whose two first inputs both come from DequantizeLinear (TensorRT runs them in INT8)."""
     idx = idx or GraphIndex(model)
+
     def dq(name: str) -> bool:
         p = idx.producer.get(name)
         return p is not None and p.op_type == "DequantizeLinear"
-    return {n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul") and len(n.input) >= 2
-            and dq(n.input[0]) and dq(n.input[1])}
+
+    return {
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Conv", "MatMul") and len(n.input) >= 2 and dq(n.input[0]) and dq(n.input[1])
+    }
 
 
 def int8_conv_share(model: onnx.ModelProto) -> float:
     """Share of Conv MACs in INT8 in a Q/DQ model (0 when it has no Conv with a known shape)."""
     idx = GraphIndex(model)
-    macs = {k: v for k, v in node_macs(model, idx).items() if k in {n.name for n in model.graph.node if n.op_type == "Conv"}}
+    macs = {
+        k: v for k, v in node_macs(model, idx).items() if k in {n.name for n in model.graph.node if n.op_type == "Conv"}
+    }
     total = sum(macs.values())
     q = int8_nodes(model, idx)
     return sum(v for k, v in macs.items() if k in q) / total if total else 0.0

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from clo_export.quantization.graph import GraphIndex, Target
 from clo_export.errors import CloExportError
+from clo_export.quantization.graph import GraphIndex, Target
 
 QMAX = 127
 TINY = np.float32(1e-12)  # TensorRT refuses scale 0; an all-zero tensor gets a tiny positive scale
@@ -47,8 +47,10 @@ def insert_qdq(model: onnx.ModelProto, targets: list[Target], ranges: dict[str, 
     """A copy of ``model`` with Q/DQ on every target; ``ranges`` maps activation tensors to amax."""
     missing = sorted({t.tensor for t in targets if not t.weight and t.tensor not in ranges})
     if missing:
-        raise CloExportError(f"no calibration range for {len(missing)} tensor(s), e.g. '{missing[0]}'; "
-                             "recalibrate (--recalibrate) instead of using this cache")
+        raise CloExportError(
+            f"no calibration range for {len(missing)} tensor(s), e.g. '{missing[0]}'; "
+            "recalibrate (--recalibrate) instead of using this cache"
+        )
     out = copy.deepcopy(model)
     g = out.graph
     idx = GraphIndex(out)
@@ -56,7 +58,9 @@ def insert_qdq(model: onnx.ModelProto, targets: list[Target], ranges: dict[str, 
     new_inits: list[TensorProto] = []
     act_pairs = _activation_pairs(targets, ranges, taken, new_inits)
     weight_nodes = _weight_dequantizers(targets, idx, taken, new_inits)
-    rewire = {(t.node, t.index): (weight_nodes[t.tensor] if t.weight else act_pairs[t.tensor][1]).output[0] for t in targets}
+    rewire = {
+        (t.node, t.index): (weight_nodes[t.tensor] if t.weight else act_pairs[t.tensor][1]).output[0] for t in targets
+    }
 
     nodes: list[onnx.NodeProto] = list(weight_nodes.values())
     for inp in g.input:
@@ -77,25 +81,33 @@ def insert_qdq(model: onnx.ModelProto, targets: list[Target], ranges: dict[str, 
     return out
 
 
-def _activation_pairs(targets: list[Target], ranges: dict[str, float], taken: set[str],
-                      new_inits: list[TensorProto]) -> dict[str, list[onnx.NodeProto]]:
+def _activation_pairs(
+    targets: list[Target], ranges: dict[str, float], taken: set[str], new_inits: list[TensorProto]
+) -> dict[str, list[onnx.NodeProto]]:
     """One ``[Q, DQ]`` pair per quantized activation tensor (per-tensor scale, zero point 0)."""
     act_pairs: dict[str, list[onnx.NodeProto]] = {}
     for tensor in dict.fromkeys(t.tensor for t in targets if not t.weight):
         scale = _unique(f"{tensor}_scale", taken)
         zp = _unique(f"{tensor}_zero_point", taken)
         qt, dqt = _unique(f"{tensor}_QuantizeLinear_Output", taken), _unique(f"{tensor}_DequantizeLinear_Output", taken)
-        new_inits += [numpy_helper.from_array(np.array(activation_scale(ranges[tensor]), dtype=np.float32), scale),
-                      numpy_helper.from_array(np.array(0, dtype=np.int8), zp)]
+        new_inits += [
+            numpy_helper.from_array(np.array(activation_scale(ranges[tensor]), dtype=np.float32), scale),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), zp),
+        ]
         act_pairs[tensor] = [
-            helper.make_node("QuantizeLinear", [tensor, scale, zp], [qt], name=_unique(f"{tensor}_QuantizeLinear", taken)),
-            helper.make_node("DequantizeLinear", [qt, scale, zp], [dqt], name=_unique(f"{tensor}_DequantizeLinear", taken)),
+            helper.make_node(
+                "QuantizeLinear", [tensor, scale, zp], [qt], name=_unique(f"{tensor}_QuantizeLinear", taken)
+            ),
+            helper.make_node(
+                "DequantizeLinear", [qt, scale, zp], [dqt], name=_unique(f"{tensor}_DequantizeLinear", taken)
+            ),
         ]
     return act_pairs
 
 
-def _weight_dequantizers(targets: list[Target], idx: GraphIndex, taken: set[str],
-                         new_inits: list[TensorProto]) -> dict[str, onnx.NodeProto]:
+def _weight_dequantizers(
+    targets: list[Target], idx: GraphIndex, taken: set[str], new_inits: list[TensorProto]
+) -> dict[str, onnx.NodeProto]:
     """One ``DequantizeLinear(axis=0)`` over INT8 per-channel weights per quantized weight tensor."""
     weight_nodes: dict[str, onnx.NodeProto] = {}
     for t in targets:
@@ -108,10 +120,18 @@ def _weight_dequantizers(targets: list[Target], idx: GraphIndex, taken: set[str]
         qname = _unique(f"{t.tensor}_quantized", taken)
         sname, zname = _unique(f"{t.tensor}_scale", taken), _unique(f"{t.tensor}_zero_point", taken)
         dq_out = _unique(f"{t.tensor}_DequantizeLinear_Output", taken)
-        new_inits += [numpy_helper.from_array(q, qname), numpy_helper.from_array(s, sname),
-                      numpy_helper.from_array(np.zeros(len(s), dtype=np.int8), zname)]
-        weight_nodes[t.tensor] = helper.make_node("DequantizeLinear", [qname, sname, zname], [dq_out],
-                                                  name=_unique(f"{t.tensor}_DequantizeLinear", taken), axis=0)
+        new_inits += [
+            numpy_helper.from_array(q, qname),
+            numpy_helper.from_array(s, sname),
+            numpy_helper.from_array(np.zeros(len(s), dtype=np.int8), zname),
+        ]
+        weight_nodes[t.tensor] = helper.make_node(
+            "DequantizeLinear",
+            [qname, sname, zname],
+            [dq_out],
+            name=_unique(f"{t.tensor}_DequantizeLinear", taken),
+            axis=0,
+        )
     return weight_nodes
 
 

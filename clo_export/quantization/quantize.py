@@ -3,8 +3,8 @@ range method and the float sites on the held-out split, insert Q/DQ, check Tenso
 model + sidecar + accuracy report (+ sensitivity table) atomically.
 
 Automatic precision (the default): every range method is tried on the held-out split and mse
-kept unless another cuts the box error by 2 % (``--method auto``; ``sensitivity.choose_method``); then the sites whose float-alone run
-recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
+kept unless another cuts the box error by 2 % (``--method auto``; ``sensitivity.choose_method``); then the
+sites whose float-alone run recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
 ``target_drop`` points, keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of
 the calibration source decides (box error: :mod:`clo_export.quantization.accuracy`).
 """
@@ -22,21 +22,45 @@ from typing import Any
 
 import onnx
 
+from clo_export.artifacts import (
+    PREFIX,
+    ModelMeta,
+    OnnxSidecar,
+    graph_input,
+    load_onnx,
+    opset_of,
+    read_metadata,
+    write_metadata,
+)
+from clo_export.errors import CloExportError
+from clo_export.export.lint import full_check
+from clo_export.fileio import atomic_path, is_stream, json_text, sha256_file, write_text_atomic
 from clo_export.quantization.accuracy import AccuracyReport, HeldOut, Score
-from clo_export.artifacts import PREFIX, ModelMeta, OnnxSidecar, graph_input, load_onnx, opset_of, read_metadata, write_metadata
 from clo_export.quantization.cache import CacheKey, CacheLookup, load_ranges, preprocess_params, save_ranges
 from clo_export.quantization.calibrate import Progress, calibrate
+from clo_export.quantization.calibset import (
+    DEFAULT_HOLDOUT,
+    DEFAULT_NUM,
+    MIN_IMAGES,
+    CalibrationData,
+    CalibSplit,
+    split_sources,
+)
 from clo_export.quantization.graph import GraphIndex, Target, activation_tensors, attention_nodes, find_targets
 from clo_export.quantization.macs import int8_conv_share, node_macs
 from clo_export.quantization.qdq import insert_qdq
 from clo_export.quantization.ranges import METHODS
-from clo_export.quantization.sensitivity import (MIN_INT8_SHARE, Choice, Evaluate, SiteResult, choose_float, choose_method,
-                                                 find_sites, measure)
 from clo_export.quantization.rules import require_trt_qdq
-from clo_export.quantization.calibset import DEFAULT_HOLDOUT, DEFAULT_NUM, MIN_IMAGES, CalibrationData, CalibSplit, split_sources
-from clo_export.errors import CloExportError
-from clo_export.export.lint import full_check
-from clo_export.fileio import atomic_path, is_stream, json_text, sha256_file, write_text_atomic
+from clo_export.quantization.sensitivity import (
+    MIN_INT8_SHARE,
+    Choice,
+    Evaluate,
+    SiteResult,
+    choose_float,
+    choose_method,
+    find_sites,
+    measure,
+)
 from clo_export.validate import check_quantize_outputs
 
 log = logging.getLogger(__name__)
@@ -70,9 +94,13 @@ class QuantizeOptions:
         if self.target_drop is not None and not 0 <= self.target_drop < 100:
             raise CloExportError(f"--target-drop {self.target_drop} must lie in [0, 100) points of mAP@.5:.95")
         if self.num < self.min_images:
-            raise CloExportError(f"--num {self.num} is too small; calibrate on at least {self.min_images} images (256 is the default)")
+            raise CloExportError(
+                f"--num {self.num} is too small; calibrate on at least {self.min_images} images (256 is the default)"
+            )
         if self.holdout < 1:
-            raise CloExportError(f"--holdout {self.holdout} must be at least 1 (the accuracy report needs held-out images)")
+            raise CloExportError(
+                f"--holdout {self.holdout} must be at least 1 (the accuracy report needs held-out images)"
+            )
         if not (0 < self.conf < 1 and 0 < self.iou <= 1):
             raise CloExportError("--conf must be in (0, 1) and --iou in (0, 1]")
 
@@ -113,8 +141,10 @@ def check_input(model: onnx.ModelProto, meta: ModelMeta, path: Path) -> None:
     if meta.precision not in (None, "fp32"):
         raise CloExportError(f"{path} is {meta.precision}; quantize the FP32 ONNX (clo-export onnx without --half)")
     if meta.imgsz is None:
-        raise CloExportError(f"{path} has no fixed input size (a --dynamic export); quantize a fixed-size ONNX: "
-                             "YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W")
+        raise CloExportError(
+            f"{path} has no fixed input size (a --dynamic export); quantize a fixed-size ONNX: "
+            "YOLOv5 export.py without --dynamic, or clo-export onnx --imgsz H,W"
+        )
     opset = opset_of(model) or 0
     if opset < 13:
         raise CloExportError(f"{path} is opset {opset}; per-channel Q/DQ needs opset 13+: re-export with --opset 17")
@@ -123,27 +153,49 @@ def check_input(model: onnx.ModelProto, meta: ModelMeta, path: Path) -> None:
 def assert_float(model: onnx.ModelProto, nodes: set[str]) -> None:
     """Raise if any of ``nodes`` reads a DequantizeLinear output (the attention path must stay float)."""
     idx = GraphIndex(model)
-    bad = sorted(n.name for n in model.graph.node if n.name in nodes
-                 and any(idx.producer.get(i) is not None and idx.producer[i].op_type == "DequantizeLinear" for i in n.input))
+    bad = sorted(
+        n.name
+        for n in model.graph.node
+        if n.name in nodes
+        and any(idx.producer.get(i) is not None and idx.producer[i].op_type == "DequantizeLinear" for i in n.input)
+    )
     if bad:
         raise CloExportError(f"attention nodes {bad[:3]} were quantized although --keep-attention-fp was asked")
 
 
-def _ranges(model: onnx.ModelProto, split: CalibSplit, imgsz: tuple[int, int], input_name: str, tensors: list[str],
-            key: CacheKey, cache_path: Path | None, opts: QuantizeOptions, progress: Progress | None) -> tuple[dict[str, dict[str, float]], CacheLookup]:
+def _ranges(
+    model: onnx.ModelProto,
+    split: CalibSplit,
+    imgsz: tuple[int, int],
+    input_name: str,
+    tensors: list[str],
+    key: CacheKey,
+    cache_path: Path | None,
+    opts: QuantizeOptions,
+    progress: Progress | None,
+) -> tuple[dict[str, dict[str, float]], CacheLookup]:
     """amax per tensor for each method tried (every method for auto), from the cache or by calibrating once."""
     methods = list(METHODS) if opts.method == "auto" else [opts.method]
     flat = [f"{m}:{t}" for m in methods for t in tensors]  # one cache file holds every method's ranges
-    lookup = CacheLookup("ignored", reason="--recalibrate") if opts.recalibrate else \
-        CacheLookup("missing", reason="no cache beside a device or pipe") if cache_path is None else load_ranges(cache_path, key, flat)
+    lookup = (
+        CacheLookup("ignored", reason="--recalibrate")
+        if opts.recalibrate
+        else CacheLookup("missing", reason="no cache beside a device or pipe")
+        if cache_path is None
+        else load_ranges(cache_path, key, flat)
+    )
     if lookup.ranges is None:
         data = CalibrationData(split.calib, imgsz, input_name)
         per_method = calibrate(model, data, tensors, methods, len(split.calib), progress, opts.threads)
         if data.skipped:
             log.warning("%d calibration image(s) became unreadable while calibrating", len(data.skipped))
         if cache_path is not None:
-            save_ranges(cache_path, key, {f"{m}:{t}": v for m, r in per_method.items() for t, v in r.items()},
-                        len(split.calib) - len(data.skipped))
+            save_ranges(
+                cache_path,
+                key,
+                {f"{m}:{t}": v for m, r in per_method.items() for t, v in r.items()},
+                len(split.calib) - len(data.skipped),
+            )
         return per_method, lookup
     return {m: {t: lookup.ranges[f"{m}:{t}"] for t in tensors} for m in methods}, lookup
 
@@ -192,8 +244,9 @@ class _Decision:
         return self.choice.float_nodes if self.choice is not None else []
 
 
-def _open(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out: str | Path | None,
-          opts: QuantizeOptions) -> _Job:
+def _open(
+    onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out: str | Path | None, opts: QuantizeOptions
+) -> _Job:
     """Check the options, paths and input model; sample the calibration and held-out images."""
     opts.validate()
     onnx_path = Path(onnx_path)
@@ -209,12 +262,24 @@ def _open(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out
     input_name = graph_input(model).name
     imgsz = tuple(meta.imgsz)
     split = split_sources(sources, opts.num, opts.holdout, opts.seed, opts.min_images)
-    return _Job(onnx_path, out, cache_path, model, meta, input_name, imgsz, split, opts, sha256_file(onnx_path),
-                {"scan": time.perf_counter() - t0})
+    return _Job(
+        onnx_path,
+        out,
+        cache_path,
+        model,
+        meta,
+        input_name,
+        imgsz,
+        split,
+        opts,
+        sha256_file(onnx_path),
+        {"scan": time.perf_counter() - t0},
+    )
 
 
-def _choose_method(per_method: dict[str, dict[str, float]], score: Callable[[dict[str, float]], Score],
-                   asked: str) -> _Decision:
+def _choose_method(
+    per_method: dict[str, dict[str, float]], score: Callable[[dict[str, float]], Score], asked: str
+) -> _Decision:
     """Score each method's all-INT8 model on the held-out split and choose (``choose_method``; only one: no scoring)."""
     if len(per_method) == 1:
         return _Decision(asked, per_method[asked], {})
@@ -232,9 +297,13 @@ def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: E
     convs = {n.name for n in job.model.graph.node if n.op_type == "Conv"}
     conv_total = sum(v for k, v in macs.items() if k in convs)
     decision.all_int8 = decision.method_scores.get(decision.method) or evaluate(frozenset())
-    decision.sites = measure(find_sites(job.model, targets, macs), conv_total, evaluate, decision.all_int8, opts.sensitivity)
+    decision.sites = measure(
+        find_sites(job.model, targets, macs), conv_total, evaluate, decision.all_int8, opts.sensitivity
+    )
     if opts.target_drop is not None:
-        decision.choice = choose_float(decision.sites, decision.all_int8, conv_total, evaluate, opts.target_drop, opts.min_int8_share)
+        decision.choice = choose_float(
+            decision.sites, decision.all_int8, conv_total, evaluate, opts.target_drop, opts.min_int8_share
+        )
         if not decision.choice.met:
             log.warning(decision.choice.reason)
 
@@ -242,10 +311,20 @@ def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: E
 def _calibration_facts(job: _Job, decision: _Decision, float_nodes: list[str], share: float) -> dict[str, Any]:
     """What the Q/DQ model's metadata and sidecar say about its calibration."""
     o = job.opts
-    return {"method": decision.method, "method_asked": o.method, "images": len(job.split.calib),
-            "holdout_images": len(job.split.holdout), "seed": o.seed, "keep_attention_fp": o.keep_attention_fp,
-            "skipped": len(job.split.skipped), "target_drop": o.target_drop, "float_nodes": float_nodes,
-            "int8_conv_mac_share": share, "fp32_onnx": job.onnx_path.name, "fp32_onnx_sha256": job.sha256}
+    return {
+        "method": decision.method,
+        "method_asked": o.method,
+        "images": len(job.split.calib),
+        "holdout_images": len(job.split.holdout),
+        "seed": o.seed,
+        "keep_attention_fp": o.keep_attention_fp,
+        "skipped": len(job.split.skipped),
+        "target_drop": o.target_drop,
+        "float_nodes": float_nodes,
+        "int8_conv_mac_share": share,
+        "fp32_onnx": job.onnx_path.name,
+        "fp32_onnx_sha256": job.sha256,
+    }
 
 
 def _finish(job: _Job, qmodel: onnx.ModelProto, calibration: dict[str, Any], attn: set[str]) -> bytes:
@@ -264,27 +343,62 @@ def _finish(job: _Job, qmodel: onnx.ModelProto, calibration: dict[str, Any], att
 def _report_info(job: _Job, decision: _Decision, float_nodes: list[str], share: float) -> dict[str, Any]:
     """The decisions, as the accuracy report's extra fields."""
     c, o = decision.choice, job.opts
-    fallback = None if c is None else {"target_drop_points": o.target_drop, "met": c.met, "reason": c.reason,
-                                       "float_sites": c.float_sites, "float_nodes": c.float_nodes, "steps": c.steps}
-    return {"float_nodes": float_nodes, "method": decision.method, "method_asked": o.method,
-            "method_scores": {m: asdict(v) for m, v in decision.method_scores.items()},
-            "keep_attention_fp": o.keep_attention_fp, "fallback": fallback, "int8_conv_mac_share": share,
-            "decided_on": "held-out split of the calibration source"}
+    fallback = (
+        None
+        if c is None
+        else {
+            "target_drop_points": o.target_drop,
+            "met": c.met,
+            "reason": c.reason,
+            "float_sites": c.float_sites,
+            "float_nodes": c.float_nodes,
+            "steps": c.steps,
+        }
+    )
+    return {
+        "float_nodes": float_nodes,
+        "method": decision.method,
+        "method_asked": o.method,
+        "method_scores": {m: asdict(v) for m, v in decision.method_scores.items()},
+        "keep_attention_fp": o.keep_attention_fp,
+        "fallback": fallback,
+        "int8_conv_mac_share": share,
+        "decided_on": "held-out split of the calibration source",
+    }
 
 
-def _sidecar(job: _Job, calibration: dict[str, Any], float_nodes: list[str], kept: list[Target],
-             attn: list[str], report: AccuracyReport) -> OnnxSidecar:
+def _sidecar(
+    job: _Job,
+    calibration: dict[str, Any],
+    float_nodes: list[str],
+    kept: list[Target],
+    attn: list[str],
+    report: AccuracyReport,
+) -> OnnxSidecar:
     """The sidecar ``OUT.json``: model metadata, calibration, Q/DQ counts and the accuracy summary."""
-    return OnnxSidecar(job.meta, job.out.name, job.onnx_path.name, calibration=calibration, float_nodes=float_nodes,
-                       qdq={"activation_tensors": len(activation_tensors(kept)), "weights": sum(t.weight for t in kept),
-                            "float_attention_nodes": attn},
-                       accuracy={"file": job.accuracy_path and job.accuracy_path.name,
-                                 "agreement_map50_95": report.score,
-                                 "drop_map50_95_points": report.int8.drop50_95, "drop_map50_points": report.int8.drop50})
+    return OnnxSidecar(
+        job.meta,
+        job.out.name,
+        job.onnx_path.name,
+        calibration=calibration,
+        float_nodes=float_nodes,
+        qdq={
+            "activation_tensors": len(activation_tensors(kept)),
+            "weights": sum(t.weight for t in kept),
+            "float_attention_nodes": attn,
+        },
+        accuracy={
+            "file": job.accuracy_path and job.accuracy_path.name,
+            "agreement_map50_95": report.score,
+            "drop_map50_95_points": report.int8.drop50_95,
+            "drop_map50_points": report.int8.drop50,
+        },
+    )
 
 
-def _write_outputs(job: _Job, payload: bytes, report: AccuracyReport, decision: _Decision, n_images: int,
-                   side: OnnxSidecar) -> tuple[Path | None, Path | None]:
+def _write_outputs(
+    job: _Job, payload: bytes, report: AccuracyReport, decision: _Decision, n_images: int, side: OnnxSidecar
+) -> tuple[Path | None, Path | None]:
     """Write the model, the accuracy report, the sensitivity table (when asked) and the sidecar, each atomically."""
     with atomic_path(job.out) as tmp:
         tmp.write_bytes(payload)
@@ -294,15 +408,24 @@ def _write_outputs(job: _Job, payload: bytes, report: AccuracyReport, decision: 
     sensitivity_path = None
     if decision.sites is not None and job.opts.sensitivity:
         sensitivity_path = job.out.with_name(job.out.stem + ".sensitivity.json")
-        table = {"method": decision.method, "held_out_images": n_images,
-                 "metric": "mAP@.5:.95 drop vs FP32 detections (points)", "all_int8": asdict(decision.all_int8),
-                 "sites": [r.to_dict() for r in decision.sites]}
+        table = {
+            "method": decision.method,
+            "held_out_images": n_images,
+            "metric": "mAP@.5:.95 drop vs FP32 detections (points)",
+            "all_int8": asdict(decision.all_int8),
+            "sites": [r.to_dict() for r in decision.sites],
+        }
         write_text_atomic(sensitivity_path, json_text(table, indent=2))
     return sensitivity_path, side.write(job.out)
 
 
-def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], out: str | Path | None = None,
-             opts: QuantizeOptions = QuantizeOptions(), progress: Progress | None = None) -> QuantizeResult:
+def quantize(
+    onnx_path: str | Path,
+    sources: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
+    opts: QuantizeOptions = QuantizeOptions(),
+    progress: Progress | None = None,
+) -> QuantizeResult:
     """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps."""
     job = _open(onnx_path, sources, out, opts)
     model, split = job.model, job.split
@@ -310,7 +433,9 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
     tensors = activation_tensors(all_targets)
     key = CacheKey(job.sha256, opts.method, preprocess_params(job.imgsz, job.input_name), split.digest())
     with job.timed("calibrate"):
-        per_method, lookup = _ranges(model, split, job.imgsz, job.input_name, tensors, key, job.cache_path, opts, progress)
+        per_method, lookup = _ranges(
+            model, split, job.imgsz, job.input_name, tensors, key, job.cache_path, opts, progress
+        )
 
     targets = [t for t in all_targets if not (opts.keep_attention_fp and t.attention)]
     attn = attention_nodes(model) if opts.keep_attention_fp else set()
@@ -319,8 +444,13 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
         return insert_qdq(model, qdq_targets(targets, float_nodes), ranges)
 
     with job.timed("method"):
-        held = HeldOut(str(job.onnx_path), CalibrationData(split.holdout, job.imgsz, job.input_name), opts.conf, opts.iou,
-                       opts.threads)
+        held = HeldOut(
+            str(job.onnx_path),
+            CalibrationData(split.holdout, job.imgsz, job.input_name),
+            opts.conf,
+            opts.iou,
+            opts.threads,
+        )
         decision = _choose_method(per_method, lambda r: held.score(build(r).SerializeToString()), opts.method)
     evaluate: Evaluate = lambda nodes: held.score(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
     with job.timed("sensitivity"):
@@ -340,10 +470,26 @@ def quantize(onnx_path: str | Path, sources: str | Path | Sequence[str | Path], 
     kept = qdq_targets(targets, fallback)
     sidecar = _sidecar(job, calibration, float_nodes, kept, sorted(attn), report)
     sensitivity_path, side = _write_outputs(job, payload, report, decision, held.n_images, sidecar)
-    return QuantizeResult(job.out, side, job.accuracy_path, job.cache_path, report, split, lookup,
-                          len(activation_tensors(kept)), sum(t.weight for t in kept), sorted(attn), decision.method,
-                          decision.method_scores, decision.sites, decision.choice, float_nodes, share, sensitivity_path,
-                          job.seconds)
+    return QuantizeResult(
+        job.out,
+        side,
+        job.accuracy_path,
+        job.cache_path,
+        report,
+        split,
+        lookup,
+        len(activation_tensors(kept)),
+        sum(t.weight for t in kept),
+        sorted(attn),
+        decision.method,
+        decision.method_scores,
+        decision.sites,
+        decision.choice,
+        float_nodes,
+        share,
+        sensitivity_path,
+        job.seconds,
+    )
 
 
 def qdq_targets(targets: list[Target], float_nodes: Sequence[str]) -> list[Target]:

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from clo_export.artifacts import opset_of
-from clo_export.quantization.graph import GraphIndex
 from clo_export.errors import CloExportError
+from clo_export.quantization.graph import GraphIndex
 
 MIN_OPSET = 13
 QDQ_CONSUMERS = ("Conv", "MatMul", "Add", "ConvTranspose", "Gemm")
@@ -56,11 +56,15 @@ def check_qdq(model: onnx.ModelProto) -> list[str]:
             continue
         for c, i in consumers:
             if c.op_type not in QDQ_CONSUMERS:
-                problems.append(f"{where}: feeds {c.op_type} '{c.name}'; Q/DQ belongs only in front of Conv/MatMul/Add "
-                                "(elsewhere it blocks TensorRT fusions)")
+                problems.append(
+                    f"{where}: feeds {c.op_type} '{c.name}'; Q/DQ belongs only in front of Conv/MatMul/Add "
+                    "(elsewhere it blocks TensorRT fusions)"
+                )
             elif c.op_type in ("Conv", "ConvTranspose", "Gemm") and i == 2:
-                problems.append(f"{where}: quantized bias of {c.op_type} '{c.name}'; keep bias float "
-                                "(TensorRT: Invalid Node bias_DequantizeLinear)")
+                problems.append(
+                    f"{where}: quantized bias of {c.op_type} '{c.name}'; keep bias float "
+                    "(TensorRT: Invalid Node bias_DequantizeLinear)"
+                )
     return problems
 
 
@@ -84,7 +88,12 @@ def _weight_source(idx: GraphIndex, node: onnx.NodeProto) -> str | None:
     if idx.is_constant(node.input[0]):
         return node.input[0]
     p = idx.producer.get(node.input[0])
-    if node.op_type == "DequantizeLinear" and p is not None and p.op_type == "QuantizeLinear" and idx.is_constant(p.input[0]):
+    if (
+        node.op_type == "DequantizeLinear"
+        and p is not None
+        and p.op_type == "QuantizeLinear"
+        and idx.is_constant(p.input[0])
+    ):
         return p.input[0]
     return None
 
@@ -98,8 +107,10 @@ def _weight(idx: GraphIndex, node: onnx.NodeProto, source: str, scale: np.ndarra
     if value.ndim >= 2:
         axis = _attr(node, "axis", 1)
         if scale.size != value.shape[0] or axis not in (0, -value.ndim):
-            out.append(f"{where}: weight '{source}' is quantized with {scale.size} scale(s) on axis {axis}; "
-                       f"TensorRT wants per-channel scales on axis 0 ({value.shape[0]} values)")
+            out.append(
+                f"{where}: weight '{source}' is quantized with {scale.size} scale(s) on axis {axis}; "
+                f"TensorRT wants per-channel scales on axis 0 ({value.shape[0]} values)"
+            )
     return out
 
 

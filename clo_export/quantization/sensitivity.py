@@ -69,10 +69,16 @@ class SiteResult:
         return self.base.box_error - self.float_alone.box_error if self.base and self.float_alone else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"site": self.site.name, "nodes": list(self.site.nodes), "ops": self.site.ops, "mac_share": self.mac_share,
-                "output_conv": self.site.output, "measured_on": "all INT8" if self.site.output else "output convs float",
-                "float_alone": asdict(self.float_alone) if self.float_alone else None,
-                "int8_alone": asdict(self.int8_alone) if self.int8_alone else None}
+        return {
+            "site": self.site.name,
+            "nodes": list(self.site.nodes),
+            "ops": self.site.ops,
+            "mac_share": self.mac_share,
+            "output_conv": self.site.output,
+            "measured_on": "all INT8" if self.site.output else "output convs float",
+            "float_alone": asdict(self.float_alone) if self.float_alone else None,
+            "int8_alone": asdict(self.int8_alone) if self.int8_alone else None,
+        }
 
 
 @dataclass
@@ -126,11 +132,15 @@ def find_sites(model: onnx.ModelProto, targets: Sequence[Target], macs: dict[str
         for n in nodes:
             kinds[ops[n]] = kinds.get(ops[n], 0) + 1
         desc = ", ".join(f"{v} {k}" for k, v in kinds.items())
-        sites.append(Site(key, tuple(nodes), sum(macs.get(n, 0) for n in nodes if ops[n] == "Conv"), desc, key in heads))
+        sites.append(
+            Site(key, tuple(nodes), sum(macs.get(n, 0) for n in nodes if ops[n] == "Conv"), desc, key in heads)
+        )
     return sites
 
 
-def measure(sites: Sequence[Site], total_macs: int, evaluate: Evaluate, all_int8: Score, both: bool = False) -> list[SiteResult]:
+def measure(
+    sites: Sequence[Site], total_macs: int, evaluate: Evaluate, all_int8: Score, both: bool = False
+) -> list[SiteResult]:
     """Float-alone score of every site (output convs on the all-INT8 model, the rest with them float), and INT8-alone
     with ``both``; in the order of ``sites``."""
     everything = frozenset(n for s in sites for n in s.nodes)
@@ -166,8 +176,16 @@ def choose_method(scores: dict[str, Score], min_gain: float = MIN_GAIN) -> str:
     return kept
 
 
-def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, evaluate: Evaluate, target: float,
-                 min_share: float = MIN_INT8_SHARE, max_steps: int = 12, min_gain: float = MIN_GAIN) -> Choice:
+def choose_float(
+    results: Sequence[SiteResult],
+    base: Score,
+    total_macs: int,
+    evaluate: Evaluate,
+    target: float,
+    min_share: float = MIN_INT8_SHARE,
+    max_steps: int = 12,
+    min_gain: float = MIN_GAIN,
+) -> Choice:
     """Keep sites float, most recovery per MAC first, until the drop is <= ``target`` points (see module docstring)."""
     chosen: list[SiteResult] = []
     best, share = base, sum(r.mac_share for r in results)  # Convs outside every site (float attention) count as float
@@ -184,8 +202,16 @@ def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, ev
         trial = chosen + [r]
         score = evaluate(frozenset(n for c in trial for n in c.site.nodes))
         keep = score.box_error <= best.box_error * (1 - min_gain)
-        steps.append({"site": r.site.name, "box_error": score.box_error, "drop50_95": score.drop50_95,
-                      "drop50": score.drop50, "int8_share": new_share, "kept": keep})
+        steps.append(
+            {
+                "site": r.site.name,
+                "box_error": score.box_error,
+                "drop50_95": score.drop50_95,
+                "drop50": score.drop50,
+                "int8_share": new_share,
+                "kept": keep,
+            }
+        )
         if keep:
             chosen, best, share = trial, score, new_share
             if best.drop50_95 <= target:
@@ -194,7 +220,9 @@ def choose_float(results: Sequence[SiteResult], base: Score, total_macs: int, ev
     if met:
         reason = f"held-out mAP@.5:.95 drop {best.drop50_95:.2f} <= target {target} points"
     else:
-        reason = (f"held-out mAP@.5:.95 drop {best.drop50_95:.2f} points is above the target {target}: the sites that "
-                  f"fit in {100 * (1 - min_share):.0f} % of the Conv MACs in float (up to {max_steps} tried) do not reach it")
+        reason = (
+            f"held-out mAP@.5:.95 drop {best.drop50_95:.2f} points is above the target {target}: the sites that "
+            f"fit in {100 * (1 - min_share):.0f} % of the Conv MACs in float (up to {max_steps} tried) do not reach it"
+        )
     nodes = sorted(n for c in chosen for n in c.site.nodes)
     return Choice([c.site.name for c in chosen], nodes, best, share, met, reason, steps)

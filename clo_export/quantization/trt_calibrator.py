@@ -36,8 +36,12 @@ def read_cache(path: str | os.PathLike | None, method: str) -> Optional[bytes]:
     header = data.split(b"\n", 1)[0].decode("ascii", "replace")
     want = CACHE_ALGORITHMS[method]
     if not header.endswith(want):
-        log.warning("TensorRT calibration cache %s was made by %s, not %s; ignoring it and recalibrating",
-                    path, header or "an unknown calibrator", want)
+        log.warning(
+            "TensorRT calibration cache %s was made by %s, not %s; ignoring it and recalibrating",
+            path,
+            header or "an unknown calibrator",
+            want,
+        )
         return None
     log.info("TensorRT calibration cache hit: %s", path)
     return data
@@ -49,8 +53,10 @@ def make_calibrator(data: Iterable[Any], method: str = "entropy", cache_path: st
     trt = lazy_import("tensorrt")
     base = getattr(trt, CALIBRATOR_CLASSES[method], None)
     if base is None:
-        raise CloExportError(f"TensorRT {getattr(trt, '__version__', '?')} has no {CALIBRATOR_CLASSES[method]} "
-                             "(removed in 11); use the Q/DQ model from clo-export quantize")
+        raise CloExportError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has no {CALIBRATOR_CLASSES[method]} "
+            "(removed in 11); use the Q/DQ model from clo-export quantize"
+        )
     from polygraphy.backend.trt import Calibrator
 
     calibrator = Calibrator(data, BaseClass=base)

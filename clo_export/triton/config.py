@@ -14,9 +14,16 @@ from typing import Any
 import numpy as np
 
 # numpy dtype -> Triton data_type
-TRITON_TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float64): "TYPE_FP64", np.dtype(np.float16): "TYPE_FP16", np.dtype(np.int32): "TYPE_INT32",
-                np.dtype(np.int64): "TYPE_INT64", np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.int8): "TYPE_INT8",
-                np.dtype(np.bool_): "TYPE_BOOL"}
+TRITON_TYPES = {
+    np.dtype(np.float32): "TYPE_FP32",
+    np.dtype(np.float64): "TYPE_FP64",
+    np.dtype(np.float16): "TYPE_FP16",
+    np.dtype(np.int32): "TYPE_INT32",
+    np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(np.uint8): "TYPE_UINT8",
+    np.dtype(np.int8): "TYPE_INT8",
+    np.dtype(np.bool_): "TYPE_BOOL",
+}
 PARAM_PREFIX = "clo_export."
 
 # Tensor names the ensemble's steps pass on (besides the model's own input and outputs)
@@ -39,7 +46,11 @@ class Tensor:
     optional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "data_type": Sym(TRITON_TYPES[np.dtype(self.dtype)]), "dims": list(self.dims)}
+        d: dict[str, Any] = {
+            "name": self.name,
+            "data_type": Sym(TRITON_TYPES[np.dtype(self.dtype)]),
+            "dims": list(self.dims),
+        }
         if self.optional:
             d["optional"] = True
         return d
@@ -110,8 +121,9 @@ def _dynamic_batching(s: Serving) -> dict[str, Any] | None:
     return d
 
 
-def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor], s: Serving,
-                 params: dict[str, Any]) -> dict[str, Any]:
+def model_config(
+    name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor], s: Serving, params: dict[str, Any]
+) -> dict[str, Any]:
     """The detector's config: ``onnxruntime_onnx``, ``tensorrt_plan`` or the Python backend running ONNX Runtime."""
     cfg: dict[str, Any] = {"name": name}
     if platform == "python":
@@ -132,22 +144,46 @@ def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[T
     return cfg
 
 
-def python_config(name: str, inputs: list[Tensor], outputs: list[Tensor], s: Serving,
-                  params: dict[str, Any]) -> dict[str, Any]:
+def python_config(
+    name: str, inputs: list[Tensor], outputs: list[Tensor], s: Serving, params: dict[str, Any]
+) -> dict[str, Any]:
     """A pre- or postprocessing model on the Python backend (CPU instances, requests handled one by one)."""
-    return {"name": name, "backend": "python", "max_batch_size": s.max_batch,
-            "input": [t.to_dict() for t in inputs], "output": [t.to_dict() for t in outputs],
-            "instance_group": _instance_group(s.instances, "cpu"), "parameters": parameters(params)}
+    return {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": s.max_batch,
+        "input": [t.to_dict() for t in inputs],
+        "output": [t.to_dict() for t in outputs],
+        "instance_group": _instance_group(s.instances, "cpu"),
+        "parameters": parameters(params),
+    }
 
 
-def ensemble_config(name: str, inputs: list[Tensor], outputs: list[Tensor], max_batch: int,
-                    steps: list[tuple[str, dict[str, str], dict[str, str]]], params: dict[str, Any]) -> dict[str, Any]:
+def ensemble_config(
+    name: str,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    max_batch: int,
+    steps: list[tuple[str, dict[str, str], dict[str, str]]],
+    params: dict[str, Any],
+) -> dict[str, Any]:
     """The ensemble: ``steps`` are (model, {its input: ensemble tensor}, {its output: ensemble tensor})."""
-    return {"name": name, "platform": "ensemble", "max_batch_size": max_batch,
-            "input": [t.to_dict() for t in inputs], "output": [t.to_dict() for t in outputs],
-            "ensemble_scheduling": {"step": [
-                {"model_name": model, "model_version": -1,
-                 "input_map": [{"key": k, "value": v} for k, v in ins.items()],
-                 "output_map": [{"key": k, "value": v} for k, v in outs.items()]}
-                for model, ins, outs in steps]},
-            "parameters": parameters(params)}
+    return {
+        "name": name,
+        "platform": "ensemble",
+        "max_batch_size": max_batch,
+        "input": [t.to_dict() for t in inputs],
+        "output": [t.to_dict() for t in outputs],
+        "ensemble_scheduling": {
+            "step": [
+                {
+                    "model_name": model,
+                    "model_version": -1,
+                    "input_map": [{"key": k, "value": v} for k, v in ins.items()],
+                    "output_map": [{"key": k, "value": v} for k, v in outs.items()],
+                }
+                for model, ins, outs in steps
+            ]
+        },
+        "parameters": parameters(params),
+    }

@@ -38,7 +38,9 @@ class ServerEnv:
         root = Path(root).resolve()
         hits = sorted(root.glob("lib/python3.*/site-packages/pytriton/tritonserver/bin/tritonserver"))
         if not hits:
-            raise CloExportError(f"no tritonserver in '{root}'; make it with `make triton-env` (nvidia-pytriton, numpy<2)")
+            raise CloExportError(
+                f"no tritonserver in '{root}'; make it with `make triton-env` (nvidia-pytriton, numpy<2)"
+            )
         dist = hits[0].parent.parent
         python = dist.parent.parent.parent.name.replace("python", "")
         return cls(root, python, dist)
@@ -54,8 +56,10 @@ class ServerEnv:
             shutil.copytree(self.dist / "backends", dest, dirs_exist_ok=True)
             stub = self.dist / "python_backend_stubs" / self.python / "triton_python_backend_stub"
             if not stub.is_file():
-                raise CloExportError(f"nvidia-pytriton has no Python backend stub for Python {self.python}; "
-                                     "make the server environment with Python 3.8 … 3.13")
+                raise CloExportError(
+                    f"nvidia-pytriton has no Python backend stub for Python {self.python}; "
+                    "make the server environment with Python 3.8 … 3.13"
+                )
             shutil.copy2(stub, dest / "python" / "triton_python_backend_stub")
         return dest
 
@@ -70,8 +74,13 @@ def free_port() -> int:
 class LocalServer:
     """``tritonserver`` on 127.0.0.1 on free ports; a context manager that stops it cleanly."""
 
-    def __init__(self, repository: str | os.PathLike, scratch: str | os.PathLike, env: ServerEnv | None = None,
-                 models: list[str] | None = None):
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        scratch: str | os.PathLike,
+        env: ServerEnv | None = None,
+        models: list[str] | None = None,
+    ):
         self.repository = Path(repository)
         self.scratch = Path(scratch).resolve()
         self.env = env or ServerEnv.find()
@@ -92,11 +101,18 @@ class LocalServer:
     def command(self) -> list[str]:
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port = free_port(), free_port()
-        cmd = [str(self.env.dist / "bin" / "tritonserver"), f"--model-repository={self.repository.resolve()}",
-               f"--backend-directory={self.env.backends(self.scratch)}",
-               "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-               "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-               "--allow-metrics=false", "--exit-on-error=true", "--log-verbose=0"]
+        cmd = [
+            str(self.env.dist / "bin" / "tritonserver"),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={self.env.backends(self.scratch)}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+        ]
         if self.models:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         return cmd
@@ -110,19 +126,27 @@ class LocalServer:
         return env
 
     def start(self, timeout: float = 90.0) -> LocalServer:
-        """Start the server and wait until it is ready; a server that dies or never gets ready raises with its log tail."""
+        """Start the server and wait until it is ready; one that dies or never gets ready raises with its log tail."""
         cmd = self.command()
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
-                                         cwd=self.scratch, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                cwd=self.scratch,
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
-                raise CloExportError(f"tritonserver exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}")
+                raise CloExportError(
+                    f"tritonserver exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}"
+                )
             if self.ready():
                 return self
             time.sleep(0.25)
@@ -186,15 +210,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("repository", type=Path)
     ap.add_argument("--env", type=Path, default=DEFAULT_ENV, help="environment made by make triton-env")
-    ap.add_argument("--scratch", type=Path, default=Path(".triton-scratch"), help="folder for backends and the server log")
+    ap.add_argument(
+        "--scratch", type=Path, default=Path(".triton-scratch"), help="folder for backends and the server log"
+    )
     args = ap.parse_args()
     try:
         server = LocalServer(args.repository, args.scratch, ServerEnv.find(args.env)).start()
     except CloExportError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(1) from None
-    sys.stdout.write(f"Triton serving {args.repository} on grpc {server.grpc_url}, http {server.http_url} "
-                     f"(log: {server.log_path}); Ctrl-C stops it\n")
+    sys.stdout.write(
+        f"Triton serving {args.repository} on grpc {server.grpc_url}, http {server.http_url} "
+        f"(log: {server.log_path}); Ctrl-C stops it\n"
+    )
     sys.stdout.flush()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the server as Ctrl-C does
     try:

@@ -18,15 +18,21 @@ def repository_readme(name: str, out: Path, platform: str, facts: ModelFacts, op
     from clo_export.triton.repository import MARK
 
     h, w = facts.imgsz
-    model_file = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx"}.get(platform, "model.py + model.onnx")
+    model_file = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx"}.get(
+        platform, "model.py + model.onnx"
+    )
     gpu = platform != "python" and (opts.serving.kind or "gpu") == "gpu"
     run_flags = "--gpus=1 " if gpu else ""
+    nms = f"NMS (conf {opts.conf}, IoU {opts.iou}, max {opts.max_det})"
+    needs = "OpenCV, ONNX Runtime" if platform == "python" else "OpenCV"
     plan_note = ""
     if platform == "tensorrt_plan":
         built = facts.extra.get("tensorrt_version", "?")
-        plan_note = (f"\nThe plan was built with TensorRT {built} on {facts.extra.get('gpu', '?')}. Triton loads a plan only "
-                     "with the TensorRT it was built with: pick the container release whose TensorRT is "
-                     f"{built} (NVIDIA's support matrix), or rebuild inside the container with `clo-export trt`.\n")
+        plan_note = (
+            f"\nThe plan was built with TensorRT {built} on {facts.extra.get('gpu', '?')}. Triton loads a plan only "
+            "with the TensorRT it was built with: pick the container release whose TensorRT is "
+            f"{built} (NVIDIA's support matrix), or rebuild inside the container with `clo-export trt`.\n"
+        )
     return f"""# Triton model repository for {facts.path.name}
 
 <!-- {MARK} {__version__} -->
@@ -36,7 +42,7 @@ def repository_readme(name: str, out: Path, platform: str, facts: ModelFacts, op
 | `{name}` | ensemble: an image in, detections out (the three below in a row) |
 | `{name}_preprocess` | Python backend: decode / take the frame, letterbox to {h}x{w} (clo-export's preprocessing) |
 | `{name}_model` | the detector, `{platform}` ({model_file}), max batch {opts.serving.max_batch} |
-| `{name}_postprocess` | Python backend: NMS (conf {opts.conf}, IoU {opts.iou}, max {opts.max_det}), boxes in original-image pixels |
+| `{name}_postprocess` | Python backend: {nms}, boxes in original-image pixels |
 
 Inputs of `{name}` (send exactly one): `IMAGE` uint8 `[1, n]`, the bytes of a JPEG/PNG file; or `FRAME`
 uint8 `[1, H, W, 3]`, a BGR frame as OpenCV reads it. Outputs: `DETECTIONS` float32 `[1, n, 6]`
@@ -45,7 +51,7 @@ source model's hash are in each config's `parameters`; thresholds in `{name}_pos
 {plan_note}
 ## Start Triton on it
 
-The Python-backend models need `requirements.txt` (OpenCV{', ONNX Runtime' if platform == 'python' else ''}) in the container:
+The Python-backend models need `requirements.txt` ({needs}) in the container:
 
     docker run --rm {run_flags}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
       -v $PWD/{out.name}:/models {CONTAINER} \\

@@ -28,8 +28,17 @@ import numpy as np
 
 from clo_export import __version__
 from clo_export.errors import CloExportError
-from clo_export.fileio import (SIDECAR_MARKER, check_name_length, json_text, make_dirs, part_name, remove_dirs,
-                               remove_stale_parts, sha256_file, write_text_atomic)
+from clo_export.fileio import (
+    SIDECAR_MARKER,
+    check_name_length,
+    json_text,
+    make_dirs,
+    part_name,
+    remove_dirs,
+    remove_stale_parts,
+    sha256_file,
+    write_text_atomic,
+)
 from clo_export.postprocess import NMS_OUTPUTS, has_nms_outputs
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
@@ -106,14 +115,26 @@ def onnx_facts(path: Path) -> ModelFacts:
     model = load_onnx(path, load_external_data=False)
     inputs = [_onnx_tensor(i) for i in graph_inputs(model)]
     if len(inputs) != 1:
-        raise CloExportError(f"'{path.name}' has {len(inputs)} inputs; clo-export triton serves detectors with one image input")
+        raise CloExportError(
+            f"'{path.name}' has {len(inputs)} inputs; clo-export triton serves detectors with one image input"
+        )
     meta = read_metadata(model)
     inp = inputs[0]
     batch = inp.dims[0]
     imgsz = tuple(meta.imgsz) if meta.imgsz else (inp.dims[2], inp.dims[3])
     outputs = [_onnx_tensor(o) for o in model.graph.output]
-    return ModelFacts(path, "onnx", inp, outputs, (1, 1 << 30) if batch == -1 else (batch, batch), dict(meta.names),
-                      imgsz, meta.stride, meta.precision or "fp32", bool(meta.nms))
+    return ModelFacts(
+        path,
+        "onnx",
+        inp,
+        outputs,
+        (1, 1 << 30) if batch == -1 else (batch, batch),
+        dict(meta.names),
+        imgsz,
+        meta.stride,
+        meta.precision or "fp32",
+        bool(meta.nms),
+    )
 
 
 def engine_facts(path: Path) -> ModelFacts:
@@ -128,8 +149,10 @@ def engine_facts(path: Path) -> ModelFacts:
     side = EngineSidecar.read(path)
     source = path.parent / side.source_onnx
     if not source.is_file():
-        raise CloExportError(f"'{side.source_onnx}', the ONNX '{path.name}' was built from, is not beside it; copy it "
-                             "there (clo-export triton reads the engine's tensor types and shapes from it)")
+        raise CloExportError(
+            f"'{side.source_onnx}', the ONNX '{path.name}' was built from, is not beside it; copy it "
+            "there (clo-export triton reads the engine's tensor types and shapes from it)"
+        )
     onnx_side = onnx_facts(source)
     if side.profile:
         lo, hi = side.profile[0][0], side.profile[2][0]
@@ -139,22 +162,40 @@ def engine_facts(path: Path) -> ModelFacts:
         shape = tuple(side.input_shape)
     inp = C.Tensor(side.input_name, onnx_side.input.dtype, shape)
     outputs = [o for o in onnx_side.outputs if o.name in side.output_names]
-    extra = {"tensorrt_version": side.tensorrt_version, "gpu": side.gpu_name,
-             "compute_capability": ".".join(map(str, side.compute_capability))}
-    return ModelFacts(path, "engine", inp, outputs, (lo, hi), dict(enumerate(side.names)), tuple(side.imgsz),
-                      side.stride, side.precision, has_nms_outputs(side.output_names), extra)
+    extra = {
+        "tensorrt_version": side.tensorrt_version,
+        "gpu": side.gpu_name,
+        "compute_capability": ".".join(map(str, side.compute_capability)),
+    }
+    return ModelFacts(
+        path,
+        "engine",
+        inp,
+        outputs,
+        (lo, hi),
+        dict(enumerate(side.names)),
+        tuple(side.imgsz),
+        side.stride,
+        side.precision,
+        has_nms_outputs(side.output_names),
+        extra,
+    )
 
 
 def model_facts(path: Path) -> ModelFacts:
     """Facts of an .onnx or .engine/.plan."""
     if not path.is_file():
-        raise CloExportError(f"model '{path}' does not exist; pass an .onnx (clo-export onnx/quantize) or a .engine (clo-export trt)")
+        raise CloExportError(
+            f"model '{path}' does not exist; pass an .onnx (clo-export onnx/quantize) or a .engine (clo-export trt)"
+        )
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return onnx_facts(path)
     if suffix in (".engine", ".plan"):
         return engine_facts(path)
-    raise CloExportError(f"'{path.name}' is neither an .onnx nor a TensorRT .engine; export one with clo-export onnx or clo-export trt")
+    raise CloExportError(
+        f"'{path.name}' is neither an .onnx nor a TensorRT .engine; export one with clo-export onnx or clo-export trt"
+    )
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -167,11 +208,15 @@ def resolve_platform(facts: ModelFacts, platform: str | None) -> str:
     if platform not in PLATFORMS:
         raise CloExportError(f"--platform {platform} is not one of {', '.join(PLATFORMS)}")
     if facts.kind == "engine" and platform != "tensorrt_plan":
-        raise CloExportError(f"'{facts.path.name}' is a TensorRT engine, served as tensorrt_plan only; pass the .onnx "
-                             f"for --platform {platform}")
+        raise CloExportError(
+            f"'{facts.path.name}' is a TensorRT engine, served as tensorrt_plan only; pass the .onnx "
+            f"for --platform {platform}"
+        )
     if facts.kind == "onnx" and platform == "tensorrt_plan":
-        raise CloExportError(f"--platform tensorrt_plan needs an engine built with the Triton container's TensorRT: "
-                             f"clo-export trt {facts.path.name} inside it, then pass the .engine")
+        raise CloExportError(
+            f"--platform tensorrt_plan needs an engine built with the Triton container's TensorRT: "
+            f"clo-export trt {facts.path.name} inside it, then pass the .engine"
+        )
     return platform
 
 
@@ -186,10 +231,14 @@ def check_options(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     if s.kind not in (None, "gpu", "cpu"):
         raise CloExportError(f"--kind {s.kind} is not gpu or cpu")
     if platform == "tensorrt_plan" and s.kind == "cpu":
-        raise CloExportError("a TensorRT plan runs on the GPU only; drop --kind cpu, or serve the .onnx with --kind cpu")
+        raise CloExportError(
+            "a TensorRT plan runs on the GPU only; drop --kind cpu, or serve the .onnx with --kind cpu"
+        )
     if platform == "python" and s.kind == "gpu":
-        raise CloExportError("--platform python runs ONNX Runtime on the CPU; drop --kind gpu, or serve the .onnx "
-                             "without --platform python for the GPU")
+        raise CloExportError(
+            "--platform python runs ONNX Runtime on the CPU; drop --kind gpu, or serve the .onnx "
+            "without --platform python for the GPU"
+        )
     bad = [b for b in s.preferred_batch if not 1 <= b <= s.max_batch]
     if bad:
         raise CloExportError(f"--preferred-batch {bad} must lie between 1 and --max-batch {s.max_batch}")
@@ -202,19 +251,29 @@ def check_options(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     lo, hi = facts.batch_range
     if lo > 1:
         what = "engine's profile starts" if facts.kind == "engine" else "ONNX has a fixed batch"
-        raise CloExportError(f"'{facts.path.name}' takes batches of {lo} or more (its {what} at {lo}); Triton sends "
-                             "single images too: " + _export_hint(facts, s.max_batch))
+        raise CloExportError(
+            f"'{facts.path.name}' takes batches of {lo} or more (its {what} at {lo}); Triton sends "
+            "single images too: " + _export_hint(facts, s.max_batch)
+        )
     if s.max_batch > hi:
-        what = (f"its profile covers batch {lo}..{hi}" if facts.kind == "engine" and lo != hi
-                else f"it takes batch {hi} only")
-        raise CloExportError(f"--max-batch {s.max_batch} needs a model that takes batches up to {s.max_batch}, but "
-                             f"'{facts.path.name}' does not ({what}): {_export_hint(facts, s.max_batch)}")
+        what = (
+            f"its profile covers batch {lo}..{hi}"
+            if facts.kind == "engine" and lo != hi
+            else f"it takes batch {hi} only"
+        )
+        raise CloExportError(
+            f"--max-batch {s.max_batch} needs a model that takes batches up to {s.max_batch}, but "
+            f"'{facts.path.name}' does not ({what}): {_export_hint(facts, s.max_batch)}"
+        )
 
 
 def _export_hint(facts: ModelFacts, max_batch: int) -> str:
     if facts.kind == "engine":
-        return (f"rebuild it from a --dynamic-batch ONNX with clo-export trt MODEL.onnx --batch-range 1,{max_batch},{max_batch}, "
-                "or pass --max-batch 1")
+        return (
+            f"rebuild it from a --dynamic-batch ONNX with clo-export trt MODEL.onnx --batch-range "
+            f"1,{max_batch},{max_batch}, "
+            "or pass --max-batch 1"
+        )
     return "re-export with clo-export onnx best.pt --dynamic-batch (then quantize/trt as before), or pass --max-batch 1"
 
 
@@ -260,8 +319,10 @@ def build_configs(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
     by_name = {o.name: _no_batch(o) for o in facts.outputs}
     missing = [n for n in out_names if n not in by_name]
     if missing:
-        raise CloExportError(f"'{facts.path.name}' has no output(s) {missing}; export it with clo-export onnx "
-                             "(output0, or num_dets/boxes/scores/classes with --nms)")
+        raise CloExportError(
+            f"'{facts.path.name}' has no output(s) {missing}; export it with clo-export onnx "
+            "(output0, or num_dets/boxes/scores/classes with --nms)"
+        )
     outputs = [by_name[n] for n in out_names]
     model_params = dict(meta)
     if platform == "python":
@@ -271,33 +332,65 @@ def build_configs(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
         # detector is a non-batching model with full shapes; the ensemble joins it to the batching steps
         # (Triton connects them when the full shapes match).
         full = {o.name: o for o in facts.outputs}
-        configs = {model: C.model_config(model, platform, [facts.input], [full[n] for n in out_names],
-                                         replace(s, max_batch=0, preferred_batch=()), model_params)}
+        configs = {
+            model: C.model_config(
+                model,
+                platform,
+                [facts.input],
+                [full[n] for n in out_names],
+                replace(s, max_batch=0, preferred_batch=()),
+                model_params,
+            )
+        }
     else:
         configs = {model: C.model_config(model, platform, [inp], outputs, s, model_params)}
 
     side = C.Serving(max_batch=s.max_batch, instances=s.instances, kind="cpu")
-    images_in = [C.Tensor(C.IMAGE, np.dtype(np.uint8), (-1,), optional=True),
-                 C.Tensor(C.FRAME, np.dtype(np.uint8), (-1, -1, 3), optional=True)]
+    images_in = [
+        C.Tensor(C.IMAGE, np.dtype(np.uint8), (-1,), optional=True),
+        C.Tensor(C.FRAME, np.dtype(np.uint8), (-1, -1, 3), optional=True),
+    ]
     letterbox = C.Tensor(C.LETTERBOX, np.dtype(np.float64), (5,))
-    pre_params = {"clo_export.imgsz": list(facts.imgsz), "clo_export.input_dtype": np.dtype(inp.dtype).name,
-                  "clo_export.input_name": inp.name}
+    pre_params = {
+        "clo_export.imgsz": list(facts.imgsz),
+        "clo_export.input_dtype": np.dtype(inp.dtype).name,
+        "clo_export.input_name": inp.name,
+    }
     configs[pre] = C.python_config(pre, images_in, [inp, letterbox], side, pre_params)
 
-    det_out = [C.Tensor(C.DETECTIONS, np.dtype(np.float32), (-1, 6)), C.Tensor(C.NUM_DETECTIONS, np.dtype(np.int32), (1,))]
+    det_out = [
+        C.Tensor(C.DETECTIONS, np.dtype(np.float32), (-1, 6)),
+        C.Tensor(C.NUM_DETECTIONS, np.dtype(np.int32), (1,)),
+    ]
     post_in = outputs
-    post_params = {"conf": opts.conf, "iou": opts.iou, "max_det": opts.max_det, "agnostic": opts.agnostic,
-                   "clo_export.nms": facts.nms, "clo_export.imgsz": list(facts.imgsz)}
+    post_params = {
+        "conf": opts.conf,
+        "iou": opts.iou,
+        "max_det": opts.max_det,
+        "agnostic": opts.agnostic,
+        "clo_export.nms": facts.nms,
+        "clo_export.imgsz": list(facts.imgsz),
+    }
     configs[post] = C.python_config(post, [*post_in, letterbox], det_out, side, post_params)
 
     steps = [
         (pre, {C.IMAGE: C.IMAGE, C.FRAME: C.FRAME}, {inp.name: inp.name, C.LETTERBOX: C.LETTERBOX}),
         (model, {inp.name: inp.name}, {n: n for n in out_names}),
-        (post, {**{n: n for n in out_names}, C.LETTERBOX: C.LETTERBOX},
-         {C.DETECTIONS: C.DETECTIONS, C.NUM_DETECTIONS: C.NUM_DETECTIONS}),
+        (
+            post,
+            {**{n: n for n in out_names}, C.LETTERBOX: C.LETTERBOX},
+            {C.DETECTIONS: C.DETECTIONS, C.NUM_DETECTIONS: C.NUM_DETECTIONS},
+        ),
     ]
-    ens_params = {**meta, "clo_export.model": model, "clo_export.preprocess": pre, "clo_export.postprocess": post,
-                  "conf": opts.conf, "iou": opts.iou, "max_det": opts.max_det}
+    ens_params = {
+        **meta,
+        "clo_export.model": model,
+        "clo_export.preprocess": pre,
+        "clo_export.postprocess": post,
+        "conf": opts.conf,
+        "iou": opts.iou,
+        "max_det": opts.max_det,
+    }
     configs[name] = C.ensemble_config(name, images_in, det_out, s.max_batch, steps, ens_params)
     return configs
 
@@ -362,9 +455,11 @@ def _check_replace(out: Path, stage: Path, models: list[str], ours: set[str]) ->
     clash = [rel for m in models for rel in _files(stage / m) if _theirs(out, rel, ours)]
     clash += [m for m in models if (out / m).exists() and not (out / m).is_dir()]
     if clash:
-        raise CloExportError(f"'{out}' holds {', '.join(clash[:3])}{'…' if len(clash) > 3 else ''}, not written by "
-                             "clo-export, where the repository's files go; it is kept: move it away or choose another "
-                             "--name")
+        raise CloExportError(
+            f"'{out}' holds {', '.join(clash[:3])}{'…' if len(clash) > 3 else ''}, not written by "
+            "clo-export, where the repository's files go; it is kept: move it away or choose another "
+            "--name"
+        )
 
 
 def _prune(folder: Path, stop: Path) -> None:
@@ -438,13 +533,16 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
     targets = {m: out / m for m in configs}
     existing = [m for m, p in targets.items() if p.exists()]
     if existing and not opts.overwrite:
-        raise CloExportError(f"'{out}' already holds model(s) {', '.join(existing)}; pass --overwrite to replace them "
-                             "or choose another --name")
+        raise CloExportError(
+            f"'{out}' already holds model(s) {', '.join(existing)}; pass --overwrite to replace them "
+            "or choose another --name"
+        )
     resolved = model.resolve()
     for m in existing:
         if targets[m].resolve() in resolved.parents:
-            raise CloExportError(f"'{model}' lies inside {targets[m]}, which --overwrite would replace; copy the model "
-                                 "elsewhere first")
+            raise CloExportError(
+                f"'{model}' lies inside {targets[m]}, which --overwrite would replace; copy the model elsewhere first"
+            )
     created = make_dirs(out)
     ours = read_manifest(out)
     version = str(opts.version)
@@ -469,8 +567,9 @@ def write_repository(model: str | Path, out: str | Path, opts: RepositoryOptions
     return Repository(out, name, targets, platform, facts, extras["README.md"], kept)
 
 
-def _stage(stage: Path, model: Path, name: str, version: str, platform: str, configs: dict[str, dict],
-           readme: str) -> None:
+def _stage(
+    stage: Path, model: Path, name: str, version: str, platform: str, configs: dict[str, dict], readme: str
+) -> None:
     """Write the four models, README.md and requirements.txt into the staging folder."""
     for m, cfg in configs.items():
         d = stage / m
@@ -486,5 +585,8 @@ def _stage(stage: Path, model: Path, name: str, version: str, platform: str, con
         shutil.copyfile(_template(step), sdir / "model.py")
         _vendor(sdir)
     (stage / "README.md").write_text(readme)
-    (stage / "requirements.txt").write_text(f"# {MARK}: packages the Python-backend models import\n"
-                                            + "\n".join(repository_requirements(platform == "python")) + "\n")
+    (stage / "requirements.txt").write_text(
+        f"# {MARK}: packages the Python-backend models import\n"
+        + "\n".join(repository_requirements(platform == "python"))
+        + "\n"
+    )

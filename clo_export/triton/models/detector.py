@@ -30,11 +30,19 @@ class TritonPythonModel:
 
     def execute(self, requests):
         xs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        results = self.session.run(self.outputs, {self.input_name: np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]})
+        results = self.session.run(
+            self.outputs, {self.input_name: np.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]}
+        )
         responses, start = [], 0
         for x in xs:
             stop = start + len(x)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop])) for name, out in zip(self.outputs, results)]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, np.ascontiguousarray(out[start:stop]))
+                        for name, out in zip(self.outputs, results)
+                    ]
+                )
+            )
             start = stop
         return responses

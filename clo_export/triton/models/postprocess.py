@@ -27,8 +27,13 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        thresholds = SimpleNamespace(conf=float(p["conf"]), iou=float(p["iou"]), max_det=int(p["max_det"]),
-                                     classes=None, agnostic=json.loads(p["agnostic"]))  # what Postprocessor reads
+        thresholds = SimpleNamespace(
+            conf=float(p["conf"]),
+            iou=float(p["iou"]),
+            max_det=int(p["max_det"]),
+            classes=None,
+            agnostic=json.loads(p["agnostic"]),
+        )  # what Postprocessor reads
         self.post = Postprocessor(thresholds)
         self.inputs = NMS_OUTPUTS if json.loads(p["clo_export.nms"]) else ("output0",)
         self.imgsz = tuple(json.loads(p["clo_export.imgsz"]))
@@ -36,16 +41,19 @@ class TritonPythonModel:
     def _one(self, request):
         outs = {k: pb_utils.get_input_tensor_by_name(request, k).as_numpy() for k in self.inputs}
         boxes = pb_utils.get_input_tensor_by_name(request, "LETTERBOX").as_numpy()
-        infos = [LetterboxInfo(float(ratio), (int(px), int(py)), (int(h), int(w)), self.imgsz)
-                 for ratio, px, py, h, w in boxes]
+        infos = [
+            LetterboxInfo(float(ratio), (int(px), int(py)), (int(h), int(w)), self.imgsz)
+            for ratio, px, py, h, w in boxes
+        ]
         dets = self.post(outs, infos)
         most = max([len(d) for d in dets] + [0])
         out = np.zeros((len(dets), most, 6), dtype=np.float32)
         for i, d in enumerate(dets):
             out[i, : len(d)] = d
         num = np.asarray([[len(d)] for d in dets], dtype=np.int32)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("DETECTIONS", out),
-                                                          pb_utils.Tensor("NUM_DETECTIONS", num)])
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor("DETECTIONS", out), pb_utils.Tensor("NUM_DETECTIONS", num)]
+        )
 
     def execute(self, requests):
         return [self._one(r) for r in requests]

@@ -39,7 +39,9 @@ class TritonPythonModel:
         encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         raw = pb_utils.get_input_tensor_by_name(request, "FRAME")
         if (encoded is None) == (raw is None):
-            raise CloExportError("send exactly one of IMAGE (encoded JPEG/PNG bytes as uint8) or FRAME (BGR uint8 H x W x 3)")
+            raise CloExportError(
+                "send exactly one of IMAGE (encoded JPEG/PNG bytes as uint8) or FRAME (BGR uint8 H x W x 3)"
+            )
         if raw is not None:
             return list(raw.as_numpy())
         frames = []
@@ -59,10 +61,12 @@ class TritonPythonModel:
                 boxes.append([lb.ratio, lb.pad[0], lb.pad[1], lb.orig_shape[0], lb.orig_shape[1]])
         except CloExportError as e:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(self.input_name, np.concatenate(xs, axis=0)),
-            pb_utils.Tensor("LETTERBOX", np.asarray(boxes, dtype=np.float64)),
-        ])
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(self.input_name, np.concatenate(xs, axis=0)),
+                pb_utils.Tensor("LETTERBOX", np.asarray(boxes, dtype=np.float64)),
+            ]
+        )
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
