@@ -123,7 +123,11 @@ def test_tail_passes_static_lint():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"conf": 0.0}, "conf"), ({"iou": 1.5}, "iou"), ({"max_det": 0}, "max_det")],
+    [
+        ({"conf": -0.1}, "--conf -0.1 must lie in"),
+        ({"iou": 1.5}, "--iou 1.5 must lie in"),
+        ({"max_det": 0}, "--max-det"),
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(CloExportError, match=message):
