@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from clo_export.engine.plan import BuildRequest
     from clo_export.export.exporter import ExportOptions, ExportResult
     from clo_export.models.checkpoint import LoadedModel
+    from clo_export.pipeline.model_check import ModelCheck, check_model
+    from clo_export.pipeline.options import InferOptions
     from clo_export.quantization.quantize import QuantizeOptions, QuantizeResult
+    from clo_export.thresholds import Thresholds
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,6 +51,10 @@ __getattr__ = lazy_attributes(
         "ModelInfo": "clo_export.artifacts",
         "Runner": "clo_export.backends.base",
         "CloExportError": "clo_export.errors",
+        "check_model": "clo_export.pipeline.model_check",
+        "ModelCheck": "clo_export.pipeline.model_check",
+        "InferOptions": "clo_export.pipeline.options",
+        "Thresholds": "clo_export.thresholds",
     },
 )
 
@@ -58,6 +65,7 @@ __all__ = [
     "quantize",
     "build_engine",
     "load_runner",
+    "check_model",
     "LoadedModel",
     "ExportOptions",
     "ExportResult",
@@ -68,6 +76,9 @@ __all__ = [
     "ModelInfo",
     "Runner",
     "CloExportError",
+    "ModelCheck",
+    "InferOptions",
+    "Thresholds",
 ]
 
 

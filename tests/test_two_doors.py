@@ -32,10 +32,17 @@ def infer(**options):
     return lambda: InferOptions(**options).validate()
 
 
+def check(json_out=None, limit=200, **options):
+    return lambda: clo_export.check_model(
+        "m.onnx", "m.pt", "v.mp4", InferOptions(**options), limit=limit, json_out=json_out
+    )
+
+
 def build(model="m.onnx", calib=(), **request):
     return lambda: build_engine(model, BuildRequest(**request), calib=calib)
 
 
+CHECK = ["check", "m.onnx", "--weights", "m.pt", "--source", "v.mp4"]
 ROWS = {
     # export: the output is an input (directly, through a link, from a loaded model) and the option ranges
     "export out is the checkpoint": (export("m.pt"), ["onnx", "m.pt", "-o", "m.pt"]),
@@ -63,11 +70,10 @@ ROWS = {
     "infer --check-every": (infer(check_every=0), ["infer", "v.mp4", "-m", "m.onnx", "--check-every", "0"]),
     "infer --min-f1": (infer(min_f1=2.0), ["infer", "v.mp4", "-m", "m.onnx", "--check", "m.pt", "--min-f1", "2"]),
     "infer --reconnect": (infer(reconnect=-1.0), ["infer", "v.mp4", "-m", "m.onnx", "--reconnect", "-1"]),
-    "check --conf": (infer(conf=-1.0), ["check", "m.onnx", "--weights", "m.pt", "--source", "v.mp4", "--conf", "-1"]),
-    "check --min-f1": (
-        infer(min_f1=1.5),
-        ["check", "m.onnx", "--weights", "m.pt", "--source", "v.mp4", "--min-f1", "1.5"],
-    ),
+    "check --conf": (check(conf=-1.0), [*CHECK, "--conf", "-1"]),
+    "check --min-f1": (check(min_f1=1.5), [*CHECK, "--min-f1", "1.5"]),
+    "check --limit": (check(limit=0), [*CHECK, "--limit", "0"]),
+    "check --json is the checkpoint": (check(json_out="m.pt"), [*CHECK, "--json", "m.pt"]),
     # engine build options, refused before TensorRT is needed
     "build --fp16 --int8": (build(precision="int8", keep_float_fp16=True), ["trt", "m.onnx", "--fp16", "--int8"]),
     "build --calib without --int8": (build(calib=["imgs"]), ["trt", "m.onnx", "--calib", "imgs"]),
