@@ -91,7 +91,7 @@ def local_inputs(spec: Union[str, Path]) -> list:
     return [Path(text)]
 
 
-def check_quantize_inputs(model: Path, calib) -> None:
+def check_quantize_inputs(model: Path, calib: Union[str, Path, Iterable[Union[str, Path]]]) -> None:
     """``quantize``'s model and calibration sources exist, before anything is read (its numbers: QuantizeOptions)."""
     existing_file("MODEL", model, "export one with clo-export onnx")
     existing_sources(

@@ -483,7 +483,9 @@ def agreement_refusal(result: QuantizeResult, floor: float) -> str:
     )
 
 
-def _decide(job: _Job, per_method: dict[str, dict[str, float]], targets: list[Target], build: Callable) -> tuple:
+def _decide(
+    job: _Job, per_method: dict[str, dict[str, float]], targets: list[Target], build: Callable[..., onnx.ModelProto]
+) -> tuple[HeldOut | None, _Decision]:
     """(held-out scorer or None, decision): method and float sites chosen on the held-out split, when there is one."""
     opts = job.opts
     if not job.split.holdout:  # nothing to compare on: auto takes its first preference, and no float fallback
