@@ -479,6 +479,8 @@ ODD = [
     (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "(channels last, NHWC)", nhwc_model),
     (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], LAYOUT, nhwc_model),
     (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], LAYOUT, nhwc_model),
+    (export, ["trt", "f.onnx", "--dry-run"], "(channels last, NHWC)", nhwc_model),
+    (export, ["trt", "f.onnx", "--dry-run"], "takes 2 inputs", two_inputs),
     (infer, ["v.mp4", "-m", "f.onnx", "--save", "o.mp4"], "takes 2 inputs ('images' 1x3x128x128", two_inputs),
     (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], "takes 2 inputs", two_inputs),
     (
