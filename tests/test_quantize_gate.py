@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from clo_export import build_engine  # the public call, as a library user makes it
 from clo_export.cli.main import app
-from clo_export.engine.build import build_engine
 from clo_export.engine.plan import BuildRequest
 from clo_export.errors import CloExportError
 from clo_export.quantization.quantize import AgreementError, QuantizeOptions, quantize
