@@ -91,14 +91,14 @@ def local_inputs(spec: Union[str, Path]) -> list:
     return [Path(text)]
 
 
-def check_quantize_options(model: Path, calib: list, num: int, holdout: int, seed: int) -> None:
-    """``clo-export quantize``: counts and inputs, before anything is read."""
-    from clo_export.quantization.calibset import MIN_HOLDOUT
-
+def check_quantize_inputs(model: Path, calib: Union[str, Path, Iterable[Union[str, Path]]]) -> None:
+    """``quantize``'s model and calibration sources exist, before anything is read (its numbers: QuantizeOptions)."""
     existing_file("MODEL", model, "export one with clo-export onnx")
-    at_least("--holdout", holdout, MIN_HOLDOUT, "an INT8 accuracy report on fewer held-out images is noise")
-    at_least("--seed", seed, 0)
-    existing_sources("--calib", calib, "pass a folder, a glob, a video or a .txt list of images")
+    existing_sources(
+        "--calib",
+        [calib] if isinstance(calib, (str, Path)) else calib,
+        "pass a folder, a glob, a video or a .txt list of images",
+    )
 
 
 def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None:
