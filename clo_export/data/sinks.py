@@ -116,8 +116,9 @@ def quiet_opencv() -> None:
     """Silence OpenCV's own write warnings: sinks check the results and report failures in one line."""
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    except AttributeError:  # an OpenCV build without the logging module
-        pass
+    except AttributeError:  # a build without cv2.utils.logging (Debian's 4.6): the older spelling, 2 = ERROR
+        if hasattr(cv2, "setLogLevel"):
+            cv2.setLogLevel(2)
 
 
 def free_bytes(folder: Path) -> int | None:
