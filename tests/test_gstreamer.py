@@ -203,6 +203,10 @@ def test_jetson_recipe_decodes_an_h264_file_through_gstreamer(jetson_venv, h264_
         assert len(got) == 24 and sum(len(g["detections"]) for g in got) > 0
     assert [p.name for p in (tmp_path / "dec").iterdir()] == [h264_file.name]  # named after the file, as ever
     assert [p.name for p in (tmp_path / "pipe").iterdir()] == ["pipeline.mp4"]
+    no_hw = run_infer(jetson_venv, tmp_path, str(h264_file), "--decoder", "nvv4l2", "-m", "m.onnx", "-q")
+    lines = [ln for ln in (no_hw.stdout + no_hw.stderr).splitlines() if ln.startswith("error:")]
+    assert no_hw.returncode == 1 and "Traceback" not in no_hw.stderr and len(lines) == 1, no_hw.stderr
+    assert "GStreamer cannot open" in lines[0] and "nvv4l2decoder ! nvvidconv" in lines[0]  # the Jetson pipeline
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     px = subprocess.run(
         [str(jetson_venv / "bin" / "python"), "-c", PIXELS, str(h264_file)],

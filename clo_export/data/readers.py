@@ -161,9 +161,12 @@ class VideoSource(Source):
             if cap is not None:
                 cap.release()
             if self.api is not None:
+                pipeline = "" if self.capture == self.spec else f" (pipeline: {self.capture})"
                 raise CloExportError(
-                    f"GStreamer cannot run '{self.capture}' for '{self.spec}'; try the pipeline with "
-                    "gst-launch-1.0 (fakesink in place of appsink), and gst-inspect-1.0 ELEMENT for a missing one"
+                    f"GStreamer cannot open '{self.spec}'{pipeline}; check "
+                    + ("the URL and the network, then " if self.live else "")
+                    + "the pipeline with gst-launch-1.0 (fakesink in place of appsink), and gst-inspect-1.0 "
+                    "ELEMENT for a missing element (nvv4l2decoder: only on a Jetson)"
                 )
             if self.kind == "webcam":
                 raise CloExportError(
