@@ -203,6 +203,13 @@ def test_jetson_recipe_decodes_an_h264_file_through_gstreamer(jetson_venv, h264_
         assert len(got) == 24 and sum(len(g["detections"]) for g in got) > 0
     assert [p.name for p in (tmp_path / "dec").iterdir()] == [h264_file.name]  # named after the file, as ever
     assert [p.name for p in (tmp_path / "pipe").iterdir()] == ["pipeline.mp4"]
+    (tmp_path / "cams.streams").write_text(f"# the Jetson recipe's list\n{h264_file}\n{pipeline}\n")
+    multi = run_infer(jetson_venv, tmp_path, "cams.streams", "--decoder", "gst", "-m", "m.onnx", "-q", "--json",
+                      "multi.jsonl", "--save-dir", "multi")  # fmt: skip
+    assert multi.returncode == 0, multi.stdout + multi.stderr
+    per = [[r["timestamp"] for r in records(tmp_path / "multi.jsonl") if r["stream"] == i] for i in (0, 1)]
+    assert per[0] == per[1] == [r["timestamp"] for r in records(tmp_path / "ref.jsonl")]  # every frame of each
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == [f"0_{h264_file.name}", "1_pipeline.mp4"]
     no_hw = run_infer(jetson_venv, tmp_path, str(h264_file), "--decoder", "nvv4l2", "-m", "m.onnx", "-q")
     lines = [ln for ln in (no_hw.stdout + no_hw.stderr).splitlines() if ln.startswith("error:")]
     assert no_hw.returncode == 1 and "Traceback" not in no_hw.stderr and len(lines) == 1, no_hw.stderr

@@ -162,9 +162,10 @@ class Sink:
 
 # containers PyAV writes H.264 into (FFmpeg format names); .avi stays OpenCV's MJPG
 H264_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
-# libx264 settings: 'veryfast' at CRF 23 encodes a 640x480 frame in ~9 ms on one workstation core (mp4v ~3.5 ms)
-# into a file ~4.5x smaller than mp4v's; 'medium' (x264's default) took ~4x longer per frame
-X264_OPTIONS = {"preset": "veryfast", "crf": "23"}
+# libx264 settings: the encoder must keep up with live cameras on a Jetson's CPU. Measured (2 shared cores, 3 rounds,
+# docs/infer.md): 'ultrafast' at CRF 23 takes 1.6x mp4v's time a frame (640x480: 7.9 vs 5.0 ms; 1920x1080: 45 vs
+# 25 ms) for a file 0.64-0.8x mp4v's; 'veryfast' 2.3-3x mp4v's time for 0.22-0.28x its size; 'medium' far slower
+X264_OPTIONS = {"preset": "ultrafast", "crf": "23"}
 _said: set = set()  # fallback lines already logged: each once per process, however many streams are saved
 
 
