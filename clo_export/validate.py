@@ -53,10 +53,12 @@ def existing_file(option: str, path: Optional[Union[str, Path]], hint: str) -> N
 
 
 def is_remote(text: str) -> bool:
-    """A webcam index or a URL: nothing on this machine's disk (an existing path '2024' is a path)."""
+    """A webcam index, a URL or a GStreamer pipeline: no path on this machine's disk (an existing path '2024' is a
+    path)."""
     from clo_export.data.files import path_kind
+    from clo_export.data.gstreamer import is_pipeline
 
-    return "://" in text or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
+    return "://" in text or is_pipeline(text) or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
 
 
 def existing_sources(option: str, specs: Iterable[Union[str, Path]], hint: str) -> None:
