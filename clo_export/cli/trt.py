@@ -158,6 +158,15 @@ def trt(
         ),
     ] = CalibratorChoice.qdq,
     num: Num = 256,
+    min_agreement: Annotated[
+        Optional[float],
+        typer.Option(
+            help="With --int8 --calib: clo-export quantize's accuracy gate (0.95 by default, where measured; see its "
+            "--help).",
+            rich_help_panel=CAL,
+            show_default=False,
+        ),
+    ] = None,
     keep_float: Annotated[
         Optional[Path],
         typer.Option(
@@ -281,6 +290,7 @@ def trt(
                 output,
                 calib=tuple(calib or ()),
                 num=num,
+                min_agreement=min_agreement,
                 verbose=is_verbose(),
                 progress=lambda stage: status.update(STAGES.get(stage, stage)),
                 check=not no_check,
