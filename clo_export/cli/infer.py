@@ -470,10 +470,8 @@ def _one_of(name: str, value, alias: str, alias_value):
     return value or alias_value
 
 
-def _run(src, runners, reference, info, all_sinks, opts, sequential, quiet):
-    """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
-    from contextlib import ExitStack
-
+def _progress(quiet: bool):
+    """The run's progress bar: frames, FPS, time, and per-stream FPS and drops (rich, on stderr)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -482,6 +480,16 @@ def _run(src, runners, reference, info, all_sinks, opts, sequential, quiet):
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns += (TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, TextColumn("{task.fields[streams]}"), console=err_console, disable=quiet, transient=True)
+
+
+def _run(src, runners, reference, info, all_sinks, opts, sequential, quiet):
+    """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
+    import time
+    from contextlib import ExitStack
 
     from clo_export.pipeline import Checker, Pipeline
 
@@ -494,25 +502,11 @@ def _run(src, runners, reference, info, all_sinks, opts, sequential, quiet):
             if reference is not None:
                 stack.enter_context(reference)
                 checker = Checker(reference, info, opts)
-            total = src.expected()
-            progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:.1f} FPS"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[streams]}"),
-                console=err_console,
-                disable=quiet,
-                transient=True,
-            )
-            task = progress.add_task(f"{info.backend}", total=total, fps=0.0, streams="")
+            progress = _progress(quiet)
+            task = progress.add_task(f"{info.backend}", total=src.expected(), fps=0.0, streams="")
             started: list[float] = []
 
             def on_frame(n: int, _dets: int) -> None:
-                import time
-
                 now = time.perf_counter()
                 if not started:
                     started.append(now)
