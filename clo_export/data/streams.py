@@ -41,6 +41,8 @@ class MultiSource:
         self.live = all(s.live for s in self.sources)  # with a file among them nothing is dropped after the merge
         self.dropped = [0] * len(self.sources)  # frames of each live stream replaced by a newer one before their turn
         self.lost: list[str] = []  # why each lost live stream was given up
+        # once stream i has ended (its end, --limit, given up): how many frames it yielded in all, else None
+        self.ended: list[int | None] = [None] * len(self.sources)
         self._quit = threading.Event()  # the merge was abandoned: readers end
         self._queues = [queue.Queue(1 if s.live else FILE_BUFFER) for s in self.sources]
 
@@ -115,6 +117,7 @@ class MultiSource:
     def _merge(self) -> Iterator[Frame]:
         """Frames in round-robin order over the streams still running (a live one without a frame is passed over)."""
         active = list(range(len(self.sources)))
+        yielded = [0] * len(self.sources)
         turn = 0
         while active:
             i = active[turn % len(active)]
@@ -126,10 +129,12 @@ class MultiSource:
                 continue
             if item is _END:
                 active.remove(i)
+                self.ended[i] = yielded[i]
                 continue
             if isinstance(item, BaseException):
                 raise item
             turn += 1
+            yielded[i] += 1
             yield item  # type: ignore[misc]
 
     def _take(self, i: int, wait: bool) -> object:
