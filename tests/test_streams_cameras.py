@@ -1,8 +1,12 @@
-"""Several streams over time: a stream that ends closes its own outputs at once while the others go on."""
+"""Several streams over time: a stream that ends closes its own outputs at once while the others go on, and four real
+RTSP cameras in one clo-infer run where one is killed and comes back (tests/rtsp_camera.py on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,116 @@ def test_a_run_that_fails_later_keeps_the_ended_streams_video_and_leaves_nothing
         run_two(art, str(short), None, long, tmp_path, fail_at=30)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.mp4"]  # 1.mp4's temporary file discarded
     assert read_video(tmp_path / "0.mp4")[0] == 10
+
+
+# ---- four real cameras, one killed for 5 s and back on the same port
+CAMERA_FPS = 15  # tests/rtsp_camera.py's default rate
+OUTAGE = 5.0  # seconds camera 2 is away
+
+
+@pytest.fixture
+def four_cameras():
+    """Four RTSP cameras on 127.0.0.1, each its own process; killed at the end."""
+    from tests.cameras import Camera
+
+    cams = [Camera() for _ in range(4)]
+    try:
+        for cam in cams:
+            cam.start(seconds=120)
+        yield cams
+    except LookupError as e:
+        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
+        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    finally:
+        for cam in cams:
+            if cam.proc is not None:
+                cam.kill()
+
+
+def json_records(folder: Path) -> list[dict]:
+    """The JSON Lines written so far (the temporary file while the run goes on, the final one after)."""
+    done = folder / "out.jsonl"
+    paths = [done] if done.exists() else [p for p in folder.iterdir() if p.name.startswith(".out.part")]
+    recs = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:  # renamed under us: the run ended
+            return json_records(folder)
+        recs += [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+    return recs
+
+
+def outage_gap(recs: list[dict]) -> float:
+    """The longest gap between stream 2's frames (seconds, on the records' clock)."""
+    stamps = [r["timestamp"] for r in recs if r["stream"] == 2]
+    return max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)
+
+
+def wait_until(what: str, condition, proc, deadline: float, poll: float = 0.1):
+    """``condition()``'s first true value, checked every ``poll`` s until ``deadline`` (time.monotonic())."""
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert proc.poll() is None, f"clo-infer ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_four_cameras_one_killed_for_5_s_resumes_within_5_s_and_the_others_lose_no_frame(art, four_cameras, tmp_path):
+    from tests.test_live_sources import finish, infer
+
+    t_start = time.monotonic()
+    deadline = t_start + 80  # the whole test stays under 90 s
+    limit = 300  # ~20 s at 15 fps per camera: far beyond the outage, ends the run by itself
+    urls = [c.url for c in four_cameras]
+    proc, lines = infer(
+        [*urls, "-m", art.onnx, "-q", "--json", "out.jsonl", "--reconnect", 30, "--limit", limit], tmp_path
+    )
+    try:
+        # every stream delivers before the kill
+        wait_until(
+            "frames of all four", lambda: {r["stream"] for r in json_records(tmp_path)} == {0, 1, 2, 3}, proc, deadline
+        )
+        killed = four_cameras[2]
+        killed.kill()
+        t_kill = time.monotonic()
+        wait_until("the outage", lambda: time.monotonic() - t_kill >= OUTAGE, proc, deadline, poll=0.05)
+        killed.start(seconds=120)  # the same port: the same URL
+        t_back = time.monotonic()
+        wait_until("stream 2 to resume", lambda: outage_gap(json_records(tmp_path)) >= OUTAGE, proc, t_back + 20)
+        waited = time.monotonic() - t_back  # on the test's clock, including the JSON Lines' write buffer
+        rc, out, _ = finish(proc, lines, max(5.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, out
+    recs = json_records(tmp_path)
+    rows = {int(r[0]): r for r in stream_rows(out)}
+    assert sorted(rows) == [0, 1, 2, 3]
+    for i in (0, 1, 3):  # untouched cameras: every frame received is written or counted as dropped, none lost
+        mine = [r for r in recs if r["stream"] == i]
+        written, dropped, reconnects = len(mine), int(rows[i][4]), int(rows[i][5])
+        assert written == int(rows[i][3]) and written + dropped == limit, (i, rows[i])
+        assert mine[-1]["frame"] == limit - 1 and reconnects == 0
+        frames = [r["frame"] for r in mine]
+        assert frames == sorted(set(frames)) and set(frames) <= set(range(limit))  # in order, once each
+        assert len(set(range(limit)) - set(frames)) == dropped  # the only gaps in the indices: the counted drops
+    gap = outage_gap(recs)  # the outage, on the records' clock
+    # the camera came back (t_back - t_kill) s after the kill; the last frame before the gap is the kill at the latest
+    resumed = gap - (t_back - t_kill)
+    assert resumed <= 5.0, f"stream 2 resumed {resumed:.1f} s after its camera came back (seen {waited:.1f} s)\n{out}"
+    assert int(rows[2][5]) >= 1  # the per-stream table shows the reconnect
+    assert time.monotonic() - t_start < 90
+
+
+def stream_rows(out: str) -> list[list[str]]:
+    """The per-stream table's rows: stream, source, FPS, frames, drops, reconnects, p50 ms, p95 ms."""
+    rows = [[c.strip() for c in line.split("│") if c.strip()] for line in out.splitlines()]
+    return [r for r in rows if len(r) == 8 and r[0].isdigit()]
