@@ -135,13 +135,31 @@ def build_engine(
     out: Optional[PathLike] = None,
     *,
     calib: Sequence[str] = (),
+    num: int = 256,
+    min_agreement: Optional[float] = None,
     verbose: bool = False,
+    check: bool = True,
 ) -> EngineBuild:
-    """``clo-export trt``: a TensorRT engine for the installed TensorRT and this GPU, with its sidecar JSON."""
+    """``clo-export trt``: a TensorRT engine for the installed TensorRT and this GPU, with its sidecar JSON.
+
+    With ``check`` (the default, as ``clo-export trt``) the engine is run against ONNX Runtime on the FP32 ONNX
+    and the sidecar records the result; a failed engine is kept, marked failed, and the result is falsy.
+    ``check=False`` is ``--no-check``. ``num`` is ``--num``: calibration images read from ``calib``;
+    ``min_agreement`` is ``--min-agreement``, the accuracy gate of the INT8 model quantized from them.
+    """
     from clo_export.engine.build import build_engine as build
     from clo_export.engine.plan import BuildRequest
 
-    return build(onnx, request or BuildRequest(), out, calib=calib, verbose=verbose)
+    return build(
+        onnx,
+        request or BuildRequest(),
+        out,
+        calib=calib,
+        num=num,
+        min_agreement=min_agreement,
+        verbose=verbose,
+        check=check,
+    )
 
 
 def load_runner(

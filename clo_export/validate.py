@@ -53,10 +53,12 @@ def existing_file(option: str, path: Optional[Union[str, Path]], hint: str) -> N
 
 
 def is_remote(text: str) -> bool:
-    """A webcam index or a URL: nothing on this machine's disk (an existing path '2024' is a path)."""
+    """A webcam index, a URL or a GStreamer pipeline: no path on this machine's disk (an existing path '2024' is a
+    path)."""
     from clo_export.data.files import path_kind
+    from clo_export.data.gstreamer import is_pipeline
 
-    return "://" in text or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
+    return "://" in text or is_pipeline(text) or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
 
 
 def existing_sources(option: str, specs: Iterable[Union[str, Path]], hint: str) -> None:
@@ -91,14 +93,14 @@ def local_inputs(spec: Union[str, Path]) -> list:
     return [Path(text)]
 
 
-def check_quantize_options(model: Path, calib: list, num: int, holdout: int, seed: int) -> None:
-    """``clo-export quantize``: counts and inputs, before anything is read."""
-    from clo_export.quantization.calibset import MIN_HOLDOUT
-
+def check_quantize_inputs(model: Path, calib: Union[str, Path, Iterable[Union[str, Path]]]) -> None:
+    """``quantize``'s model and calibration sources exist, before anything is read (its numbers: QuantizeOptions)."""
     existing_file("MODEL", model, "export one with clo-export onnx")
-    at_least("--holdout", holdout, MIN_HOLDOUT, "an INT8 accuracy report on fewer held-out images is noise")
-    at_least("--seed", seed, 0)
-    existing_sources("--calib", calib, "pass a folder, a glob, a video or a .txt list of images")
+    existing_sources(
+        "--calib",
+        [calib] if isinstance(calib, (str, Path)) else calib,
+        "pass a folder, a glob, a video or a .txt list of images",
+    )
 
 
 def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None:

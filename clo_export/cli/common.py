@@ -340,7 +340,13 @@ def is_verbose() -> bool:
 
 def accuracy_table(report) -> Table:
     """INT8 against FP32 on the held-out images: mAP drops, box IoU, per-output errors, agreement at deployment
-    thresholds."""
+    thresholds; a report with nothing held out says so, with no numbers."""
+    if report.not_measured is not None:
+        table = Table(title="INT8 vs FP32: not measured", title_justify="left")
+        table.add_column("measure")
+        table.add_column("value")
+        table.add_row("accuracy", f"not measured: {escape(report.not_measured)}")
+        return table
     mode = "attention FP32" if report.info.get("keep_attention_fp", True) else "attention INT8"
     share = report.info.get("int8_conv_mac_share")
     table = Table(

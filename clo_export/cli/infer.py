@@ -33,6 +33,7 @@ from clo_export.cli.common import (
     setup,
 )
 from clo_export.cli.examples import epilog
+from clo_export.data.gstreamer import DEFAULT_DECODER, Decoder
 from clo_export.errors import CloExportError
 
 CHECK = "Check against PyTorch"
@@ -347,6 +348,15 @@ def infer(
             show_default=False,
         ),
     ] = None,
+    decoder: Annotated[
+        Decoder,
+        typer.Option(
+            help="Who decodes video files and rtsp:// cameras (H.264): opencv (its FFmpeg), gst (a GStreamer "
+            "pipeline, software decoder) or nvv4l2 (GStreamer on a Jetson's hardware decoder); gst/nvv4l2 need "
+            "OpenCV with GStreamer (JetPack's).",
+            rich_help_panel=RUN,
+        ),
+    ] = DEFAULT_DECODER,
     max_pixels: Annotated[
         Optional[int],
         typer.Option(
@@ -442,7 +452,7 @@ def infer(
     if reconnect is not None:
         opts = replace(opts, reconnect=reconnect)
     opts.validate()
-    src = open_sources(specs, limit, opts.reconnect, max_pixels)  # one: as ever; several: a MultiSource
+    src = open_sources(specs, limit, opts.reconnect, max_pixels, decoder)  # one: as ever; several: a MultiSource
     reference = None
     if check is not None:
         from clo_export.artifacts import check_contract

@@ -259,6 +259,15 @@ def trt(
         ),
     ] = CalibratorChoice.qdq,
     num: Num = 256,
+    min_agreement: Annotated[
+        Optional[float],
+        typer.Option(
+            help="With --int8 --calib: clo-export quantize's accuracy gate (0.95 by default, where measured; see its "
+            "--help).",
+            rich_help_panel=CAL,
+            show_default=False,
+        ),
+    ] = None,
     keep_float: Annotated[
         Optional[Path],
         typer.Option(
@@ -384,6 +393,7 @@ def trt(
                 output,
                 calib=flags.calib,
                 num=flags.num,
+                min_agreement=min_agreement,
                 verbose=is_verbose(),
                 progress=lambda stage: status.update(STAGES.get(stage, stage)),
                 check=not no_check,
