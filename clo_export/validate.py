@@ -128,17 +128,15 @@ def check_check_options(
     source: str,
     limit: int,
     frames: int,
-    min_f1: Optional[float],
     json_out: Path,
     json_named: bool,
     report: Optional[Path],
 ) -> None:
-    """``clo-export check``: values, inputs, and the JSON/HTML outputs against the inputs."""
+    """``clo-export check``: counts, inputs, and the JSON/HTML outputs against the inputs (thresholds: InferOptions)."""
     from clo_export.fileio import check_outputs, check_sidecar
 
     at_least("--limit", limit, 1)
     at_least("--frames", frames, 0)
-    in_range("--min-f1", min_f1, 0, 1)
     existing_file("MODEL", model, "pass the .onnx or .engine to check")
     existing_file("--weights", weights, "pass the best.pt the model was exported from")
     existing_sources("--source", [source], "pass images, a folder, a glob or a video")
@@ -159,15 +157,13 @@ def check_infer_options(
     json_path: Optional[Path],
     **values: Optional[float],
 ) -> None:
-    """``clo-infer``: every number, the model and source, and each output against each input."""
+    """``clo-infer``: the counts InferOptions does not hold, the model and source, each output against each input."""
     from clo_export.fileio import check_outputs
 
-    for name in ("limit", "infer_batch", "max_det", "check_every", "max_pixels"):
+    for name in ("limit", "max_pixels"):
         at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
     for name in ("threads", "workers"):
         bounded_threads("--" + name, values.get(name))  # type: ignore[arg-type]
-    for name in ("conf", "iou", "min_f1"):
-        in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)
     local_model = None if str(model).startswith("triton://") else Path(model)  # a Triton server's model is no file
     existing_file("--model", local_model, "pass a .pt, .onnx, .engine or triton://host:port/name")
     existing_file("--check", check, "pass the best.pt the model was exported from")

@@ -86,6 +86,7 @@ def dry_run(
     onnx_path: str | Path, request: BuildRequest = BuildRequest(), target: str | None = None, calib: Sequence[str] = ()
 ) -> DryRun:
     """Plan and pre-flight check for TensorRT ``target`` (default: the installed one); needs no TensorRT."""
+    replace(request, has_calib=bool(calib) or request.has_calib).validate()
     path = Path(onnx_path)
     model = load_onnx(_existing(path), load_external_data=False)
     facts = onnx_facts(model, path.name)
@@ -115,6 +116,7 @@ def build_engine(
     marked failed, and the returned EngineBuild is falsy. An ONNX quantized on the way (``calib``) passes
     ``clo_export.quantize``'s accuracy gate (``min_agreement``, as ``QuantizeOptions``) or nothing is built.
     """
+    replace(request, has_calib=bool(calib) or request.has_calib).validate()  # before any file is read
     path = _existing(Path(onnx_path))
     facts = onnx_facts(load_onnx(path, load_external_data=False), path.name)
     trt = lazy_import("tensorrt")
@@ -174,8 +176,10 @@ def quiet_polygraphy(verbose: bool = False) -> None:
 
 
 def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise CloExportError(f"model '{path}' does not exist; export one with: clo-export onnx best.pt")
+    """The ONNX to build from: an existing regular .onnx file."""
+    from clo_export.validate import existing_file
+
+    existing_file("MODEL", path, "export one with: clo-export onnx best.pt")
     if path.suffix.lower() != ".onnx":
         raise CloExportError(
             f"'{path.name}' is not an ONNX file; TensorRT engines are built from the .onnx that "

@@ -30,7 +30,11 @@ from typing import Any
 import numpy as np
 
 from clo_export.comparator import run_feeds
-from clo_export.compare import (
+from clo_export.errors import CloExportError
+from clo_export.fileio import json_text
+from clo_export.metrics import evaluate
+from clo_export.postprocess import decoded_output, detections, has_nms_outputs, paired_iou, xywh2xyxy
+from clo_export.report import (
     DetectionAgreement,
     TensorStats,
     _match_ious,
@@ -38,10 +42,6 @@ from clo_export.compare import (
     detection_stats,
     tensor_stats,
 )
-from clo_export.errors import CloExportError
-from clo_export.fileio import json_text
-from clo_export.metrics import evaluate
-from clo_export.postprocess import decoded_output, detections, has_nms_outputs, paired_iou, xywh2xyxy
 
 MAP_CONF = 0.001  # val.py's thresholds for mAP
 MAP_IOU = 0.6
