@@ -22,12 +22,13 @@ class Camera:
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
-    def start(self, seconds: float = 60) -> None:
-        """Start serving; returns once clients can connect (bounded: 20 s)."""
+    def start(self, seconds: float = 60, fps: int = 15, size: str = "320x240") -> None:
+        """Start serving ``size`` frames at ``fps``; returns once clients can connect (bounded: 20 s)."""
         if not Path(SYSTEM_PYTHON).exists():
             raise LookupError(f"{SYSTEM_PYTHON} not found")
         proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(CAMERA), "--port", str(self.port), "--seconds", str(seconds)],
+            [SYSTEM_PYTHON, str(CAMERA), "--port", str(self.port), "--seconds", str(seconds), "--fps", str(fps)]
+            + ["--size", size],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -3,7 +3,8 @@
 Each frame is tagged with its ``stream`` (0-based, in the order given) and the time it was read. A file
 stream waits for its turn (files never drop a frame, and equal-length files advance together); a live
 stream keeps only its newest frame (drop-oldest, counted in ``dropped[stream]``) and is skipped while it
-has none, so a slow or reconnecting camera never holds the others up. A stream that ends leaves the
+has none, so a slow or reconnecting camera never holds the others up; the pipeline takes the merged frames
+as it can (nothing is dropped after the merge), so every stream gets its turn. A stream that ends leaves the
 others running. A live stream given up (:class:`~clo_export.data.live.StreamLost`) ends too while the
 others go on; once all have ended the merged iteration raises one StreamLost naming every lost stream,
 so the run finishes and writes what it read, then exits 1.
@@ -39,9 +40,13 @@ class MultiSource:
         self.sources = list(sources)
         self.stop = stop
         self.spec = ", ".join(s.spec for s in self.sources)
-        self.live = all(s.live for s in self.sources)  # with a file among them nothing is dropped after the merge
+        # nothing is dropped after the merge: a live stream drops its oldest frame here, per stream, so each turn takes
+        # the newest frame of each stream (fair); dropping whole merged batches downstream favoured some cameras
+        self.live = False
         self.dropped = [0] * len(self.sources)  # frames of each live stream replaced by a newer one before their turn
         self.lost: list[str] = []  # why each lost live stream was given up
+        # once stream i has ended (its end, --limit, given up): how many frames it yielded in all, else None
+        self.ended: list[int | None] = [None] * len(self.sources)
         self._quit = threading.Event()  # the merge was abandoned: readers end
         self._queues = [queue.Queue(1 if s.live else FILE_BUFFER) for s in self.sources]
 
@@ -116,6 +121,7 @@ class MultiSource:
     def _merge(self) -> Iterator[Frame]:
         """Frames in round-robin order over the streams still running (a live one without a frame is passed over)."""
         active = list(range(len(self.sources)))
+        yielded = [0] * len(self.sources)
         turn = 0
         while active:
             i = active[turn % len(active)]
@@ -127,10 +133,12 @@ class MultiSource:
                 continue
             if item is _END:
                 active.remove(i)
+                self.ended[i] = yielded[i]
                 continue
             if isinstance(item, BaseException):
                 raise item
             turn += 1
+            yielded[i] += 1
             yield item  # type: ignore[misc]
 
     def _take(self, i: int, wait: bool) -> object:

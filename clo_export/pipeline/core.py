@@ -253,6 +253,8 @@ class Pipeline:
         self.detections += len(dets)
         if self.stream_timers:
             self.stream_timers[frame.stream].add(frame.read_at)
+            done = [t.frames + d for t, d in zip(self.stream_timers, self.stream_drops)]
+            self.sinks.close_ended(self.multi.ended, done)  # a stream that ended: its video complete now
         if self.on_frame is not None:
             self.on_frame(self.frames, len(dets))
 

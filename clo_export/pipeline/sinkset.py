@@ -1,7 +1,9 @@
 """The sinks of one run as a unit: annotate a frame once for all of them, write, then close (or abort) every one.
 
 With several streams, ``stream_sinks[i]`` receive only stream ``i``'s frames (its video, its live view cell);
-the shared sinks receive every frame (JSON Lines, tagged with the stream by :class:`StreamJsonlSink`).
+the shared sinks receive every frame (JSON Lines, tagged with the stream by :class:`StreamJsonlSink`). A stream
+that ends before the run has its own sinks closed once its last frame is written (:meth:`SinkSet.close_ended`):
+its video is complete under its final name while the other streams go on, and stays so whatever the run does next.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SinkSet:
         self.non_finite = 0  # detections dropped because a box or score was NaN/Infinity
         self.targets = [self.shared + group for group in self.per_stream] or [self.shared]  # by stream
         self.annotate = [any(s.needs_annotation for s in group) for group in self.targets]
+        self.closed: set[int] = set()  # streams whose own sinks are closed already
 
     def keep_finite(self, frame: Frame, dets: np.ndarray) -> np.ndarray:
         """``dets`` without rows holding NaN/Infinity (counted, the first warned about): outputs stay strict JSON."""
@@ -57,10 +60,29 @@ class SinkSet:
             closed = closed or getattr(sink, "closed_by_user", False)
         return closed
 
+    def close_ended(self, ended: Sequence[int | None], done: Sequence[int]) -> None:
+        """Close the own sinks of every stream that ended (``ended[i]``: frames it yielded in all) whose frames are all
+        done (``done[i]``: written or dropped); a sink that fails to close is aborted, the first error raised."""
+        errors = []
+        for i, total in enumerate(ended):
+            if total is None or i in self.closed or i >= len(self.per_stream) or done[i] < total:
+                continue
+            self.closed.add(i)
+            for sink in self.per_stream[i]:
+                try:
+                    sink.close()
+                except Exception as e:  # the stream's other sinks are still closed
+                    sink.abort()
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+
     def finish(self, ok: bool) -> None:
-        """Close every sink (``ok``) or abort every one; all are tried, the first close error is raised."""
+        """Close every sink (``ok``) or abort every one; all are tried, the first close error is raised. The sinks of a
+        stream closed when it ended are left as they are (complete)."""
         first_error = None
-        for sink in self.sinks:
+        done = {id(s) for i in self.closed for s in self.per_stream[i]}
+        for sink in (s for s in self.sinks if id(s) not in done):
             try:
                 sink.close() if ok else sink.abort()
             except Exception as e:  # keep closing the others
