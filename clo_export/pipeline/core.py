@@ -95,7 +95,6 @@ class Pipeline:
         self.multi = source if isinstance(source, MultiSource) else None  # several sources: stats per stream
         n = len(self.multi.sources) if self.multi is not None else 0
         self.stream_timers = [StreamTimer() for _ in range(n)]
-        self.stream_drops = [0] * n  # frames of each stream dropped after the merge (all streams live)
         self.batch_sizes: dict[int, int] = {}
         self.started = 0.0  # time.perf_counter() when run() began
         self.on_frame = on_frame  # (frames written, detections in this frame), from the writer thread
@@ -125,7 +124,7 @@ class Pipeline:
             frames=self.frames,
             skipped=self.source.skipped,
             detections=self.detections,
-            dropped=self.dropped if self.multi is None else sum(self.multi.dropped) + sum(self.stream_drops),
+            dropped=self.dropped if self.multi is None else sum(self.multi.dropped),
             seconds=time.perf_counter() - t0,
             stages={n: t.stats() for n, t in self.timers.items() if t.count},
             interrupted=self.control.interrupted,
@@ -144,11 +143,11 @@ class Pipeline:
         )
 
     def _stream_stats(self, t0: float) -> list[StreamStats]:
-        """Per-stream frames, FPS, drops (before and after the merge), reconnects and latency."""
+        """Per-stream frames, FPS, drops (each live stream drops its own oldest frames), reconnects and latency."""
         if self.multi is None:
             return []
         return [
-            t.stats(i, s.spec, t0, self.multi.dropped[i] + self.stream_drops[i], s.reconnects)
+            t.stats(i, s.spec, t0, self.multi.dropped[i], s.reconnects)
             for i, (t, s) in enumerate(zip(self.stream_timers, self.multi.sources))
         ]
 
@@ -158,14 +157,9 @@ class Pipeline:
             return []
         span = time.perf_counter() - self.started
         return [
-            (t.frames, t.frames / span if span > 0 else 0.0, self.multi.dropped[i] + self.stream_drops[i])
+            (t.frames, t.frames / span if span > 0 else 0.0, self.multi.dropped[i])
             for i, t in enumerate(self.stream_timers)
         ]
-
-    def _drop(self, batch: _Batch) -> None:
-        """The scheduler dropped ``batch`` to keep up with live sources: count it per stream."""
-        for frame in batch.frames if self.stream_drops else ():
-            self.stream_drops[frame.stream] += 1
 
     def _configure_batch(self) -> None:
         """Input name and batch size from the model: a fixed batch is used (padded), a dynamic one is --infer-batch."""
@@ -253,8 +247,8 @@ class Pipeline:
         self.detections += len(dets)
         if self.stream_timers:
             self.stream_timers[frame.stream].add(frame.read_at)
-            done = [t.frames + d for t, d in zip(self.stream_timers, self.stream_drops)]
-            self.sinks.close_ended(self.multi.ended, done)  # a stream that ended: its video complete now
+            # a stream that ended: its video complete now (several streams never drop after the merge)
+            self.sinks.close_ended(self.multi.ended, [t.frames for t in self.stream_timers])
         if self.on_frame is not None:
             self.on_frame(self.frames, len(dets))
 
@@ -273,9 +267,7 @@ class Pipeline:
 
     def _run_threaded(self) -> None:
         self.streams = len(self.runners)
-        scheduler = Scheduler(
-            self.control, self.runners, self.opts.queue_size, self.batch, self.source.live, self._drop
-        )
+        scheduler = Scheduler(self.control, self.runners, self.opts.queue_size, self.batch, self.source.live)
         try:
             scheduler.run(self._batches, self._infer, self._postprocess, lambda item: self._write(*item))
         finally:

@@ -55,10 +55,8 @@ class Scheduler:
         queue_size: int,
         batch: int,
         live: bool,
-        on_drop: Callable[[Any], None] | None = None,
     ):
         self.control = control
-        self.on_drop = on_drop  # told of each batch dropped to keep up with a live source
         self.runners = list(runners)
         self.queue_size, self.batch, self.live = queue_size, batch, live
         self.dropped = 0  # frames dropped to keep up with a live source
@@ -135,10 +133,8 @@ class Scheduler:
         for batch in read():
             if self.live and out.full():  # real time: drop the oldest waiting frame, keep the newest
                 try:
-                    dropped = out.get_nowait()
+                    out.get_nowait()
                     self.dropped += 1
-                    if self.on_drop is not None:
-                        self.on_drop(dropped)
                 except queue.Empty:
                     pass
             if not self._put(out, batch):

@@ -62,7 +62,7 @@ class SinkSet:
 
     def close_ended(self, ended: Sequence[int | None], done: Sequence[int]) -> None:
         """Close the own sinks of every stream that ended (``ended[i]``: frames it yielded in all) whose frames are all
-        done (``done[i]``: written or dropped); a sink that fails to close is aborted, the first error raised."""
+        done (``done[i]``: frames written); a sink that fails to close is aborted, the first error raised."""
         errors = []
         for i, total in enumerate(ended):
             if total is None or i in self.closed or i >= len(self.per_stream) or done[i] < total:
