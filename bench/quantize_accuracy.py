@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--no-modelopt", action="store_true")
     ap.add_argument("--modelopt-venv", type=Path, default=Path(".bench-venv/modelopt"))
     ap.add_argument("--work", type=Path, help="keep the models here (default: a temporary folder)")
+    ap.add_argument("--sites", action="store_true", help="print each default run's site gains and fallback steps")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     console = Console(width=140)
@@ -159,6 +160,8 @@ def main() -> None:
         t = time.perf_counter()
         r = quantize(fp32, d, work / f"default{k + 1}.int8.onnx", QuantizeOptions())
         rows.append(("clo-export default (auto)", f"set {k + 1}", r.path, time.perf_counter() - t))
+        if args.sites:
+            console.print(decisions_table(r, f"set {k + 1}"))
     t = time.perf_counter()
     r = quantize(fp32, calib_dirs[0], work / "entropy.int8.onnx", QuantizeOptions(method="entropy", target_drop=None))
     rows.append(("clo-export --method entropy --all-int8 (old default)", "set 1", r.path, time.perf_counter() - t))
@@ -215,6 +218,34 @@ def main() -> None:
                 f"(spread {max(v) - min(v):.2f} points)"
             )
     console.print(f"models in {work}")
+
+
+def decisions_table(r, calib: str) -> Table:
+    """What the default decided on one calibration set: method scores, each site's float-alone gain and its noise
+    (standard error over the held-out images), and the fallback's steps."""
+    scores = ", ".join(f"{m} {v.box_error:.4f}" for m, v in r.method_scores.items())
+    table = Table(
+        title=f"{calib}: method {r.method} (all-INT8 box error %: {scores}); sites by recovery per MAC",
+        title_justify="left",
+    )
+    for col in ("site", "MAC share", "gain %", "gain se", "gain/se", "step cut", "cut se", "held-out drop", "kept"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    steps = {s["site"]: s for s in (r.choice.steps if r.choice else [])}
+    order = sorted(r.sites, key=lambda x: (not x.site.output, -x.gain / max(x.mac_share, 1e-3)))
+    for x in order:
+        st = steps.get(x.site.name, {})
+        table.add_row(
+            x.site.name,
+            f"{x.mac_share:.4f}",
+            f"{x.gain:+.4f}",
+            f"{x.gain_se:.4f}",
+            f"{x.gain / x.gain_se:+.1f}" if x.gain_se else "",
+            f"{st['cut']:+.4f}" if "cut" in st else st.get("skipped", ""),
+            f"{st['cut_se']:.4f}" if "cut_se" in st else "",
+            f"{st['drop50_95']:.2f}" if "drop50_95" in st else "",
+            {True: "yes", False: "no"}.get(st.get("kept"), ""),
+        )
+    return table
 
 
 def ort_static(fp32: Path, feeds: list[dict[str, np.ndarray]], work: Path, ops: list[str] | None = None) -> Path:
