@@ -3,10 +3,11 @@ range method and the float sites on the held-out split, insert Q/DQ, check Tenso
 model + sidecar + accuracy report (+ sensitivity table) atomically.
 
 Automatic precision (the default): every range method is tried on the held-out split and mse
-kept unless another cuts the box error by 2 % (``--method auto``; ``sensitivity.choose_method``); then the
-sites whose float-alone run recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
-``target_drop`` points, keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of
-the calibration source decides (box error: :mod:`clo_export.quantization.accuracy`).
+kept unless another cuts the box error significantly (by 2 % and by 2 standard errors over the held-out
+images: ``--method auto``; ``sensitivity.choose_method``); then the sites whose float-alone run recovers most box
+error per MAC, significantly, are kept float until the held-out mAP@.5:.95 drop is within ``target_drop`` points,
+keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of the calibration source decides (box
+error: :mod:`clo_export.quantization.accuracy`).
 """
 
 from __future__ import annotations
