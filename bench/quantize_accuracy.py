@@ -6,8 +6,9 @@ Every quantizer gets the same FP32 ONNX (the bundled demo model at its image siz
 256 calibration tensors (calibration set 1: scenes from clo_export.demo.shapes with their own
 seed). clo-export's default also uses the 128 held-out images of that calibration source for its
 decisions, as `clo-export quantize` does. Each INT8 model is then scored against labels on data
-no quantizer saw: 300 unseen scenes from the same generator, and the demo video's 300 frames
-(rendered in memory, not through the MP4). Calibration images are PNG, like the scenes scored (JPEG
+no quantizer saw: 300 unseen scenes from the same generator, the demo video's 300 frames
+(rendered in memory), and the same frames as `make demo` scores them (written to MP4 by the demo's own
+function, then decoded: the "MP4" columns). Calibration images are PNG, like the scenes scored (JPEG
 artefacts in calibration only would be a domain shift of their own). The table prints the mAP@.5 and
 mAP@.5:.95 drops from FP32 (YOLOv5 val thresholds: conf 0.001, NMS IoU 0.6) and the share of Conv MACs in INT8.
 With --sets 3, clo-export's default is run on two more calibration sets of 256 (other seeds) to
@@ -37,7 +38,7 @@ from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.data.preprocess import preprocess, scale_boxes
-from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE
+from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE, write_demo_video
 from clo_export.demo.shapes import make_dataset, make_video_frames
 from clo_export.metrics import evaluate
 from clo_export.postprocess import nms
@@ -68,6 +69,20 @@ def scenes(seed: int, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def video_frames(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     frames = list(make_video_frames(VIDEO_SEED, n, VIDEO_SIZE))
     return [f.image for f in frames], [f.boxes for f in frames]
+
+
+def video_mp4_frames(n: int, work: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The demo video as ``make demo`` scores it: written to MP4 by the demo's own function, then decoded."""
+    gts = write_demo_video(work / "video.mp4", n)
+    cap = cv2.VideoCapture(str(work / "video.mp4"))
+    images = []
+    while len(images) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        images.append(frame)
+    cap.release()
+    return images, gts[: len(images)]
 
 
 def score(model: Path, images: list[np.ndarray], gts: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[float, float]:
@@ -122,7 +137,11 @@ def main() -> None:
         for i, (img, _) in enumerate(make_dataset(seed, NUM + HOLDOUT, VIDEO_SIZE)):
             cv2.imwrite(str(d / f"{i:04d}.png"), img)  # lossless: the same kind of image as the scenes scored
         calib_dirs.append(d)
-    evals = {"unseen": scenes(EVAL_SEED, args.eval_scenes), "video": video_frames(args.video_frames)}
+    evals = {
+        "unseen": scenes(EVAL_SEED, args.eval_scenes),
+        "video": video_frames(args.video_frames),
+        "MP4": video_mp4_frames(args.video_frames, work),
+    }
     base = {k: score(fp32, *v, imgsz) for k, v in evals.items()}
 
     rows: list[tuple[str, str, Path, float]] = []
@@ -178,6 +197,8 @@ def main() -> None:
         "Δ@.5:.95",
         "video Δ@.5",
         "Δ@.5:.95",
+        "MP4 Δ@.5",
+        "Δ@.5:.95",
         "INT8 conv MACs",
         "time s",
     ):
@@ -189,6 +210,8 @@ def main() -> None:
         f"{base['unseen'][1]:.4f}",
         f"mAP {base['video'][0]:.4f}",
         f"{base['video'][1]:.4f}",
+        f"mAP {base['MP4'][0]:.4f}",
+        f"{base['MP4'][1]:.4f}",
         "",
         "",
     )
@@ -204,13 +227,15 @@ def main() -> None:
             f"{d['unseen'][1]:+.2f}",
             f"{d['video'][0]:+.2f}",
             f"{d['video'][1]:+.2f}",
+            f"{d['MP4'][0]:+.2f}",
+            f"{d['MP4'][1]:+.2f}",
             f"{100 * int8_conv_share(onnx.load(str(path))):.1f} %",
             f"{secs:.0f}",
         )
     console.print(table)
     ours = [d for n, d in drops if n.startswith("clo-export default")]
     if len(ours) > 1:
-        for k in ("unseen", "video"):
+        for k in evals:
             v = [d[k][1] for d in ours]
             console.print(
                 f"clo-export default over {len(v)} calibration sets, {k}: mAP@.5:.95 drop {min(v):+.2f} … "

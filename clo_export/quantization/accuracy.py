@@ -221,7 +221,9 @@ class HeldOut:
         outs = self._run(model)
         errors, boxes = self.image_errors(outs)
         box_error = 100 * float(errors.sum() / boxes.sum()) if boxes.sum() else 0.0
-        return Measured(self._score([d for out in outs for d in self._val_dets(out)], self.fp32, box_error), errors, boxes)
+        return Measured(
+            self._score([d for out in outs for d in self._val_dets(out)], self.fp32, box_error), errors, boxes
+        )
 
     def report(self, model: str | bytes, info: dict[str, Any] | None = None) -> AccuracyReport:
         """The full report for ``model``: scores, box IoU, per-output errors, agreement at deployment thresholds."""

@@ -184,7 +184,9 @@ def measure(
         r = SiteResult(s, share, alone.score, base=base.score, gain_se=gain(base, alone)[1])
         if both:
             r.int8_alone = evaluate(everything - frozenset(s.nodes)).score
-        log.debug("site %s: float alone box error %.3f (from %.3f)", s.name, alone.score.box_error, base.score.box_error)
+        log.debug(
+            "site %s: float alone box error %.3f (from %.3f)", s.name, alone.score.box_error, base.score.box_error
+        )
         out.append(r)
     return out
 
