@@ -203,8 +203,7 @@ class HeldOut:
 
     def box_error(self, outs: list[dict[str, np.ndarray]]) -> float:
         """Mean 1 - IoU (%) of the test model's boxes against FP32's (see the module docstring)."""
-        errors, boxes = self.image_errors(outs)
-        return 100 * float(errors.sum() / boxes.sum()) if boxes.sum() else 0.0
+        return _percent(*self.image_errors(outs))
 
     def _run(self, model: str | bytes) -> list[dict[str, np.ndarray]]:
         from clo_export.backends.onnxrt import OnnxRuntimeRunner
@@ -220,10 +219,8 @@ class HeldOut:
         """:meth:`score` with the per-image box errors behind it."""
         outs = self._run(model)
         errors, boxes = self.image_errors(outs)
-        box_error = 100 * float(errors.sum() / boxes.sum()) if boxes.sum() else 0.0
-        return Measured(
-            self._score([d for out in outs for d in self._val_dets(out)], self.fp32, box_error), errors, boxes
-        )
+        score = self._score([d for out in outs for d in self._val_dets(out)], self.fp32, _percent(errors, boxes))
+        return Measured(score, errors, boxes)
 
     def report(self, model: str | bytes, info: dict[str, Any] | None = None) -> AccuracyReport:
         """The full report for ``model``: scores, box IoU, per-output errors, agreement at deployment thresholds."""
@@ -253,6 +250,11 @@ class HeldOut:
             self.iou,
             dict(info or {}),
         )
+
+
+def _percent(errors: np.ndarray, boxes: np.ndarray) -> float:
+    """Box error (%) from per-image sums of 1 - IoU and box counts; 0 when FP32 has no box."""
+    return 100 * float(errors.sum() / boxes.sum()) if boxes.sum() else 0.0
 
 
 def _confident(decoded: np.ndarray, conf: float) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
