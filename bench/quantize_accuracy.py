@@ -1,6 +1,6 @@
 """INT8 accuracy of clo-export's quantizer against ONNX Runtime's and NVIDIA ModelOpt's, on the same data.
 
-Run: .venv/bin/python bench/quantize_accuracy.py [--sets 3] [--eval-scenes 300] [--no-modelopt]
+Run: .venv/bin/python bench/quantize_accuracy.py [--sets 3] [--eval-scenes 300] [--no-modelopt] [--sites]
 
 Every quantizer gets the same FP32 ONNX (the bundled demo model at its image size) and the same
 256 calibration tensors (calibration set 1: scenes from clo_export.demo.shapes with their own
