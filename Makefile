@@ -20,13 +20,14 @@ PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 TRITON_PIN := $(if $(TRITON_CONSTRAINTS),-c $(TRITON_CONSTRAINTS))
 
 # Debian/Ubuntu packages the live-source tests need: a real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py,
-# GStreamer's gst-rtsp-server run by the system python3), and headless Chromium for the --serve page test.
+# GStreamer's gst-rtsp-server run by the system python3), headless Chromium for the --serve page test, and
+# python3-opencv (built with GStreamer) for the Jetson recipe's stand-in (tests/test_gstreamer.py).
 # Run as root, or: make system-deps APT="sudo apt-get".
 APT ?= apt-get
 SYSTEM_DEPS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium python3-opencv
 
-.PHONY: test test-quick demo install triton-env system-deps pin clean
+.PHONY: test test-quick lint demo install triton-env system-deps pin clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,11 @@ test: $(STAMP) $(TRITON_STAMP)
 # The quick tier: no venv or wheel installs, no servers, no signals, no full-size or whole-chain runs.
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not install and not server and not signals and not gpu"
+
+# ruff (pinned in constraints.txt): the lint rules and line length are in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 system-deps:
 	$(APT) update

@@ -14,7 +14,7 @@ Each ONNX (clo-export's export, run by ONNX Runtime on CPU) is compared with bot
 clo-export uses: the fused export-mode model (`clo-export onnx` parity) and the unfused checkpoint
 model (`clo-export check`, `clo-infer --check`). Per run and reference the table gives the largest
 difference of box centres and sizes (sizes also relative to their value), objectness and class
-scores, the largest share of its FP32 limit (clo_export.compare) any frame used, and how many frames
+scores, the largest share of its FP32 limit (clo_export.report) any frame used, and how many frames
 fail that limit (must be 0).
 
 With ``--fp16`` it measures the FP16 rule instead: each model's ``--half`` ONNX (ONNX Runtime, CPU) against
@@ -45,7 +45,6 @@ sys.path.insert(0, str(ROOT))
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner  # noqa: E402
 from clo_export.blocks import load_plugins  # noqa: E402
-from clo_export.compare import DETECTION_OUTPUT, TOLERANCES, Report, detection_agreement, detection_stats  # noqa: E402
 from clo_export.data.preprocess import preprocess_batch  # noqa: E402
 from clo_export.demo.run import BUNDLED_MODEL  # noqa: E402
 from clo_export.demo.shapes import make_dataset, make_video_frames  # noqa: E402
@@ -53,6 +52,7 @@ from clo_export.export.exporter import ExportOptions, export_onnx  # noqa: E402
 from clo_export.models.checkpoint import LoadedModel, load  # noqa: E402
 from clo_export.models.yolo import DEFAULT_CFG, DetectionModel  # noqa: E402
 from clo_export.postprocess import nms  # noqa: E402
+from clo_export.report import DETECTION_OUTPUT, TOLERANCES, Report, detection_agreement, detection_stats  # noqa: E402
 from tests.conftest import randomize  # noqa: E402
 
 

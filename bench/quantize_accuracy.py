@@ -177,12 +177,17 @@ def main() -> None:
 
     for k, d in enumerate(calib_dirs):
         t = time.perf_counter()
-        r = quantize(fp32, d, work / f"default{k + 1}.int8.onnx", QuantizeOptions())
+        r = quantize(fp32, d, work / f"default{k + 1}.int8.onnx", QuantizeOptions(min_agreement=0))  # scored below
         rows.append(("clo-export default (auto)", f"set {k + 1}", r.path, time.perf_counter() - t))
         if args.sites:
             console.print(decisions_table(r, f"set {k + 1}"))
     t = time.perf_counter()
-    r = quantize(fp32, calib_dirs[0], work / "entropy.int8.onnx", QuantizeOptions(method="entropy", target_drop=None))
+    r = quantize(
+        fp32,
+        calib_dirs[0],
+        work / "entropy.int8.onnx",
+        QuantizeOptions(method="entropy", target_drop=None, min_agreement=0),
+    )
     rows.append(("clo-export --method entropy --all-int8 (old default)", "set 1", r.path, time.perf_counter() - t))
 
     table = Table(

@@ -17,7 +17,6 @@ Runtime, TensorRT or OpenCV, so ``clo-infer`` starts fast and runs without torch
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 from clo_export.lazy import lazy_attributes
@@ -31,7 +30,10 @@ if TYPE_CHECKING:
     from clo_export.engine.plan import BuildRequest
     from clo_export.export.exporter import ExportOptions, ExportResult
     from clo_export.models.checkpoint import LoadedModel
+    from clo_export.pipeline.model_check import ModelCheck, check_model
+    from clo_export.pipeline.options import InferOptions
     from clo_export.quantization.quantize import QuantizeOptions, QuantizeResult
+    from clo_export.thresholds import Thresholds
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,6 +51,10 @@ __getattr__ = lazy_attributes(
         "ModelInfo": "clo_export.artifacts",
         "Runner": "clo_export.backends.base",
         "CloExportError": "clo_export.errors",
+        "check_model": "clo_export.pipeline.model_check",
+        "ModelCheck": "clo_export.pipeline.model_check",
+        "InferOptions": "clo_export.pipeline.options",
+        "Thresholds": "clo_export.thresholds",
     },
 )
 
@@ -59,6 +65,7 @@ __all__ = [
     "quantize",
     "build_engine",
     "load_runner",
+    "check_model",
     "LoadedModel",
     "ExportOptions",
     "ExportResult",
@@ -69,6 +76,9 @@ __all__ = [
     "ModelInfo",
     "Runner",
     "CloExportError",
+    "ModelCheck",
+    "InferOptions",
+    "Thresholds",
 ]
 
 
@@ -89,28 +99,24 @@ def export_onnx(
     *,
     check: bool = True,
     source: Optional[PathLike] = None,
+    cfg: Optional[PathLike] = None,
+    plugins: Sequence[PathLike] = (),
 ) -> ExportResult:
     """``clo-export onnx``: a static-shape ONNX (``out``, default beside the checkpoint) and its sidecar JSON.
 
-    ``model`` is a :func:`load` result or a checkpoint path. The input size is ``options.imgsz``,
-    else the size the checkpoint was trained at (640 when it records none); the log says which.
-    With ``check`` the ONNX is run in ONNX Runtime beside PyTorch on seeded random batches plus real
-    frames (``source``'s, else the bundled samples): ``result.parity`` is the Report, truthy only when
-    its verdict is passed (not when failed or inconclusive; the file is still written, to inspect it).
+    ``model`` is a :func:`load` result or a checkpoint path (loaded with ``cfg`` and ``plugins``). The input
+    size is ``options.imgsz``, else the size the checkpoint was trained at (640 when it records none); the log
+    says which. Refused before any work, as on the command line: bad options, an ``out`` (or its sidecar) that
+    is an input (the checkpoint, ``cfg``, a plugin, a ``source`` file; also through a link). With ``check`` the
+    ONNX is run in ONNX Runtime beside PyTorch on seeded random batches plus real frames (``source``'s, else the
+    bundled samples): ``result.parity`` is the Report, truthy only when its verdict is passed (not when failed or
+    inconclusive; the file is still written, to inspect it).
     """
-    from clo_export.export.exporter import ExportOptions
-    from clo_export.export.exporter import export_onnx as export
-    from clo_export.export.parity import parity_batches
-    from clo_export.imgsz import check_memory
+    from clo_export.export.exporter import ExportOptions, export_checkpoint
 
-    loaded = model if not isinstance(model, (str, os.PathLike)) else load(model)
-    opts = (options or ExportOptions()).for_model(loaded)
-    opts.validate()
-    loaded.model.check_imgsz(opts.imgsz)
-    check_memory(loaded.model, opts.imgsz, opts.batch)  # before the parity frames of that size are made
-    sizes = (opts.batch, 3) if opts.dynamic_batch and opts.batch != 3 else (opts.batch,)
-    inputs = parity_batches(opts.imgsz, sizes, source=source) if check else None
-    return export(loaded, Path(out) if out else None, opts, inputs)
+    return export_checkpoint(
+        model, out, options or ExportOptions(), check=check, source=source, cfg=cfg, plugins=plugins
+    )
 
 
 def quantize(
@@ -135,13 +141,31 @@ def build_engine(
     out: Optional[PathLike] = None,
     *,
     calib: Sequence[str] = (),
+    num: int = 256,
+    min_agreement: Optional[float] = None,
     verbose: bool = False,
+    check: bool = True,
 ) -> EngineBuild:
-    """``clo-export trt``: a TensorRT engine for the installed TensorRT and this GPU, with its sidecar JSON."""
+    """``clo-export trt``: a TensorRT engine for the installed TensorRT and this GPU, with its sidecar JSON.
+
+    With ``check`` (the default, as ``clo-export trt``) the engine is run against ONNX Runtime on the FP32 ONNX
+    and the sidecar records the result; a failed engine is kept, marked failed, and the result is falsy.
+    ``check=False`` is ``--no-check``. ``num`` is ``--num``: calibration images read from ``calib``;
+    ``min_agreement`` is ``--min-agreement``, the accuracy gate of the INT8 model quantized from them.
+    """
     from clo_export.engine.build import build_engine as build
     from clo_export.engine.plan import BuildRequest
 
-    return build(onnx, request or BuildRequest(), out, calib=calib, verbose=verbose)
+    return build(
+        onnx,
+        request or BuildRequest(),
+        out,
+        calib=calib,
+        num=num,
+        min_agreement=min_agreement,
+        verbose=verbose,
+        check=check,
+    )
 
 
 def load_runner(

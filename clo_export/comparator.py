@@ -3,7 +3,7 @@
 The data protocol is Polygraphy's: an iterable of feeds, ``{input name: (batch, 3, H, W) array}``
 dicts (parity batches, calibration and held-out data, pipeline frames). Each runner gets a feed
 under its own input name (:func:`feed_for`), so no caller names a tensor. :class:`Comparison` is the
-rule that turns one feed's pair of outputs into a :class:`~clo_export.compare.Report`:
+rule that turns one feed's pair of outputs into a :class:`~clo_export.report.Report`:
 
 - a raw test model gets per-field tensor statistics and detection agreement at the deployment
   thresholds;
@@ -12,7 +12,7 @@ rule that turns one feed's pair of outputs into a :class:`~clo_export.compare.Re
   on its raw head: the pre-NMS ``output0`` of the same graph cut before the NMS tail, where the
   Comparator is given that cut (``raw``);
 - any NaN or Inf in any output of either side fails; a reference with no detection on any input
-  makes the Report inconclusive (:class:`~clo_export.compare.Report`).
+  makes the Report inconclusive (:class:`~clo_export.report.Report`).
 
 :class:`Comparator` runs the reference on each feed and judges the test's outputs for it: those of a
 test runner it runs itself (export parity) or ones already computed (the pipeline's live check).
@@ -27,9 +27,10 @@ from typing import Dict, Optional
 import numpy as np
 
 from clo_export.backends.base import Runner
-from clo_export.compare import TOLERANCES, Report, Tolerance, compare_tensors, detection_agreement, nonfinite_outputs
 from clo_export.errors import CloExportError
 from clo_export.postprocess import NMS_OUTPUTS, detections, has_nms_outputs
+from clo_export.report import TOLERANCES, Report, Tolerance, compare_tensors, detection_agreement, nonfinite_outputs
+from clo_export.thresholds import Thresholds
 
 Feed = Dict[str, np.ndarray]  # one input batch: {input name: array}
 Outputs = Dict[str, np.ndarray]
@@ -55,29 +56,6 @@ def run_feeds(runner: Runner, feeds: Iterable[Feed]) -> Iterator[Outputs]:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """NMS thresholds detections are compared at."""
-
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 300
-
-    def for_model(self, model) -> Thresholds:
-        """The graph's own thresholds for a model with in-graph NMS (these where it has none or leaves one unset).
-
-        ``model`` is anything with ``nms``, ``nms_conf``, ``nms_iou`` and ``nms_max_det``: a ModelInfo or
-        the export's ModelMeta.
-        """
-        if not model.nms:
-            return self
-        return Thresholds(
-            self.conf if model.nms_conf is None else model.nms_conf,
-            self.iou if model.nms_iou is None else model.nms_iou,
-            model.nms_max_det or self.max_det,
-        )
-
-
-@dataclass(frozen=True)
 class Compared:
     """One feed compared: its Report and both sides' per-image detections (letterboxed-input pixels)."""
 
@@ -92,6 +70,7 @@ class Comparison:
     def __init__(self, precision: str = "fp32", thresholds: Thresholds = Thresholds(), min_f1: Optional[float] = None):
         self.precision = precision if precision in TOLERANCES else "fp32"
         tolerance = TOLERANCES[self.precision]
+        min_f1 = thresholds.min_f1 if min_f1 is None else min_f1
         self.tolerance: Tolerance = replace(tolerance, min_f1=min_f1) if min_f1 is not None else tolerance
         self.thresholds = thresholds
 

@@ -1,7 +1,7 @@
 """YOLOv5 box utilities, non-maximum suppression and model outputs → detections, in NumPy (runs where torch is absent).
 
-Imports only errors.py and (lazily) data/preprocess.py of the package: Triton's postprocessing model vendors
-these three files.
+Imports only errors.py, thresholds.py and (lazily) data/preprocess.py of the package: Triton's postprocessing
+model vendors these four files.
 """
 
 from __future__ import annotations
@@ -12,10 +12,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clo_export.errors import CloExportError
+from clo_export.thresholds import DEFAULT, check_unit
 
 if TYPE_CHECKING:
+    from typing import Optional, Protocol, Tuple
+
     from clo_export.data.preprocess import LetterboxInfo
-    from clo_export.pipeline.core import InferOptions
+
+    class DetectOptions(Protocol):
+        """What :class:`Postprocessor` reads (``clo_export.pipeline.InferOptions`` has it; Triton passes its own)."""
+
+        conf: float
+        iou: float
+        max_det: int
+        classes: Optional[Tuple[int, ...]]
+        agnostic: bool
+
 
 NMS_OUTPUTS = ("num_dets", "boxes", "scores", "classes")  # an in-graph NMS model's outputs
 MAX_WH = 7680  # YOLOv5's class offset: larger than any box coordinate, so classes never overlap
@@ -169,19 +181,17 @@ def _nms_image(
 
 def nms(
     pred: np.ndarray,
-    conf_thres: float = 0.25,
-    iou_thres: float = 0.45,
+    conf_thres: float = DEFAULT.conf,
+    iou_thres: float = DEFAULT.iou,
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
     multi_label: bool = False,
-    max_det: int = 300,
+    max_det: int = DEFAULT.max_det,
     max_nms: int = 30000,
 ) -> list[np.ndarray]:
     """YOLOv5 non_max_suppression on decoded (bs, N, 5+nc) output: per image (n, 6) [x1, y1, x2, y2, conf, cls]."""
-    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
-        raise CloExportError(
-            f"conf_thres={conf_thres} and iou_thres={iou_thres} must lie in [0, 1]; pass e.g. 0.25 and 0.45"
-        )
+    check_unit("conf_thres", conf_thres)
+    check_unit("iou_thres", iou_thres)
     pred = np.asarray(pred)
     if pred.ndim != 3 or pred.shape[2] < 6:
         raise CloExportError(
@@ -226,9 +236,9 @@ def decoded_output(outputs: dict[str, np.ndarray]) -> np.ndarray:
 
 def detections(
     outputs: dict[str, np.ndarray],
-    conf: float = 0.25,
-    iou: float = 0.45,
-    max_det: int = 300,
+    conf: float = DEFAULT.conf,
+    iou: float = DEFAULT.iou,
+    max_det: int = DEFAULT.max_det,
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
 ) -> list[np.ndarray]:
@@ -245,7 +255,7 @@ def detections(
 class Postprocessor:
     """Model outputs → per-frame (n, 6) [x1, y1, x2, y2, conf, cls] in original-frame pixels."""
 
-    def __init__(self, opts: InferOptions):
+    def __init__(self, opts: DetectOptions):
         self.opts = opts
 
     def letterboxed(self, outputs: dict[str, np.ndarray], n: int) -> list[np.ndarray]:

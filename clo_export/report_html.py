@@ -13,10 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clo_export.compare import Report
 from clo_export.data.sinks import draw_detections
 from clo_export.fileio import write_text_atomic
 from clo_export.pipeline.check import CheckedFrame
+from clo_export.report import Report
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}

@@ -53,10 +53,12 @@ def existing_file(option: str, path: Optional[Union[str, Path]], hint: str) -> N
 
 
 def is_remote(text: str) -> bool:
-    """A webcam index or a URL: nothing on this machine's disk (an existing path '2024' is a path)."""
+    """A webcam index, a URL or a GStreamer pipeline: no path on this machine's disk (an existing path '2024' is a
+    path)."""
     from clo_export.data.files import path_kind
+    from clo_export.data.gstreamer import is_pipeline
 
-    return "://" in text or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
+    return "://" in text or is_pipeline(text) or (text.isascii() and text.isdecimal() and path_kind(text) == "missing")
 
 
 def existing_sources(option: str, specs: Iterable[Union[str, Path]], hint: str) -> None:
@@ -91,14 +93,14 @@ def local_inputs(spec: Union[str, Path]) -> list:
     return [Path(text)]
 
 
-def check_quantize_options(model: Path, calib: list, num: int, holdout: int, seed: int) -> None:
-    """``clo-export quantize``: counts and inputs, before anything is read."""
-    from clo_export.quantization.calibset import MIN_HOLDOUT
-
+def check_quantize_inputs(model: Path, calib: Union[str, Path, Iterable[Union[str, Path]]]) -> None:
+    """``quantize``'s model and calibration sources exist, before anything is read (its numbers: QuantizeOptions)."""
     existing_file("MODEL", model, "export one with clo-export onnx")
-    at_least("--holdout", holdout, MIN_HOLDOUT, "an INT8 accuracy report on fewer held-out images is noise")
-    at_least("--seed", seed, 0)
-    existing_sources("--calib", calib, "pass a folder, a glob, a video or a .txt list of images")
+    existing_sources(
+        "--calib",
+        [calib] if isinstance(calib, (str, Path)) else calib,
+        "pass a folder, a glob, a video or a .txt list of images",
+    )
 
 
 def check_quantize_outputs(model: Path, sources, out: Path, cache: Path) -> None:
@@ -126,17 +128,15 @@ def check_check_options(
     source: str,
     limit: int,
     frames: int,
-    min_f1: Optional[float],
     json_out: Path,
     json_named: bool,
     report: Optional[Path],
 ) -> None:
-    """``clo-export check``: values, inputs, and the JSON/HTML outputs against the inputs."""
+    """``clo-export check``: counts, inputs, and the JSON/HTML outputs against the inputs (thresholds: InferOptions)."""
     from clo_export.fileio import check_outputs, check_sidecar
 
     at_least("--limit", limit, 1)
     at_least("--frames", frames, 0)
-    in_range("--min-f1", min_f1, 0, 1)
     existing_file("MODEL", model, "pass the .onnx or .engine to check")
     existing_file("--weights", weights, "pass the best.pt the model was exported from")
     existing_sources("--source", [source], "pass images, a folder, a glob or a video")
@@ -157,15 +157,13 @@ def check_infer_options(
     json_path: Optional[Path],
     **values: Optional[float],
 ) -> None:
-    """``clo-infer``: every number, the model and source, and each output against each input."""
+    """``clo-infer``: the counts InferOptions does not hold, the model and source, each output against each input."""
     from clo_export.fileio import check_outputs
 
-    for name in ("limit", "infer_batch", "max_det", "check_every", "max_pixels"):
+    for name in ("limit", "max_pixels"):
         at_least("--" + name.replace("_", "-"), values.get(name), 1)  # type: ignore[arg-type]
     for name in ("threads", "workers"):
         bounded_threads("--" + name, values.get(name))  # type: ignore[arg-type]
-    for name in ("conf", "iou", "min_f1"):
-        in_range("--" + name.replace("_", "-"), values.get(name), 0, 1)
     local_model = None if str(model).startswith("triton://") else Path(model)  # a Triton server's model is no file
     existing_file("--model", local_model, "pass a .pt, .onnx, .engine or triton://host:port/name")
     existing_file("--check", check, "pass the best.pt the model was exported from")

@@ -14,10 +14,10 @@ from clo_export.backends.device import device_index
 from clo_export.backends.onnxrt import OnnxRuntimeRunner, providers_for_device
 from clo_export.backends.select import backend_for, load_runner, load_runners
 from clo_export.backends.streams import plan_streams
-from clo_export.compare import detection_agreement
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
 from clo_export.postprocess import detections_from_nms_outputs, nms
+from clo_export.report import detection_agreement
 from tests.helpers import IMGSZ, NAMES, scene
 
 

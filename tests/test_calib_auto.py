@@ -49,7 +49,7 @@ def auto_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("auto")
     shutil.copy(small_onnx(), root / "small.onnx")
     shutil.copytree(small_onnx().parent / "calib", root / "calib")
-    opts = QuantizeOptions(num=16, holdout=6, target_drop=0.0, sensitivity=True)
+    opts = QuantizeOptions(num=16, holdout=6, target_drop=0.0, sensitivity=True, min_agreement=0, min_holdout=6)
     return root, quantize(root / "small.onnx", root / "calib", opts=opts)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,8 @@ from tests.helpers import small_onnx
 
 IMGSZ = (256, 256)  # at 128 the P5 map is one attention window: onnxsim folds the softmax away
 OPTS = QuantizeOptions(
-    method="minmax", num=16, holdout=4, target_drop=None
-)  # automatic precision: tests/test_calib_auto.py
+    method="minmax", num=16, holdout=4, target_drop=None, min_agreement=0, min_holdout=4
+)  # automatic precision: tests/test_calib_auto.py; the gate: tests/test_quantize_gate.py
 
 
 @pytest.fixture()
@@ -135,14 +136,12 @@ def test_cache_hit_skips_calibration_and_stale_cache_is_ignored(model_dir, caplo
     again = quantize(
         model_dir / "small.onnx",
         model_dir / "calib",
-        opts=QuantizeOptions("minmax", 16, 4, keep_attention_fp=False, target_drop=None),
+        opts=replace(OPTS, keep_attention_fp=False),
     )
     assert again.cache.status == "hit" and not calls  # one cache serves both attention modes
     assert again.n_qdq_tensors > first.n_qdq_tensors
     with caplog.at_level(logging.WARNING, logger="clo_export"):
-        stale = quantize(
-            model_dir / "small.onnx", model_dir / "calib", opts=QuantizeOptions("percentile", 16, 4, target_drop=None)
-        )
+        stale = quantize(model_dir / "small.onnx", model_dir / "calib", opts=replace(OPTS, method="percentile"))
     assert stale.cache.status == "stale" and calls == [1] and "differs in: method" in caplog.text
 
 

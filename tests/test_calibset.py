@@ -11,7 +11,7 @@ import pytest
 
 from clo_export.data.preprocess import preprocess
 from clo_export.errors import CloExportError
-from clo_export.quantization.calibset import CalibrationData, Item, read_items, split_sources
+from clo_export.quantization.calibset import CalibrationData, Item, holdout_count, read_items, split_sources
 from tests.helpers import write_images
 
 
@@ -75,16 +75,38 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
     assert "skipped 3 unreadable" in caplog.text and "200+ recommended" in caplog.text
 
 
-def test_empty_and_too_small_sets_are_errors_with_counts(tmp_path):
+def test_an_empty_set_is_an_error_and_a_small_one_calibrates_on_everything(tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CloExportError, match="holds no images"):
         split_sources(tmp_path / "empty")
     write_images(tmp_path / "few", 6)
     (tmp_path / "few" / "bad.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(
-        CloExportError, match=r"found 6 usable calibration images .*1 unreadable.*at least 16.*200\+ recommended"
-    ):
-        split_sources(tmp_path / "few")
+    with caplog.at_level(logging.WARNING, logger="clo_export"):
+        s = split_sources(tmp_path / "few")
+    assert len(s.calib) == 6 and s.holdout == [] and s.skipped == [str(tmp_path / "few" / "bad.png")]
+    assert s.unmeasured == "6 readable images: the held-out report needs 16 held out besides 16 to calibrate (32+)"
+    small = [r.getMessage() for r in caplog.records if "readable images" in r.getMessage()]
+    assert len(small) == 1 and "calibrating on all with none held out" in small[0]
+    assert "not measured" in small[0] and "no automatic float fallback" in small[0]
+    assert not any("calibration images (200+ recommended)" in r.getMessage() for r in caplog.records)  # one line
+
+
+@pytest.mark.parametrize(
+    "n, num, holdout, want",
+    [
+        (1, 256, 128, 0),
+        (31, 256, 128, 0),  # 16 held out would leave 15 to calibrate
+        (32, 256, 128, 16),
+        (64, 256, 128, 16),  # a fifth would be 12: the report's 16 instead
+        (100, 256, 128, 20),  # a fifth
+        (300, 256, 128, 60),  # a fifth, more than the 44 --num leaves
+        (350, 256, 128, 94),  # what --num leaves
+        (384, 256, 128, 128),
+        (50, 16, 0, 0),  # nothing asked for
+    ],
+)
+def test_how_many_are_held_out(n, num, holdout, want):
+    assert holdout_count(n, num, holdout) == want
 
 
 def test_calibration_batch_equals_the_inference_preprocessing(tmp_path):

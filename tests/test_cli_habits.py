@@ -89,7 +89,7 @@ def test_weights_twice_and_without_value():
             "No such option: --int8; INT8 is its own step after export: clo-export quantize",
         ),
         (["onnx", "best.pt", "--conf-thres", "0.3"], "No such option: --conf-thres; did you mean --conf?"),
-        (["onnx", "best.pt", "--batch-size", "2"], "No such option: --batch-size; did you mean --export-batch?"),
+        (["onnx", "best.pt", "--batch-size", "2"], "No such option: --batch-size; did you mean --batch?"),
         (
             ["check", "m.onnx", "--weights", "best.pt", "--source", "v.mp4", "--iou-thres", "0.5"],
             "No such option: --iou-thres; did you mean --iou?",

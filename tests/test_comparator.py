@@ -102,7 +102,7 @@ def test_the_raw_head_of_an_nms_model_is_the_raw_export(art):
 
 def test_raw_pre_nms_compare_catches_what_detections_alone_miss(art, tmp_path):
     from clo_export.comparator import raw_head_runner
-    from clo_export.compare import Verdict
+    from clo_export.report import Verdict
 
     model = planted(art.nms_onnx, tmp_path / "planted.onnx")
     runner, info = load_runner(model, "cpu")

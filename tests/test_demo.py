@@ -50,7 +50,7 @@ def test_a_missed_target_fails_the_demo(tmp_path):
 
 
 def test_a_failed_parity_is_a_missed_target_never_met():
-    from clo_export.compare import TOLERANCES, Report, TensorStats
+    from clo_export.report import TOLERANCES, Report, TensorStats
 
     limit = TOLERANCES["fp32"].limit_for("output0.boxes")
     stats = TensorStats("output0.boxes", max_abs=10 * limit, mean_abs=0.0, cosine=1.0, shape=(1, 3, 6))

@@ -784,7 +784,7 @@ def test_hypothesis_onnx_options_are_checked_before_work(tmp_path_factory, imgsz
         str(root / "missing.pt"),
         "--imgsz",
         imgsz,
-        "--export-batch",
+        "--batch",
         batch,
         "--opset",
         opset,

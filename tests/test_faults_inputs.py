@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import time
 import zlib
@@ -197,9 +198,60 @@ def test_header_sizes_match_what_opencv_decodes(tmp_path):
     for p in sorted(tmp_path.iterdir()):
         decoded = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         assert image_size(p) == (decoded.shape[1], decoded.shape[0]), p.name
-    cv2.imwrite(str(tmp_path / "t.tif"), img)
-    assert image_size(tmp_path / "t.tif") is None  # not read from the header: OpenCV's own limit applies
     assert image_size(jpeg_claiming(tmp_path / "big.jpg", 60000, 50000)) == (60000, 50000)
+
+
+def tiff_claiming(path: Path, width: int, height: int, big_endian: bool = False) -> Path:
+    """A minimal uncompressed 8-bit grayscale TIFF whose first directory claims ``width`` x ``height`` (LONG tags)."""
+    o = ">" if big_endian else "<"
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, width * height),
+    ]
+    ifd = (
+        struct.pack(o + "H", len(entries))
+        + b"".join(
+            struct.pack(o + "HHI", tag, kind, count)
+            + (struct.pack(o + "H", v) + b"\0\0" if kind == 3 else struct.pack(o + "I", v))
+            for tag, kind, count, v in entries
+        )
+        + b"\0\0\0\0"
+    )
+    head = (b"MM" if big_endian else b"II") + struct.pack(o + "HI", 42, 8 + 16)
+    path.write_bytes(head + bytes(16) + ifd)
+    return path
+
+
+def test_tiff_header_sizes_match_what_opencv_decodes(tmp_path):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (77, 301, 3), dtype=np.uint8)
+    cases = {
+        "a.tif": (img, []),
+        "b.tiff": (img[..., 0], []),
+        "c.tif": (img, [cv2.IMWRITE_TIFF_COMPRESSION, 1]),
+        "d.tif": (img.astype(np.uint16) * 257, []),
+    }
+    for name, (data, params) in cases.items():
+        assert cv2.imwrite(str(tmp_path / name), data, params)
+    small = tiff_claiming(tmp_path / "e.tif", 40, 30)
+    small.write_bytes(small.read_bytes() + bytes(40 * 30))
+    moto = tiff_claiming(tmp_path / "f.tif", 33, 21, big_endian=True)
+    moto.write_bytes(moto.read_bytes() + bytes(33 * 21))
+    for p in sorted(tmp_path.iterdir()):
+        decoded = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        assert decoded is not None, p.name
+        assert image_size(p) == (decoded.shape[1], decoded.shape[0]), p.name
+    assert image_size(tiff_claiming(tmp_path / "big.tif", 30000, 20000)) == (30000, 20000)
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "big.tif").read_bytes()[:30])  # directory cut short
+    (tmp_path / "odd.tif").write_bytes(b"II\x2b\x00" + bytes(28))  # BigTIFF magic, no directory
+    assert image_size(tmp_path / "cut.tif") is None and image_size(tmp_path / "odd.tif") is None
 
 
 def bomb_in(name: str, where: str = ""):
@@ -228,6 +280,7 @@ BOMBS = [
         bomb_in("bomb.png", "imgs"),
     ),
     (infer, ["big.jpg", "-m", "m.onnx"], "60000x50000", lambda ws: jpeg_claiming(ws / "big.jpg", 60000, 50000)),
+    (infer, ["big.tif", "-m", "m.onnx"], "30000x20000", lambda ws: tiff_claiming(ws / "big.tif", 30000, 20000)),
     (infer, ["imgs", "-m", "m.onnx", "--max-pixels", "1000"], "over the 0.001 MP limit", None),
     (infer, ["imgs", "-m", "m.onnx", "--max-pixels", "0"], "--max-pixels 0", None),
 ]
@@ -426,6 +479,8 @@ ODD = [
     (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], "(channels last, NHWC)", nhwc_model),
     (infer, ["v.mp4", "-m", "f.onnx", "--json", "o.jsonl"], LAYOUT, nhwc_model),
     (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], LAYOUT, nhwc_model),
+    (export, ["trt", "f.onnx", "--dry-run"], "(channels last, NHWC)", nhwc_model),
+    (export, ["trt", "f.onnx", "--dry-run"], "takes 2 inputs", two_inputs),
     (infer, ["v.mp4", "-m", "f.onnx", "--save", "o.mp4"], "takes 2 inputs ('images' 1x3x128x128", two_inputs),
     (export, ["check", "f.onnx", "-w", "m.pt", "--source", "v.mp4"], "takes 2 inputs", two_inputs),
     (

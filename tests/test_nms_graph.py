@@ -106,6 +106,15 @@ def test_symbolic_batch_with_empty_frame_and_max_det_cut():
     _assert_matches(_run(model, y[:1]), y[:1], 0.3, 0.5, 10)  # same file, batch 1
 
 
+@pytest.mark.parametrize("conf", [0.0, 1.0])
+def test_the_ends_of_the_conf_range_match_the_reference(conf):
+    """--conf 0 and 1 are allowed by the one [0, 1] rule of every command: the graph agrees with NumPy there too."""
+    y = _decoded(np.random.default_rng(3), 2)
+    out = _run(append_nms(_identity(2), conf=conf, iou=0.45, max_det=300), y)
+    assert (out["num_dets"][:, 0] > 20).all() if conf == 0.0 else (out["num_dets"] == 0).all()
+    _assert_matches(out, y, conf, 0.45, 300)
+
+
 def test_fp16_output_and_fewer_boxes_than_max_det():
     y = _decoded(np.random.default_rng(2), 2, n=50)
     model = append_nms(_identity(2, n=50, dtype=TensorProto.FLOAT16), conf=0.1, iou=0.6, max_det=100)
@@ -123,7 +132,11 @@ def test_tail_passes_static_lint():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"conf": 0.0}, "conf"), ({"iou": 1.5}, "iou"), ({"max_det": 0}, "max_det")],
+    [
+        ({"conf": -0.1}, "--conf -0.1 must lie in"),
+        ({"iou": 1.5}, "--iou 1.5 must lie in"),
+        ({"max_det": 0}, "--max-det"),
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(CloExportError, match=message):

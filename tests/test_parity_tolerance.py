@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from clo_export.compare import DETECTION_OUTPUT, TOLERANCES, Report, compare_outputs
 from clo_export.data.preprocess import preprocess_batch
 from clo_export.demo.run import BUNDLED_MODEL
 from clo_export.demo.shapes import make_video_frames
 from clo_export.models.checkpoint import load
+from clo_export.report import DETECTION_OUTPUT, TOLERANCES, Report, compare_outputs
 
 pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled demo model not built")
 

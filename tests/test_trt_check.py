@@ -167,3 +167,16 @@ def test_calibration_images_are_the_check_frames_when_given(demo, tmp_path):
     cache = tmp_path / "m.entropy.cache"  # a calibration cache holds no frames: sample frames instead
     cache.write_bytes(b"cache")
     assert check_feeds(facts, 1, [str(cache)])[1] == "8 sample frames"
+
+
+def test_the_public_build_engine_checks_like_the_command(demo, fake_trt, tmp_path, monkeypatch):
+    import clo_export
+
+    fake_trt("10.3.0")
+    onnx = tmp_path / "demo.onnx"
+    shutil.copy(demo / "demo.onnx", onnx)
+    monkeypatch.setattr("clo_export.engine.check.open_engine", lambda _: OnnxAsEngine(onnx, 2.0))
+    built = clo_export.build_engine(onnx, out=tmp_path / "a.engine")
+    assert not built and json.loads((tmp_path / "a.engine.json").read_text())["parity"]["status"] == "failed"
+    skipped = clo_export.build_engine(onnx, out=tmp_path / "b.engine", check=False)
+    assert skipped and json.loads((tmp_path / "b.engine.json").read_text())["parity"]["status"] == "not checked"

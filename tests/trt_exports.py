@@ -44,7 +44,10 @@ def exports() -> Exports:
     fp16 = make_fp16_onnx(fp32, onnx_facts(load_onnx(fp32)))
     write_images(root / "calib", 16)
     int8 = quantize(
-        fp32, root / "calib", root / "m.int8.onnx", QuantizeOptions(method="minmax", num=12, holdout=4, min_images=8)
+        fp32,
+        root / "calib",
+        root / "m.int8.onnx",
+        QuantizeOptions(method="minmax", num=12, holdout=4, min_images=8, min_holdout=4, min_agreement=0),
     ).path
     dynamic = export_onnx(
         load(art.pt),

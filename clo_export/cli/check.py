@@ -10,6 +10,7 @@ from typing_extensions import Annotated
 
 from clo_export.cli.common import IMGSZ, OUT, POST, Conf, Device, Iou, comparison_table, console, guarded
 from clo_export.errors import CloExportError
+from clo_export.thresholds import DEFAULT
 
 Model = Annotated[Path, typer.Argument(help="Model to check: .onnx, .engine (or .pt).", show_default=False)]
 CheckWeights = Annotated[
@@ -25,8 +26,8 @@ def check(
         str, typer.Option("--source", "-s", help="Images, folder, glob or video to compare on.", show_default=False)
     ],
     limit: Annotated[int, typer.Option(help="Compare at most this many frames.")] = 200,
-    conf: Conf = 0.25,
-    iou: Iou = 0.45,
+    conf: Conf = DEFAULT.conf,
+    iou: Iou = DEFAULT.iou,
     min_f1: Annotated[
         Optional[float],
         typer.Option(
@@ -56,61 +57,31 @@ def check(
     frames: Annotated[int, typer.Option(help="Side-by-side frames in the HTML report.", rich_help_panel=OUT)] = 4,
 ) -> None:
     """Compare MODEL with its PyTorch checkpoint on real frames: table, JSON report, optional HTML."""
-    from clo_export.artifacts import check_contract
-    from clo_export.backends.pytorch import load_reference
-    from clo_export.backends.select import load_runner
-    from clo_export.data.readers import open_source
-    from clo_export.imgsz import parse_imgsz, runner_imgsz
-    from clo_export.pipeline import Checker, InferOptions, Pipeline
-    from clo_export.validate import check_check_options
+    from clo_export import check_model
+    from clo_export.imgsz import parse_imgsz
+    from clo_export.pipeline import InferOptions
 
-    opts = InferOptions(conf=conf, iou=iou, check_every=1)
-    opts.validate()
-    out = json_out or model.with_name(model.name + ".check.json")
-    check_check_options(model, weights, source, limit, frames, min_f1, out, json_out is not None, report)
-    requested = parse_imgsz(imgsz) if imgsz is not None else None
-    reference, trained = load_reference(weights, requested)  # at its training size unless --imgsz
-    runner, info = load_runner(model, device, imgsz=runner_imgsz(model, requested, trained.imgsz))
-    src = open_source(source, limit)
-    with runner, reference:
-        check_contract(info, trained)  # classes, stride and size before any frame, once the model has loaded
-        checker = Checker(reference, info, opts, min_f1=min_f1, keep_worst=frames if report else 0)
-        with console.status(f"comparing {info.backend} with PyTorch on {src.describe()}…"):
-            result = Pipeline(src, runner, info, [], opts, checker).run()
-    rep = result.check
-    if rep is None:
-        raise CloExportError(f"no frame of '{source}' could be compared; pass images or a video")
-    console.print(comparison_table(rep, f"{model.name} ({info.backend}) vs {weights.name} (PyTorch)"))
-    from clo_export.fileio import write_sidecar
-
-    payload = {
-        "model": str(model),
-        "weights": str(weights),
-        "source": source,
-        "backend": info.backend,
-        "frames": result.frames,
-        "skipped": result.skipped,
-        "conf": conf,
-        "iou": iou,
-        "report": rep.to_dict(),
-        "frame_f1": [round(f, 5) for f in checker.frame_f1s()],
-    }
-    write_sidecar(out, payload, named_by_user=json_out is not None)
-    console.print(f"JSON report: {out}")
-    if report is not None:
-        from clo_export.report_html import write_html_report
-
-        facts = {
-            "model": model.name,
-            "backend": info.backend,
-            "weights": weights.name,
-            "source": source,
-            "conf / iou": f"{conf} / {iou}",
-        }
-        write_html_report(report, rep, checker.worst(), info.names, f"{model.name} vs {weights.name}", facts)
-        console.print(f"HTML report: {report}")
-    if result.skipped:
-        console.print(f"[yellow]{result.skipped} unreadable frame(s)/image(s) skipped[/]")
-    if not rep:
-        raise CloExportError(f"check {rep.describe()} ({model.name} vs {weights.name})")
+    opts = InferOptions(conf=conf, iou=iou, check_every=1, min_f1=min_f1)
+    size = parse_imgsz(imgsz) if imgsz is not None else None
+    with console.status(f"comparing {model.name} with PyTorch on {source}…"):
+        done = check_model(
+            model,
+            weights,
+            source,
+            opts,
+            limit=limit,
+            device=device,
+            imgsz=size,
+            json_out=json_out,
+            html=report,
+            html_frames=frames,
+        )
+    console.print(comparison_table(done.report, f"{model.name} ({done.backend}) vs {weights.name} (PyTorch)"))
+    console.print(f"JSON report: {done.json_path}")
+    if done.html_path is not None:
+        console.print(f"HTML report: {done.html_path}")
+    if done.skipped:
+        console.print(f"[yellow]{done.skipped} unreadable frame(s)/image(s) skipped[/]")
+    if not done:
+        raise CloExportError(f"check {done.report.describe()} ({model.name} vs {weights.name})")
     console.print("[green]check: within tolerance[/]")

@@ -17,7 +17,7 @@ SAME_AS: Dict[str, str] = {
     "--iou-thres": "--iou",
     "--topk-all": "--max-det",
     "--dynamic": "--dynamic-batch",
-    "--batch-size": "--export-batch",
+    "--batch-size": "--batch",
     "--half": "--fp16",
     "--check-f1": "--min-f1",
     "--weights": "--model",

@@ -33,7 +33,9 @@ from clo_export.cli.common import (
     setup,
 )
 from clo_export.cli.examples import epilog
+from clo_export.data.gstreamer import DEFAULT_DECODER, Decoder
 from clo_export.errors import CloExportError
+from clo_export.thresholds import DEFAULT
 
 CHECK = "Check against PyTorch"
 RUN = "Run"
@@ -287,9 +289,9 @@ def infer(
             rich_help_panel=MODEL,
         ),
     ] = None,
-    conf: Conf = 0.25,
-    iou: Iou = 0.45,
-    max_det: MaxDet = 300,
+    conf: Conf = DEFAULT.conf,
+    iou: Iou = DEFAULT.iou,
+    max_det: MaxDet = DEFAULT.max_det,
     classes: Annotated[
         Optional[List[str]],
         typer.Option(help="Keep only these classes: ids or names, comma-separated or repeated.", rich_help_panel=POST),
@@ -329,7 +331,6 @@ def infer(
         int,
         typer.Option(
             "--infer-batch",
-            "--batch",
             help="Frames per inference for files (needs a dynamic-batch or batch-N model).",
             rich_help_panel=RUN,
         ),
@@ -347,6 +348,15 @@ def infer(
             show_default=False,
         ),
     ] = None,
+    decoder: Annotated[
+        Decoder,
+        typer.Option(
+            help="Who decodes video files and rtsp:// cameras (H.264): opencv (its FFmpeg), gst (a GStreamer "
+            "pipeline, software decoder) or nvv4l2 (GStreamer on a Jetson's hardware decoder); gst/nvv4l2 need "
+            "OpenCV with GStreamer (JetPack's).",
+            rich_help_panel=RUN,
+        ),
+    ] = DEFAULT_DECODER,
     max_pixels: Annotated[
         Optional[int],
         typer.Option(
@@ -372,9 +382,8 @@ def infer(
         Optional[float],
         typer.Option(
             "--min-f1",
-            "--check-f1",
             help="Detection F1 to pass (default per precision: fp32 0.999, fp16 0.98, int8 0.9), as in clo-export "
-            "check; --check-f1 is its old name.",
+            "check.",
             rich_help_panel=CHECK,
         ),
     ] = None,
@@ -393,56 +402,23 @@ def infer(
     from clo_export.backends.select import load_runners
     from clo_export.data.readers import expand_sources
     from clo_export.data.streams import open_sources
+    from clo_export.imgsz import parse_imgsz
     from clo_export.pipeline import InferOptions
-    from clo_export.validate import check_infer_options
 
     specs = expand_sources(_one_of("SOURCE", source, "--source", source_opt) or [])
     model = _one_of("--model", model, "--weights", weights)
     if model is None:
         raise CloExportError("missing --model (or --weights): pass a .pt, .onnx, .engine or triton://host:port/name")
-    for spec in specs:
-        check_infer_options(
-            spec,
-            model,
-            check,
-            save,
-            save_dir,
-            json_path,
-            limit=limit,
-            threads=threads,
-            workers=workers,
-            infer_batch=batch,
-            max_det=max_det,
-            check_every=check_every,
-            conf=conf,
-            iou=iou,
-            min_f1=min_f1,
-            max_pixels=max_pixels,
-        )
-    if serve is not None:
-        from clo_export.data.liveview import check_serve
-
-        check_serve(serve)  # a bad address or a port in use: one line before the model loads
-    size = None
-    if imgsz is not None:
-        from clo_export.imgsz import parse_imgsz
-
-        size = parse_imgsz(imgsz)
-    if sequential and workers not in (None, 1):
-        raise CloExportError(f"--sequential runs one loop on one session; drop --workers {workers} or --sequential")
-    runners, info = load_runners(
-        model,
-        device,
-        [p.strip() for p in providers.split(",") if p.strip()] if providers else None,
-        size,
-        threads,
-        1 if sequential else workers,
-    )
-    opts = InferOptions(conf, iou, max_det, parse_classes(classes, info.names), agnostic_nms, batch, check_every)
-    if reconnect is not None:
-        opts = replace(opts, reconnect=reconnect)
+    later = {} if reconnect is None else {"reconnect": reconnect}
+    opts = InferOptions(conf, iou, max_det, None, agnostic_nms, batch, check_every, min_f1=min_f1, **later)
     opts.validate()
-    src = open_sources(specs, limit, opts.reconnect, max_pixels)  # one: as ever; several: a MultiSource
+    outputs = (save, save_dir, json_path)
+    _check_run(specs, model, check, outputs, serve, sequential, limit, threads, workers, max_pixels)
+    size = parse_imgsz(imgsz) if imgsz is not None else None
+    listed = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
+    runners, info = load_runners(model, device, listed, size, threads, 1 if sequential else workers)
+    opts = replace(opts, classes=parse_classes(classes, info.names))
+    src = open_sources(specs, limit, opts.reconnect, max_pixels, decoder)  # one: as ever; several: a MultiSource
     reference = None
     if check is not None:
         from clo_export.artifacts import check_contract
@@ -450,10 +426,33 @@ def infer(
 
         reference, trained = load_reference(check, size)
         check_contract(info, trained)
-    if len(specs) == 1:
-        sinks, stream_sinks = make_sinks(src, save, save_dir, json_path, show, info.names, serve), []
+    all_sinks = _all_sinks(len(specs), src, outputs, show, info.names, serve)
+    result = _run(src, runners, reference, info, all_sinks, opts, sequential, quiet)
+    _report(result, info, check)
+
+
+def _check_run(specs, model, check, outputs, serve, sequential, limit, threads, workers, max_pixels) -> None:
+    """What InferOptions does not hold, before the model loads: inputs, outputs, counts, --serve's address."""
+    from clo_export.validate import check_infer_options
+
+    counts = dict(limit=limit, threads=threads, workers=workers, max_pixels=max_pixels)
+    for spec in specs:
+        check_infer_options(spec, model, check, *outputs, **counts)
+    if serve is not None:
+        from clo_export.data.liveview import check_serve
+
+        check_serve(serve)  # a bad address or a port in use: one line before the model loads
+    if sequential and workers not in (None, 1):
+        raise CloExportError(f"--sequential runs one loop on one session; drop --workers {workers} or --sequential")
+
+
+def _all_sinks(streams: int, src, outputs, show: bool, names: dict, serve):
+    """(shared sinks, each stream's sinks), announcing the live view and a run that writes nothing."""
+    save, save_dir, json_path = outputs
+    if streams == 1:
+        sinks, stream_sinks = make_sinks(src, save, save_dir, json_path, show, names, serve), []
     else:
-        sinks, stream_sinks = make_stream_sinks(src, save, save_dir, json_path, show, info.names, serve)
+        sinks, stream_sinks = make_stream_sinks(src, save, save_dir, json_path, show, names, serve)
     every = sinks + [s for own in stream_sinks for s in own]
     for url in sorted({s.url for s in every if hasattr(s, "url")}):
         err_console.print(f"live view: {url} (until the run ends)", highlight=False)
@@ -461,8 +460,7 @@ def infer(
         err_console.print(
             "note: no --save/--save-dir/--json/--show: detections are counted but not written", highlight=False
         )
-    result = _run(src, runners, reference, info, (sinks, stream_sinks), opts, min_f1, sequential, quiet)
-    _report(result, info, check)
+    return sinks, stream_sinks
 
 
 def _one_of(name: str, value, alias: str, alias_value):
@@ -472,10 +470,8 @@ def _one_of(name: str, value, alias: str, alias_value):
     return value or alias_value
 
 
-def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, quiet):
-    """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
-    from contextlib import ExitStack
-
+def _progress(quiet: bool):
+    """The run's progress bar: frames, FPS, time, and per-stream FPS and drops (rich, on stderr)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -484,6 +480,16 @@ def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, qui
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    columns += (TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, TextColumn("{task.fields[streams]}"), console=err_console, disable=quiet, transient=True)
+
+
+def _run(src, runners, reference, info, all_sinks, opts, sequential, quiet):
+    """Activate the runners and run the pipeline under a progress bar (``all_sinks``: shared, per stream)."""
+    import time
+    from contextlib import ExitStack
 
     from clo_export.pipeline import Checker, Pipeline
 
@@ -495,26 +501,12 @@ def _run(src, runners, reference, info, all_sinks, opts, min_f1, sequential, qui
             checker = None
             if reference is not None:
                 stack.enter_context(reference)
-                checker = Checker(reference, info, opts, min_f1=min_f1)
-            total = src.expected()
-            progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:.1f} FPS"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[streams]}"),
-                console=err_console,
-                disable=quiet,
-                transient=True,
-            )
-            task = progress.add_task(f"{info.backend}", total=total, fps=0.0, streams="")
+                checker = Checker(reference, info, opts)
+            progress = _progress(quiet)
+            task = progress.add_task(f"{info.backend}", total=src.expected(), fps=0.0, streams="")
             started: list[float] = []
 
             def on_frame(n: int, _dets: int) -> None:
-                import time
-
                 now = time.perf_counter()
                 if not started:
                     started.append(now)

@@ -24,6 +24,7 @@ from clo_export.cli.common import (
     output_option,
 )
 from clo_export.errors import CloExportError
+from clo_export.thresholds import DEFAULT
 
 OnnxOutput = output_option("WEIGHTS with .onnx")
 
@@ -36,11 +37,7 @@ def onnx(
     imgsz: ImgSz = None,
     batch: Annotated[
         int,
-        typer.Option(
-            "--export-batch",
-            "--batch",
-            help="Batch size of the exported input (the example batch with --dynamic-batch).",
-        ),
+        typer.Option("--batch", help="Batch size of the exported input (the example batch with --dynamic-batch)."),
     ] = 1,
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch", help="Symbolic batch dimension; H and W stay fixed.")
@@ -61,9 +58,9 @@ def onnx(
             rich_help_panel=POST,
         ),
     ] = False,
-    conf: Conf = 0.25,
-    iou: Iou = 0.45,
-    max_det: MaxDet = 300,
+    conf: Conf = DEFAULT.conf,
+    iou: Iou = DEFAULT.iou,
+    max_det: MaxDet = DEFAULT.max_det,
     output: OnnxOutput = None,
     source: Annotated[
         Optional[Path],
@@ -80,30 +77,13 @@ def onnx(
 ) -> None:
     """Export a checkpoint to static-shape ONNX and check it against PyTorch."""
     from clo_export import export_onnx
-    from clo_export.export.exporter import ExportOptions, default_output
-    from clo_export.fileio import check_artifact
+    from clo_export.export.exporter import ExportOptions
     from clo_export.imgsz import parse_imgsz
-    from clo_export.models.checkpoint import load
-    from clo_export.validate import existing_file, existing_sources, local_inputs
 
     requested = parse_imgsz(imgsz) if imgsz is not None else None
     opts = ExportOptions(requested, batch, dynamic_batch, opset, half, simplifier, nms, conf, iou, max_det)
-    opts.validate()
-    existing_file("WEIGHTS", weights, "pass the path to your best.pt")
-    existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
-    output = output or default_output(weights, opts)
-    check_artifact(
-        {
-            "WEIGHTS": weights,
-            "--cfg": cfg,
-            "--plugin": plugin or [],
-            "--source": local_inputs(source) if source else None,
-        },
-        output,
-    )
-    loaded = load(weights, cfg, tuple(plugin or ()))
     with console.status("exporting…"):
-        result = export_onnx(loaded, output, opts, check=check, source=source)
+        result = export_onnx(weights, output, opts, check=check, source=source, cfg=cfg, plugins=plugin or ())
     h, w = result.meta.imgsz
     s = result.simplify
     console.print(

@@ -10,6 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from clo_export.cli.common import OUT, AgnosticNms, Conf, Iou, MaxDet, console, guarded
+from clo_export.thresholds import DEFAULT
 
 SERVE = "Serving"
 
@@ -127,9 +128,9 @@ def triton(
             "--model-version", help="Version folder to write (Triton serves the newest).", rich_help_panel=OUT
         ),
     ] = 1,
-    conf: Conf = 0.25,
-    iou: Iou = 0.45,
-    max_det: MaxDet = 300,
+    conf: Conf = DEFAULT.conf,
+    iou: Iou = DEFAULT.iou,
+    max_det: MaxDet = DEFAULT.max_det,
     agnostic_nms: AgnosticNms = False,
     overwrite: Annotated[
         bool,

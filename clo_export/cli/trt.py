@@ -7,7 +7,6 @@ needs no TensorRT) does the work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
@@ -37,23 +36,6 @@ class CalibratorChoice(str, Enum):
     minmax = "minmax"
 
 
-@dataclass(frozen=True)
-class Flags:
-    """The command line after validation (no file contents read yet)."""
-
-    precision: str
-    calibrator: str
-    calib: Tuple[str, ...]
-    num: int
-    batch_range: Optional[Tuple[int, int, int]]
-    workspace_gb: Optional[float]
-    dla_core: Optional[int]
-    gpu_fallback: bool
-    strongly_typed: bool
-    timing_cache: Optional[str]
-    keep_float_fp16: bool = False
-
-
 def parse_batch_range(text: str | None) -> tuple[int, int, int] | None:
     """ "1,4,8" -> (1, 4, 8); "4" -> (4, 4, 4) (a fixed batch); None stays None."""
     if text is None:
@@ -61,91 +43,8 @@ def parse_batch_range(text: str | None) -> tuple[int, int, int] | None:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (1, 3) or not all(p.isdigit() for p in parts):
         raise CloExportError(f"--batch-range {text!r}: give MIN,OPT,MAX (e.g. 1,4,8) or one batch size")
-    from clo_export.engine.plan import check_batch_range
-
     lo, opt, hi = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
-    check_batch_range((lo, opt, hi))
-    return lo, opt, hi
-
-
-def validate_flags(
-    model: Path,
-    *,
-    fp16: bool = False,
-    int8: bool = False,
-    calib: list[str] | None = None,
-    calibrator: str = "qdq",
-    num: int = 256,
-    workspace: float | None = None,
-    timing_cache: Path | None = None,
-    dla: int | None = None,
-    gpu_fallback: bool | None = None,
-    batch_range: str | None = None,
-    strongly_typed: bool = False,
-    keep_float: Path | None = None,
-) -> Flags:
-    """Refuse impossible flag combinations before any file is read or TensorRT imported."""
-    if not model.is_file():
-        from clo_export.data.files import refuse_special
-
-        refuse_special("model", model, "pass the .onnx clo-export onnx wrote")  # a FIFO or device: named, never opened
-        raise CloExportError(f"model '{model}' does not exist; export one with: clo-export onnx best.pt")
-    if model.suffix.lower() != ".onnx":
-        raise CloExportError(
-            f"'{model.name}' is not an ONNX file; clo-export trt builds from the .onnx that "
-            "clo-export onnx (or quantize) wrote"
-        )
-    if fp16 and int8 and keep_float is None:
-        raise CloExportError("choose one of --fp16 or --int8 (an INT8 engine already runs its float layers in FP16)")
-    if keep_float is not None and not keep_float.is_file():
-        raise CloExportError(
-            f"--keep-float {keep_float} does not exist; pass the JSON report clo-export quantize wrote"
-        )
-    if calib and not int8:
-        raise CloExportError("--calib is for --int8 builds; add --int8 or drop --calib")
-    if num < 1:
-        raise CloExportError(f"--num {num} must be at least 1 (256 calibration images are recommended)")
-    if gpu_fallback is not None and dla is None:
-        raise CloExportError("--gpu-fallback/--no-gpu-fallback only apply with --dla-core N")
-    if timing_cache is not None and timing_cache.is_dir():
-        raise CloExportError(f"--timing-cache {timing_cache} is a folder; give a file path (it is created if missing)")
-    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    flags = Flags(
-        precision,
-        calibrator,
-        tuple(calib or ()),
-        num,
-        parse_batch_range(batch_range),
-        workspace,
-        dla,
-        True if gpu_fallback is None else gpu_fallback,
-        strongly_typed,
-        str(timing_cache) if timing_cache is not None else None,
-        fp16 and int8,
-    )
-    from clo_export.engine.plan import check_request
-
-    check_request(make_request(flags))  # the value checks live with the plan, whose messages name these flags
-    return flags
-
-
-def make_request(flags: Flags, keep_float: Tuple[str, ...] = ()) -> Any:
-    """The plan's BuildRequest from validated flags (the ONNX's facts are added by the library)."""
-    from clo_export.engine.plan import BuildRequest
-
-    return BuildRequest(
-        precision=flags.precision,
-        calibrator=flags.calibrator,
-        batch_range=flags.batch_range,
-        workspace_gb=flags.workspace_gb,
-        dla_core=flags.dla_core,
-        gpu_fallback=flags.gpu_fallback,
-        timing_cache=flags.timing_cache,
-        has_calib=bool(flags.calib),
-        strongly_typed=flags.strongly_typed,
-        keep_float=keep_float,
-        keep_float_fp16=flags.keep_float_fp16,
-    )
+    return lo, opt, hi  # the order is BuildRequest.validate's to check
 
 
 def plan_rows(plan: Any) -> List[Tuple[str, str]]:
@@ -259,6 +158,15 @@ def trt(
         ),
     ] = CalibratorChoice.qdq,
     num: Num = 256,
+    min_agreement: Annotated[
+        Optional[float],
+        typer.Option(
+            help="With --int8 --calib: clo-export quantize's accuracy gate (0.95 by default, where measured; see its "
+            "--help).",
+            rich_help_panel=CAL,
+            show_default=False,
+        ),
+    ] = None,
     keep_float: Annotated[
         Optional[Path],
         typer.Option(
@@ -292,14 +200,13 @@ def trt(
         ),
     ] = None,
     gpu_fallback: Annotated[
-        Optional[bool],
+        bool,
         typer.Option(
             "--gpu-fallback/--no-gpu-fallback",
-            help="With --dla-core: let layers DLA cannot run fall back to the GPU (default on).",
+            help="With --dla-core: let layers DLA cannot run fall back to the GPU.",
             rich_help_panel=BUILD,
-            show_default=False,
         ),
-    ] = None,
+    ] = True,
     batch_range: Annotated[
         Optional[str],
         typer.Option(
@@ -348,30 +255,29 @@ def trt(
     output: EngineOutput = None,
 ) -> None:
     """Build a TensorRT engine (8.5 … 11.x) from an ONNX and write its sidecar ENGINE.json."""
-    flags = validate_flags(
-        model,
-        fp16=fp16,
-        int8=int8,
-        calib=calib,
-        calibrator=calibrator.value,
-        num=num,
-        workspace=workspace,
-        timing_cache=timing_cache,
-        dla=dla,
-        gpu_fallback=gpu_fallback,
-        batch_range=batch_range,
-        strongly_typed=strongly_typed,
-        keep_float=keep_float,
-    )
-    if target is not None and not dry_run:
-        raise CloExportError("--target is for --dry-run; a real build uses the installed TensorRT")
     from clo_export.engine import build
     from clo_export.engine.onnx_facts import read_keep_float
-    from clo_export.fileio import is_stream
+    from clo_export.engine.plan import BuildRequest
+    from clo_export.validate import at_least
 
-    request = make_request(flags, read_keep_float(keep_float) if keep_float is not None else ())
+    if target is not None and not dry_run:
+        raise CloExportError("--target is for --dry-run; a real build uses the installed TensorRT")
+    at_least("--num", num, 1, "256 calibration images are recommended")
+    request = BuildRequest(
+        precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        calibrator=calibrator.value,
+        batch_range=parse_batch_range(batch_range),
+        workspace_gb=workspace,
+        dla_core=dla,
+        gpu_fallback=gpu_fallback,
+        timing_cache=str(timing_cache) if timing_cache is not None else None,
+        has_calib=bool(calib),
+        strongly_typed=strongly_typed,
+        keep_float=read_keep_float(keep_float) if keep_float is not None else (),
+        keep_float_fp16=fp16 and int8,
+    )
     if dry_run:
-        result = build.dry_run(model, request, target, flags.calib)
+        result = build.dry_run(model, request, target, tuple(calib or ()))
         render_dry_run(result, model)
         if not result:
             raise typer.Exit(1)
@@ -382,8 +288,9 @@ def trt(
                 model,
                 request,
                 output,
-                calib=flags.calib,
-                num=flags.num,
+                calib=tuple(calib or ()),
+                num=num,
+                min_agreement=min_agreement,
                 verbose=is_verbose(),
                 progress=lambda stage: status.update(STAGES.get(stage, stage)),
                 check=not no_check,
@@ -392,6 +299,13 @@ def trt(
         for problem in e.problems:
             err_console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
         raise
+    render_build(done)
+
+
+def render_build(done: Any) -> None:
+    """The engine's summary table and notes; a failed self-check is the command's error."""
+    from clo_export.fileio import is_stream
+
     for note in done.plan.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     side = done.sidecar

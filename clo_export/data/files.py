@@ -121,8 +121,43 @@ def _webp_size(head: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
+TIFF_ENTRIES_MAX = 4096  # directory entries read before giving up on a TIFF header (real files have dozens)
+
+
+def _tiff_size(f, head: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) from a TIFF's (or BigTIFF's) first image directory: the page OpenCV decodes."""
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or len(head) < 16:
+        return None
+    magic = struct.unpack(order + "H", head[2:4])[0]
+    if magic == 42:
+        offset, count_fmt, entry_fmt, size = struct.unpack(order + "I", head[4:8])[0], "H", "HHI4s", 12
+    elif magic == 43:
+        offset, count_fmt, entry_fmt, size = struct.unpack(order + "Q", head[8:16])[0], "Q", "HHQ8s", 20
+    else:
+        return None
+    f.seek(offset)
+    raw = f.read(struct.calcsize(count_fmt))
+    if len(raw) < struct.calcsize(count_fmt):
+        return None
+    found = {}
+    for _ in range(min(struct.unpack(order + count_fmt, raw)[0], TIFF_ENTRIES_MAX)):
+        entry = f.read(size)
+        if len(entry) < size:
+            return None
+        tag, kind, _count, value = struct.unpack(order + entry_fmt, entry)
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8
+            fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
+            if fmt is None:
+                return None
+            found[tag] = struct.unpack(order + fmt, value[: struct.calcsize(fmt)])[0]
+        if len(found) == 2:
+            return found[256], found[257]
+    return None
+
+
 def image_size(path: str | Path) -> Optional[Tuple[int, int]]:
-    """(width, height) read from a PNG, JPEG, BMP or WebP header without decoding; None for other formats."""
+    """(width, height) read from a PNG, JPEG, BMP, WebP or TIFF header without decoding; None for other formats."""
     try:
         with open(path, "rb") as f:
             head = f.read(32)
@@ -130,6 +165,8 @@ def image_size(path: str | Path) -> Optional[Tuple[int, int]]:
                 return struct.unpack(">II", head[16:24])
             if head[:2] == b"\xff\xd8":
                 return _jpeg_size(f)
+            if head[:2] in (b"II", b"MM"):
+                return _tiff_size(f, head)
     except OSError:  # unreadable: OpenCV gives None and the caller counts it
         return None
     if head[:2] == b"BM" and len(head) >= 26:

@@ -28,8 +28,11 @@ class StreamLost(CloExportError):
     """A live stream stopped delivering frames and did not come back within the reconnect time."""
 
 
-def _open(capture: Union[str, int], timeout: float) -> cv2.VideoCapture:
-    """cv2.VideoCapture for a webcam index or a stream URL (FFmpeg with open/read time limits where OpenCV has it)."""
+def _open(capture: Union[str, int], timeout: float, api: Optional[int] = None) -> cv2.VideoCapture:
+    """cv2.VideoCapture for a webcam index or a stream URL (FFmpeg with open/read time limits where OpenCV has it), or
+    for a pipeline with ``api`` (cv2.CAP_GSTREAMER: a closed connection ends its reads; OpenCV sets it no limits)."""
+    if api is not None:
+        return cv2.VideoCapture(capture, api)
     registry = getattr(cv2, "videoio_registry", None)
     ffmpeg = registry is not None and registry.hasBackend(cv2.CAP_FFMPEG) and hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC")
     if isinstance(capture, int) or not ffmpeg:  # a webcam, or an OpenCV without FFmpeg: the backend's own limits
@@ -45,7 +48,10 @@ def _open(capture: Union[str, int], timeout: float) -> cv2.VideoCapture:
 
 
 def open_capture(
-    capture: Union[str, int], timeout: float = OPEN_TIMEOUT, stop: Optional[threading.Event] = None
+    capture: Union[str, int],
+    timeout: float = OPEN_TIMEOUT,
+    stop: Optional[threading.Event] = None,
+    api: Optional[int] = None,
 ) -> Optional[cv2.VideoCapture]:
     """An opened capture, or None when it does not open within ``timeout`` seconds.
 
@@ -58,7 +64,7 @@ def open_capture(
     lock, box = threading.Lock(), {}  # box: "cap" once opened, "abandoned" once nobody waits for it
 
     def attempt() -> None:
-        cap = _open(capture, timeout)
+        cap = _open(capture, timeout, api)
         with lock:
             box["cap"] = cap
             if box.get("abandoned"):
@@ -86,8 +92,10 @@ def open_capture(
 class Reconnector:
     """The reconnect rule for one live source: when a lost stream is retried, when it is given up, what it cost."""
 
-    def __init__(self, spec: str, capture: Union[str, int], seconds: float, stop: threading.Event):
-        self.spec, self.capture, self.seconds, self.stop = spec, capture, seconds, stop
+    def __init__(
+        self, spec: str, capture: Union[str, int], seconds: float, stop: threading.Event, api: Optional[int] = None
+    ):
+        self.spec, self.capture, self.seconds, self.stop, self.api = spec, capture, seconds, stop, api
         self.reconnects = 0  # times frames resumed after a loss
         self.offline = 0.0  # seconds without frames between a loss and the frames resuming
         self._down_since: Optional[float] = None
@@ -116,7 +124,9 @@ class Reconnector:
             if self.stop.wait(min(delay, left)):
                 return None
             delay = min(2 * delay, BACKOFF_MAX)
-            cap = open_capture(self.capture, min(OPEN_TIMEOUT, max(deadline - time.monotonic(), 0.5)), self.stop)
+            cap = open_capture(
+                self.capture, min(OPEN_TIMEOUT, max(deadline - time.monotonic(), 0.5)), self.stop, self.api
+            )
             if cap is not None:
                 return cap
             if self.stop.is_set():

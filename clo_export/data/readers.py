@@ -29,6 +29,14 @@ from clo_export.data.files import (
     read_image,
     refuse_special,
 )
+from clo_export.data.gstreamer import (
+    DEFAULT_DECODER,
+    Decoder,
+    decode_pipeline,
+    is_live_pipeline,
+    is_pipeline,
+    require_gstreamer,
+)
 from clo_export.data.live import DEFAULT_RECONNECT, READ_TIMEOUT, Reconnector, open_capture
 from clo_export.errors import CloExportError
 
@@ -103,7 +111,8 @@ def valid_image(img: np.ndarray | None) -> bool:
 
 
 class VideoSource(Source):
-    """A video file or a live capture (webcam index or stream URL) through cv2.VideoCapture."""
+    """A video file or a live capture (webcam index or stream URL) through cv2.VideoCapture; ``api``
+    cv2.CAP_GSTREAMER: ``capture`` is a GStreamer pipeline (its frame count is not known ahead)."""
 
     kind = "video"
 
@@ -115,12 +124,15 @@ class VideoSource(Source):
         live: bool = False,
         reconnect: float = DEFAULT_RECONNECT,
         stop: threading.Event | None = None,
+        api: int | None = None,
+        kind: str | None = None,
     ):
         super().__init__(spec, limit, stop)
         self.capture = spec if capture is None else capture
         self.live = live
-        self.kind = "video" if not live else ("webcam" if isinstance(capture, int) else "stream")
-        self._reconnect = Reconnector(spec, self.capture, reconnect, self.stop) if live else None
+        self.api = api
+        self.kind = kind or ("video" if not live else ("webcam" if isinstance(capture, int) else "stream"))
+        self._reconnect = Reconnector(spec, self.capture, reconnect, self.stop, api) if live else None
         self._cap = self._open()
         self._opened = time.monotonic()  # live timestamps count from here
         fps = self._cap.get(cv2.CAP_PROP_FPS)
@@ -129,17 +141,33 @@ class VideoSource(Source):
         self.size = (w, h) if w > 0 and h > 0 else None
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not live else 0
         self.total = count if count > 0 else None
-        if not live and self.total is None:
+        if not live and self.total is None and api is None:
             self._cap.release()
             raise CloExportError(
                 f"'{spec}' opens but holds no video frames; check the file or re-encode it as mp4 (H.264)"
             )
 
     def _open(self) -> cv2.VideoCapture:
-        cap = open_capture(self.capture, stop=self.stop) if self.live else cv2.VideoCapture(self.capture)
+        if self.live:
+            cap = open_capture(self.capture, stop=self.stop, api=self.api)
+        elif self.api is not None:
+            from clo_export.data.sinks import quiet_opencv
+
+            quiet_opencv()
+            cap = cv2.VideoCapture(self.capture, self.api)
+        else:
+            cap = cv2.VideoCapture(self.capture)
         if cap is None or not cap.isOpened():
             if cap is not None:
                 cap.release()
+            if self.api is not None:
+                pipeline = "" if self.capture == self.spec else f" (pipeline: {self.capture})"
+                raise CloExportError(
+                    f"GStreamer cannot open '{self.spec}'{pipeline}; check "
+                    + ("the URL and the network, then " if self.live else "")
+                    + "the pipeline with gst-launch-1.0 (fakesink in place of appsink), and gst-inspect-1.0 "
+                    "ELEMENT for a missing element (nvv4l2decoder: only on a Jetson)"
+                )
             if self.kind == "webcam":
                 raise CloExportError(
                     f"cannot open webcam {self.capture}; check it is connected and not in use "
@@ -309,17 +337,26 @@ def open_source(
     reconnect: float = DEFAULT_RECONNECT,
     max_pixels: int | None = None,
     stop: threading.Event | None = None,
+    decoder: Decoder | str = DEFAULT_DECODER,
 ) -> Source:
-    """The source named by ``spec``: webcam index, stream URL, video, image, folder or glob.
+    """The source named by ``spec``: webcam index, stream URL, video, image, folder, glob or GStreamer pipeline.
 
     ``reconnect``: seconds a live source that stops is retried before it is given up (0: not retried).
     An existing path wins over a webcam index (a folder named 2024) and over a glob ('shot[1].jpg');
     a FIFO, socket or device is refused (reading one blocks): a live stream is a URL or a webcam index.
     ``stop``: the event that ends the source (several sources share one).
+    ``decoder`` gst/nvv4l2: video files and rtsp:// URLs are decoded by the GStreamer pipeline it builds.
     """
     if limit is not None and limit < 1:
         raise CloExportError(f"--limit {limit} must be at least 1")
+    decoder = Decoder(decoder)
     text = str(spec)
+    if is_pipeline(text):
+        require_gstreamer("a GStreamer pipeline SOURCE")
+        live = is_live_pipeline(text)
+        return VideoSource(
+            text, limit, live=live, reconnect=reconnect, stop=stop, api=cv2.CAP_GSTREAMER, kind="pipeline"
+        )
     refuse_special("source", text)
     if is_webcam(text):
         return VideoSource(text, limit, capture=int(text), live=True, reconnect=reconnect, stop=stop)
@@ -327,6 +364,8 @@ def open_source(
         path_part = text.split("?", 1)[0].lower()
         if path_part.startswith(("http://", "https://")) and Path(path_part).suffix in IMAGE_EXTS:
             raise CloExportError(f"'{text}' looks like an image URL; download it first and pass the file")
+        if decoder is not Decoder.opencv and path_part.startswith(("rtsp://", "rtsps://")):
+            return _decoded(text, decoder, limit, reconnect, stop, live=True)
         return VideoSource(text, limit, capture=text, live=True, reconnect=reconnect, stop=stop)
     files = _image_files(text)
     if files is not None:
@@ -343,10 +382,21 @@ def open_source(
     if suffix in IMAGE_EXTS:
         return ImageSource(text, [path], limit, max_pixels, stop)
     if suffix in VIDEO_EXTS:
+        if decoder is not Decoder.opencv:
+            return _decoded(text, decoder, limit, reconnect, stop, live=False)
         return VideoSource(text, limit, stop=stop)
     raise CloExportError(
         f"'{text}' is neither an image ({', '.join(sorted(IMAGE_EXTS))}) nor a video ({', '.join(sorted(VIDEO_EXTS))})"
     )
+
+
+def _decoded(
+    spec: str, decoder: Decoder, limit: int | None, reconnect: float, stop: threading.Event | None, live: bool
+) -> VideoSource:
+    """A video file or RTSP camera read through the GStreamer pipeline ``decoder`` builds for it."""
+    pipeline = decode_pipeline(spec, decoder)
+    require_gstreamer(f"--decoder {decoder.value}")
+    return VideoSource(spec, limit, capture=pipeline, live=live, reconnect=reconnect, stop=stop, api=cv2.CAP_GSTREAMER)
 
 
 STREAMS_SUFFIX = ".streams"  # YOLOv5's list of sources: one per line, '#' starts a comment line

@@ -1,4 +1,4 @@
-"""Where results go: annotated video (mp4), annotated images, JSON Lines, a window.
+"""Where results go: annotated video (H.264 through PyAV, else OpenCV's mp4v), annotated images, JSON Lines, a window.
 
 Files are written under a temporary name beside the target and renamed by ``close()``, so a
 finished (or Ctrl-C'd) run leaves complete files and a crashed one leaves none. ``abort()``
@@ -8,8 +8,11 @@ removes the temporary file instead. A JSON Lines target that is a character devi
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -28,6 +31,8 @@ from clo_export.fileio import (
     write_bytes_atomic,
     write_error,
 )
+
+log = logging.getLogger(__name__)
 
 FULL_BYTES = 1 << 20  # a target with less free space than this is full: stop before writing a broken file
 
@@ -111,8 +116,9 @@ def quiet_opencv() -> None:
     """Silence OpenCV's own write warnings: sinks check the results and report failures in one line."""
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    except AttributeError:  # an OpenCV build without the logging module
-        pass
+    except AttributeError:  # a build without cv2.utils.logging (Debian's 4.6): the older spelling, 2 = ERROR
+        if hasattr(cv2, "setLogLevel"):
+            cv2.setLogLevel(2)
 
 
 def free_bytes(folder: Path) -> int | None:
@@ -154,12 +160,122 @@ class Sink:
     outputs: list[Path] = []
 
 
+# containers PyAV writes H.264 into (FFmpeg format names); .avi stays OpenCV's MJPG
+H264_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+# libx264 settings: the encoder must keep up with live cameras on a Jetson's CPU. Measured (2 shared cores, 3 rounds,
+# docs/infer.md): 'ultrafast' at CRF 23 takes 1.6x mp4v's time a frame (640x480: 7.9 vs 5.0 ms; 1920x1080: 45 vs
+# 25 ms) for a file 0.64-0.8x mp4v's; 'veryfast' 2.3-3x mp4v's time for 0.22-0.28x its size; 'medium' far slower
+X264_OPTIONS = {"preset": "ultrafast", "crf": "23"}
+_said: set = set()  # fallback lines already logged: each once per process, however many streams are saved
+
+
+def h264_problem(suffix: str) -> str | None:
+    """Why an annotated video in this container cannot be H.264 here (None when it can)."""
+    if suffix.lower() not in H264_FORMATS:
+        return f"{suffix} is not an H.264 container here (.mp4, .mov, .mkv)"
+    try:
+        av = importlib.import_module("av")
+    except ImportError:
+        return "PyAV is not installed; for H.264 (plays in browsers): pip install av"
+    if "libx264" not in av.codecs_available:
+        return "this PyAV has no libx264; for H.264 install PyAV's wheel: pip install --force-reinstall av"
+    return None
+
+
+class OpenCVWriter:
+    """cv2.VideoWriter with the codec ``code`` (mp4v, MJPG)."""
+
+    def __init__(self, path: Path, code: str, fps: float, size: tuple[int, int]):
+        self.codec = code
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*code), fps, size)
+
+    def isOpened(self) -> bool:  # noqa: N802 (cv2.VideoWriter's name)
+        return self.writer.isOpened()
+
+    def write(self, img: np.ndarray) -> None:
+        self.writer.write(img)
+
+    def release(self) -> None:
+        self.writer.release()
+
+
+class H264Writer:
+    """H.264 (libx264, yuv420p) through PyAV in the container ``fmt``; frame k is shown at k/fps seconds.
+
+    yuv420p needs an even width and height: an odd one loses its last pixel column/row (as OpenCV's mp4v does).
+    """
+
+    codec = "h264"
+
+    def __init__(self, path: Path, fmt: str, fps: float, size: tuple[int, int]):
+        av = importlib.import_module("av")
+        self.errors = (OSError, av.FFmpegError)
+        self.frame_type = av.VideoFrame
+        # +faststart: the index goes to the front, so a browser plays the file while it loads
+        options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+        try:
+            self.container = av.open(str(path), "w", format=fmt, options=options)
+            self.stream = self.container.add_stream(
+                "libx264", rate=Fraction(fps).limit_denominator(1001), options=dict(X264_OPTIONS)
+            )
+        except self.errors as e:
+            self.container = None
+            raise OSError(getattr(e, "errno", None), str(e)) from e
+        self.even = (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.even[0], self.even[1], "yuv420p"
+        self.frames = 0
+        self.failed = False  # a mux failed (full disk): FFmpeg's muxer must not be used again (PyAV segfaults)
+
+    def isOpened(self) -> bool:  # noqa: N802 (as OpenCVWriter)
+        return self.container is not None
+
+    def write(self, img: np.ndarray) -> None:
+        img = np.ascontiguousarray(img[: self.even[1], : self.even[0]])
+        frame = self.frame_type.from_ndarray(img, format="bgr24")
+        frame.pts = self.frames
+        self.frames += 1
+        try:
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        except self.errors:
+            self.failed = True
+            raise
+
+    def release(self) -> None:
+        """Flush the encoder and finish the file (the index is written here); OSError when that fails."""
+        if self.container is None:
+            return
+        container, self.container = self.container, None
+        try:
+            if not self.failed:
+                for packet in self.stream.encode(None):
+                    container.mux(packet)
+        finally:
+            container.close()
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> OpenCVWriter | H264Writer:
+    """H.264 through PyAV where it can be (see :func:`h264_problem`), else OpenCV (mp4v; MJPG for .avi), saying why
+    once per process."""
+    suffix = path.suffix.lower()
+    if suffix == ".avi":
+        return OpenCVWriter(path, "MJPG", fps, size)
+    problem = h264_problem(suffix)
+    if problem is None:
+        return H264Writer(path, H264_FORMATS[suffix], fps, size)
+    if problem not in _said:
+        _said.add(problem)
+        log.warning("annotated video is mp4v (MPEG-4 Part 2, not played by browsers): %s", problem)
+    return OpenCVWriter(path, "mp4v", fps, size)
+
+
 class VideoSink(Sink):
-    """Annotated mp4 at the source's fps and size (frames of another size are resized)."""
+    """Annotated video at the source's fps and size (frames of another size are resized): H.264 in .mp4/.mov/.mkv
+    when PyAV is installed, else OpenCV's mp4v; .avi is MJPG."""
 
     needs_annotation = True
 
-    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], fourcc: str = "mp4v"):
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".avi", ".mkv", ".mov"):
             raise CloExportError(f"--save {self.path} must end in .mp4 (or .avi/.mkv/.mov)")
@@ -181,47 +297,62 @@ class VideoSink(Sink):
             raise write_error(self.path, e) from e
         self.size = (int(size[0]), int(size[1]))
         self.fps = float(fps)
-        code = fourcc if self.path.suffix.lower() != ".avi" else "MJPG"
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*code), self.fps, self.size)
-        if not self.writer.isOpened():
-            self.writer.release()
-            self.tmp.unlink(missing_ok=True)
+        try:
+            self.writer = open_video_writer(self.tmp, self.fps, self.size)
+        except OSError:
+            self.writer = None
+        if self.writer is None or not self.writer.isOpened():
             free = free_bytes(self.path.parent)
-            remove_dirs(self.created)
+            self.abort()
             if free is not None and free < FULL_BYTES:
-                raise CloExportError(
-                    f"cannot write '{self.path}': No space left on device; free some space or write elsewhere"
-                )
+                raise self._full()
             raise CloExportError(
-                f"OpenCV cannot write '{self.path}' with codec {code}; try another suffix (.avi) "
+                f"cannot write '{self.path}' as video; try another suffix (.avi), pip install av, "
                 "or an OpenCV build with FFmpeg"
             )
+        self.codec = self.writer.codec
         self.frames = 0
         self.outputs = [self.path]
+
+    def _full(self) -> CloExportError:
+        """The one-line error of a disk that filled up while writing."""
+        return CloExportError(
+            f"cannot write '{self.path}': No space left on device; free some space or write elsewhere"
+        )
 
     def write(self, frame: Frame, dets: np.ndarray, annotated: np.ndarray | None) -> None:
         img = frame.image if annotated is None else annotated
         if (img.shape[1], img.shape[0]) != self.size:
             img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(img)
+        errors = getattr(self.writer, "errors", OSError)
+        try:
+            self.writer.write(img)
+        except errors as e:  # PyAV reports write errors (OpenCV does not)
+            free = free_bytes(self.path.parent)
+            self.abort()
+            if free is not None and free < FULL_BYTES:
+                raise self._full() from e
+            raise CloExportError(f"cannot write '{self.path}': {e}; nothing was written") from e
         self.frames += 1
         if self.frames % 32 == 0:  # OpenCV does not report write errors: watch the space instead
             free = free_bytes(self.path.parent)
             if free is not None and free < FULL_BYTES:
                 self.abort()
-                raise CloExportError(
-                    f"cannot write '{self.path}': No space left on device; free some space or write elsewhere"
-                )
+                raise self._full()
 
     def close(self) -> None:
         if self.writer is None:
             return
-        self.writer.release()
-        self.writer = None
+        writer, self.writer = self.writer, None
+        try:
+            writer.release()
+            failed = None
+        except getattr(writer, "errors", OSError) as e:  # PyAV: flushing or writing the index failed
+            failed = str(e)
         if not self.frames:
             self.abort()
             return
-        problem = video_problem(self.tmp)
+        problem = failed or video_problem(self.tmp)
         if problem is not None:
             free = free_bytes(self.path.parent)
             self.abort()
@@ -241,9 +372,12 @@ class VideoSink(Sink):
             raise write_error(self.path, e) from e
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        writer, self.writer = getattr(self, "writer", None), None
+        if writer is not None:
+            try:
+                writer.release()
+            except getattr(writer, "errors", OSError):  # the file is discarded anyway
+                pass
         self.tmp.unlink(missing_ok=True)
         remove_dirs(self.created)
         self.outputs = []

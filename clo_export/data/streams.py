@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from clo_export.data import readers
+from clo_export.data.gstreamer import DEFAULT_DECODER, Decoder
 from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
 from clo_export.data.readers import Frame, Source
 
@@ -144,17 +145,21 @@ class MultiSource:
 
 
 def open_sources(
-    specs: Sequence[str], limit: int | None = None, reconnect: float = DEFAULT_RECONNECT, max_pixels: int | None = None
+    specs: Sequence[str],
+    limit: int | None = None,
+    reconnect: float = DEFAULT_RECONNECT,
+    max_pixels: int | None = None,
+    decoder: Decoder | str = DEFAULT_DECODER,
 ) -> Source | MultiSource:
     """One source as :func:`open_source` opens it, or several opened at once (cameras' open times overlap, so none
     piles up frames while the next one opens) and merged; if one fails, those opened are closed and its error raised."""
     if len(specs) == 1:
-        return readers.open_source(specs[0], limit, reconnect, max_pixels=max_pixels)
+        return readers.open_source(specs[0], limit, reconnect, max_pixels=max_pixels, decoder=decoder)
     stop = threading.Event()
 
     def attempt(spec: str) -> Source | BaseException:
         try:
-            return readers.open_source(spec, limit, reconnect, max_pixels=max_pixels, stop=stop)
+            return readers.open_source(spec, limit, reconnect, max_pixels=max_pixels, stop=stop, decoder=decoder)
         except BaseException as e:  # noqa: BLE001 (raised below, after the others are closed)
             return e
 

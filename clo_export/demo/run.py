@@ -125,7 +125,7 @@ def write_calibration_set(folder: Path, n: int) -> Path:
 def run_artifact(
     name: str, model: Path, video: Path, gt: list[np.ndarray], out: Path, reference=None, check_every: int = 10
 ) -> ArtifactRow:
-    """Deployment pass (conf 0.25: annotated video, JSONL, FPS, check against ``reference``), then an
+    """Deployment pass (default thresholds: annotated video, JSONL, FPS, check against ``reference``), then an
     evaluation pass at val thresholds for mAP against the ground truth."""
     runners, info = load_runners(model, device="cpu")  # clo-infer's inference streams
     deploy = InferOptions(check_every=check_every)

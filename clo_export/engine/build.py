@@ -86,6 +86,7 @@ def dry_run(
     onnx_path: str | Path, request: BuildRequest = BuildRequest(), target: str | None = None, calib: Sequence[str] = ()
 ) -> DryRun:
     """Plan and pre-flight check for TensorRT ``target`` (default: the installed one); needs no TensorRT."""
+    replace(request, has_calib=bool(calib) or request.has_calib).validate()
     path = Path(onnx_path)
     model = load_onnx(_existing(path), load_external_data=False)
     facts = onnx_facts(model, path.name)
@@ -102,6 +103,7 @@ def build_engine(
     *,
     calib: Sequence[str] = (),
     num: int = 256,
+    min_agreement: Optional[float] = None,
     verbose: bool = False,
     progress: Callable[[str], None] | None = None,
     check: bool = True,
@@ -111,19 +113,26 @@ def build_engine(
 
     With ``check`` the engine then runs against ONNX Runtime on the FP32 ONNX (engine/check.py; ``engine_runner``
     replaces the TensorRT runner that loads it) and the sidecar records the result; a failed engine is kept,
-    marked failed, and the returned EngineBuild is falsy.
+    marked failed, and the returned EngineBuild is falsy. An ONNX quantized on the way (``calib``) passes
+    ``clo_export.quantize``'s accuracy gate (``min_agreement``, as ``QuantizeOptions``) or nothing is built.
     """
+    replace(request, has_calib=bool(calib) or request.has_calib).validate()  # before any file is read
     path = _existing(Path(onnx_path))
     facts = onnx_facts(load_onnx(path, load_external_data=False), path.name)
     trt = lazy_import("tensorrt")
     plan = make_plan(str(trt.__version__), with_facts(request, facts, calib))
+    if min_agreement is not None and not plan.needs_quantize:
+        raise CloExportError(
+            "--min-agreement checks the INT8 model quantized from --calib images; use it with --int8 --calib IMAGES "
+            "(the Q/DQ route), or check an existing .int8.onnx with clo-export quantize"
+        )
     out = Path(output) if output else default_engine_path(path, plan.precision)
     if out.resolve() == path.resolve():
         raise CloExportError(f"the engine path {out} would overwrite the ONNX; pick another output path")
     check_artifact({"MODEL": path, "--calib": list(calib), "--timing-cache": request.timing_cache}, out)
     stage = progress or (lambda _name: None)
     stage("prepare")
-    source = _source_onnx(plan, path, facts, calib, num)
+    source = _source_onnx(plan, path, facts, calib, num, min_agreement)
     problems = check_onnx(load_onnx(source, load_external_data=False), plan)
     if problems:
         raise PreflightError(plan.version, problems)
@@ -167,8 +176,10 @@ def quiet_polygraphy(verbose: bool = False) -> None:
 
 
 def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise CloExportError(f"model '{path}' does not exist; export one with: clo-export onnx best.pt")
+    """The ONNX to build from: an existing regular .onnx file."""
+    from clo_export.validate import existing_file
+
+    existing_file("MODEL", path, "export one with: clo-export onnx best.pt")
     if path.suffix.lower() != ".onnx":
         raise CloExportError(
             f"'{path.name}' is not an ONNX file; TensorRT engines are built from the .onnx that "
@@ -186,8 +197,10 @@ def _installed_version() -> Any:
         ) from None
 
 
-def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[str], num: int) -> Path:
-    """The ONNX the plan builds from: the given one, or its Q/DQ / FP16 variant made now."""
+def _source_onnx(
+    plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[str], num: int, min_agreement: Optional[float]
+) -> Path:
+    """The ONNX the plan builds from: the given one, or its Q/DQ (through quantize's accuracy gate) / FP16 variant."""
     if plan.needs_quantize:
         if sys.version_info < (3, 10):
             raise CloExportError(
@@ -196,13 +209,22 @@ def _source_onnx(plan: BuildPlan, path: Path, facts: OnnxFacts, calib: Sequence[
             )
         from clo_export.quantization.quantize import QuantizeOptions, quantize
 
-        result = quantize(path, list(calib), None, QuantizeOptions(num=num))
-        log.info(
-            "quantized %s: INT8-vs-FP32 detection F1 %.4f on %d held-out images (details: clo-export quantize)",
-            result.path.name,
-            result.report.score,
-            len(result.split.holdout),
-        )
+        result = quantize(path, list(calib), None, QuantizeOptions(num=num, min_agreement=min_agreement))
+        r, gate = result.report, result.report.info["gate"]
+        if r.score is None:
+            log.info(
+                "quantized %s: INT8 accuracy not measured (%s), gate not checked", result.path.name, r.not_measured
+            )
+        else:
+            log.info(
+                "quantized %s: INT8 keeps %.4f of FP32's mAP@.5:.95 on %d held-out images (--min-agreement %g: %s; "
+                "details: clo-export quantize)",
+                result.path.name,
+                r.score,
+                r.n_images,
+                gate["min_agreement"],
+                gate["outcome"],
+            )
         return result.path
     if plan.needs_fp16_onnx:
         out = make_fp16_onnx(path, facts)

@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from clo_export.backends.base import Runner
-from clo_export.compare import TOLERANCES, Report
 from clo_export.engine.onnx_facts import OnnxFacts
 from clo_export.errors import CloExportError
+from clo_export.report import TOLERANCES, Report
 
 log = logging.getLogger(__name__)
 CHECK_FRAMES = 8  # frames the engine and the reference both run

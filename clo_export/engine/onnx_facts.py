@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from clo_export.artifacts import ModelMeta, dims_of, graph_input, input_precision, read_metadata, write_metadata
+import numpy as np
+
+from clo_export.artifacts import (
+    ModelMeta,
+    dims_of,
+    graph_input,
+    graph_inputs,
+    input_precision,
+    read_metadata,
+    write_metadata,
+)
+from clo_export.backends.base import TensorSpec
+from clo_export.backends.onnxrt import check_detector_inputs
 from clo_export.engine.plan import BuildRequest
 from clo_export.errors import CloExportError
 
@@ -32,12 +44,27 @@ class OnnxFacts:
         return tuple(self.meta.imgsz) if self.meta.imgsz else tuple(self.input_shape[2:4])
 
 
+def input_specs(model: Any) -> list[TensorSpec]:
+    """The graph's real inputs as TensorSpecs (None for a symbolic dimension), as a runner would report them."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return [
+        TensorSpec(
+            i.name,
+            tuple(None if d < 0 else d for d in dims_of(i)),
+            np.dtype(tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)),
+        )
+        for i in graph_inputs(model)
+    ]
+
+
 def onnx_facts(model: Any, name: str = "model") -> OnnxFacts:
     """Metadata, first input, and whether the graph holds Q/DQ nodes or FP16 I/O."""
     meta = read_metadata(model)
     inp = graph_input(model)
     if inp is None:
         raise CloExportError(f"'{name}' has no graph input; re-export it with clo-export onnx")
+    check_detector_inputs(input_specs(model), f"'{name}'")
     dims = dims_of(inp)
     if len(dims) == 4 and min(dims[2:]) < 0:
         raise CloExportError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from clo_export.engine.version import TrtVersion
@@ -113,6 +114,10 @@ class BuildRequest:
     keep_float: tuple[str, ...] = ()  # ONNX node names to keep in float ("float_nodes" of a quantize report)
     keep_float_fp16: bool = False  # --int8 --fp16 --keep-float: those nodes in FP16 instead of FP32
 
+    def validate(self) -> None:
+        """Refuse values and combinations no TensorRT version could build, before any file is read."""
+        check_request(self)
+
 
 @dataclass(frozen=True)
 class ProfileShape:
@@ -159,7 +164,7 @@ class BuildPlan:
 def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
     """Validate `request` against `version` and return the plan; CloExportError names the fix."""
     v = TrtVersion.parse(version)
-    check_request(request)
+    request.validate()
     if not has(v, "supported"):
         raise CloExportError(f"TensorRT {v} is not supported; use TensorRT 8.5 or newer (JetPack 5+)")
     notes: list[str] = []
@@ -204,8 +209,6 @@ def make_plan(version: TrtVersion | str, request: BuildRequest) -> BuildPlan:
         notes.append("the FP32 ONNX will be quantized to Q/DQ with --calib before building")
     if needs_fp16_onnx:
         notes.append("the FP16 ONNX (clo-export onnx --half) will be made before building")
-    if request.dla_core is None and not request.gpu_fallback:
-        notes.append("--no-gpu-fallback has no effect without --dla-core")
     return BuildPlan(
         version=v,
         precision=request.precision,
@@ -236,19 +239,32 @@ def check_batch_range(batch_range: tuple[int, int, int]) -> None:
 
 
 def check_request(r: BuildRequest) -> None:
-    """Reject values no version could build (the one place for these checks; messages name clo-export trt's flags)."""
+    """``BuildRequest.validate``: the one place for these checks (messages name clo-export trt's flags)."""
     if r.precision not in ("fp32", "fp16", "int8"):
         raise CloExportError(f"unknown precision {r.precision!r}; use fp32, fp16 or int8")
     if r.calibrator not in CALIBRATOR_CLASSES and r.calibrator != "qdq":
         raise CloExportError(f"unknown calibrator {r.calibrator!r}; use qdq, entropy or minmax")
+    if r.keep_float_fp16 and not (r.keep_float and r.precision == "int8"):
+        raise CloExportError(
+            "--fp16 together with --int8 only chooses the precision of --keep-float layers: choose one of --fp16 or "
+            "--int8 (an INT8 engine already runs its float layers in FP16), or add --keep-float FILE"
+        )
     if r.calibrator != "qdq" and r.precision != "int8":
         raise CloExportError(f"--calibrator {r.calibrator} only applies to --int8; add --int8 or drop --calibrator")
+    if r.has_calib and r.precision != "int8":
+        raise CloExportError("--calib is for --int8 builds; add --int8 or drop --calib")
     if r.batch_range is not None:
         check_batch_range(r.batch_range)
     if r.workspace_gb is not None and not (math.isfinite(r.workspace_gb) and r.workspace_gb > 0):
         raise CloExportError(f"--workspace {r.workspace_gb} must be a positive number of GiB")
     if r.dla_core is not None and r.dla_core < 0:
         raise CloExportError(f"--dla-core {r.dla_core} must be 0 or 1 (the Orin DLA cores)")
+    if r.dla_core is None and not r.gpu_fallback:
+        raise CloExportError("--gpu-fallback/--no-gpu-fallback only apply with --dla-core N")
+    if r.timing_cache is not None and Path(r.timing_cache).is_dir():
+        raise CloExportError(
+            f"--timing-cache {r.timing_cache} is a folder; give a file path (it is created if missing)"
+        )
 
 
 def _strongly_typed(v: TrtVersion, r: BuildRequest) -> bool:
@@ -344,11 +360,6 @@ def _layer_precisions(
 ) -> tuple[tuple[str, str], ...]:
     """--keep-float nodes as per-layer precisions, where this route lets TensorRT pick precision per layer."""
     if not r.keep_float:
-        if r.keep_float_fp16:
-            raise CloExportError(
-                "--fp16 together with --int8 only chooses the precision of --keep-float layers; "
-                "add --keep-float FILE or drop one of --fp16/--int8"
-            )
         return ()
     if not weak or not (implicit or r.dla_core is not None):
         why = (

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 import onnx
 
 from clo_export import __version__
 from clo_export.artifacts import ModelMeta, OnnxSidecar, opset_of, write_metadata
-from clo_export.compare import Report
 from clo_export.errors import CloExportError
 from clo_export.export.fp16 import to_fp16
 from clo_export.export.lint import check_static, full_check
@@ -26,10 +27,13 @@ from clo_export.export.mode import export_model
 from clo_export.export.nms_graph import append_nms
 from clo_export.export.parity import check_parity
 from clo_export.export.simplify import SIMPLIFIERS, SimplifyResult, simplify
-from clo_export.fileio import atomic_path
+from clo_export.fileio import atomic_path, check_artifact
 from clo_export.imgsz import resolve_imgsz
 from clo_export.models.checkpoint import LoadedModel
 from clo_export.models.yolo import DetectionModel
+from clo_export.report import Report
+from clo_export.thresholds import DEFAULT, Thresholds
+from clo_export.validate import at_least, existing_file, existing_sources, local_inputs
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +52,9 @@ class ExportOptions:
     half: bool = False
     simplifier: str = "onnxsim"
     nms: bool = False
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 300
+    conf: float = DEFAULT.conf  # --nms: the thresholds baked into the graph
+    iou: float = DEFAULT.iou
+    max_det: int = DEFAULT.max_det
 
     @property
     def precision(self) -> str:
@@ -64,12 +68,10 @@ class ExportOptions:
         """Refuse bad combinations before any work starts."""
         if not MIN_OPSET <= self.opset <= 23:
             raise CloExportError(f"--opset {self.opset} is out of range; use {MIN_OPSET}…23 (17 for TensorRT 8.5/8.6)")
-        if self.batch < 1:
-            raise CloExportError(f"--export-batch {self.batch} must be at least 1")
+        at_least("--batch", self.batch, 1)
         if self.simplifier not in SIMPLIFIERS:
             raise CloExportError(f"--simplifier {self.simplifier} is unknown; choose {', '.join(SIMPLIFIERS)}")
-        if self.nms and not (0 < self.conf < 1 and 0 < self.iou <= 1 and self.max_det >= 1):
-            raise CloExportError("--nms needs 0 < --conf < 1, 0 < --iou <= 1 and --max-det >= 1")
+        Thresholds(self.conf, self.iou, self.max_det).validate()
 
 
 @dataclass
@@ -194,6 +196,7 @@ def export_onnx(
     """
     t0 = time.perf_counter()
     out = Path(out) if out else default_output(loaded.path, opts)
+    check_artifact({"WEIGHTS": loaded.path}, out)
     proto, meta, reference, simplified = build(loaded, opts)
     seconds = time.perf_counter() - t0
     parity = check_parity(proto.SerializeToString(), reference, parity_inputs, meta) if parity_inputs else None
@@ -207,3 +210,39 @@ def export_onnx(
         parity=parity.to_dict() if parity is not None else None,
     ).write(out)  # a failed Report is falsy
     return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity)
+
+
+def export_checkpoint(
+    model: Union[LoadedModel, str, os.PathLike],
+    out: Union[str, os.PathLike, None] = None,
+    opts: ExportOptions = ExportOptions(),
+    *,
+    check: bool = True,
+    source: Union[str, os.PathLike, None] = None,
+    cfg: Union[str, os.PathLike, None] = None,
+    plugins: Sequence[Union[str, os.PathLike]] = (),
+) -> ExportResult:
+    """``clo-export onnx`` as one call (``clo_export.export_onnx``): every check before any work, then load, export
+    at the decided size, parity on ``source``'s frames (else the bundled ones) and write."""
+    from clo_export.export.parity import parity_batches
+    from clo_export.imgsz import check_memory
+    from clo_export.models.checkpoint import load
+
+    opts.validate()
+    path_given = isinstance(model, (str, os.PathLike))
+    weights = Path(model) if path_given else model.path
+    if path_given:
+        existing_file("WEIGHTS", weights, "pass the path to your best.pt")
+    elif cfg is not None or plugins:
+        raise CloExportError("cfg and plugins apply while loading: pass the checkpoint's path, not a loaded model")
+    existing_sources("--source", [source] if source else [], "pass images, a folder, a glob or a video")
+    out = Path(out) if out else default_output(weights, opts)
+    sources = local_inputs(source) if source else []
+    check_artifact({"WEIGHTS": weights, "--cfg": cfg, "--plugin": list(plugins), "--source": sources}, out)
+    loaded = load(weights, cfg, tuple(plugins)) if path_given else model
+    opts = opts.for_model(loaded)
+    opts.validate()
+    loaded.model.check_imgsz(opts.imgsz)
+    check_memory(loaded.model, opts.imgsz, opts.batch)  # before the parity frames of that size are made
+    sizes = (opts.batch, 3) if opts.dynamic_batch and opts.batch != 3 else (opts.batch,)
+    return export_onnx(loaded, out, opts, parity_batches(opts.imgsz, sizes, source=source) if check else None)

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from clo_export.artifacts import opset_of
 from clo_export.errors import CloExportError
 from clo_export.postprocess import NMS_OUTPUTS
+from clo_export.thresholds import DEFAULT, Thresholds
 
 PREFIX = "nms/"
 MIN_OPSET = 13  # Squeeze/Unsqueeze/ReduceSum take axes as inputs from 13 on
@@ -68,12 +69,7 @@ def _f32(value: float) -> np.ndarray:
 
 def _check_args(model: onnx.ModelProto, conf: float, iou: float, max_det: int) -> onnx.ValueInfoProto:
     """Validate arguments and return the ``output0`` value info."""
-    if not 0.0 < conf < 1.0:
-        raise CloExportError(f"NMS conf must be in (0, 1), got {conf}; pass e.g. --conf 0.25")
-    if not 0.0 <= iou <= 1.0:
-        raise CloExportError(f"NMS iou must be in [0, 1], got {iou}; pass e.g. --iou 0.45")
-    if int(max_det) != max_det or max_det < 1:
-        raise CloExportError(f"NMS max_det must be a positive integer, got {max_det}; pass e.g. --max-det 300")
+    Thresholds(conf, iou, max_det).validate()
     if (opset_of(model) or 0) < MIN_OPSET:
         raise CloExportError(
             f"in-graph NMS needs ONNX opset >= {MIN_OPSET}, model has {opset_of(model)}; re-export with --opset 17"
@@ -94,7 +90,9 @@ def _check_args(model: onnx.ModelProto, conf: float, iou: float, max_det: int) -
     return out
 
 
-def append_nms(model: onnx.ModelProto, conf: float = 0.25, iou: float = 0.45, max_det: int = 300) -> onnx.ModelProto:
+def append_nms(
+    model: onnx.ModelProto, conf: float = DEFAULT.conf, iou: float = DEFAULT.iou, max_det: int = DEFAULT.max_det
+) -> onnx.ModelProto:
     """Return a copy of `model` whose outputs are num_dets/boxes/scores/classes after YOLOv5 NMS."""
     out0 = _check_args(model, conf, iou, max_det)
     dims = out0.type.tensor_type.shape.dim

@@ -12,9 +12,9 @@ from clo_export.artifacts import ModelMeta
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.backends.pytorch import TorchRunner
 from clo_export.comparator import Comparator, Comparison, Thresholds, raw_head_runner
-from clo_export.compare import Report
 from clo_export.data.files import read_images
 from clo_export.data.preprocess import preprocess_batch
+from clo_export.report import Report
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "assets" / "frames"  # tools/make_sample_frames.py
 

@@ -1,7 +1,7 @@
 """The inference pipeline: decode → preprocess+infer → postprocess (+check) → annotate+encode.
 
 - :mod:`~clo_export.pipeline.core`: :class:`Pipeline` (what each stage does to a batch, the batch
-  size, the sequential loop), :class:`InferOptions`, :class:`RunResult`;
+  size, the sequential loop), :class:`RunResult`; :mod:`~clo_export.pipeline.options`: :class:`InferOptions`;
 - :mod:`~clo_export.pipeline.schedule`: the threads, queues and reorder semaphore, and the stop flags;
 - :mod:`~clo_export.pipeline.check`: the live check against PyTorch (:class:`Checker`);
 - :mod:`~clo_export.pipeline.sinkset`: the sinks' lifecycle; :mod:`~clo_export.pipeline.timing`: per-stage latency.
@@ -15,7 +15,8 @@ temporary files and is re-raised.
 """
 
 from clo_export.pipeline.check import CheckedFrame, Checker
-from clo_export.pipeline.core import InferOptions, Pipeline, RunResult
+from clo_export.pipeline.core import Pipeline, RunResult
+from clo_export.pipeline.options import InferOptions
 from clo_export.pipeline.timing import StageStats, StageTimer
 
 __all__ = ["CheckedFrame", "Checker", "InferOptions", "Pipeline", "RunResult", "StageStats", "StageTimer"]

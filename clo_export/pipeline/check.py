@@ -12,13 +12,13 @@ import numpy as np
 
 from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner
-from clo_export.comparator import Comparator, Compared, Comparison, Feed, Outputs, Thresholds, raw_head_runner
-from clo_export.compare import Report
+from clo_export.comparator import Comparator, Compared, Comparison, Feed, Outputs, raw_head_runner
 from clo_export.data.preprocess import LetterboxInfo, scale_boxes
 from clo_export.data.readers import Frame
+from clo_export.report import Report
 
 if TYPE_CHECKING:
-    from clo_export.pipeline.core import InferOptions
+    from clo_export.pipeline.options import InferOptions
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Checker:
     def __init__(
         self, reference: Runner, info: ModelInfo, opts: InferOptions, min_f1: float | None = None, keep_worst: int = 0
     ):
-        thresholds = Thresholds(opts.conf, opts.iou, opts.max_det).for_model(info)
+        thresholds = opts.thresholds.for_model(info)  # min_f1 (None: opts.min_f1, else the precision's)
         own_onnx = info.nms and info.path.endswith(".onnx") and Path(info.path).is_file()
         raw = raw_head_runner(info.path) if own_onnx else None
         self.comparator = Comparator(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,46 +12,21 @@ import numpy as np
 
 from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner, RunnerGone
-from clo_export.compare import Report
-from clo_export.data.live import DEFAULT_RECONNECT, StreamLost
+from clo_export.data.live import StreamLost
 from clo_export.data.preprocess import LetterboxInfo, preprocess
 from clo_export.data.readers import Frame, Source
 from clo_export.data.sinks import Sink
 from clo_export.data.streams import MultiSource
 from clo_export.errors import CloExportError
 from clo_export.pipeline.check import Checker
+from clo_export.pipeline.options import InferOptions
 from clo_export.pipeline.schedule import Control, Scheduler
 from clo_export.pipeline.sinkset import SinkSet
 from clo_export.pipeline.timing import STAGES, StageStats, StageTimer, StreamStats, StreamTimer
 from clo_export.postprocess import Postprocessor
+from clo_export.report import Report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferOptions:
-    """Postprocessing thresholds, how frames are batched and checked, and how long a lost live stream is retried."""
-
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 300
-    classes: tuple[int, ...] | None = None
-    agnostic: bool = False
-    batch: int = 1
-    check_every: int = 1
-    queue_size: int = 4
-    reconnect: float = DEFAULT_RECONNECT  # seconds a lost live stream is retried before the run gives it up (0: never)
-
-    def validate(self) -> None:
-        """Refuse bad values before any work starts."""
-        if not (math.isfinite(self.reconnect) and self.reconnect >= 0):
-            raise CloExportError(
-                f"--reconnect {self.reconnect} must be a number of seconds >= 0 (0: give a lost live stream up at once)"
-            )
-        if not (0 <= self.conf <= 1 and 0 <= self.iou <= 1):
-            raise CloExportError(f"--conf {self.conf} and --iou {self.iou} must lie in [0, 1]")
-        if self.max_det < 1 or self.batch < 1 or self.check_every < 1 or self.queue_size < 1:
-            raise CloExportError("--max-det, --infer-batch and --check-every must be at least 1")
 
 
 @dataclass

@@ -30,7 +30,11 @@ from typing import Any
 import numpy as np
 
 from clo_export.comparator import run_feeds
-from clo_export.compare import (
+from clo_export.errors import CloExportError
+from clo_export.fileio import json_text
+from clo_export.metrics import evaluate
+from clo_export.postprocess import decoded_output, detections, has_nms_outputs, paired_iou, xywh2xyxy
+from clo_export.report import (
     DetectionAgreement,
     TensorStats,
     _match_ious,
@@ -38,15 +42,11 @@ from clo_export.compare import (
     detection_stats,
     tensor_stats,
 )
-from clo_export.errors import CloExportError
-from clo_export.fileio import json_text
-from clo_export.metrics import evaluate
-from clo_export.postprocess import decoded_output, detections, has_nms_outputs, paired_iou, xywh2xyxy
 
 MAP_CONF = 0.001  # val.py's thresholds for mAP
 MAP_IOU = 0.6
 MAP_MAX_DET = 300
-DEFAULT_MIN_AGREEMENT = 0.95  # INT8/FP32 mAP@.5:.95 against FP32's detections; below it quantize exits 1
+DEFAULT_MIN_AGREEMENT = 0.95  # INT8/FP32 mAP@.5:.95 against FP32's detections; below it quantize refuses
 
 
 @dataclass(frozen=True)
@@ -98,42 +98,53 @@ class BoxIoU:
 
 @dataclass
 class AccuracyReport:
-    """What INT8 changed relative to FP32 on ``n_images`` held-out images."""
+    """What INT8 changed relative to FP32 on ``n_images`` held-out images (``not_measured``: why there are none)."""
 
     n_images: int
     tensors: dict[str, TensorStats]
-    agreement: DetectionAgreement
-    box_iou: BoxIoU
-    int8: Score
-    fp32: Score
+    agreement: DetectionAgreement | None
+    box_iou: BoxIoU | None
+    int8: Score | None
+    fp32: Score | None
     conf: float
     iou: float
     info: dict[str, Any] = field(default_factory=dict)  # method, attention mode, float nodes, ...
+    not_measured: str | None = None
+
+    @classmethod
+    def unmeasured(cls, reason: str, conf: float, iou: float, info: dict[str, Any] | None = None) -> AccuracyReport:
+        """A report with no numbers: no held-out image to measure on (``reason`` says why)."""
+        return cls(0, {}, None, None, None, None, conf, iou, dict(info or {}), reason)
 
     @property
-    def score(self) -> float:
+    def score(self) -> float | None:
         """The number --min-agreement is checked against: INT8's mAP@.5:.95 against FP32's detections, as a fraction
         of FP32's own (1.0: nothing lost; FP32 scores below 1 against itself where NMS at val thresholds keeps
-        extra boxes)."""
+        extra boxes); None when not measured."""
+        if self.int8 is None or self.fp32 is None:
+            return None
         return self.int8.map50_95 / self.fp32.map50_95 if self.fp32.map50_95 > 0 else 1.0
 
     @property
-    def map50(self) -> float:
-        return self.int8.map50
+    def map50(self) -> float | None:
+        return None if self.int8 is None else self.int8.map50
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field; the measured ones null (and ``not_measured`` the reason) when there were no held-out images."""
+        i8 = self.int8
         return {
             "n_images": self.n_images,
+            "not_measured": self.not_measured,
             "deploy_conf": self.conf,
             "deploy_nms_iou": self.iou,
             "map_thresholds": {"conf": MAP_CONF, "nms_iou": MAP_IOU, "max_det": MAP_MAX_DET},
             "agreement_map50_95": self.score,
-            "int8_vs_fp32": asdict(self.int8),
-            "fp32_vs_itself": asdict(self.fp32),
-            "drop_map50_points": self.int8.drop50,
-            "drop_map50_95_points": self.int8.drop50_95,
-            "box_iou": asdict(self.box_iou),
-            "detections_at_deploy": {"iou_match": 0.5, **asdict(self.agreement)},
+            "int8_vs_fp32": _as_dict(i8),
+            "fp32_vs_itself": _as_dict(self.fp32),
+            "drop_map50_points": None if i8 is None else i8.drop50,
+            "drop_map50_95_points": None if i8 is None else i8.drop50_95,
+            "box_iou": _as_dict(self.box_iou),
+            "detections_at_deploy": None if self.agreement is None else {"iou_match": 0.5, **asdict(self.agreement)},
             "tensors": {k: {**asdict(s), "shape": list(s.shape)} for k, s in self.tensors.items()},
             **self.info,
         }
@@ -141,6 +152,10 @@ class AccuracyReport:
     def to_json(self) -> str:
         """Strict JSON text of ``to_dict()`` (a non-finite value is null and named under ``non_finite``)."""
         return json_text(self.to_dict(), indent=2)
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    return None if value is None else asdict(value)
 
 
 class HeldOut:

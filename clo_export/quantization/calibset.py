@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NUM = 256
 DEFAULT_HOLDOUT = 128  # the split that decides method and float sites: 128 halves the noise of 64 at a 0.3-point target
-MIN_IMAGES = 16  # below this the ranges are noise: refuse
-MIN_HOLDOUT = 16  # below this an accuracy report is noise: refuse
+MIN_IMAGES = 16  # fewer calibration images are noise: held-out images are only taken from larger sets
+MIN_HOLDOUT = 16  # an accuracy report on fewer held-out images is noise: smaller sets are calibrated, not measured
 RECOMMENDED = 200  # below this warn (TensorRT and ONNX Runtime guides suggest ~500; 200 is the usual floor)
 
 
@@ -49,6 +49,7 @@ class CalibSplit:
     found: int  # candidate images and video frames before sampling
     skipped: list[str] = field(default_factory=list)  # unreadable files / frames
     warnings: list[str] = field(default_factory=list)
+    unmeasured: str | None = None  # why no images were held out although some were asked for (too few images)
 
     def digest(self) -> str:
         """Identity of the calibration images (paths, frames, sizes, mtimes): part of the ranges cache key."""
@@ -93,6 +94,15 @@ def _readable(items: Sequence[Item], want: int) -> tuple[list[Item], list[str]]:
     return ok, bad
 
 
+def holdout_count(n: int, num: int, holdout: int, min_images: int = MIN_IMAGES, min_holdout: int = MIN_HOLDOUT) -> int:
+    """Images of ``n`` to hold out: --num first, a fifth and the report's minimum at least; 0 if too few calibrate."""
+    n_hold = holdout if n >= num + holdout else min(holdout, max(n - num, n // 5))
+    want = min(holdout, min_holdout)
+    if n_hold < want:
+        n_hold = want
+    return n_hold if n - n_hold >= min_images else 0
+
+
 def split_sources(
     sources: str | Path | Sequence[str | Path],
     num: int = DEFAULT_NUM,
@@ -122,33 +132,29 @@ def split_sources(
     usable, bad = _readable(order, need)
     skipped += bad
     n = len(usable)
-    n_hold = (
-        holdout if n >= need else min(holdout, max(n - num, n // 5))
-    )  # short: --num first, a fifth held out at least
-    calib, held = sorted(usable[: n - n_hold]), sorted(usable[n - n_hold :])
     names = ", ".join(str(s) for s in sources)
     if n == 0:
         raise CloExportError(
             f"none of the {len(pool)} image(s)/frame(s) in {names} could be read "
             f"({len(skipped)} unreadable, e.g. {skipped[0] if skipped else '?'}); check the files"
         )
-    if len(calib) < min_images:
-        raise CloExportError(
-            f"found {n} usable calibration images in {names} ({len(skipped)} unreadable skipped, {len(pool)} "
-            f"candidates); "
-            f"calibration needs at least {min_images} (+ held-out images for the accuracy report), {RECOMMENDED}+ "
-            f"recommended: "
-            "add images or video frames from the deployment scene"
-        )
-    if holdout and len(held) < min(holdout, min_holdout):
-        raise CloExportError(
-            f"only {len(held)} held-out images are left for the INT8 accuracy report ({n} readable, {len(skipped)} "
-            f"unreadable "
-            f"of {len(pool)} candidates); the report needs at least {min(holdout, min_holdout)}: add readable images "
-            f"to --calib"
+    n_hold = holdout_count(n, num, holdout, min_images, min_holdout)
+    calib, held = sorted(usable[: n - n_hold]), sorted(usable[n - n_hold :])
+    unmeasured, want = None, min(holdout, min_holdout)
+    readable = f"{n} readable image{'s' * (n != 1)}"
+    if holdout and not n_hold:
+        unmeasured = (
+            f"{readable}: the held-out report needs {want} held out besides {min_images} to calibrate "
+            f"({want + min_images}+)"
         )
     warnings = []
-    if len(calib) < min(RECOMMENDED, num):
+    if unmeasured:
+        warnings.append(
+            f"only {readable} in {names}: calibrating on all with none held out, so INT8 accuracy is not measured and "
+            f"there is no automatic float fallback ({want + min_images}+ images needed for those, {RECOMMENDED}+ "
+            "recommended)"
+        )
+    elif len(calib) < min(RECOMMENDED, num):
         warnings.append(
             f"only {len(calib)} calibration images ({RECOMMENDED}+ recommended); INT8 ranges may not cover "
             "the deployment data"
@@ -160,7 +166,7 @@ def split_sources(
         )
     for w in warnings:
         log.warning(w)
-    return CalibSplit(calib, held, len(pool), skipped, warnings)
+    return CalibSplit(calib, held, len(pool), skipped, warnings, unmeasured)
 
 
 def read_items(items: Iterable[Item], skipped: list[str] | None = None) -> Iterator[tuple[Item, np.ndarray]]:

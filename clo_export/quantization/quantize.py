@@ -8,6 +8,11 @@ images: ``--method auto``; ``sensitivity.choose_method``); then the sites whose 
 error per MAC, significantly, are kept float until the held-out mAP@.5:.95 drop is within ``target_drop`` points,
 keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of the calibration source decides (box
 error: :mod:`clo_export.quantization.accuracy`).
+
+The accuracy gate: a model whose held-out agreement is below ``min_agreement`` is written, marked failed,
+and refused (:class:`AgreementError`). A set too small to hold images out calibrates on all of them with
+auto's first method and no fallback, and its report is "not measured"; an explicit ``min_agreement``
+(or ``sensitivity``) is then refused before any work, since it cannot be checked.
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ from clo_export.artifacts import (
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
 from clo_export.fileio import atomic_path, is_stream, json_text, sha256_file, write_text_atomic
-from clo_export.quantization.accuracy import AccuracyReport, HeldOut, Measured, Score
+from clo_export.quantization.accuracy import DEFAULT_MIN_AGREEMENT, AccuracyReport, HeldOut, Measured, Score
 from clo_export.quantization.cache import CacheKey, CacheLookup, load_ranges, preprocess_params, save_ranges
 from clo_export.quantization.calibrate import Progress, calibrate
 from clo_export.quantization.calibset import (
     DEFAULT_HOLDOUT,
     DEFAULT_NUM,
+    MIN_HOLDOUT,
     MIN_IMAGES,
     CalibrationData,
     CalibSplit,
@@ -62,7 +68,7 @@ from clo_export.quantization.sensitivity import (
     find_sites,
     measure,
 )
-from clo_export.validate import check_quantize_outputs
+from clo_export.validate import at_least, check_quantize_inputs, check_quantize_outputs, in_range
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ CALIBRATION_KEY = PREFIX + "calibration"  # metadata_props key holding the calib
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """Everything ``clo-export quantize`` can be asked for."""
+    """Everything ``clo-export quantize`` (and ``trt --int8 --calib``) can be asked for; the rules: ``validate()``."""
 
     method: str = "auto"  # or one of METHODS
     num: int = DEFAULT_NUM
@@ -87,9 +93,21 @@ class QuantizeOptions:
     target_drop: float | None = 0.3  # points of held-out mAP@.5:.95; None: no float fallback (all INT8)
     sensitivity: bool = False  # also measure each site quantized alone and write the table
     min_int8_share: float = MIN_INT8_SHARE
+    min_agreement: float | None = None  # None: DEFAULT_MIN_AGREEMENT where measured; a value must be checked
+    min_holdout: int = MIN_HOLDOUT
+
+    @property
+    def agreement_floor(self) -> float:
+        """The INT8/FP32 mAP@.5:.95 agreement below which the model is refused (the gate)."""
+        return DEFAULT_MIN_AGREEMENT if self.min_agreement is None else self.min_agreement
+
+    @property
+    def gate_required(self) -> bool:
+        """True when the gate was asked for explicitly (a floor above 0): a run that cannot measure it refuses."""
+        return bool(self.min_agreement)
 
     def validate(self) -> None:
-        """Refuse bad values before any work starts."""
+        """Refuse bad values and combinations before any work starts."""
         if self.method != "auto" and self.method not in METHODS:
             raise CloExportError(f"--method {self.method} is unknown; choose auto, {', '.join(METHODS)}")
         if self.target_drop is not None and not 0 <= self.target_drop < 100:
@@ -98,12 +116,27 @@ class QuantizeOptions:
             raise CloExportError(
                 f"--num {self.num} is too small; calibrate on at least {self.min_images} images (256 is the default)"
             )
-        if self.holdout < 1:
+        if self.holdout != 0 and self.holdout < self.min_holdout:
             raise CloExportError(
-                f"--holdout {self.holdout} must be at least 1 (the accuracy report needs held-out images)"
+                f"--holdout {self.holdout} must be 0 (no accuracy report) or at least {self.min_holdout}; "
+                "an INT8 accuracy report on fewer held-out images is noise"
             )
-        if not (0 < self.conf < 1 and 0 < self.iou <= 1):
-            raise CloExportError("--conf must be in (0, 1) and --iou in (0, 1]")
+        at_least("--seed", self.seed, 0)
+        in_range("--conf", self.conf, 0, 1)
+        in_range("--iou", self.iou, 0, 1)
+        in_range("--min-agreement", self.min_agreement, 0, 1)
+        if self.holdout == 0:
+            self.require_measured("--holdout 0 holds no images out", "hold images out")
+
+    def require_measured(self, why: str, fix: str = "add images to --calib") -> None:
+        """Refuse what needs the held-out report (an explicit --min-agreement, --sensitivity) when there is none."""
+        if self.gate_required:
+            raise CloExportError(
+                f"--min-agreement {self.min_agreement} cannot be checked: {why}; {fix}, or leave --min-agreement out "
+                "to write the model with its accuracy marked not measured"
+            )
+        if self.sensitivity:
+            raise CloExportError(f"--sensitivity needs held-out images: {why}; {fix}")
 
 
 @dataclass
@@ -251,8 +284,7 @@ def _open(
     """Check the options, paths and input model; sample the calibration and held-out images."""
     opts.validate()
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise CloExportError(f"model '{onnx_path}' does not exist; export one with clo-export onnx")
+    check_quantize_inputs(onnx_path, sources)
     out = Path(out) if out else default_output(onnx_path)
     cache_path = Path(opts.cache) if opts.cache else None if is_stream(out) else out.with_name(out.stem + ".calib.json")
     check_quantize_outputs(onnx_path, sources, out, cache_path)
@@ -262,7 +294,9 @@ def _open(
     check_input(model, meta, onnx_path)
     input_name = graph_input(model).name
     imgsz = tuple(meta.imgsz)
-    split = split_sources(sources, opts.num, opts.holdout, opts.seed, opts.min_images)
+    split = split_sources(sources, opts.num, opts.holdout, opts.seed, opts.min_images, opts.min_holdout)
+    if split.unmeasured:
+        opts.require_measured(split.unmeasured)
     return _Job(
         onnx_path,
         out,
@@ -364,7 +398,9 @@ def _report_info(job: _Job, decision: _Decision, float_nodes: list[str], share: 
         "keep_attention_fp": o.keep_attention_fp,
         "fallback": fallback,
         "int8_conv_mac_share": share,
-        "decided_on": "held-out split of the calibration source",
+        "decided_on": "held-out split of the calibration source"
+        if job.split.holdout
+        else "nothing (no images held out): auto's first preference, no float fallback",
     }
 
 
@@ -391,8 +427,10 @@ def _sidecar(
         accuracy={
             "file": job.accuracy_path and job.accuracy_path.name,
             "agreement_map50_95": report.score,
-            "drop_map50_95_points": report.int8.drop50_95,
-            "drop_map50_points": report.int8.drop50,
+            "drop_map50_95_points": None if report.int8 is None else report.int8.drop50_95,
+            "drop_map50_points": None if report.int8 is None else report.int8.drop50,
+            "not_measured": report.not_measured,
+            "gate": report.info["gate"],
         },
     )
 
@@ -420,6 +458,50 @@ def _write_outputs(
     return sensitivity_path, side.write(job.out)
 
 
+class AgreementError(CloExportError):
+    """INT8 missed the --min-agreement gate; the model and its report are written, marked failed (``result``)."""
+
+    def __init__(self, message: str, result: QuantizeResult):
+        super().__init__(message)
+        self.result = result
+
+
+def gate_outcome(report: AccuracyReport, opts: QuantizeOptions) -> str:
+    """The --min-agreement gate on ``report``: "passed", "failed" or "not measured" (no held-out images)."""
+    if report.score is None:
+        return "not measured"
+    return "passed" if report.score >= opts.agreement_floor else "failed"
+
+
+def agreement_refusal(result: QuantizeResult, floor: float) -> str:
+    """The one line a failed gate gives, from quantize(), ``clo-export quantize`` and ``trt --int8 --calib`` alike."""
+    r = result.report
+    written = f"{result.path.name} and its report are written, marked failed; " if result.accuracy_path else ""
+    return (
+        f"INT8 keeps {r.score:.4f} of FP32's mAP@.5:.95 (against FP32's detections) on the {r.n_images} held-out "
+        f"images (drop {r.int8.drop50_95:.2f} points), below --min-agreement {floor:g}; {written}calibrate on a few "
+        "hundred frames from the deployment scene, or pass a lower --min-agreement to accept this model"
+    )
+
+
+def _decide(
+    job: _Job, per_method: dict[str, dict[str, float]], targets: list[Target], build: Callable[..., onnx.ModelProto]
+) -> tuple[HeldOut | None, _Decision]:
+    """(held-out scorer or None, decision): method and float sites chosen on the held-out split, when there is one."""
+    opts = job.opts
+    if not job.split.holdout:  # nothing to compare on: auto takes its first preference, and no float fallback
+        method = METHODS[0] if opts.method == "auto" else opts.method
+        return None, _Decision(method, per_method[method], {})
+    with job.timed("method"):
+        data = CalibrationData(job.split.holdout, job.imgsz, job.input_name)
+        held = HeldOut(str(job.onnx_path), data, opts.conf, opts.iou, opts.threads)
+        decision = _choose_method(per_method, lambda r: held.measure(build(r).SerializeToString()), opts.method)
+    evaluate: Evaluate = lambda nodes: held.measure(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
+    with job.timed("sensitivity"):
+        _fallback(job, targets, decision, evaluate)
+    return held, decision
+
+
 def quantize(
     onnx_path: str | Path,
     sources: str | Path | Sequence[str | Path],
@@ -427,7 +509,10 @@ def quantize(
     opts: QuantizeOptions = QuantizeOptions(),
     progress: Progress | None = None,
 ) -> QuantizeResult:
-    """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps."""
+    """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps.
+
+    Raises :class:`AgreementError` (after writing) when the held-out agreement is below ``opts.agreement_floor``.
+    """
     job = _open(onnx_path, sources, out, opts)
     model, split = job.model, job.split
     all_targets = find_targets(model, keep_attention_fp=False)  # calibrate everything: one cache serves both modes
@@ -444,19 +529,7 @@ def quantize(
     def build(ranges: dict[str, float], float_nodes: frozenset = frozenset()) -> onnx.ModelProto:
         return insert_qdq(model, qdq_targets(targets, float_nodes), ranges)
 
-    with job.timed("method"):
-        held = HeldOut(
-            str(job.onnx_path),
-            CalibrationData(split.holdout, job.imgsz, job.input_name),
-            opts.conf,
-            opts.iou,
-            opts.threads,
-        )
-        decision = _choose_method(per_method, lambda r: held.measure(build(r).SerializeToString()), opts.method)
-    evaluate: Evaluate = lambda nodes: held.measure(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
-    with job.timed("sensitivity"):
-        _fallback(job, targets, decision, evaluate)
-
+    held, decision = _decide(job, per_method, targets, build)
     with job.timed("insert"):
         fallback = decision.float_fallback
         qmodel = build(decision.ranges, frozenset(fallback))
@@ -465,13 +538,20 @@ def quantize(
         calibration = _calibration_facts(job, decision, float_nodes, share)
         payload = _finish(job, qmodel, calibration, attn)
     with job.timed("report"):
-        report = held.report(payload, _report_info(job, decision, float_nodes, share))
+        info = _report_info(job, decision, float_nodes, share)
+        report = (
+            held.report(payload, info)
+            if held is not None
+            else AccuracyReport.unmeasured(split.unmeasured or "no images held out", opts.conf, opts.iou, info)
+        )
+    outcome = gate_outcome(report, opts)
+    report.info["gate"] = {"min_agreement": opts.agreement_floor, "outcome": outcome}
     report.info["seconds"] = {k: round(v, 1) for k, v in job.seconds.items()}
 
     kept = qdq_targets(targets, fallback)
     sidecar = _sidecar(job, calibration, float_nodes, kept, sorted(attn), report)
-    sensitivity_path, side = _write_outputs(job, payload, report, decision, held.n_images, sidecar)
-    return QuantizeResult(
+    sensitivity_path, side = _write_outputs(job, payload, report, decision, report.n_images, sidecar)
+    result = QuantizeResult(
         job.out,
         side,
         job.accuracy_path,
@@ -491,6 +571,9 @@ def quantize(
         sensitivity_path,
         job.seconds,
     )
+    if outcome == "failed":
+        raise AgreementError(agreement_refusal(result, opts.agreement_floor), result)
+    return result
 
 
 def qdq_targets(targets: list[Target], float_nodes: Sequence[str]) -> list[Target]:

@@ -40,13 +40,14 @@ from clo_export.fileio import (
     write_text_atomic,
 )
 from clo_export.postprocess import NMS_OUTPUTS, has_nms_outputs
+from clo_export.thresholds import DEFAULT, Thresholds
 from clo_export.triton import config as C
 from clo_export.triton.serverenv import repository_requirements
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")
 _PACKAGE = Path(__file__).resolve().parent.parent  # clo_export/
 # clo_export modules the Python-backend models import: the one preprocessing function, NMS, box scaling
-VENDORED = ("errors.py", "data/preprocess.py", "postprocess.py")
+VENDORED = ("errors.py", "thresholds.py", "data/preprocess.py", "postprocess.py")
 MARK = "written by clo-export triton"
 MANIFEST = ".clo-export-manifest.json"  # in OUT: the files clo-export wrote there (relative, '/'-separated)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,9 +79,9 @@ class RepositoryOptions:
     platform: str | None = None  # None: from the model file
     serving: C.Serving = C.Serving()
     version: int = 1
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 300
+    conf: float = DEFAULT.conf
+    iou: float = DEFAULT.iou
+    max_det: int = DEFAULT.max_det
     agnostic: bool = False
     threads: int = 0  # ONNX Runtime threads per instance of a --platform python model (0: its default)
     overwrite: bool = False
@@ -246,8 +247,7 @@ def check_options(facts: ModelFacts, platform: str, opts: RepositoryOptions) -> 
         raise CloExportError(f"--queue-delay-us {s.queue_delay_us} must be 0 or more")
     if opts.version < 1:
         raise CloExportError(f"--model-version {opts.version} must be 1 or more (Triton's version folders start at 1)")
-    if not (0 <= opts.conf <= 1 and 0 <= opts.iou <= 1) or opts.max_det < 1:
-        raise CloExportError(f"--conf {opts.conf} and --iou {opts.iou} must lie in [0, 1] and --max-det at least 1")
+    Thresholds(opts.conf, opts.iou, opts.max_det).validate()
     lo, hi = facts.batch_range
     if lo > 1:
         what = "engine's profile starts" if facts.kind == "engine" else "ONNX has a fixed batch"

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from clo_export.compare import (
+from clo_export.errors import CloExportError
+from clo_export.report import (
     TOLERANCES,
     DetectionAgreement,
     Report,
@@ -16,7 +17,6 @@ from clo_export.compare import (
     detection_agreement,
     tensor_stats,
 )
-from clo_export.errors import CloExportError
 
 
 def yolo_output(seed: int = 0, n: int = 200, nc: int = 80) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Compare runtime outputs as result objects: tensor statistics, detection agreement, a truthy Report."""
+"""What a comparison measured and its verdict: tensor statistics, detection agreement, tolerances per precision and
+the truthy, JSON-serialisable Report (``clo_export.comparator`` runs the comparisons that produce it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from clo_export.errors import CloExportError
 from clo_export.fileio import json_text
 from clo_export.postprocess import box_iou, nms
+from clo_export.thresholds import DEFAULT
 
 DETECTION_OUTPUT = "output0"  # YOLOv5's export name for the decoded (bs, N, 5 + nc) tensor
 FIELDS = {"boxes": slice(0, 4), "objectness": slice(4, 5), "classes": slice(5, None)}
@@ -495,8 +497,8 @@ def compare_outputs(
     ref: dict[str, np.ndarray],
     test: dict[str, np.ndarray],
     precision: str = "fp32",
-    conf: float = 0.25,
-    iou: float = 0.45,
+    conf: float = DEFAULT.conf,
+    iou: float = DEFAULT.iou,
     tolerance: Tolerance | None = None,
 ) -> Report:
     """Compare one input's outputs; `output0` gets per-field stats and detection agreement after NMS."""
