@@ -16,12 +16,6 @@ def at_least(option: str, value: Optional[int], minimum: int, why: str = "") -> 
         raise CloExportError(f"{option} {value} must be at least {minimum}{'; ' + why if why else ''}")
 
 
-def in_range(option: str, value: Optional[float], low: float, high: float) -> None:
-    """Refuse ``value`` outside [low, high] (None is fine)."""
-    if value is not None and not low <= value <= high:
-        raise CloExportError(f"{option} {value} must lie in [{low:g}, {high:g}]")
-
-
 def at_most(option: str, value: Optional[int], maximum: int, why: str = "") -> None:
     """Refuse ``value`` above ``maximum`` (None is fine)."""
     if value is not None and value > maximum:

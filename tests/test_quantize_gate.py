@@ -129,12 +129,12 @@ def test_library_and_cli_refuse_the_same_way_before_any_work(n, args, fields, me
 
 def test_quantize_conf_follows_the_inference_rule():
     """--conf 0 and 1 are accepted as clo-infer accepts them; outside [0, 1] both refuse in the same words."""
-    from clo_export.validate import check_infer_options
+    from clo_export.pipeline import InferOptions
 
     QuantizeOptions(conf=0.0, iou=1.0).validate()
     QuantizeOptions(conf=1.0).validate()
     with pytest.raises(CloExportError) as infer:
-        check_infer_options("v.mp4", "m.onnx", None, None, None, None, conf=-0.1)
+        InferOptions(conf=-0.1).validate()
     with pytest.raises(CloExportError) as quant:
         QuantizeOptions(conf=-0.1).validate()
     assert str(infer.value) == str(quant.value) == "--conf -0.1 must lie in [0, 1]"

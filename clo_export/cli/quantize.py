@@ -12,6 +12,7 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from clo_export.cli.common import CAL, Conf, Iou, Num, accuracy_table, console, guarded, output_option
+from clo_export.thresholds import DEFAULT
 
 REP = "Accuracy report"
 Int8Output = output_option("MODEL with .int8.onnx")
@@ -135,8 +136,8 @@ def quantize(
             show_default=False,
         ),
     ] = None,
-    conf: Conf = 0.25,
-    iou: Iou = 0.45,
+    conf: Conf = DEFAULT.conf,
+    iou: Iou = DEFAULT.iou,
 ) -> None:
     """Quantize an FP32 ONNX to explicit INT8 (Q/DQ) for TensorRT and report its agreement with FP32."""
     from clo_export.quantization.quantize import AgreementError, QuantizeOptions

@@ -42,6 +42,7 @@ from clo_export.report import (
     detection_stats,
     tensor_stats,
 )
+from clo_export.thresholds import DEFAULT
 
 MAP_CONF = 0.001  # val.py's thresholds for mAP
 MAP_IOU = 0.6
@@ -165,8 +166,8 @@ class HeldOut:
         self,
         fp32_model: str | bytes,
         data: Iterable[dict[str, np.ndarray]],
-        conf: float = 0.25,
-        iou: float = 0.45,
+        conf: float = DEFAULT.conf,
+        iou: float = DEFAULT.iou,
         threads: int | None = None,
     ):
         self.conf, self.iou, self.threads = conf, iou, threads

@@ -68,7 +68,8 @@ from clo_export.quantization.sensitivity import (
     find_sites,
     measure,
 )
-from clo_export.validate import at_least, check_quantize_inputs, check_quantize_outputs, in_range
+from clo_export.thresholds import DEFAULT, check_unit
+from clo_export.validate import at_least, check_quantize_inputs, check_quantize_outputs
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class QuantizeOptions:
     keep_attention_fp: bool = True
     cache: Path | None = None  # default: OUT with .calib.json
     recalibrate: bool = False
-    conf: float = 0.25
-    iou: float = 0.45
+    conf: float = DEFAULT.conf
+    iou: float = DEFAULT.iou
     min_images: int = MIN_IMAGES
     threads: int | None = None
     target_drop: float | None = 0.3  # points of held-out mAP@.5:.95; None: no float fallback (all INT8)
@@ -122,9 +123,9 @@ class QuantizeOptions:
                 "an INT8 accuracy report on fewer held-out images is noise"
             )
         at_least("--seed", self.seed, 0)
-        in_range("--conf", self.conf, 0, 1)
-        in_range("--iou", self.iou, 0, 1)
-        in_range("--min-agreement", self.min_agreement, 0, 1)
+        check_unit("--conf", self.conf)
+        check_unit("--iou", self.iou)
+        check_unit("--min-agreement", self.min_agreement)
         if self.holdout == 0:
             self.require_measured("--holdout 0 holds no images out", "hold images out")
 
