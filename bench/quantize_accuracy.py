@@ -1,13 +1,14 @@
 """INT8 accuracy of clo-export's quantizer against ONNX Runtime's and NVIDIA ModelOpt's, on the same data.
 
-Run: .venv/bin/python bench/quantize_accuracy.py [--sets 3] [--eval-scenes 300] [--no-modelopt]
+Run: .venv/bin/python bench/quantize_accuracy.py [--sets 3] [--eval-scenes 300] [--no-modelopt] [--sites]
 
 Every quantizer gets the same FP32 ONNX (the bundled demo model at its image size) and the same
 256 calibration tensors (calibration set 1: scenes from clo_export.demo.shapes with their own
 seed). clo-export's default also uses the 128 held-out images of that calibration source for its
 decisions, as `clo-export quantize` does. Each INT8 model is then scored against labels on data
-no quantizer saw: 300 unseen scenes from the same generator, and the demo video's 300 frames
-(rendered in memory, not through the MP4). Calibration images are PNG, like the scenes scored (JPEG
+no quantizer saw: 300 unseen scenes from the same generator, the demo video's 300 frames
+(rendered in memory), and the same frames as `make demo` scores them (written to MP4 by the demo's own
+function, then decoded: the "MP4" columns). Calibration images are PNG, like the scenes scored (JPEG
 artefacts in calibration only would be a domain shift of their own). The table prints the mAP@.5 and
 mAP@.5:.95 drops from FP32 (YOLOv5 val thresholds: conf 0.001, NMS IoU 0.6) and the share of Conv MACs in INT8.
 With --sets 3, clo-export's default is run on two more calibration sets of 256 (other seeds) to
@@ -37,7 +38,7 @@ from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.data.preprocess import preprocess, scale_boxes
-from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE
+from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE, write_demo_video
 from clo_export.demo.shapes import make_dataset, make_video_frames
 from clo_export.metrics import evaluate
 from clo_export.postprocess import nms
@@ -70,6 +71,20 @@ def video_frames(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [f.image for f in frames], [f.boxes for f in frames]
 
 
+def video_mp4_frames(n: int, work: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The demo video as ``make demo`` scores it: written to MP4 by the demo's own function, then decoded."""
+    gts = write_demo_video(work / "video.mp4", n)
+    cap = cv2.VideoCapture(str(work / "video.mp4"))
+    images = []
+    while len(images) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        images.append(frame)
+    cap.release()
+    return images, gts[: len(images)]
+
+
 def score(model: Path, images: list[np.ndarray], gts: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[float, float]:
     """(mAP@.5, mAP@.5:.95) against labels at val thresholds, ONNX Runtime CPU."""
     dets = []
@@ -100,6 +115,7 @@ def main() -> None:
     ap.add_argument("--no-modelopt", action="store_true")
     ap.add_argument("--modelopt-venv", type=Path, default=Path(".bench-venv/modelopt"))
     ap.add_argument("--work", type=Path, help="keep the models here (default: a temporary folder)")
+    ap.add_argument("--sites", action="store_true", help="print each default run's site gains and fallback steps")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     console = Console(width=140)
@@ -121,7 +137,11 @@ def main() -> None:
         for i, (img, _) in enumerate(make_dataset(seed, NUM + HOLDOUT, VIDEO_SIZE)):
             cv2.imwrite(str(d / f"{i:04d}.png"), img)  # lossless: the same kind of image as the scenes scored
         calib_dirs.append(d)
-    evals = {"unseen": scenes(EVAL_SEED, args.eval_scenes), "video": video_frames(args.video_frames)}
+    evals = {
+        "unseen": scenes(EVAL_SEED, args.eval_scenes),
+        "video": video_frames(args.video_frames),
+        "MP4": video_mp4_frames(args.video_frames, work),
+    }
     base = {k: score(fp32, *v, imgsz) for k, v in evals.items()}
 
     rows: list[tuple[str, str, Path, float]] = []
@@ -159,6 +179,8 @@ def main() -> None:
         t = time.perf_counter()
         r = quantize(fp32, d, work / f"default{k + 1}.int8.onnx", QuantizeOptions(min_agreement=0))  # scored below
         rows.append(("clo-export default (auto)", f"set {k + 1}", r.path, time.perf_counter() - t))
+        if args.sites:
+            console.print(decisions_table(r, f"set {k + 1}"))
     t = time.perf_counter()
     r = quantize(
         fp32,
@@ -180,6 +202,8 @@ def main() -> None:
         "Δ@.5:.95",
         "video Δ@.5",
         "Δ@.5:.95",
+        "MP4 Δ@.5",
+        "Δ@.5:.95",
         "INT8 conv MACs",
         "time s",
     ):
@@ -191,6 +215,8 @@ def main() -> None:
         f"{base['unseen'][1]:.4f}",
         f"mAP {base['video'][0]:.4f}",
         f"{base['video'][1]:.4f}",
+        f"mAP {base['MP4'][0]:.4f}",
+        f"{base['MP4'][1]:.4f}",
         "",
         "",
     )
@@ -206,13 +232,15 @@ def main() -> None:
             f"{d['unseen'][1]:+.2f}",
             f"{d['video'][0]:+.2f}",
             f"{d['video'][1]:+.2f}",
+            f"{d['MP4'][0]:+.2f}",
+            f"{d['MP4'][1]:+.2f}",
             f"{100 * int8_conv_share(onnx.load(str(path))):.1f} %",
             f"{secs:.0f}",
         )
     console.print(table)
     ours = [d for n, d in drops if n.startswith("clo-export default")]
     if len(ours) > 1:
-        for k in ("unseen", "video"):
+        for k in evals:
             v = [d[k][1] for d in ours]
             console.print(
                 f"clo-export default over {len(v)} calibration sets, {k}: mAP@.5:.95 drop {min(v):+.2f} … "
@@ -220,6 +248,34 @@ def main() -> None:
                 f"(spread {max(v) - min(v):.2f} points)"
             )
     console.print(f"models in {work}")
+
+
+def decisions_table(r, calib: str) -> Table:
+    """What the default decided on one calibration set: method scores, each site's float-alone gain and its noise
+    (standard error over the held-out images), and the fallback's steps."""
+    scores = ", ".join(f"{m} {v.box_error:.4f}" for m, v in r.method_scores.items())
+    table = Table(
+        title=f"{calib}: method {r.method} (all-INT8 box error %: {scores}); sites by recovery per MAC",
+        title_justify="left",
+    )
+    for col in ("site", "MAC share", "gain %", "gain se", "gain/se", "step cut", "cut se", "held-out drop", "kept"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    steps = {s["site"]: s for s in (r.choice.steps if r.choice else [])}
+    order = sorted(r.sites, key=lambda x: (not x.site.output, -x.gain / max(x.mac_share, 1e-3)))
+    for x in order:
+        st = steps.get(x.site.name, {})
+        table.add_row(
+            x.site.name,
+            f"{x.mac_share:.4f}",
+            f"{x.gain:+.4f}",
+            f"{x.gain_se:.4f}",
+            f"{x.gain / x.gain_se:+.1f}" if x.gain_se else "",
+            f"{st['cut']:+.4f}" if "cut" in st else st.get("skipped", ""),
+            f"{st['cut_se']:.4f}" if "cut_se" in st else "",
+            f"{st['drop50_95']:.2f}" if "drop50_95" in st else "",
+            {True: "yes", False: "no"}.get(st.get("kept"), ""),
+        )
+    return table
 
 
 def ort_static(fp32: Path, feeds: list[dict[str, np.ndarray]], work: Path, ops: list[str] | None = None) -> Path:

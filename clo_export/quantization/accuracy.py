@@ -62,6 +62,16 @@ class Score:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """A held-out score with the per-image sums behind its box error, so that the noise of a difference between two
+    models on the same images can be estimated (:func:`clo_export.quantization.sensitivity.gain`)."""
+
+    score: Score
+    errors: np.ndarray  # per held-out image: sum of 1 - IoU over FP32's boxes
+    boxes: np.ndarray  # per held-out image: FP32's boxes counted (the same for every model)
+
+
+@dataclass(frozen=True)
 class BoxIoU:
     """IoU of matched INT8/FP32 box pairs (matched at IoU >= 0.5, same class, deployment thresholds)."""
 
@@ -194,8 +204,8 @@ class HeldOut:
             return Score(r.map50, r.map50_95, 0.0, 0.0)
         return Score(r.map50, r.map50_95, 100 * (fp32.map50 - r.map50), 100 * (fp32.map50_95 - r.map50_95), box_error)
 
-    def box_error(self, outs: list[dict[str, np.ndarray]]) -> float:
-        """Mean 1 - IoU (%) of the test model's boxes against FP32's (see the module docstring)."""
+    def image_errors(self, outs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per held-out image: the sum of 1 - IoU of the test model's boxes against FP32's, and FP32's boxes counted."""
         if self.in_graph_nms:
             test = [d for out in outs for d in self._deploy_dets(out)]
             matched = [_match_ious(r, t, 0.5) for r, t in zip(self.ref_dets, test)]
@@ -205,8 +215,11 @@ class HeldOut:
                 1 - paired_iou(boxes, xywh2xyxy(decoded_output(out)[index][:, :4]))
                 for out, (index, boxes) in zip(outs, self.anchors)
             ]
-        e = np.concatenate(errors) if errors else np.zeros(0)
-        return 100 * float(e.mean()) if e.size else 0.0
+        return np.array([e.sum() for e in errors], np.float64), np.array([e.size for e in errors], np.float64)
+
+    def box_error(self, outs: list[dict[str, np.ndarray]]) -> float:
+        """Mean 1 - IoU (%) of the test model's boxes against FP32's (see the module docstring)."""
+        return _percent(*self.image_errors(outs))
 
     def _run(self, model: str | bytes) -> list[dict[str, np.ndarray]]:
         from clo_export.backends.onnxrt import OnnxRuntimeRunner
@@ -216,8 +229,14 @@ class HeldOut:
 
     def score(self, model: str | bytes) -> Score:
         """mAP of ``model`` against FP32's detections, and its drop in points."""
+        return self.measure(model).score
+
+    def measure(self, model: str | bytes) -> Measured:
+        """:meth:`score` with the per-image box errors behind it."""
         outs = self._run(model)
-        return self._score([d for out in outs for d in self._val_dets(out)], self.fp32, self.box_error(outs))
+        errors, boxes = self.image_errors(outs)
+        score = self._score([d for out in outs for d in self._val_dets(out)], self.fp32, _percent(errors, boxes))
+        return Measured(score, errors, boxes)
 
     def report(self, model: str | bytes, info: dict[str, Any] | None = None) -> AccuracyReport:
         """The full report for ``model``: scores, box IoU, per-output errors, agreement at deployment thresholds."""
@@ -247,6 +266,11 @@ class HeldOut:
             self.iou,
             dict(info or {}),
         )
+
+
+def _percent(errors: np.ndarray, boxes: np.ndarray) -> float:
+    """Box error (%) from per-image sums of 1 - IoU and box counts; 0 when FP32 has no box."""
+    return 100 * float(errors.sum() / boxes.sum()) if boxes.sum() else 0.0
 
 
 def _confident(decoded: np.ndarray, conf: float) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

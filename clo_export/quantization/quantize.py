@@ -3,10 +3,11 @@ range method and the float sites on the held-out split, insert Q/DQ, check Tenso
 model + sidecar + accuracy report (+ sensitivity table) atomically.
 
 Automatic precision (the default): every range method is tried on the held-out split and mse
-kept unless another cuts the box error by 2 % (``--method auto``; ``sensitivity.choose_method``); then the
-sites whose float-alone run recovers most box error per MAC are kept float until the held-out mAP@.5:.95 drop is within
-``target_drop`` points, keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of
-the calibration source decides (box error: :mod:`clo_export.quantization.accuracy`).
+kept unless another cuts the box error significantly (by 2 % and by 2 standard errors over the held-out
+images: ``--method auto``; ``sensitivity.choose_method``); then the sites whose float-alone run recovers most box
+error per MAC, significantly, are kept float until the held-out mAP@.5:.95 drop is within ``target_drop`` points,
+keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of the calibration source decides (box
+error: :mod:`clo_export.quantization.accuracy`).
 
 The accuracy gate: a model whose held-out agreement is below ``min_agreement`` is written, marked failed,
 and refused (:class:`AgreementError`). A set too small to hold images out calibrates on all of them with
@@ -40,7 +41,7 @@ from clo_export.artifacts import (
 from clo_export.errors import CloExportError
 from clo_export.export.lint import full_check
 from clo_export.fileio import atomic_path, is_stream, json_text, sha256_file, write_text_atomic
-from clo_export.quantization.accuracy import DEFAULT_MIN_AGREEMENT, AccuracyReport, HeldOut, Score
+from clo_export.quantization.accuracy import DEFAULT_MIN_AGREEMENT, AccuracyReport, HeldOut, Measured, Score
 from clo_export.quantization.cache import CacheKey, CacheLookup, load_ranges, preprocess_params, save_ranges
 from clo_export.quantization.calibrate import Progress, calibrate
 from clo_export.quantization.calibset import (
@@ -269,7 +270,7 @@ class _Decision:
     method: str
     ranges: dict[str, float]
     method_scores: dict[str, Score]
-    all_int8: Score | None = None  # held-out score with no site float (when the sites were measured)
+    all_int8: Measured | None = None  # held-out score with no site float (the chosen method's, or when sites measured)
     sites: list[SiteResult] | None = None
     choice: Choice | None = None
 
@@ -313,14 +314,14 @@ def _open(
 
 
 def _choose_method(
-    per_method: dict[str, dict[str, float]], score: Callable[[dict[str, float]], Score], asked: str
+    per_method: dict[str, dict[str, float]], score: Callable[[dict[str, float]], Measured], asked: str
 ) -> _Decision:
     """Score each method's all-INT8 model on the held-out split and choose (``choose_method``; only one: no scoring)."""
     if len(per_method) == 1:
         return _Decision(asked, per_method[asked], {})
     scores = {m: score(per_method[m]) for m in METHODS if m in per_method}  # in order of preference
     best = choose_method(scores)
-    return _Decision(best, per_method[best], scores)
+    return _Decision(best, per_method[best], {m: v.score for m, v in scores.items()}, scores[best])
 
 
 def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: Evaluate) -> None:
@@ -331,7 +332,7 @@ def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: E
     macs = node_macs(job.model)
     convs = {n.name for n in job.model.graph.node if n.op_type == "Conv"}
     conv_total = sum(v for k, v in macs.items() if k in convs)
-    decision.all_int8 = decision.method_scores.get(decision.method) or evaluate(frozenset())
+    decision.all_int8 = decision.all_int8 or evaluate(frozenset())
     decision.sites = measure(
         find_sites(job.model, targets, macs), conv_total, evaluate, decision.all_int8, opts.sensitivity
     )
@@ -451,7 +452,7 @@ def _write_outputs(
             "method": decision.method,
             "held_out_images": n_images,
             "metric": "mAP@.5:.95 drop vs FP32 detections (points)",
-            "all_int8": asdict(decision.all_int8),
+            "all_int8": asdict(decision.all_int8.score),
             "sites": [r.to_dict() for r in decision.sites],
         }
         write_text_atomic(sensitivity_path, json_text(table, indent=2))
@@ -495,8 +496,8 @@ def _decide(
     with job.timed("method"):
         data = CalibrationData(job.split.holdout, job.imgsz, job.input_name)
         held = HeldOut(str(job.onnx_path), data, opts.conf, opts.iou, opts.threads)
-        decision = _choose_method(per_method, lambda r: held.score(build(r).SerializeToString()), opts.method)
-    evaluate: Evaluate = lambda nodes: held.score(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
+        decision = _choose_method(per_method, lambda r: held.measure(build(r).SerializeToString()), opts.method)
+    evaluate: Evaluate = lambda nodes: held.measure(build(decision.ranges, nodes).SerializeToString())  # noqa: E731
     with job.timed("sensitivity"):
         _fallback(job, targets, decision, evaluate)
     return held, decision
