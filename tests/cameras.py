@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with gi; the project's venv has none
 CAMERA = Path(__file__).with_name("rtsp_camera.py")
@@ -52,3 +58,23 @@ class Camera:
         self.proc.kill()
         self.proc.wait()
         self.proc = None
+
+
+@contextlib.contextmanager
+def running_cameras(n: int, **start: Any) -> Iterator[list[Camera]]:
+    """``n`` started cameras (``start``: Camera.start's arguments), killed afterwards. Without the RTSP server's
+    packages the test is skipped, or fails under CLO_EXPORT_REQUIRE_RTSP=1 (CI)."""
+    cams = [Camera() for _ in range(n)]
+    try:
+        for cam in cams:
+            cam.start(**start)
+        yield cams
+    except LookupError as e:
+        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
+        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    finally:
+        for cam in cams:
+            if cam.proc is not None:
+                cam.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -93,19 +92,10 @@ def tally():
 @pytest.fixture
 def camera():
     """A real RTSP camera on 127.0.0.1 (tests/rtsp_camera.py); skipped, or failed under CLO_EXPORT_REQUIRE_RTSP=1."""
-    from tests.cameras import Camera
+    from tests.cameras import running_cameras
 
-    cam = Camera()
-    try:
-        cam.start()
-    except LookupError as e:
-        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
-        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield cam
-    if cam.proc is not None:
-        cam.kill()
+    with running_cameras(1) as cams:
+        yield cams[0]
 
 
 @pytest.fixture

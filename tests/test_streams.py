@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import urllib.request
 
@@ -230,22 +229,10 @@ def test_serve_shows_every_stream_with_its_own_frames_and_stats(art, tmp_path):
 @pytest.fixture
 def two_cameras():
     """Two RTSP cameras on 127.0.0.1 (tests/rtsp_camera.py), each its own process; killed at the end."""
-    from tests.cameras import Camera
+    from tests.cameras import running_cameras
 
-    cams = [Camera(), Camera()]
-    try:
-        for cam in cams:
-            cam.start()
+    with running_cameras(2) as cams:
         yield cams
-    except LookupError as e:
-        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
-        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        for cam in cams:
-            if cam.proc is not None:
-                cam.kill()
 
 
 def stream_rows(out: str) -> list[list[str]]:

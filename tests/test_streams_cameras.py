@@ -4,7 +4,6 @@ RTSP cameras in one clo-infer run where one is killed and comes back (tests/rtsp
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -94,22 +93,10 @@ OUTAGE = 5.0  # seconds camera 2 is away
 @pytest.fixture
 def four_cameras():
     """Four RTSP cameras on 127.0.0.1, each its own process; killed at the end."""
-    from tests.cameras import Camera
+    from tests.cameras import running_cameras
 
-    cams = [Camera() for _ in range(4)]
-    try:
-        for cam in cams:
-            cam.start(seconds=120)
+    with running_cameras(4, seconds=120) as cams:
         yield cams
-    except LookupError as e:
-        reason = f"no RTSP camera for the live-source tests ({e}); install it with: make system-deps"
-        if os.environ.get("CLO_EXPORT_REQUIRE_RTSP") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        for cam in cams:
-            if cam.proc is not None:
-                cam.kill()
 
 
 def json_records(folder: Path) -> list[dict]:
