@@ -116,6 +116,18 @@ def finish(proc: subprocess.Popen, lines: list[str]) -> tuple[int, str]:
     return code, "".join(lines)
 
 
+LONG = (
+    1500  # frames of the video a signal test interrupts: at ~250 FPS here, seconds of work left after the first records
+)
+
+
+def records_flowing(root: Path):
+    """A condition: a JSON Lines output (still its .part file) holds its first records: frames are flowing."""
+    return lambda: any(
+        ".part" in p.name and p.name.endswith(".jsonl") and p.stat().st_size > 2_000 for p in root.iterdir()
+    )
+
+
 def wait_for(cond, timeout: float = 120.0) -> None:
     t0 = time.monotonic()
     while not cond():

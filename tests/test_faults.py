@@ -40,12 +40,14 @@ from clo_export.errors import CloExportError
 from tests.faults_harness import (
     FAST,
     FAULTS,
+    LONG,
     assert_refused,
     cli_path,
     error_lines,
     export,
     finish,
     infer,
+    records_flowing,
     snapshot,
     start,
     wait_for,
@@ -403,12 +405,12 @@ def test_a_read_only_target_is_one_line_and_leaves_nothing(ws, mounted, cli, arg
 @pytest.mark.signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
-    make_video(ws / "long.mp4", frames=300)
+    make_video(ws / "long.mp4", frames=LONG)
     before = snapshot(ws)
     proc, lines = start(
         [str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4", "--json", "out.jsonl"], ws
     )
-    wait_for(lambda: any(".part" in p.name and p.stat().st_size > 20_000 for p in ws.iterdir()))  # frames are flowing
+    wait_for(records_flowing(ws))
     proc.send_signal(sig)
     code, out = finish(proc, lines)
     assert code == 130, out
@@ -418,7 +420,7 @@ def test_a_signal_mid_video_leaves_complete_outputs(ws, sig):
     ok, _ = cap.read()
     cap.release()
     records = [json.loads(line) for line in (ws / "out.jsonl").read_text().splitlines()]
-    assert ok and 0 < frames < 300 and len(records) == frames
+    assert ok and 0 < frames < LONG and len(records) == frames
     after = snapshot(ws)
     assert {k: v for k, v in after.items() if k in before} == before  # inputs untouched
     assert set(after) - set(before) == {"out.mp4", "out.jsonl"}  # no .part file

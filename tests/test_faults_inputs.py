@@ -27,7 +27,18 @@ from onnx import TensorProto, helper
 
 from clo_export.data.files import MAX_PIXELS, image_size
 from clo_export.errors import memory_error_text
-from tests.faults_harness import FAULTS, assert_refused, cli_path, export, infer, snapshot, start, wait_for
+from tests.faults_harness import (
+    FAULTS,
+    LONG,
+    assert_refused,
+    cli_path,
+    export,
+    infer,
+    records_flowing,
+    snapshot,
+    start,
+    wait_for,
+)
 
 QUICK = 20.0  # seconds a refused input may take, interpreter start-up included (a blocked open never returns)
 
@@ -554,10 +565,10 @@ def test_a_deleted_working_folder_is_one_line(ws, args):
 def test_sighup_mid_video_closes_the_outputs_like_ctrl_c(ws):
     from tests.helpers import make_video
 
-    make_video(ws / "long.mp4", frames=300)
+    make_video(ws / "long.mp4", frames=LONG)
     before = snapshot(ws)
     proc, lines = start([str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--json", "out.jsonl"], ws)
-    wait_for(lambda: any(p.name.endswith(".jsonl") and p.stat().st_size > 2_000 for p in ws.iterdir() if p.is_file()))
+    wait_for(records_flowing(ws))
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(60) == 130, "".join(lines)
     time.sleep(0.1)

@@ -24,7 +24,19 @@ import onnx
 import pytest
 
 from clo_export.fileio import json_text, remove_stale_parts
-from tests.faults_harness import FAULTS, assert_refused, cli_path, error_lines, export, infer, snapshot, start, wait_for
+from tests.faults_harness import (
+    FAULTS,
+    LONG,
+    assert_refused,
+    cli_path,
+    error_lines,
+    export,
+    infer,
+    records_flowing,
+    snapshot,
+    start,
+    wait_for,
+)
 from tests.helpers import make_video
 
 
@@ -334,18 +346,18 @@ def test_a_check_of_an_inf_model_writes_a_strict_report(ws):
 
 
 def test_sighup_mid_video_leaves_complete_outputs(ws):
-    make_video(ws / "long.mp4", frames=300)
+    make_video(ws / "long.mp4", frames=LONG)
     before = snapshot(ws)
     proc, lines = start(
         [str(cli_path("clo-infer")), "long.mp4", "-m", "m.onnx", "-q", "--save", "out.mp4", "--json", "out.jsonl"], ws
     )
-    wait_for(lambda: any(".part" in p.name and p.stat().st_size > 20_000 for p in ws.iterdir()))
+    wait_for(records_flowing(ws))
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(60) == 130, "".join(lines)
     time.sleep(0.1)
     assert "Traceback" not in "".join(lines)
     records = strict_lines((ws / "out.jsonl").read_text())
-    assert 0 < len(records) < 300
+    assert 0 < len(records) < LONG
     after = snapshot(ws)
     assert {k: v for k, v in after.items() if k in before} == before
     assert set(after) - set(before) == {"out.mp4", "out.jsonl"}

@@ -117,7 +117,7 @@ def test_rule_is_element_wise_atol_plus_rtol():
 def test_a_failed_parity_is_recorded_as_failed_in_the_sidecar(small_model, tmp_path, monkeypatch):
     import json
 
-    from clo_export import compare
+    from clo_export import report as compare
     from clo_export.export.exporter import ExportOptions, export_onnx
     from clo_export.export.parity import parity_batches
     from clo_export.models.checkpoint import LoadedModel
