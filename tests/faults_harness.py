@@ -86,9 +86,11 @@ def cli_path(name: str) -> Path:
 
 
 def _as_foreground() -> None:
-    """SIGINT handled as in a terminal's foreground job: a suite started in the background (``make test &``,
-    some CI runners) inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    """SIGINT and SIGHUP handled as in a terminal's foreground job: a suite started in the background (``make
+    test &``, some CI runners) inherits SIGINT ignored, and one started under ``nohup`` SIGHUP ignored, which
+    clo-infer then rightly keeps ignoring."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
