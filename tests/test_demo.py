@@ -80,3 +80,23 @@ def test_the_int8_target_is_the_quantizers_and_nan_misses_it(tmp_path, int8_map5
     assert by["INT8 mAP@.5:.95"] is met and by["INT8 mAP@.5"]
     assert by["FP32 ONNX detection F1 vs PyTorch 1.0000 >= 0.999"]
     assert INT8_MAX_DROP == 0.3  # QuantizeOptions' default target_drop: one number for the quantizer and the demo
+
+
+def test_decoded_frames_went_through_the_demo_codec_and_nothing_else(tmp_path):
+    """Calibration frames from the deployment codec: as many PNGs as frames given, each the decoded H.264 frame
+    (changed by a few grey levels, never by a second lossy codec), and the video itself not left behind."""
+    import numpy as np
+
+    from clo_export.demo.run import VIDEO_SIZE, read_video, write_decoded_frames, write_video
+    from clo_export.demo.shapes import make_video_frames
+
+    rendered = [f.image for f in make_video_frames(7, 12, VIDEO_SIZE)]
+    paths = write_decoded_frames(tmp_path / "calib", rendered)
+    assert [p.name for p in paths] == [f"calib_{i:04d}.png" for i in range(12)]
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "calib", *paths]
+    write_video(tmp_path / "again.mp4", rendered)
+    decoded = read_video(tmp_path / "again.mp4")  # the same encoder and decoder give the same frames: PNG kept them
+    for path, img, frame in zip(paths, rendered, decoded):
+        saved = cv2.imread(str(path))
+        assert saved.shape == img.shape and np.array_equal(saved, frame)
+        assert 1.0 < np.abs(saved.astype(np.int16) - img).mean() < 10.0  # a codec was applied, a mild one

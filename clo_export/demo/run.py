@@ -12,7 +12,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,19 +98,36 @@ def demo_targets(rows: list[ArtifactRow], parity=None) -> list[Target]:
     return out
 
 
-def write_demo_video(path: Path, n_frames: int) -> list[np.ndarray]:
-    """Render the demo video (moving, occluding shapes) and its ground truth; returns per-frame GT rows."""
+def write_video(path: Path, images: Iterable[np.ndarray]) -> None:
+    """Write 640x480 BGR frames to ``path`` at VIDEO_FPS with the demo's writer (VideoSink: H.264 where PyAV has
+    libx264), as ``demo.mp4`` is written."""
     h, w = VIDEO_SIZE
     sink = VideoSink(path, VIDEO_FPS, (w, h))
-    gt = []
     try:
-        for i, frame in enumerate(make_video_frames(VIDEO_SEED, n_frames, VIDEO_SIZE)):
-            sink.write(Frame(i, i / VIDEO_FPS, frame.image, str(path)), np.zeros((0, 6), np.float32), None)
-            gt.append(frame.boxes)
+        for i, img in enumerate(images):
+            sink.write(Frame(i, i / VIDEO_FPS, img, str(path)), np.zeros((0, 6), np.float32), None)
     except BaseException:
         sink.abort()
         raise
     sink.close()
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    """Every frame of the video ``path``, decoded as the demo (clo-infer's source) decodes it."""
+    return [frame.image for frame in open_source(path).frames()]
+
+
+def write_demo_video(path: Path, n_frames: int, seed: int = VIDEO_SEED) -> list[np.ndarray]:
+    """Render the demo video (moving, occluding shapes; another ``seed``: another video) and its ground truth;
+    returns per-frame GT rows."""
+    gt = []
+
+    def images() -> Iterator[np.ndarray]:
+        for frame in make_video_frames(seed, n_frames, VIDEO_SIZE):
+            gt.append(frame.boxes)
+            yield frame.image
+
+    write_video(path, images())
     write_text_atomic(path.with_suffix(".gt.json"), json_text([g.tolist() for g in gt]))
     return gt
 
@@ -120,6 +138,20 @@ def write_calibration_set(folder: Path, n: int) -> Path:
     for i, (img, _) in enumerate(make_dataset(CALIB_SEED, n, VIDEO_SIZE)):
         cv2.imwrite(str(folder / f"calib_{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return folder
+
+
+def write_decoded_frames(folder: Path, images: Iterable[np.ndarray], prefix: str = "calib") -> list[Path]:
+    """Pass ``images`` through the demo's video writer and save the decoded frames in ``folder`` as PNG (lossless:
+    the deployment codec's artefacts and no other); the video itself is not kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        video = Path(tmp) / "frames.mp4"
+        write_video(video, images)
+        frames = read_video(video)
+    paths = [folder / f"{prefix}_{i:04d}.png" for i in range(len(frames))]
+    for path, img in zip(paths, frames):
+        cv2.imwrite(str(path), img)
+    return paths
 
 
 def run_artifact(
