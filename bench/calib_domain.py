@@ -13,12 +13,12 @@ definition, val thresholds) on K videos of other seeds, each written to MP4 by t
 writer (``clo_export.demo.run.write_demo_video``: VideoSink, H.264) and decoded as the demo decodes
 it. The demo video (seed 4) is never scored here. Sets (``--sets``):
 
-- ``jpeg``: still scenes (``make_dataset(CALIB_SEED)``) as JPEG quality 95 (the demo's calibration set
-  until codec-matched frames were measured here);
+- ``jpeg``: still scenes (``make_dataset(CALIB_SEED)``) as JPEG quality 95, the demo's calibration set
+  (``jpeg-S``: scenes of seed S);
 - ``h264-clip-S``: 384 frames of one video of seed S through the same H.264 writer, decoded, saved as PNG
   (lossless: the codec's artefacts and no other);
 - ``h264-stills``: the ``jpeg`` set's scenes through the H.264 writer as one video, decoded, PNG (the codec
-  without video content);
+  without video content; ``h264-stills-S``: scenes of seed S);
 - ``h264-clips-K``: K videos (seeds 101..100+K), 384/K frames each, each through the H.264 writer, PNG.
 
 Models and their facts are kept in ``--work`` (default: a temporary folder); a rerun with the same
@@ -55,29 +55,30 @@ from clo_export.quantization.quantize import QuantizeOptions, quantize
 
 N_CALIB = DEFAULT_NUM + DEFAULT_HOLDOUT  # 256 + 128, the demo's default
 CLIPS_FIRST_SEED = 101
-SET = re.compile(r"^(jpeg|h264-stills|h264-clip-(\d+)|h264-clips-(\d+))$")
+SET = re.compile(r"^((jpeg|h264-stills)(?:-(\d+))?|h264-clip-(\d+)|h264-clips-(\d+))$")
 
 
 def calib_video_seeds(name: str) -> set[int]:
     """The video seeds a calibration set renders (an evaluation video must use none of them)."""
     m = SET.match(name)
     if m is None:
-        raise SystemExit(f"unknown set {name}: jpeg, h264-stills, h264-clip-SEED or h264-clips-K")
-    if m.group(2):
-        return {int(m.group(2))}
-    if m.group(3):
-        return set(range(CLIPS_FIRST_SEED, CLIPS_FIRST_SEED + int(m.group(3))))
+        raise SystemExit(f"unknown set {name}: jpeg[-SEED], h264-stills[-SEED], h264-clip-SEED or h264-clips-K")
+    if m.group(4):
+        return {int(m.group(4))}
+    if m.group(5):
+        return set(range(CLIPS_FIRST_SEED, CLIPS_FIRST_SEED + int(m.group(5))))
     return set()
 
 
 def write_set(name: str, folder: Path) -> None:
     """Write the calibration set ``name`` (384 images) into ``folder``."""
-    stills = (img for img, _ in make_dataset(CALIB_SEED, N_CALIB, VIDEO_SIZE))
-    if name == "jpeg":
+    m = SET.match(name)
+    stills = (img for img, _ in make_dataset(int(m.group(3) or CALIB_SEED), N_CALIB, VIDEO_SIZE))
+    if m.group(2) == "jpeg":
         folder.mkdir(parents=True)
         for i, img in enumerate(stills):
             cv2.imwrite(str(folder / f"calib_{i:04d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    elif name == "h264-stills":
+    elif m.group(2) == "h264-stills":
         write_decoded_frames(folder, stills)
     else:
         seeds = sorted(calib_video_seeds(name))
