@@ -75,6 +75,7 @@ class OnnxRuntimeRunner(Runner):
     """Runs an ONNX model (path or serialized bytes) in an ONNX Runtime session."""
 
     name = "onnxruntime"
+    any_batch = True
 
     def __init__(
         self,
