@@ -1,7 +1,10 @@
 """Benchmark of several streams: one clo-infer process with N streams vs N clo-infer processes (not a test).
 
 The demo model (the bundled demo-shapes.pt exported at 256 with a dynamic batch, as the demo and
-bench/triton.py make it), ONNX Runtime CPU, clo-infer's default sessions and threads, JSON Lines out.
+bench/triton.py make it), ONNX Runtime CPU, clo-infer's default sessions, threads and batch (the way
+people run it: one process with N streams infers one frame of each stream at a time, each of N
+processes its one stream a frame at a time; ``--infer-batch K`` gives every process the same), JSON
+Lines out.
 For N = 1, 2, 4, 8 streams, in one run and on the same cores, interleaved (one process, then N
 processes, for each N):
 
@@ -224,7 +227,8 @@ def measure(source: str, mode: str, reports: list[dict], rss: float, wall: float
 
 def run_setup(source: str, specs: list[str], model: Path, args, out: Path, limit_frames: int) -> list[Result]:
     """N streams as one clo-infer process, then as N processes (same options, same cores)."""
-    common = ["--model", str(model), "--limit", str(limit_frames), "--infer-batch", str(args.infer_batch), "-q"]
+    batch = [] if args.infer_batch is None else ["--infer-batch", str(args.infer_batch)]
+    common = ["--model", str(model), "--limit", str(limit_frames), *batch, "-q"]
     n = len(specs)
     limit = args.process_limit
     results = []
@@ -330,19 +334,21 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         sys.exit(worker(Path(sys.argv[2]), sys.argv[4:] if sys.argv[3:4] == ["--"] else sys.argv[3:]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--streams", default="1,2,4,8", help="stream counts, comma-separated")
+    ap.add_argument("--streams", default="1,2,4,8", help="stream counts, comma-separated (1 always runs)")
     ap.add_argument("--frames", type=int, default=200, help="frames of each file stream")
     ap.add_argument("--camera-seconds", type=float, default=10.0, help="seconds each camera stream is read")
     ap.add_argument("--camera-fps", type=int, default=30)
     ap.add_argument("--camera-size", default="320x240")
-    ap.add_argument("--infer-batch", type=int, default=4, help="clo-infer --infer-batch, for every process")
+    ap.add_argument(
+        "--infer-batch", type=int, help="clo-infer --infer-batch for every process (default: clo-infer's own default)"
+    )
     ap.add_argument("--process-limit", type=float, default=300.0, help="seconds any one setup may run")
     ap.add_argument("--sources", default="files,cameras", help="which rows: files, cameras or both")
     ap.add_argument("--quick", action="store_true", help="smoke test: N = 1, 2, 30 frames, cameras 3 s")
     args = ap.parse_args()
     if args.quick:
         args.streams, args.frames, args.camera_seconds, args.process_limit = "1,2", 30, 3.0, 120.0
-    counts = [int(n) for n in args.streams.split(",")]
+    counts = sorted({1, *(int(n) for n in args.streams.split(","))})  # N = 1: the RSS baseline
     tmp = Path(tempfile.mkdtemp(prefix="clo-bench-streams-"))
     cams: list = []
     try:
@@ -368,9 +374,14 @@ def main() -> None:
                 results += run_setup("cameras", [c.url for c in cams[:n]], model, args, tmp, frames)
         print()
         print("\n".join(tables(results)))
+        batch = (
+            f"--infer-batch {args.infer_batch} for every process"
+            if args.infer_batch is not None
+            else "each process's default batch (one stream: 1; N streams: one frame of each)"
+        )
         print(
             f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; ONNX Runtime CPU, clo-infer's "
-            f"default sessions/threads, --infer-batch {args.infer_batch}, JSON Lines out; cameras "
+            f"default sessions/threads, {batch}, JSON Lines out; cameras "
             f"{args.camera_size} H.264 at {args.camera_fps} fps, {args.camera_seconds:.0f} s per stream"
         )
     finally:

@@ -53,6 +53,7 @@ def auto_run(tmp_path_factory):
     return root, quantize(root / "small.onnx", root / "calib", opts=opts)
 
 
+@pytest.mark.slow
 def test_method_is_chosen_on_the_held_out_split(auto_run):
     _, r = auto_run
     assert set(r.method_scores) == set(METHODS)
@@ -62,6 +63,7 @@ def test_method_is_chosen_on_the_held_out_split(auto_run):
     assert r.report.info["method_asked"] == "auto" and r.report.info["decided_on"].startswith("held-out")
 
 
+@pytest.mark.slow
 def test_sensitivity_table_has_every_site_with_its_mac_share(auto_run):
     _, r = auto_run
     names = [s.site.name for s in r.sites]
@@ -78,6 +80,7 @@ def test_sensitivity_table_has_every_site_with_its_mac_share(auto_run):
     assert [s["site"] for s in saved["sites"]] == names and saved["held_out_images"] == 6
 
 
+@pytest.mark.slow
 def test_sensitivity_table_prints_every_site_with_what_it_was_measured_on(auto_run):
     from rich.console import Console
 
@@ -99,6 +102,7 @@ def test_sensitivity_table_prints_every_site_with_what_it_was_measured_on(auto_r
     assert len(kept) == len(r.choice.float_sites)
 
 
+@pytest.mark.slow
 def test_fallback_keeps_sites_float_within_the_mac_floor(auto_run):
     root, r = auto_run
     c = r.choice

@@ -47,10 +47,11 @@ def export(loaded, tmp_path, sizes=(1,), **kw):
         ({"imgsz": (256, 384)}, (1,)),
         ({"dynamic_batch": True}, (1, 3)),
         ({"batch": 2}, (2,)),
-        ({"simplifier": "onnxslim"}, (1,)),
-        ({"simplifier": "none"}, (1,)),
-        ({"opset": 13}, (1,)),
-        ({"opset": 20}, (1,)),
+        # the simplifier and opset variants run in the full tier only (make test)
+        pytest.param({"simplifier": "onnxslim"}, (1,), marks=pytest.mark.slow),
+        pytest.param({"simplifier": "none"}, (1,), marks=pytest.mark.slow),
+        pytest.param({"opset": 13}, (1,), marks=pytest.mark.slow),
+        pytest.param({"opset": 20}, (1,), marks=pytest.mark.slow),
     ],
 )
 def test_fp32_export_matches_pytorch(loaded, tmp_path, kw, sizes):
@@ -69,6 +70,7 @@ def test_fp32_export_matches_pytorch(loaded, tmp_path, kw, sizes):
     assert [o.name for o in proto.graph.output] == ["output0"]
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_above_opset_20(loaded, tmp_path):
     pytest.importorskip("onnxscript")
     result = export(loaded, tmp_path, (1, 3), opset=21, dynamic_batch=True)

@@ -103,6 +103,7 @@ def test_onnx_export_to_a_device_drops_no_sidecar(ws):
     FAULTS["device target"] += 1
 
 
+@pytest.mark.slow
 def test_quantize_to_a_device_drops_no_report_or_cache(ws):
     device(ws / "null", 3)
     rng = np.random.default_rng(0)
@@ -283,6 +284,7 @@ def test_demo_refuses_a_folder_with_the_users_files(ws):
     assert_one_error(export("demo", "--quick", "--out", "mine", "--overwrite"), before, ws, "demo.mp4", "demo folder")
 
 
+@pytest.mark.slow
 def test_an_interrupted_demo_leaves_only_the_users_files(ws):
     (ws / "mine").mkdir()
     (ws / "mine" / "notes.txt").write_text("mine\n")

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clo_export.backends.select import load_runner
+from clo_export.backends.streams import MAX_AUTO_BATCH, auto_batch
 from clo_export.cli.infer import app
 from clo_export.data.readers import expand_sources, open_source, read_streams_file
 from clo_export.data.sinks import JsonlSink
@@ -112,9 +113,13 @@ def test_cli_runs_three_files_on_one_model_with_per_stream_outputs_and_stats(art
 
 
 def test_a_dynamic_batch_model_infers_one_frame_of_each_stream_per_batch(art, videos, dynamic_onnx, tmp_path):
-    res = invoke(videos[0], videos[1], "-m", dynamic_onnx, "--infer-batch", "2", "--json", tmp_path / "b.jsonl", "-q")
+    res = invoke(videos[0], videos[1], "-m", dynamic_onnx, "--json", tmp_path / "b.jsonl", "-q")
     assert res.exit_code == 0, res.output
-    assert "24×2" in res.output  # 24 inferences of 2 frames: one from each stream
+    assert "24×2" in res.output  # by default 24 inferences of 2 frames: one from each stream
+    one = invoke(videos[0], videos[1], "-m", dynamic_onnx, "--infer-batch", "1", "--json", tmp_path / "1.jsonl", "-q")
+    assert one.exit_code == 0 and "48×1" in one.output, one.output  # --infer-batch still decides
+    three = invoke(*videos, "-m", dynamic_onnx, "--json", tmp_path / "3.jsonl", "-q")
+    assert three.exit_code == 0 and "1×1, 19×3" in three.output, three.output  # 58 frames, 3 a batch, the rest
     solo = invoke(videos[1], "-m", art.onnx, "--json", tmp_path / "solo.jsonl", "-q")
     assert solo.exit_code == 0, solo.output
     batched = [r for r in records(tmp_path / "b.jsonl") if r["stream"] == 1]
@@ -332,6 +337,14 @@ def test_the_library_runs_several_streams_and_reports_progress_per_stream(art, v
     assert all(f > 0 and d == 0 for _, f, d in seen[-1])
     assert [(s.stream, s.frames, s.dropped) for s in result.per_stream] == [(0, 24, 0), (1, 24, 0)]
     assert result.batch_sizes == {1: 48} and result.frames == 48
+
+
+def test_the_batch_without_infer_batch_is_one_frame_of_each_stream_where_the_model_takes_any():
+    assert auto_batch(1, None, True) == 1  # one stream: as before
+    assert auto_batch(3, None, True) == 3
+    assert auto_batch(20, None, True) == MAX_AUTO_BATCH == 8  # a long .streams file does not decide the memory
+    assert auto_batch(4, None, False) == 1  # an engine's profile or a server bounds the batch: --infer-batch asks
+    assert auto_batch(4, 2, True) == auto_batch(1, 2, False) == 2  # a fixed batch is the model's
 
 
 def test_more_sources_than_the_stream_limit_is_one_line(tmp_path):

@@ -32,6 +32,9 @@ class Runner(ABC):
     """Runs a model on one backend; use as a context manager."""
 
     name = "runner"
+    # a dynamic batch dimension takes any size (ONNX Runtime, PyTorch); an engine's profile or a server's
+    # max_batch_size bounds it, so there clo-infer batches only as far as --infer-batch asks
+    any_batch = False
 
     def __init__(self) -> None:
         self.is_active = False

@@ -34,6 +34,7 @@ class TorchRunner(Runner):
     """
 
     name = "pytorch"
+    any_batch = True
 
     def __init__(
         self,

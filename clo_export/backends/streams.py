@@ -1,4 +1,4 @@
-"""How many inference streams a CPU run gets, and how many threads each."""
+"""How inference is shaped: the streams a CPU run gets and the threads of each, and the frames per inference."""
 
 from __future__ import annotations
 
@@ -30,3 +30,15 @@ def plan_streams(workers: Optional[int], threads: Optional[int], cores: int) -> 
     if threads is not None and threads < 1:
         raise CloExportError(f"--threads {threads} must be at least 1")
     return n, threads or (max(1, cores // n) if n > 1 else None)
+
+
+MAX_AUTO_BATCH = 8  # several streams on a model that takes any batch: one frame of each, at most this many
+
+
+def auto_batch(streams: int, fixed: Optional[int], any_batch: bool) -> int:
+    """Frames per inference when --infer-batch is not given: a fixed-batch model's batch; one frame of each stream
+    (at most MAX_AUTO_BATCH) where several streams share a model that takes any batch; else 1 (one stream as before).
+    """
+    if fixed is not None:
+        return fixed
+    return min(streams, MAX_AUTO_BATCH) if streams > 1 and any_batch else 1

@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from clo_export.backends.streams import MAX_AUTO_BATCH
 from clo_export.cli.common import (
     MODEL,
     OUT,
@@ -328,13 +329,15 @@ def infer(
         ),
     ] = None,
     batch: Annotated[
-        int,
+        Optional[int],
         typer.Option(
             "--infer-batch",
-            help="Frames per inference for files (needs a dynamic-batch or batch-N model).",
+            help="Frames per inference (a dynamic-batch or batch-N model). Default: 1 for one source; for several, "
+            f"one frame of each (at most {MAX_AUTO_BATCH}) where the ONNX model takes any batch.",
             rich_help_panel=RUN,
+            show_default=False,
         ),
-    ] = 1,
+    ] = None,
     limit: Annotated[
         Optional[int], typer.Option(help="Stop after N frames (of each stream).", rich_help_panel=RUN)
     ] = None,

@@ -12,6 +12,7 @@ import numpy as np
 
 from clo_export.artifacts import ModelInfo
 from clo_export.backends.base import Runner, RunnerGone
+from clo_export.backends.streams import auto_batch
 from clo_export.data.live import StreamLost
 from clo_export.data.preprocess import LetterboxInfo, preprocess
 from clo_export.data.readers import Frame, Source
@@ -162,15 +163,16 @@ class Pipeline:
         ]
 
     def _configure_batch(self) -> None:
-        """Input name and batch size from the model: a fixed batch is used (padded), a dynamic one is --infer-batch."""
+        """Input name and batch size from the model: a fixed batch is used (padded), a dynamic one is --infer-batch
+        (not given: :func:`auto_batch`)."""
         spec = self.runners[0].input_specs()[0]
         self.input_name = spec.name
         fixed = spec.shape[0] if spec.shape else None
-        want = self.opts.batch
         one_live = self.source.live and self.multi is None  # several live streams are batched across them
-        if one_live and want > 1:
-            log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", want)
-            want = 1
+        streams = len(self.multi.sources) if self.multi is not None else 1
+        want = 1 if one_live else self.opts.batch or auto_batch(streams, fixed, self.runners[0].any_batch)
+        if one_live and (self.opts.batch or 1) > 1:
+            log.info("live source: --infer-batch %d ignored (frames are processed as they arrive)", self.opts.batch)
         if fixed is not None and want not in (1, fixed):
             raise CloExportError(
                 f"the model takes a fixed batch of {fixed}; use --infer-batch {fixed} or 1, "

@@ -20,7 +20,7 @@ class InferOptions:
     max_det: int = DEFAULT.max_det
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
-    batch: int = 1  # frames per inference (clo-infer --infer-batch)
+    batch: int | None = None  # frames per inference (clo-infer --infer-batch); None: backends.streams.auto_batch()
     check_every: int = 1
     queue_size: int = 4
     reconnect: float = DEFAULT_RECONNECT  # seconds a lost live stream is retried before the run gives it up (0: never)
@@ -38,6 +38,7 @@ class InferOptions:
             raise CloExportError(
                 f"--reconnect {self.reconnect} must be a number of seconds >= 0 (0: give a lost live stream up at once)"
             )
-        for option, value in (("--infer-batch", self.batch), ("--check-every", self.check_every)):
-            at_least(option, value, 1)
+        if self.batch is not None:
+            at_least("--infer-batch", self.batch, 1)
+        at_least("--check-every", self.check_every, 1)
         at_least("queue_size", self.queue_size, 1)

@@ -4,8 +4,9 @@ decode → inference stream(s) → postprocess → encode. Memory stays flat how
 and decoding/encoding overlap with inference. Given several runners (inference streams, e.g. two
 ONNX Runtime CPU sessions) each gets its own inference thread; batches are numbered as they are
 taken and put back in order before postprocessing. A stream takes a batch only while fewer than
-``queue_size + streams`` are between taking and their turn (a semaphore), so a stalled stream
-cannot make the others pile up finished batches.
+``ahead + streams`` are between taking and their turn (a semaphore; ``ahead``: the batches that hold
+``queue_size`` frames), so a stalled stream cannot make the others pile up finished batches, and the
+frames in flight, memory and a live frame's wait, do not grow with the batch size.
 
 :class:`Control` holds the stop flags every stage (and the sequential loop) obeys: stop reading,
 hurry (drop what is queued), abort (a stage failed).
@@ -63,7 +64,8 @@ class Scheduler:
         self._errors: list[BaseException] = []
         self._take = threading.Lock()  # taking a batch and numbering it is one step
         self._taken = 0
-        self._slots = threading.Semaphore(queue_size + len(self.runners))  # batches taken, not yet in order
+        self._ahead = max(1, -(-queue_size // batch))  # batches that hold about queue_size frames
+        self._slots = threading.Semaphore(self._ahead + len(self.runners))  # batches taken, not yet in order
 
     def run(
         self,
@@ -73,10 +75,10 @@ class Scheduler:
         write: Callable[[Any], None],
     ) -> None:
         """Start every stage, wait for them all (Ctrl-C requests a stop), re-raise the first stage error."""
-        size, streams = self.queue_size, len(self.runners)
-        q_read: queue.Queue = queue.Queue(max(1, size // self.batch))
-        q_infer: queue.Queue = queue.Queue(max(1, size // self.batch) + streams)
-        q_write: queue.Queue = queue.Queue(size * self.batch)
+        ahead, streams = self._ahead, len(self.runners)
+        q_read: queue.Queue = queue.Queue(ahead)
+        q_infer: queue.Queue = queue.Queue(ahead + streams)
+        q_write: queue.Queue = queue.Queue(max(self.queue_size, self.batch))
         threads = [
             self._thread("clo-decode", lambda: self._read_stage(read, q_read), q_read),
             *(
