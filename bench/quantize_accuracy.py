@@ -38,7 +38,7 @@ from rich.table import Table
 
 from clo_export.backends.onnxrt import OnnxRuntimeRunner
 from clo_export.data.preprocess import preprocess, scale_boxes
-from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE, write_demo_video
+from clo_export.demo.run import BUNDLED_MODEL, VIDEO_SEED, VIDEO_SIZE, read_video, write_demo_video
 from clo_export.demo.shapes import make_dataset, make_video_frames
 from clo_export.metrics import evaluate
 from clo_export.postprocess import nms
@@ -74,14 +74,7 @@ def video_frames(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def video_mp4_frames(n: int, work: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The demo video as ``make demo`` scores it: written to MP4 by the demo's own function, then decoded."""
     gts = write_demo_video(work / "video.mp4", n)
-    cap = cv2.VideoCapture(str(work / "video.mp4"))
-    images = []
-    while len(images) < n:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        images.append(frame)
-    cap.release()
+    images = read_video(work / "video.mp4")[:n]
     return images, gts[: len(images)]
 
 
