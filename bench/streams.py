@@ -13,12 +13,12 @@ processes, for each N):
     ``--camera-size`` at ``--camera-fps``), each stream read for ``--camera-seconds``
     (``--limit fps x seconds`` frames received, dropped ones included).
 
-Live cameras cap the throughput at N x camera fps. The defaults (320x240 at 30 fps) are chosen so
-the comparison means something on the 2-core development machine: one stream runs at the camera's
-rate, but from two streams on the offered load (60, 120, 240 frames/s) is more than the CPU infers, so
-the live rows compare what each setup gets through while dropping the oldest frames; small frames keep
-the cameras' own H.264 encoders (which share the cores) cheap. On a faster machine raise
-``--camera-fps`` until the N = 4 rows drop frames, or the live rows only show the cameras' rate.
+Live cameras cap the throughput at N x camera fps. With the defaults (320x240 at 30 fps) the 2-core
+development machine, quiet, keeps up with 4 cameras (120 frames/s) in either setup and is overloaded
+at 8 (240 frames/s); the overloaded rows compare what each setup gets through while dropping the
+oldest frames. Small frames keep the cameras' own H.264 encoders (which share the cores) cheap. Raise
+``--camera-fps`` (60 on that machine) until the N = 4 rows drop frames, or they only show the cameras'
+rate.
 
 Every clo-infer runs in a worker process (``bench/streams.py --worker``) that calls clo-infer's own
 command in-process and records, per frame written, when it was written and how long after it was
