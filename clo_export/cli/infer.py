@@ -333,7 +333,7 @@ def infer(
         typer.Option(
             "--infer-batch",
             help="Frames per inference (a dynamic-batch or batch-N model). Default: 1 for one source; for several, "
-            f"one frame of each (at most {MAX_AUTO_BATCH}) where the ONNX model takes any batch.",
+            f"one frame of each (at most {MAX_AUTO_BATCH}) where the model takes any batch (ONNX Runtime, PyTorch).",
             rich_help_panel=RUN,
             show_default=False,
         ),
