@@ -87,7 +87,7 @@ def write_set(name: str, folder: Path) -> None:
             write_decoded_frames(folder, (f.image for f in make_video_frames(seed, per, VIDEO_SIZE)), f"v{seed}")
 
 
-def quantized(name: str, fp32: Path, work: Path, console: Console) -> dict:
+def quantized(name: str, fp32: Path, work: Path, console: Console, min_int8_share: float) -> dict:
     """The default INT8 model of set ``name`` and its facts (made once per --work, then reused)."""
     facts_path = work / f"{name}.json"
     if facts_path.is_file():
@@ -97,7 +97,7 @@ def quantized(name: str, fp32: Path, work: Path, console: Console) -> dict:
         write_set(name, folder)
     console.print(f"{name}: quantizing on {len(list(folder.iterdir()))} images …")
     t = time.perf_counter()
-    opts = QuantizeOptions(num=DEFAULT_NUM, holdout=DEFAULT_HOLDOUT, min_agreement=0)
+    opts = QuantizeOptions(num=DEFAULT_NUM, holdout=DEFAULT_HOLDOUT, min_agreement=0, min_int8_share=min_int8_share)
     r = quantize(fp32, folder, work / f"{name}.int8.onnx", opts)
     facts = {
         "model": str(r.path),
@@ -117,6 +117,12 @@ def main() -> None:
     ap.add_argument("--eval-seeds", type=int, nargs="+", default=[11, 12, 13, 14, 15])
     ap.add_argument("--frames", type=int, default=300, help="frames per evaluation video")
     ap.add_argument("--sets", nargs="+", default=["jpeg", "h264-clip-7", "h264-clip-21"])
+    ap.add_argument(
+        "--min-int8-share",
+        type=float,
+        default=QuantizeOptions().min_int8_share,
+        help="the quantizer's INT8 MAC floor (default: its own; use a fresh --work, models there are reused)",
+    )
     ap.add_argument("--work", type=Path, help="keep sets and models here and reuse them (default: a temporary folder)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -137,7 +143,7 @@ def main() -> None:
     fp32 = work / "demo.onnx"
     if not fp32.is_file():
         export_onnx(loaded, fp32, ExportOptions(imgsz=imgsz))
-    facts = {name: quantized(name, fp32, work, console) for name in args.sets}
+    facts = {name: quantized(name, fp32, work, console, args.min_int8_share) for name in args.sets}
 
     table = Table(
         title=f"Default INT8 (256 + 128 held out) by calibration source: mAP drop from FP32 in points on H.264 videos "
