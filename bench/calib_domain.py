@@ -36,12 +36,11 @@ import time
 from pathlib import Path
 
 import cv2
-from quantize_accuracy import score  # bench/: the benchmark's one scoring function
+from quantize_accuracy import demo_fp32, score  # bench/: the benchmarks' one FP32 model and scoring function
 from rich.console import Console
 from rich.table import Table
 
 from clo_export.demo.run import (
-    BUNDLED_MODEL,
     CALIB_SEED,
     VIDEO_SEED,
     VIDEO_SIZE,
@@ -131,18 +130,8 @@ def main() -> None:
     bad = sorted(set(args.eval_seeds) & (used | {VIDEO_SEED}))
     if bad:
         raise SystemExit(f"evaluation seeds {bad} are the demo video's or a calibration video's")
-    from clo_export.blocks import load_plugins
-    from clo_export.export.exporter import ExportOptions, export_onnx
-    from clo_export.models.checkpoint import load
-
-    load_plugins()
     work = args.work or Path(tempfile.mkdtemp(prefix="clo-calib-domain-"))
-    work.mkdir(parents=True, exist_ok=True)
-    loaded = load(BUNDLED_MODEL)
-    imgsz = tuple(loaded.imgsz_hint or (256, 256))
-    fp32 = work / "demo.onnx"
-    if not fp32.is_file():
-        export_onnx(loaded, fp32, ExportOptions(imgsz=imgsz))
+    fp32, imgsz = demo_fp32(work)
     facts = {name: quantized(name, fp32, work, console, args.min_int8_share) for name in args.sets}
 
     table = Table(

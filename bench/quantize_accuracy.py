@@ -78,6 +78,22 @@ def video_mp4_frames(n: int, work: Path) -> tuple[list[np.ndarray], list[np.ndar
     return images, gts[: len(images)]
 
 
+def demo_fp32(work: Path) -> tuple[Path, tuple[int, int]]:
+    """The bundled demo model exported to ``work/demo.onnx`` at its training size (once per ``work``), and that size."""
+    from clo_export.blocks import load_plugins
+    from clo_export.export.exporter import ExportOptions, export_onnx
+    from clo_export.models.checkpoint import load
+
+    load_plugins()
+    work.mkdir(parents=True, exist_ok=True)
+    loaded = load(BUNDLED_MODEL)
+    imgsz = tuple(loaded.imgsz_hint or (256, 256))
+    fp32 = work / "demo.onnx"
+    if not fp32.is_file():
+        export_onnx(loaded, fp32, ExportOptions(imgsz=imgsz))
+    return fp32, imgsz
+
+
 def score(model: Path, images: list[np.ndarray], gts: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[float, float]:
     """(mAP@.5, mAP@.5:.95) against labels at val thresholds, ONNX Runtime CPU."""
     dets = []
@@ -112,17 +128,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     console = Console(width=140)
-    from clo_export.blocks import load_plugins
-    from clo_export.export.exporter import ExportOptions, export_onnx
-    from clo_export.models.checkpoint import load
-
-    load_plugins()
     work = args.work or Path(tempfile.mkdtemp(prefix="clo-qbench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    loaded = load(BUNDLED_MODEL)
-    imgsz = tuple(loaded.imgsz_hint or (256, 256))
-    fp32 = work / "demo.onnx"
-    export_onnx(loaded, fp32, ExportOptions(imgsz=imgsz))
+    fp32, imgsz = demo_fp32(work)
     calib_dirs = []
     for k, seed in enumerate(CALIB_SEEDS[: args.sets]):
         d = work / f"calib{k + 1}"
