@@ -129,6 +129,8 @@ def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: in
         f"{100 * quantized.int8_share:.1f} % of conv MACs INT8; {sum(quantized.seconds.values()):.0f} s",
         markup=False,
     )
+    if quantized.refinement is not None:
+        console.print(quantized.refinement.summary())
     console.print(accuracy_table(quantized.report))
 
     console.rule("4/5 clo-infer on the demo video")

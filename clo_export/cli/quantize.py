@@ -111,6 +111,15 @@ def quantize(
             rich_help_panel=REP,
         ),
     ] = False,
+    refine_ranges: Annotated[
+        bool,
+        typer.Option(
+            "--refine-ranges/--no-refine-ranges",
+            help="Scale each activation range where that significantly cuts the box error on calibration images "
+            "(one sweep, a few minutes; needs held-out images).",
+            rich_help_panel=CAL,
+        ),
+    ] = True,
     keep_attention_fp: Annotated[
         bool,
         typer.Option(
@@ -155,22 +164,29 @@ def quantize(
         iou,
         target_drop=None if all_int8 else target_drop,
         sensitivity=sensitivity,
+        refine_ranges=refine_ranges,
         min_agreement=min_agreement,
     )
     columns = (
-        TextColumn("calibrating"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("images"),
+        TextColumn("{task.fields[unit]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     try:
         with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("calibrate", total=None)
+            calibrating = bar.add_task("calibrating", total=None, unit="images")
+            refining = bar.add_task("refining ranges", total=None, unit="tensors", visible=False)
             result = run_quantize(
-                model, calib, output, opts, progress=lambda done, total: bar.update(task, completed=done, total=total)
+                model,
+                calib,
+                output,
+                opts,
+                progress=lambda done, total: bar.update(calibrating, completed=done, total=total),
+                refine_progress=lambda done, total: bar.update(refining, completed=done, total=total, visible=True),
             )
     except AgreementError as e:  # the model is written and marked failed: show what was measured, then refuse
         summary(e.result, sensitivity)
@@ -206,6 +222,8 @@ def summary(result, sensitivity: bool) -> None:
     else:
         why = "no held-out images" if result.report.not_measured else "--all-int8"
         console.print(f"float fallback off ({why}); {100 * result.int8_share:.1f} % of conv MACs INT8")
+    if result.refinement is not None:
+        console.print(result.refinement.summary())
     console.print(accuracy_table(result.report))
     r, gate = result.report, result.report.info["gate"]
     if gate["outcome"] == "passed":

@@ -238,6 +238,13 @@ class HeldOut:
         score = self._score([d for out in outs for d in self._val_dets(out)], self.fp32, _percent(errors, boxes))
         return Measured(score, errors, boxes)
 
+    def measure_boxes(self, model: str | bytes) -> Measured:
+        """:meth:`measure` without the mAP, which needs NMS at validation thresholds on every image (most of a small
+        model's cost): the box error alone, its ``Score`` mAP fields NaN."""
+        errors, boxes = self.image_errors(self._run(model))
+        nan = float("nan")
+        return Measured(Score(nan, nan, nan, nan, _percent(errors, boxes)), errors, boxes)
+
     def report(self, model: str | bytes, info: dict[str, Any] | None = None) -> AccuracyReport:
         """The full report for ``model``: scores, box IoU, per-output errors, agreement at deployment thresholds."""
         outs = self._run(model)

@@ -7,7 +7,8 @@ kept unless another cuts the box error significantly (by 2 % and by 2 standard e
 images: ``--method auto``; ``sensitivity.choose_method``); then the sites whose float-alone run recovers most box
 error per MAC, significantly, are kept float until the held-out mAP@.5:.95 drop is within ``target_drop`` points,
 keeping at least 90 % of the Conv MACs in INT8. Only the held-out split of the calibration source decides (box
-error: :mod:`clo_export.quantization.accuracy`).
+error: :mod:`clo_export.quantization.accuracy`). When that misses the target, each activation range of the chosen
+model is scaled where that significantly cuts the box error on calibration images (:mod:`.refine`).
 
 The accuracy gate: a model whose held-out agreement is below ``min_agreement`` is written, marked failed,
 and refused (:class:`AgreementError`). A set too small to hold images out calibrates on all of them with
@@ -57,6 +58,7 @@ from clo_export.quantization.graph import GraphIndex, Target, activation_tensors
 from clo_export.quantization.macs import int8_conv_share, node_macs
 from clo_export.quantization.qdq import insert_qdq
 from clo_export.quantization.ranges import METHODS
+from clo_export.quantization.refine import REFINE_IMAGES, Refinement, Step, refine_ranges
 from clo_export.quantization.rules import require_trt_qdq
 from clo_export.quantization.sensitivity import (
     MIN_INT8_SHARE,
@@ -94,6 +96,7 @@ class QuantizeOptions:
     target_drop: float | None = 0.3  # points of held-out mAP@.5:.95; None: no float fallback (all INT8)
     sensitivity: bool = False  # also measure each site quantized alone and write the table
     min_int8_share: float = MIN_INT8_SHARE
+    refine_ranges: bool = True  # target missed after the fallback: scale ranges where that cuts the box error
     min_agreement: float | None = None  # None: DEFAULT_MIN_AGREEMENT where measured; a value must be checked
     min_holdout: int = MIN_HOLDOUT
 
@@ -162,6 +165,7 @@ class QuantizeResult:
     int8_share: float  # of Conv MACs
     sensitivity_path: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
+    refinement: Refinement | None = None  # what range refinement moved (None: not run)
 
 
 def default_output(onnx_path: Path) -> Path:
@@ -273,6 +277,7 @@ class _Decision:
     all_int8: Measured | None = None  # held-out score with no site float (the chosen method's, or when sites measured)
     sites: list[SiteResult] | None = None
     choice: Choice | None = None
+    refinement: Refinement | None = None
 
     @property
     def float_fallback(self) -> list[str]:
@@ -344,6 +349,28 @@ def _fallback(job: _Job, targets: list[Target], decision: _Decision, evaluate: E
             log.warning(decision.choice.reason)
 
 
+def _refine(
+    job: _Job, decision: _Decision, targets: list[Target], build: Callable[..., onnx.ModelProto], step: Step | None
+) -> None:
+    """Refine the chosen model's activation ranges on calibration images when the float fallback did not reach the
+    target drop (fills ``decision``; module ``refine``): a model already within the target is not worth minutes."""
+    if not job.opts.refine_ranges or decision.choice is None or decision.choice.met:
+        return
+    calib = job.split.calib
+    items = calib[:: max(1, len(calib) // REFINE_IMAGES)][:REFINE_IMAGES]
+    data = CalibrationData(items, job.imgsz, job.input_name)
+    images = HeldOut(str(job.onnx_path), data, job.opts.conf, job.opts.iou, job.opts.threads)
+    fallback = frozenset(decision.float_fallback)
+    decision.refinement = refine_ranges(
+        activation_tensors(qdq_targets(targets, fallback)),
+        decision.ranges,
+        lambda r: images.measure_boxes(build(r, fallback).SerializeToString()),
+        images.n_images,
+        step=step,
+    )
+    decision.ranges = decision.refinement.ranges
+
+
 def _calibration_facts(job: _Job, decision: _Decision, float_nodes: list[str], share: float) -> dict[str, Any]:
     """What the Q/DQ model's metadata and sidecar say about its calibration."""
     o = job.opts
@@ -376,6 +403,19 @@ def _finish(job: _Job, qmodel: onnx.ModelProto, calibration: dict[str, Any], att
     return qmodel.SerializeToString()
 
 
+def _refinement_info(r: Refinement | None) -> dict[str, Any] | None:
+    """The range refinement as the report's ``refinement`` field (None when it did not run)."""
+    if r is None:
+        return None
+    return {
+        "measured_on": f"{r.n_images} calibration images",
+        "box_error_before": r.box_error_before,
+        "box_error_after": r.box_error_after,
+        "evaluations": r.evaluations,
+        "changes": [asdict(c) for c in r.changes],
+    }
+
+
 def _report_info(job: _Job, decision: _Decision, float_nodes: list[str], share: float) -> dict[str, Any]:
     """The decisions, as the accuracy report's extra fields."""
     c, o = decision.choice, job.opts
@@ -398,6 +438,7 @@ def _report_info(job: _Job, decision: _Decision, float_nodes: list[str], share: 
         "method_scores": {m: asdict(v) for m, v in decision.method_scores.items()},
         "keep_attention_fp": o.keep_attention_fp,
         "fallback": fallback,
+        "refinement": _refinement_info(decision.refinement),
         "int8_conv_mac_share": share,
         "decided_on": "held-out split of the calibration source"
         if job.split.holdout
@@ -509,8 +550,10 @@ def quantize(
     out: str | Path | None = None,
     opts: QuantizeOptions = QuantizeOptions(),
     progress: Progress | None = None,
+    refine_progress: Step | None = None,
 ) -> QuantizeResult:
-    """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps.
+    """Quantize ``onnx_path`` with images from ``sources``; see the module docstring for the steps. ``progress``
+    gets (images done, total) while calibrating, ``refine_progress`` (tensors done, total) while refining ranges.
 
     Raises :class:`AgreementError` (after writing) when the held-out agreement is below ``opts.agreement_floor``.
     """
@@ -531,6 +574,8 @@ def quantize(
         return insert_qdq(model, qdq_targets(targets, float_nodes), ranges)
 
     held, decision = _decide(job, per_method, targets, build)
+    with job.timed("refine"):
+        _refine(job, decision, targets, build, refine_progress)
     with job.timed("insert"):
         fallback = decision.float_fallback
         qmodel = build(decision.ranges, frozenset(fallback))
@@ -571,6 +616,7 @@ def quantize(
         share,
         sensitivity_path,
         job.seconds,
+        decision.refinement,
     )
     if outcome == "failed":
         raise AgreementError(agreement_refusal(result, opts.agreement_floor), result)
