@@ -12,6 +12,7 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from clo_export.cli.common import accuracy_table, comparison_table, console, fail, guarded
+from clo_export.cli.quantize import progress_bars
 from clo_export.errors import CloExportError
 
 
@@ -122,7 +123,8 @@ def _chain(out: Path, n_frames: int, n_calib: int, holdout: int, check_every: in
     console.rule("3/5 clo-export quantize")
     target_drop = None if all_int8 else QuantizeOptions.target_drop
     qopts = QuantizeOptions(num=n_calib, holdout=holdout, target_drop=target_drop, min_agreement=0)  # judged below
-    quantized = quantize(onnx_path, calib_dir, out / "demo-shapes.int8.onnx", qopts)
+    with progress_bars() as bars:
+        quantized = quantize(onnx_path, calib_dir, out / "demo-shapes.int8.onnx", qopts, **bars)
     fallback = quantized.choice.float_sites if quantized.choice else []
     console.print(
         f"method {quantized.method}; float sites {', '.join(fallback) or 'none'}; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -59,6 +61,28 @@ def sensitivity_table(result) -> Table:
             "yes" if r.site.name in chosen else "",
         )
     return table
+
+
+@contextmanager
+def progress_bars() -> Iterator[dict[str, Callable[[int, int], None]]]:
+    """Bars for quantize's long steps, calibrating (images) and refining ranges (tensors): ``quantize()``'s
+    ``progress`` and ``refine_progress`` (the demo shows the same)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        calibrating = bar.add_task("calibrating", total=None, unit="images")
+        refining = bar.add_task("refining ranges", total=None, unit="tensors", visible=False)
+        yield {
+            "progress": lambda done, total: bar.update(calibrating, completed=done, total=total),
+            "refine_progress": lambda done, total: bar.update(refining, completed=done, total=total, visible=True),
+        }
 
 
 @guarded
@@ -167,27 +191,9 @@ def quantize(
         refine_ranges=refine_ranges,
         min_agreement=min_agreement,
     )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[unit]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
     try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            calibrating = bar.add_task("calibrating", total=None, unit="images")
-            refining = bar.add_task("refining ranges", total=None, unit="tensors", visible=False)
-            result = run_quantize(
-                model,
-                calib,
-                output,
-                opts,
-                progress=lambda done, total: bar.update(calibrating, completed=done, total=total),
-                refine_progress=lambda done, total: bar.update(refining, completed=done, total=total, visible=True),
-            )
+        with progress_bars() as bars:
+            result = run_quantize(model, calib, output, opts, **bars)
     except AgreementError as e:  # the model is written and marked failed: show what was measured, then refuse
         summary(e.result, sensitivity)
         raise
