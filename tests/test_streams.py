@@ -261,7 +261,10 @@ def test_two_cameras_at_the_same_rate_get_the_same_fps(art, two_cameras, tmp_pat
     assert [r[0] for r in rows] == ["0", "1"]
     assert all(int(r[3]) + int(r[4]) == limit for r in rows)  # frames received = written + dropped
     fps = [float(r[2]) for r in rows]
-    assert 10 < min(fps) and max(fps) <= 1.1 * min(fps), out  # each near the cameras' 15 fps, within 10 %
+    # Each near the cameras' 15 fps. Frames a camera sent while the model loaded arrive in one burst at the
+    # start, so on a loaded 2-core CI machine one stream read 15.4 and the other 17.3 (1.12x); a stream the
+    # scheduler starved would read half of the other.
+    assert 10 < min(fps) and max(fps) <= 1.25 * min(fps), out
     recs = records(tmp_path / "out.jsonl")
     assert {(r["stream"], r["source"]) for r in recs} == {(i, c.url) for i, c in enumerate(two_cameras)}
 
