@@ -351,6 +351,7 @@ class OnnxSidecar(Sidecar):
     source: str  # the file it was made from (.pt checkpoint, or the FP32 .onnx for a quantized one)
     export_seconds: float | None = None
     parity: dict[str, Any] | None = None  # compare.Report.to_dict() of the export's check
+    graph_parity: dict[str, Any] | None = None  # --half: the FP32 graph's check before the FP16 conversion
     calibration: dict[str, Any] | None = None
     float_nodes: list[str] | None = None
     qdq: dict[str, Any] | None = None

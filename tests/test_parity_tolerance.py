@@ -10,6 +10,7 @@ ONNX Runtime, as ``clo-export onnx --half`` checks it (bench/parity_tolerance.py
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,29 @@ def test_fp16_rule_passes_a_correct_half_export_and_fails_planted_defects(demo, 
         assert report.detections.n_ref > 0
     else:
         assert not report, f"{defect} passed the FP16 rule"
+
+
+@pytest.mark.parametrize("defect", ["anchor 1%", "grid 0.05 px"])
+def test_a_half_export_checks_its_fp32_graph_so_defects_below_fp16_rounding_fail_it(monkeypatch, tmp_path, defect):
+    """An exporter bug (planted into the traced graph only; the PyTorch reference stays correct) too small for any
+    FP16 limit to see (docs/onnx.md) fails ``--half`` through the FP32 graph's check; a correct export passes both."""
+    from clo_export.export import exporter
+    from clo_export.export.mode import export_model
+    from clo_export.export.parity import parity_batches
+
+    loaded = load(BUNDLED_MODEL)
+    inputs = parity_batches((256, 256), limit=8)
+    opts = exporter.ExportOptions(imgsz=(256, 256), half=True)
+    good = exporter.export_onnx(loaded, tmp_path / "good.fp16.onnx", opts, inputs)
+    assert good.graph_parity and good.parity and good.parity is not good.graph_parity
+    assert good.graph_parity.precision == "fp32" and good.parity.precision == "fp16"
+
+    plant = {"anchor 1%": anchor_off, "grid 0.05 px": grid_offset}[defect]
+    trace = exporter.trace  # the traced copy is made from a planted model; the reference stays correct
+    planted = lambda reference, o: trace(export_model(plant(copy.deepcopy(loaded.model)), o.imgsz), o)  # noqa: E731
+    monkeypatch.setattr(exporter, "trace", planted)
+    bad = exporter.export_onnx(loaded, tmp_path / "bad.fp16.onnx", opts, inputs)
+    assert not bad.parity and bad.parity is bad.graph_parity and bad.parity.precision == "fp32"
+    assert any(f.startswith("output0.boxes") for f in bad.parity.failures), bad.parity.failures
+    side = json.loads((tmp_path / "bad.fp16.onnx.json").read_text())
+    assert side["graph_parity"] == side["parity"] and (tmp_path / "bad.fp16.onnx").is_file()  # written, marked failed

@@ -95,7 +95,10 @@ def onnx(
     if result.parity is None:
         console.print("parity check skipped (--no-check)")
         return
-    console.print(comparison_table(result.parity, "ONNX Runtime vs PyTorch"))
+    if result.graph_parity is not None:
+        console.print(comparison_table(result.graph_parity, "FP32 graph (before the FP16 conversion) vs PyTorch"))
+    if result.parity is not result.graph_parity:
+        console.print(comparison_table(result.parity, "ONNX Runtime vs PyTorch"))
     if not result.parity:
         raise CloExportError(f"parity {result.parity.describe()}")
     console.print("[green]parity: within tolerance[/]")
