@@ -200,14 +200,11 @@ def export_onnx(
     check_artifact({"WEIGHTS": loaded.path}, out)
     proto, meta, reference, simplified = build(loaded, opts)
     seconds = time.perf_counter() - t0
-    graph = fp32_graph_parity(loaded, opts, parity_inputs) if parity_inputs and opts.half else None
-    parity = (
-        graph
-        if graph is not None and not graph
-        else check_parity(proto.SerializeToString(), reference, parity_inputs, meta)
-        if parity_inputs
-        else None
-    )
+    parity = graph = None
+    if parity_inputs:
+        graph = fp32_graph_parity(loaded, opts, parity_inputs) if opts.half else None
+        failed_graph = graph is not None and not graph  # a failed Report is falsy
+        parity = graph if failed_graph else check_parity(proto.SerializeToString(), reference, parity_inputs, meta)
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     side = OnnxSidecar(
