@@ -164,8 +164,9 @@ def model_meta(loaded: LoadedModel, opts: ExportOptions) -> ModelMeta:
 
 def build(
     loaded: LoadedModel, opts: ExportOptions
-) -> tuple[onnx.ModelProto, ModelMeta, DetectionModel, SimplifyResult]:
-    """The checked ONNX graph, its metadata and the export-mode PyTorch reference (nothing written)."""
+) -> tuple[onnx.ModelProto, ModelMeta, DetectionModel, SimplifyResult, bytes | None]:
+    """The checked ONNX graph, its metadata, the export-mode PyTorch reference (nothing written) and, for
+    ``--half``, the FP32 graph it was converted from (serialized, before any NMS tail)."""
     opts = opts if opts.imgsz is not None else opts.for_model(loaded)
     opts.validate()
     reference = export_model(loaded.model, opts.imgsz, opts.batch, opts.dynamic_batch)
@@ -174,6 +175,7 @@ def build(
     if simplified.note:
         log.warning("simplify: %s", simplified.note)
     check_static(proto)  # before FP16/NMS: the network itself must carry no shape arithmetic
+    fp32_graph = proto.SerializeToString() if opts.half else None
     if opts.half:
         proto = to_fp16(proto)
     if opts.nms:
@@ -182,7 +184,7 @@ def build(
     write_metadata(proto, meta)
     check_static(proto)
     full_check(proto)
-    return proto, meta, reference, simplified
+    return proto, meta, reference, simplified, fp32_graph
 
 
 def export_onnx(
@@ -198,11 +200,12 @@ def export_onnx(
     t0 = time.perf_counter()
     out = Path(out) if out else default_output(loaded.path, opts)
     check_artifact({"WEIGHTS": loaded.path}, out)
-    proto, meta, reference, simplified = build(loaded, opts)
+    proto, meta, reference, simplified, fp32_graph = build(loaded, opts)
     seconds = time.perf_counter() - t0
     parity = graph = None
     if parity_inputs:
-        graph = fp32_graph_parity(loaded, opts, parity_inputs) if opts.half else None
+        if fp32_graph is not None:  # --half: the graph before the conversion, at FP32's tolerance (docs/onnx.md)
+            graph = check_parity(fp32_graph, reference, parity_inputs, replace(meta, precision="fp32", nms=False))
         failed_graph = graph is not None and not graph  # a failed Report is falsy
         parity = graph if failed_graph else check_parity(proto.SerializeToString(), reference, parity_inputs, meta)
     with atomic_path(out) as tmp:
@@ -216,14 +219,6 @@ def export_onnx(
         graph_parity=graph.to_dict() if graph is not None else None,
     ).write(out)  # a failed Report is falsy
     return ExportResult(out, side, meta, reference, simplified, len(proto.graph.node), seconds, parity, graph)
-
-
-def fp32_graph_parity(loaded: LoadedModel, opts: ExportOptions, inputs: list[np.ndarray]) -> Report:
-    """``--half``: the FP32 graph the FP16 model is converted from (the same trace and simplifier, no NMS tail) against
-    the PyTorch reference at FP32's tolerance. Export defects smaller than FP16's own rounding (a 0.05 px grid offset,
-    a 1 % anchor error: docs/onnx.md) can only be seen here; the FP16 check then judges the conversion."""
-    proto, meta, reference, _ = build(loaded, replace(opts, half=False, nms=False))
-    return check_parity(proto.SerializeToString(), reference, inputs, meta)
 
 
 def export_checkpoint(
